@@ -1,0 +1,34 @@
+"""Shared fixtures: where the read-only real datasets live (tests skip when they are absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path:
+    """``$EMBDIM_DATA_ROOT`` if set, else ``../shared/datasets`` next to the repository."""
+    env = os.environ.get("EMBDIM_DATA_ROOT")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture
+def data_root() -> Path:
+    return shared_data_root()
+
+
+@pytest.fixture
+def dataset_dir(data_root: Path):
+    """``dataset_dir("frappe")`` -> the folder, or skip the test when it is not there."""
+
+    def get(name: str) -> Path:
+        path = data_root / name
+        if not path.is_dir():
+            pytest.skip(f"shared dataset {name!r} not found under {data_root}")
+        return path
+
+    return get
