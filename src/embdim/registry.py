@@ -29,6 +29,8 @@ class Registry(Generic[T]):
             if name in self._items and self._items[name] is not item:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._items[name] = item
+            if isinstance(item, type):
+                item.registered_name = name  # lets a plug-in name itself in plans and reports
             return item
 
         return add
@@ -61,7 +63,12 @@ def _load_builtin_plugins() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    import embdim.data.readers
-    import embdim.models
-    import embdim.searchers  # noqa: F401
+    _loaded = True  # set first: the imported modules call register() on this module
+    try:
+        import embdim.data.readers
+        import embdim.data.synthetic
+        import embdim.models
+        import embdim.searchers  # noqa: F401
+    except BaseException:
+        _loaded = False
+        raise

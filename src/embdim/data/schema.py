@@ -77,8 +77,11 @@ class DatasetSchema:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["fields"] = [
-            {"name": f.name, "vocab_size": f.vocab_size,
-             "counts": None if f.counts is None else f.counts.tolist()}
+            {
+                "name": f.name,
+                "vocab_size": f.vocab_size,
+                "counts": None if f.counts is None else f.counts.tolist(),
+            }
             for f in self.fields
         ]
         return out

@@ -1,0 +1,240 @@
+"""Typed configuration: YAML files composed from library configs, ``key=value`` overrides.
+
+An experiment YAML names its parts by library config (``dataset: frappe`` reads
+``configs/datasets/frappe.yaml``, found in the nearest ``datasets/`` folder above the experiment
+file) or writes them inline. Everything is validated before any work starts; a bad key or value
+raises :class:`ConfigError` naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from embdim.data.prepare import PreprocessConfig
+from embdim.registry import MODELS, READERS, SEARCHERS
+
+DEFAULT_DATA_ROOT = Path("..") / "shared" / "datasets"
+SECTION_FOLDERS = {"dataset": "datasets", "model": "models", "method": "methods"}
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(Strict):
+    name: str = Field(description="dataset name; keys the cache folder")
+    reader: str = Field(description="registered reader (embdim list)")
+    options: dict[str, Any] = Field(default_factory=dict, description="the reader's own options")
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+
+    @field_validator("reader")
+    @classmethod
+    def _known_reader(cls, name: str) -> str:
+        if name not in READERS:
+            raise ValueError(f"unknown reader {name!r}; registered: {', '.join(READERS.names())}")
+        return name
+
+    def reader_options(self) -> BaseModel:
+        return READERS.get(self.reader).Options(**self.options)
+
+
+class PluginConfig(Strict):
+    """A registered plug-in by name plus its own validated options."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class EmbeddingConfig(Strict):
+    dim: int = Field(16, ge=1, description="output width d of every field")
+    backend: Literal["torch", "torchrec"] = Field("torch", description="lookup backend")
+    sparse: bool = Field(False, description="sparse gradients for the tables (SparseAdam / Adagrad / SGD)")
+    init_std: float = Field(0.01, gt=0, description="normal-init std of the tables")
+
+
+class TrainConfig(Strict):
+    optimizer: Literal["adam", "adamw", "adagrad", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    embedding_lr: float | None = Field(None, gt=0, description="learning rate of the tables; default lr")
+    weight_decay: float = Field(0.0, ge=0, description="decay of dense layers (coupled L2 for adam)")
+    embedding_weight_decay: float = Field(0.0, ge=0, description="decay of the tables (needs dense grads)")
+    fused: bool = Field(True, description="fused optimizer kernels where torch has them")
+    batch_size: int = Field(4096, ge=1)
+    eval_batch_size: int = Field(16384, ge=1)
+    epochs: int = Field(10, ge=1, description="maximum epochs per stage")
+    max_steps: int | None = Field(None, ge=1, description="stop a stage after this many steps")
+    eval_every_steps: int | None = Field(None, ge=1, description="evaluate every N steps; default each epoch")
+    patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
+    monitor: Literal["auc", "logloss"] = Field("auc", description="validation metric for selection")
+    seed: int = 2026
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default torch's choice")
+    checkpoint_every_steps: int = Field(1000, ge=1, description="also checkpoint between evaluations")
+    progress: bool = Field(True, description="show progress bars")
+
+
+class RunConfig(Strict):
+    name: str = Field(description="run folder name under run_root")
+    dataset: DatasetConfig
+    model: PluginConfig
+    method: PluginConfig = Field(default_factory=lambda: PluginConfig(name="full"))
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    run_root: str = Field("runs", description="where run folders go")
+    cache_root: str = Field("cache", description="where prepared datasets are cached")
+    data_root: str | None = Field(None, description="root of relative data paths; default $EMBDIM_DATA_ROOT")
+
+    def resolved_data_root(self) -> Path:
+        if self.data_root:
+            return Path(self.data_root)
+        return Path(os.environ.get("EMBDIM_DATA_ROOT", DEFAULT_DATA_ROOT))
+
+    def model_options(self) -> BaseModel:
+        return MODELS.get(self.model.name).Config(**self.model.options)
+
+    def method_options(self) -> BaseModel:
+        return SEARCHERS.get(self.method.name).Config(**self.method.options)
+
+
+# ---------------------------------------------------------------------- loading
+def parse_value(text: str) -> Any:
+    """A CLI override value, read as YAML (``3``, ``1e-3``, ``[64, 32]``, ``true``, ``deepfm``)."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict (creating levels as needed)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key=value")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            if child is not None and not isinstance(child, str):
+                raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
+            child = {} if child is None else child
+            node[part] = child
+        node = child
+    node[parts[-1]] = parse_value(value)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def find_library_config(start: Path, section: str, name: str) -> Path:
+    folder = SECTION_FOLDERS[section]
+    for parent in [start, *start.parents]:
+        candidate = parent / folder / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{section}: no library config {folder}/{name}.yaml found above {start}")
+
+
+def _expand_section(section: str, value: Any, base: Path) -> dict[str, Any]:
+    """A section given by library name or path becomes its mapping; ``name`` defaults to that name."""
+    if isinstance(value, str):
+        path = Path(value) if value.endswith((".yaml", ".yml")) else find_library_config(base, section, value)
+        if not path.is_absolute() and value.endswith((".yaml", ".yml")):
+            path = base / path
+        loaded = _read_yaml(path)
+        loaded.setdefault("name", value if not value.endswith((".yaml", ".yml")) else path.stem)
+        return loaded
+    if not isinstance(value, dict):
+        raise ConfigError(f"{section}: expected a library config name or a mapping, got {value!r}")
+    return value
+
+
+def _split_plugin(section: dict[str, Any]) -> dict[str, Any]:
+    """``{name: deepfm, hidden: [...]}`` -> ``{name: deepfm, options: {hidden: [...]}}``."""
+    section = dict(section)
+    if "options" in section and len(section) <= 2:
+        return section
+    name = section.pop("name", None)
+    return {"name": name, "options": section}
+
+
+def compose(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The experiment file with library configs expanded and overrides applied (not yet validated)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    base = path.resolve().parent
+    # a section replaced by name on the command line (method=mde) is expanded like one in the file
+    for assignment in overrides:
+        key, _, value = assignment.partition("=")
+        if key.strip() in SECTION_FOLDERS and "=" in assignment:
+            data[key.strip()] = parse_value(value)
+    for section in SECTION_FOLDERS:
+        if section in data:
+            data[section] = _expand_section(section, data[section], base)
+    for section in ("model", "method"):
+        if section in data:
+            data[section] = _split_plugin(data[section])
+    for assignment in overrides:
+        key = assignment.partition("=")[0].strip()
+        if key in SECTION_FOLDERS:
+            continue
+        parts = key.split(".")
+        if parts[0] in ("model", "method") and len(parts) > 1 and parts[1] not in ("name", "options"):
+            assignment = ".".join([parts[0], "options", *parts[1:]]) + "=" + assignment.partition("=")[2]
+        apply_override(data, assignment)
+    return data
+
+
+def _format_errors(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a composed config, plug-in options included; errors name each bad key."""
+    try:
+        cfg = RunConfig(**data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: invalid configuration\n{_format_errors(err)}") from None
+    checks = [
+        ("model", lambda: cfg.model_options(), "model"),
+        ("method", lambda: cfg.method_options(), "method"),
+        ("dataset.options", lambda: cfg.dataset.reader_options(), "dataset.options"),
+    ]
+    for what, check, prefix in checks:
+        try:
+            check()
+        except ValidationError as err:
+            raise ConfigError(f"{source}: invalid {what}\n{_format_errors(err, prefix)}") from None
+        except KeyError as err:
+            raise ConfigError(f"{source}: {err.args[0]}") from None
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Compose and validate an experiment config."""
+    return validate(compose(path, overrides), source=str(path))
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,327 @@
+"""On-disk cache of prepared (encoded) datasets, written atomically and read memory-mapped.
+
+Layout of ``cache_root/<name>-<key16>/``::
+
+    schema.json            DatasetSchema (fields with vocab sizes and training counts, rows, skipped, meta)
+    encoder.json           Encoder.to_dict(), to encode new data the same way
+    <split>/ids.npy        int32 [N, F]
+    <split>/dense.npy      float32 [N, Dn]
+    <split>/labels.npy     float32 [N]
+    COMPLETE               JSON: cache format and the size of every file above
+
+``key16`` is the first 16 hex digits of a SHA-256 over a canonical JSON of whatever determines the
+content (source files as path + size + mtime_ns, reader and preprocessing config; see
+:func:`cache_key`), so touching a source file or changing a setting gives a new folder.
+
+**Atomicity.** :class:`CacheWriter` writes everything into a hidden temporary sibling
+``.tmp-<name>-<key16>.<host>.<pid>.<random>``, fsyncs each file, writes ``COMPLETE`` last, fsyncs
+the folder, and only then ``os.rename``\\ s it to the final name (and fsyncs ``cache_root``). The
+rename is the commit point: a folder under the final name was complete when it got that name.
+``COMPLETE`` is a second, cheap check that also catches folders that did not come from a rename
+(a partial copy between machines, a file truncated or deleted by hand): :func:`is_complete`
+requires the marker and every listed file at its recorded size, and an incomplete folder is never
+loaded (:func:`prepare <embdim.data.prepare.prepare>` rebuilds it). On an exception, including
+``KeyboardInterrupt``, the writer deletes its temporary folder; after a hard kill the temporary
+folder stays behind, is never read (its name does not match), and :func:`clean_stale_temps` removes
+it later (its process is gone, or it is older than :data:`STALE_TEMP_SECONDS`). When two processes
+build the same key at once, the first rename wins and the second discards its copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+import numpy as np
+
+from embdim.data.encoder import Encoder
+from embdim.data.schema import DatasetSchema
+
+CACHE_FORMAT = 1
+"""Bump when the layout changes; it is part of every key, so old folders are simply not found."""
+KEY_LENGTH = 16
+SCHEMA_FILE = "schema.json"
+ENCODER_FILE = "encoder.json"
+COMPLETE_MARKER = "COMPLETE"
+IDS_FILE = "ids.npy"
+DENSE_FILE = "dense.npy"
+LABELS_FILE = "labels.npy"
+TEMP_PREFIX = ".tmp-"
+STALE_TEMP_SECONDS = 24 * 3600
+"""A leftover temporary folder older than this is removed even when its owner cannot be checked."""
+_TEMP_NAME_PARTS = 4  # "<prefix><final>", host, pid, random
+
+
+@dataclass
+class SplitArrays:
+    """One split's encoded arrays (memory-mapped when loaded from the cache).
+
+    Attributes:
+        ids: int32 [N, F] field ids, 0 = OOV.
+        dense: float32 [N, Dn] dense features (Dn may be 0).
+        labels: float32 [N] 0/1 labels.
+    """
+
+    ids: np.ndarray
+    dense: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if self.ids.ndim != 2 or self.dense.ndim != 2 or self.labels.ndim != 1:
+            raise ValueError(
+                f"expected ids [N, F], dense [N, Dn], labels [N]; got {self.ids.shape}, "
+                f"{self.dense.shape}, {self.labels.shape}"
+            )
+        if self.ids.shape[0] != n or self.dense.shape[0] != n:
+            raise ValueError(
+                f"row counts differ: ids {self.ids.shape[0]}, dense {self.dense.shape[0]}, labels {n}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class PreparedData:
+    """An encoded dataset: its schema and per-split arrays.
+
+    Attributes:
+        schema: fields (vocab sizes, training counts), dense names, rows, skipped, meta.
+        splits: ``{"train": SplitArrays, "valid": ..., "test": ...}`` (those that exist).
+        cache_dir: the cache folder it was loaded from, ``None`` when built in memory.
+    """
+
+    schema: DatasetSchema
+    splits: dict[str, SplitArrays]
+    cache_dir: Path | None = None
+    _encoder: Encoder | None = field(default=None, repr=False)
+
+    def __getitem__(self, split: str) -> SplitArrays:
+        return self.splits[split]
+
+    def encoder(self) -> Encoder:
+        """The fitted encoder (loaded from ``encoder.json`` in the cache folder)."""
+        if self._encoder is None:
+            if self.cache_dir is None:
+                raise ValueError("this PreparedData was built in memory and has no encoder state")
+            self._encoder = Encoder.from_dict(json.loads((self.cache_dir / ENCODER_FILE).read_text()))
+        return self._encoder
+
+
+# ---------------------------------------------------------------------- keys
+def file_fingerprint(path: str | Path) -> dict:
+    """``{"path", "size", "mtime_ns"}`` of a source file (resolved path); raises if it does not exist."""
+    p = Path(path).expanduser().resolve()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"source file not found: {p}") from None
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def cache_key(payload: dict) -> str:
+    """First :data:`KEY_LENGTH` hex digits of SHA-256 over canonical JSON of ``payload`` + format."""
+    text = json.dumps({"cache_format": CACHE_FORMAT, **payload}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def cache_dir_for(cache_root: str | Path, name: str, key: str) -> Path:
+    """``cache_root/<name>-<key>``."""
+    return Path(cache_root) / f"{name}-{key}"
+
+
+# ---------------------------------------------------------------------- reading
+def is_complete(path: str | Path) -> bool:
+    """True when ``path`` holds a finished cache: marker present, right format, every file at its size."""
+    path = Path(path)
+    try:
+        marker = json.loads((path / COMPLETE_MARKER).read_text())
+        if marker.get("cache_format") != CACHE_FORMAT:
+            return False
+        return all((path / rel).stat().st_size == size for rel, size in marker["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def load_prepared(path: str | Path) -> PreparedData:
+    """Open a complete cache folder; arrays come back as read-only ``np.memmap``."""
+    path = Path(path)
+    if not is_complete(path):
+        raise FileNotFoundError(f"no complete cache at {path}")
+    schema = DatasetSchema.load(path / SCHEMA_FILE)
+    splits = {
+        name: SplitArrays(
+            ids=np.load(path / name / IDS_FILE, mmap_mode="r"),
+            dense=np.load(path / name / DENSE_FILE, mmap_mode="r"),
+            labels=np.load(path / name / LABELS_FILE, mmap_mode="r"),
+        )
+        for name in schema.rows
+    }
+    return PreparedData(schema=schema, splits=splits, cache_dir=path)
+
+
+# ---------------------------------------------------------------------- writing
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_") or "host"
+
+
+class CacheWriter:
+    """Writes one cache folder atomically; use as a context manager.
+
+    ::
+
+        with CacheWriter(final_dir) as w:
+            w.write_split("train", arrays)      # as each split is ready (frees memory early)
+            w.write_json(ENCODER_FILE, encoder.to_dict())
+            w.write_json(SCHEMA_FILE, schema.to_dict())
+        # leaving the block without an exception commits (rename); with one, the temp folder is deleted
+
+    After a commit, ``final_dir`` holds a complete cache (``committed`` is True). If another process
+    committed the same folder first, its copy is kept and ours is discarded.
+    """
+
+    def __init__(self, final_dir: str | Path) -> None:
+        self.final_dir = Path(final_dir)
+        self.tmp_dir: Path | None = None
+        self.committed = False
+        self._files: dict[str, int] = {}
+
+    def __enter__(self) -> CacheWriter:
+        root = self.final_dir.parent
+        root.mkdir(parents=True, exist_ok=True)
+        prefix = f"{TEMP_PREFIX}{self.final_dir.name}.{_host()}.{os.getpid()}."
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None and not self.committed and self.tmp_dir is not None:  # not aborted
+            try:
+                self.commit()
+            except BaseException:
+                self.abort()
+                raise
+        elif exc_type is not None:
+            self.abort()
+
+    def _require_open(self) -> Path:
+        if self.tmp_dir is None or self.committed:
+            raise RuntimeError("CacheWriter is not open (use it as a context manager, before commit)")
+        return self.tmp_dir
+
+    def _write_bytes_file(self, rel: str, write: Callable[[BinaryIO], object]) -> None:
+        target = self._require_open() / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._files[rel] = target.stat().st_size
+
+    def write_array(self, rel: str, array: np.ndarray) -> None:
+        """Save one ``.npy`` file at ``rel`` (relative to the cache folder)."""
+        self._write_bytes_file(rel, lambda fh: np.save(fh, np.ascontiguousarray(array), allow_pickle=False))
+
+    def write_split(self, name: str, arrays: SplitArrays) -> None:
+        """``<name>/ids.npy`` int32, ``<name>/dense.npy`` float32, ``<name>/labels.npy`` float32."""
+        self.write_array(f"{name}/{IDS_FILE}", arrays.ids.astype(np.int32, copy=False))
+        self.write_array(f"{name}/{DENSE_FILE}", arrays.dense.astype(np.float32, copy=False))
+        self.write_array(f"{name}/{LABELS_FILE}", arrays.labels.astype(np.float32, copy=False))
+        _fsync_dir(self._require_open() / name)
+
+    def write_json(self, rel: str, obj: object) -> None:
+        """Write a JSON file at ``rel``."""
+        self._write_bytes_file(rel, lambda fh: fh.write(json.dumps(obj).encode()))
+
+    def commit(self) -> Path:
+        """Write ``COMPLETE``, fsync, rename the temporary folder to ``final_dir``; returns ``final_dir``."""
+        tmp = self._require_open()
+        if SCHEMA_FILE not in self._files:
+            raise RuntimeError(f"refusing to commit a cache without {SCHEMA_FILE}")
+        marker = json.dumps({"cache_format": CACHE_FORMAT, "files": self._files}).encode()
+        with open(tmp / COMPLETE_MARKER, "wb") as fh:
+            fh.write(marker)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        try:
+            os.rename(tmp, self.final_dir)
+        except OSError:
+            if is_complete(self.final_dir):  # another process committed the same key first
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:  # an incomplete folder under the final name: move it aside, then take its place
+                trash = Path(
+                    tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{self.final_dir.name}.trash.", dir=tmp.parent)
+                )
+                os.rename(self.final_dir, trash / "old")
+                os.rename(tmp, self.final_dir)
+                shutil.rmtree(trash, ignore_errors=True)
+        _fsync_dir(self.final_dir.parent)
+        self.committed = True
+        self.tmp_dir = None
+        return self.final_dir
+
+    def abort(self) -> None:
+        """Delete the temporary folder (nothing under the final name is touched)."""
+        if self.tmp_dir is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir = None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(cache_root: str | Path, max_age_s: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Remove leftover temporary folders under ``cache_root``; returns the removed paths.
+
+    A temporary folder is stale when it was made on this host by a process that no longer runs, or
+    when it is older than ``max_age_s`` (owners on other hosts cannot be checked). Folders of live
+    writers are left alone.
+    """
+    root = Path(cache_root)
+    if not root.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for p in root.iterdir():
+        if not (p.name.startswith(TEMP_PREFIX) and p.is_dir()):
+            continue
+        parts = p.name.rsplit(".", _TEMP_NAME_PARTS - 1)
+        owner_gone = False
+        if len(parts) == _TEMP_NAME_PARTS and parts[1] == _host() and parts[2].isdigit():
+            owner_gone = not _pid_alive(int(parts[2]))
+        try:
+            too_old = now - p.stat().st_mtime > max_age_s
+        except FileNotFoundError:
+            continue
+        if owner_gone or too_old:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed

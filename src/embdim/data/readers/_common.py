@@ -1,0 +1,529 @@
+"""Shared reader machinery: opening (compressed) files, splitting delimited text, checking values.
+
+Parsing is done by polars on whole files. Only when a fast check fails is the text scanned line by
+line in Python, to name the first offending line in the error.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import ClassVar, Literal, Protocol
+
+import numpy as np
+import polars as pl
+from pydantic import PositiveInt, model_validator
+
+from embdim.data.raw import DataError
+from embdim.data.readers.base import Reader, ReaderOptions
+
+ALL_SPLIT = "all"
+"""Split key of a single pool of rows that the caller splits at random."""
+SPLIT_ORDER = ("train", "valid", "test")
+"""Split keys of given split files, in the order they are returned."""
+SplitKey = Literal["all", "train", "valid", "test"]
+
+SEPARATOR_NAMES = {"\t": "tab", ",": "comma", " ": "space", "|": "'|'", ";": "';'"}
+"""How error messages name the usual separators."""
+SUBSTITUTE_SEPARATOR = "\x1f"
+"""Single-byte stand-in for a multi-character separator such as MovieLens-1M's ``::``."""
+GZIP_SUFFIX = ".gz"
+ZIP_SUFFIX = ".zip"
+UTF8 = "utf-8"
+UTF8_BOM = b"\xef\xbb\xbf"
+MAX_SHOWN_COLUMNS = 50
+"""Error messages list at most this many available column names."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Options and the split-file reader base
+
+
+class SplitFileOptions(ReaderOptions):
+    """Which files to read: one pool (``path``, or ``files: {all: ...}``) or given split files.
+
+    Attributes:
+        path: a single file, read as the pool ``all``.
+        files: ``{"all": path}`` or any of ``{"train": ..., "valid": ..., "test": ...}``.
+        nrows: read at most this many data rows from each file (``None``: all). In text files a row
+            is a line, so a quoted field that spans lines uses up more than one.
+    """
+
+    path: str | None = None
+    files: dict[SplitKey, str] | None = None
+    nrows: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> SplitFileOptions:
+        if self.path is not None and self.files is not None:
+            raise ValueError("give either 'path' or 'files', not both")
+        if self.files is not None:
+            if not self.files:
+                raise ValueError("'files' is empty")
+            if ALL_SPLIT in self.files and len(self.files) > 1:
+                raise ValueError(
+                    "'files' holds 'all' next to split names; use either {all: ...} or train/valid/test"
+                )
+        return self
+
+
+class SplitFileReader(Reader):
+    """A reader whose files are given as ``path`` / ``files`` (see :class:`SplitFileOptions`).
+
+    Subclasses may set ``DEFAULT_FILES`` (relative to the data root), used when neither is given.
+    """
+
+    Options: ClassVar[type[ReaderOptions]] = SplitFileOptions
+    DEFAULT_FILES: ClassVar[dict[str, str] | None] = None
+    options: SplitFileOptions
+
+    def split_paths(self) -> dict[str, Path]:
+        """Split name -> resolved file, ``all`` alone or train/valid/test in that order."""
+        if self.options.path is not None:
+            files: dict[str, str] = {ALL_SPLIT: self.options.path}
+        elif self.options.files is not None:
+            files = dict(self.options.files)
+        elif self.DEFAULT_FILES is not None:
+            files = dict(self.DEFAULT_FILES)
+        else:
+            raise DataError(f"{type(self).__name__}: no input files; set 'path' or 'files' in the options")
+        order = [ALL_SPLIT, *SPLIT_ORDER]
+        return {name: self.path(files[name]) for name in order if name in files}
+
+    def sources(self) -> list[Path]:
+        return list(self.split_paths().values())
+
+    def display(self, path: Path) -> str:
+        return display_name(path, self.root)
+
+
+def display_name(path: Path, root: Path) -> str:
+    """``path`` relative to the data root when it lies below it (as in error messages), else in full."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading bytes
+
+
+def read_file_bytes(
+    path: Path, display: str, *, member: str | None = None, max_lines: int | None = None
+) -> bytes:
+    """The (decompressed) content of a plain, ``.gz`` or ``.zip`` file, read in memory.
+
+    Args:
+        path: the file. ``.gz`` is gunzipped, ``.zip`` opens ``member`` (or the only file inside).
+        display: the name used in error messages.
+        member: the file inside a zip archive.
+        max_lines: read only this many lines (``None``: everything).
+
+    Raises:
+        DataError: missing, unreadable, not really gzip/zip, or empty.
+    """
+    if not path.exists():
+        raise DataError(f"{display}: file not found ({path})")
+    if not path.is_file():
+        raise DataError(f"{display}: not a file ({path})")
+    try:
+        if path.suffix == ZIP_SUFFIX:
+            data = _read_zip_member(path, display, member, max_lines)
+        elif path.suffix == GZIP_SUFFIX:
+            if max_lines is None:
+                data = gzip.decompress(path.read_bytes())
+            else:
+                with gzip.open(path, "rb") as stream:
+                    data = b"".join(islice(stream, max_lines))
+        elif max_lines is None:
+            data = path.read_bytes()
+        else:
+            with path.open("rb") as stream:
+                data = b"".join(islice(stream, max_lines))
+    except PermissionError as error:
+        raise DataError(f"{display}: cannot read the file: permission denied") from error
+    except gzip.BadGzipFile as error:
+        raise DataError(f"{display}: not a gzip file although named .gz ({error})") from error
+    except (EOFError, zlib.error) as error:
+        raise DataError(f"{display}: corrupt or truncated compressed data ({error})") from error
+    except zipfile.BadZipFile as error:
+        raise DataError(f"{display}: not a zip file although named .zip ({error})") from error
+    except OSError as error:
+        raise DataError(f"{display}: cannot read the file: {error}") from error
+    if not data:
+        raise DataError(f"{display}: empty file")
+    return data
+
+
+def _read_zip_member(path: Path, display: str, member: str | None, max_lines: int | None) -> bytes:
+    with zipfile.ZipFile(path) as archive:
+        names = [info.filename for info in archive.infolist() if not info.is_dir()]
+        if member is None:
+            if len(names) != 1:
+                raise DataError(
+                    f"{display}: holds {len(names)} files; name the member to read: {', '.join(names)}"
+                )
+            member = names[0]
+        if member not in names:
+            raise DataError(f"{display}: no member {member!r}; members: {', '.join(names)}")
+        with archive.open(member) as stream:
+            return stream.read() if max_lines is None else b"".join(islice(stream, max_lines))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text files and locating rows
+
+
+class RowLocator(Protocol):
+    """Says where a data row came from, for error messages."""
+
+    def where(self, row: int) -> str: ...
+
+
+@dataclass
+class ParquetRows:
+    """Locator of rows of a file without lines (Parquet): ``name row 17`` (1-based)."""
+
+    display: str
+
+    def where(self, row: int) -> str:
+        return f"{self.display} row {row + 1}"
+
+
+@dataclass
+class TextFile:
+    """UTF-8 text of one source file, its header lines already removed.
+
+    Attributes:
+        display: the file's name in error messages.
+        data: the text, one data row per line unless ``row_lines`` says otherwise.
+        first_line: the 1-based line number of the first line of ``data`` in the file.
+        row_lines: the line each row starts on, when quoted fields span lines.
+    """
+
+    display: str
+    data: bytes
+    first_line: int = 1
+    row_lines: np.ndarray | None = None
+
+    def line_of(self, row: int) -> int:
+        if self.row_lines is not None:
+            return int(self.row_lines[row])
+        return self.first_line + row
+
+    def where(self, row: int) -> str:
+        return f"{self.display} line {self.line_of(row)}"
+
+    def first_line_text(self) -> bytes:
+        end = self.data.find(b"\n")
+        line = self.data if end < 0 else self.data[:end]
+        return line.rstrip(b"\r")
+
+    def without_first_line(self) -> TextFile:
+        end = self.data.find(b"\n")
+        rest = b"" if end < 0 else self.data[end + 1 :]
+        return TextFile(self.display, rest, self.first_line + 1)
+
+    def head(self, n_lines: int) -> TextFile:
+        """The first ``n_lines`` lines."""
+        end = 0
+        for _ in range(n_lines):
+            end = self.data.find(b"\n", end) + 1
+            if end == 0:
+                return self
+        return TextFile(self.display, self.data[:end], self.first_line)
+
+
+def load_text(
+    path: Path,
+    display: str,
+    *,
+    encoding: str = UTF8,
+    member: str | None = None,
+    max_lines: int | None = None,
+) -> TextFile:
+    """Read a text file (plain, ``.gz`` or a zip member) as UTF-8, transcoding from ``encoding``."""
+    data = read_file_bytes(path, display, member=member, max_lines=max_lines)
+    if encoding.lower().replace("_", "-") not in (UTF8, "utf8"):
+        try:
+            data = data.decode(encoding).encode(UTF8)
+        except UnicodeDecodeError as error:
+            line = data.count(b"\n", 0, error.start) + 1
+            raise DataError(f"{display} line {line}: not valid {encoding} text") from error
+        except LookupError as error:
+            raise DataError(f"{display}: unknown text encoding {encoding!r}") from error
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM) :]
+    return TextFile(display, data)
+
+
+def expect_header(text: TextFile, columns: Sequence[str], separator: str) -> TextFile:
+    """Check that the first line is exactly ``columns`` joined by ``separator``; return the rest."""
+    found = text.first_line_text().decode(UTF8, errors="replace")
+    expected = separator.join(columns)
+    if found != expected:
+        raise DataError(
+            f"{text.display} line {text.first_line}: expected the header {expected!r}, found {found!r}"
+        )
+    return text.without_first_line()
+
+
+def _trim_trailing_blank_lines(data: bytes) -> bytes:
+    """Drop blank lines at the very end of a file (a common editing artefact)."""
+    if not data.endswith((b"\n\n", b"\n\r\n")):
+        return data
+    return data.rstrip(b"\r\n") + b"\n"
+
+
+def _count_lines(data: bytes) -> int:
+    if not data:
+        return 0
+    return data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+
+
+def _separator_name(separator: str) -> str:
+    return SEPARATOR_NAMES.get(separator, repr(separator))
+
+
+def _first_malformed_line(
+    text: TextFile, separator: str, n_columns: int, hint: str, shown_separator: str
+) -> str | None:
+    """Scan line by line; describe the first line that is not UTF-8 or has the wrong column count."""
+    for offset, raw in enumerate(io.BytesIO(text.data)):
+        line_no = text.first_line + offset
+        try:
+            line = raw.rstrip(b"\r\n").decode(UTF8)
+        except UnicodeDecodeError as error:
+            return f"{text.display} line {line_no}: not valid UTF-8 (byte {error.start + 1} of the line)"
+        found = line.count(separator) + 1
+        if found != n_columns:
+            return _column_count_message(text.display, line_no, shown_separator, n_columns, found, hint)
+    return None
+
+
+def _column_count_message(
+    display: str, line: int, separator: str, expected: int, found: int, hint: str
+) -> str:
+    extra = f" ({hint})" if hint else ""
+    return (
+        f"{display} line {line}: expected {expected} {_separator_name(separator)}-separated columns{extra}, "
+        f"found {found}"
+    )
+
+
+def _quoted_row_lines(
+    text: TextFile, separator: str, quote_char: str, n_columns: int, hint: str
+) -> np.ndarray:
+    """Check quoted CSV with the ``csv`` module; return the line each record starts on."""
+    try:
+        decoded = text.data.decode(UTF8)
+    except UnicodeDecodeError as error:
+        line = text.first_line + text.data.count(b"\n", 0, error.start)
+        raise DataError(f"{text.display} line {line}: not valid UTF-8") from error
+    reader = csv.reader(
+        io.StringIO(decoded, newline=""), delimiter=separator, quotechar=quote_char, strict=True
+    )
+    starts: list[int] = []
+    lines_read = 0
+    try:
+        for record in reader:
+            start = text.first_line + lines_read
+            if len(record) != n_columns:
+                raise DataError(
+                    _column_count_message(text.display, start, separator, n_columns, len(record), hint)
+                )
+            starts.append(start)
+            lines_read = reader.line_num
+    except csv.Error as error:
+        raise DataError(f"{text.display} line {text.first_line + reader.line_num - 1}: {error}") from error
+    return np.asarray(starts, dtype=np.int64)
+
+
+def split_columns(
+    text: TextFile,
+    columns: Sequence[str],
+    separator: str,
+    *,
+    quote_char: str | None = None,
+    hint: str = "",
+) -> pl.DataFrame:
+    """Parse delimited text into string columns (empty field = null), checking every row's width.
+
+    Args:
+        text: the file's text without header.
+        columns: the column names, one per field.
+        separator: one character, or a longer string (e.g. ``::``) that is swapped for a single byte.
+        quote_char: quote character of quoted CSV, or ``None`` when quotes are ordinary characters.
+        hint: what the columns are, appended to column-count errors.
+
+    Raises:
+        DataError: no data rows, a line with the wrong number of columns, text that is not UTF-8.
+
+    ``text`` is updated in place (trailing blank lines trimmed, ``row_lines`` set for quoted text), so
+    that ``text.where(row)`` names the right line afterwards.
+    """
+    if not text.data or text.data.isspace():
+        raise DataError(f"{text.display}: no data rows")
+    n_columns = len(columns)
+    text.data = _trim_trailing_blank_lines(text.data)
+    parse_separator = separator
+    if len(separator) > 1:
+        if SUBSTITUTE_SEPARATOR.encode() in text.data:
+            raise DataError(f"{text.display}: holds the control byte 0x1f, which this reader uses internally")
+        text.data = text.data.replace(separator.encode(), SUBSTITUTE_SEPARATOR.encode())
+        parse_separator = SUBSTITUTE_SEPARATOR
+    quoted = quote_char is not None and quote_char.encode() in text.data
+    n_lines = _count_lines(text.data)
+
+    def malformed(fallback: str) -> DataError:
+        message = None
+        if not quoted:
+            message = _first_malformed_line(text, parse_separator, n_columns, hint, separator)
+        return DataError(message or fallback)
+
+    if quoted:
+        text.row_lines = _quoted_row_lines(text, parse_separator, quote_char or "", n_columns, hint)
+    elif text.data.count(parse_separator.encode()) != (n_columns - 1) * n_lines:
+        raise malformed(f"{text.display}: rows do not all have {n_columns} columns")
+    try:
+        frame = pl.read_csv(
+            io.BytesIO(text.data),
+            has_header=False,
+            schema=dict.fromkeys(columns, pl.Utf8),
+            separator=parse_separator,
+            quote_char=quote_char if quoted else None,
+        )
+    except pl.exceptions.PolarsError as error:
+        raise malformed(f"{text.display}: cannot parse: {error}") from error
+    expected_rows = len(text.row_lines) if text.row_lines is not None else n_lines
+    if frame.height != expected_rows:
+        raise DataError(f"{text.display}: parsed {frame.height} rows, expected {expected_rows}")
+    return frame
+
+
+def parse_header(text: TextFile, separator: str, quote_char: str | None) -> list[str]:
+    """The column names on the first line (quoted names allowed); duplicates are an error."""
+    line = text.first_line_text().decode(UTF8, errors="replace")
+    if quote_char is None:
+        names = line.split(separator)
+    else:
+        names = next(csv.reader([line], delimiter=separator, quotechar=quote_char))
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{text.display} line {text.first_line}: the header names column {name!r} twice")
+        seen.add(name)
+    return names
+
+
+def require_columns(display: str, wanted: dict[str, Sequence[str]], available: Sequence[str]) -> None:
+    """Raise naming the first wanted column (by role, e.g. ``numeric``) that the file lacks."""
+    present = set(available)
+    for role, names in wanted.items():
+        for name in names:
+            if name not in present:
+                shown = ", ".join(repr(column) for column in list(available)[:MAX_SHOWN_COLUMNS])
+                more = " ..." if len(available) > MAX_SHOWN_COLUMNS else ""
+                raise DataError(
+                    f"{display}: {role} column {name!r} not found; available columns: {shown}{more}"
+                )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Value checks (vectorised; the first bad row is named)
+
+
+def first_true(mask: pl.Series) -> int | None:
+    """Index of the first ``True`` in a boolean series (nulls count as ``False``)."""
+    hits = mask.fill_null(False).arg_true()
+    return int(hits[0]) if len(hits) else None
+
+
+def _stripped_float(name: str) -> pl.Expr:
+    return pl.col(name).str.strip_chars().cast(pl.Float64, strict=False)
+
+
+def parse_numeric(frame: pl.DataFrame, columns: Sequence[str], locator: RowLocator) -> pl.DataFrame:
+    """Cast text columns to ``Float64``; blank, null and ``nan`` become null.
+
+    Raises:
+        DataError: a value that is not a number, naming the row's place, the column and the value.
+    """
+    if not columns:
+        return frame
+    text_columns = [name for name in columns if frame.schema[name] == pl.Utf8]
+    if text_columns:
+        bad = frame.select(
+            [
+                (pl.col(name).str.strip_chars().str.len_bytes() > 0) & _stripped_float(name).is_null()
+                for name in text_columns
+            ]
+        )
+        row = first_true(bad.select(pl.any_horizontal(pl.all())).to_series())
+        if row is not None:
+            column = next(name for name in text_columns if bad[name][row])
+            raise DataError(
+                f"{locator.where(row)}: column {column!r} value {frame[column][row]!r} is not a number"
+            )
+    return frame.with_columns(
+        [
+            (_stripped_float(name) if name in text_columns else pl.col(name).cast(pl.Float64)).fill_nan(None)
+            for name in columns
+        ]
+    )
+
+
+def binary_label(
+    frame: pl.DataFrame,
+    column: str,
+    locator: RowLocator,
+    *,
+    positive: Sequence[str] = ("1",),
+    negative: Sequence[str] = ("0",),
+) -> pl.Series:
+    """A text label column as ``Float32`` 1.0/0.0; any other token (or an empty label) raises."""
+    allowed = [*negative, *positive]
+    row = first_true(~frame[column].is_in(allowed).fill_null(False))
+    if row is not None:
+        value = frame[column][row]
+        shown = "empty" if value is None else repr(value)
+        raise DataError(f"{locator.where(row)}: label {shown} is not one of {', '.join(allowed)}")
+    return frame[column].is_in(list(positive)).cast(pl.Float32).alias(column)
+
+
+def threshold_label(
+    frame: pl.DataFrame, column: str, threshold: float | None, locator: RowLocator
+) -> pl.Series:
+    """A numeric label column as ``Float32``: ``value >= threshold``, or values already 0/1 when ``None``.
+
+    Raises:
+        DataError: an empty or non-numeric label, or (without threshold) a value other than 0 or 1.
+    """
+    values = parse_numeric(frame.select(column), [column], locator)[column]
+    row = first_true(values.is_null())
+    if row is not None:
+        raise DataError(f"{locator.where(row)}: label column {column!r} is empty")
+    if threshold is not None:
+        return (values >= threshold).cast(pl.Float32).alias(column)
+    row = first_true(~values.is_in([0.0, 1.0]))
+    if row is not None:
+        raise DataError(
+            f"{locator.where(row)}: label column {column!r} value {values[row]!r} is not 0 or 1 "
+            "(set label_threshold to binarise it)"
+        )
+    return values.cast(pl.Float32).alias(column)
+
+
+def check_unique(frame: pl.DataFrame, column: str, locator: RowLocator) -> None:
+    """Raise at the first repeated key of a side table (a join would duplicate rows)."""
+    row = first_true(frame[column].is_duplicated() & ~frame[column].is_first_distinct())
+    if row is not None:
+        raise DataError(f"{locator.where(row)}: {column} {frame[column][row]!r} appears a second time")

@@ -1,0 +1,112 @@
+"""Avazu (Kaggle 2014) CSV: ``id,click,hour,C1,...,C21``; a header line is optional in every file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import polars as pl
+
+from embdim.data.raw import LABEL, DataError, RawData
+from embdim.data.readers._common import (
+    SplitFileOptions,
+    SplitFileReader,
+    TextFile,
+    binary_label,
+    expect_header,
+    first_true,
+    load_text,
+    split_columns,
+)
+from embdim.registry import READERS
+
+AVAZU_COLUMNS = [
+    "id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id",
+    "app_domain", "app_category", "device_id", "device_ip", "device_model", "device_type",
+    "device_conn_type", "C14", "C15", "C16", "C17", "C18", "C19", "C20", "C21",
+]  # fmt: skip
+AVAZU_ID = "id"
+AVAZU_LABEL = "click"
+AVAZU_HOUR = "hour"
+AVAZU_OTHER_FIELDS = AVAZU_COLUMNS[3:]
+"""The 21 categorical columns after ``id``, ``click`` and ``hour``."""
+HOUR_FIELDS = ["hour_of_day", "weekday", "is_weekend"]
+"""What ``hour`` (YYMMDDHH) becomes: ``"00".."23"``, ``"Monday".."Sunday"``, ``"1"``/``"0"``."""
+AVAZU_SEPARATOR = ","
+HEADER_PREFIX = b"id,click"
+"""A first line starting like this is a header."""
+HOUR_LENGTH = 8
+DATE_LENGTH = 6
+HOURS_OF_DAY = [f"{hour:02d}" for hour in range(24)]
+FIRST_WEEKEND_DAY = 6
+"""ISO weekday of Saturday (Monday = 1)."""
+
+
+class AvazuOptions(SplitFileOptions):
+    """Avazu files (default: the shared ``avazu-sample``, ``dev`` as ``valid``).
+
+    Attributes:
+        split_hour: turn ``hour`` into ``hour_of_day``, ``weekday`` and ``is_weekend`` (default);
+            ``False`` keeps the raw ``hour`` as one categorical field.
+    """
+
+    split_hour: bool = True
+
+
+@READERS.register("avazu")
+class AvazuReader(SplitFileReader):
+    """Avazu rows: ``click`` is the label, ``id`` is dropped, every other column is categorical."""
+
+    Options = AvazuOptions
+    options: AvazuOptions
+    DEFAULT_FILES: ClassVar[dict[str, str]] = {
+        "train": "avazu-sample/train.csv.gz",
+        "valid": "avazu-sample/dev.csv.gz",
+        "test": "avazu-sample/test.csv.gz",
+    }
+
+    def categorical(self) -> list[str]:
+        hour_fields = HOUR_FIELDS if self.options.split_hour else [AVAZU_HOUR]
+        return [*hour_fields, *AVAZU_OTHER_FIELDS]
+
+    def read(self) -> RawData:
+        splits = {name: self.read_file(path) for name, path in self.split_paths().items()}
+        return RawData(splits=splits, categorical=self.categorical(), sources=self.sources())
+
+    def read_file(self, path: Path) -> pl.DataFrame:
+        """One Avazu file (with or without header) as a frame with the contract's columns."""
+        nrows = self.options.nrows
+        text = load_text(path, self.display(path), max_lines=None if nrows is None else nrows + 1)
+        if text.first_line_text().startswith(HEADER_PREFIX):
+            text = expect_header(text, AVAZU_COLUMNS, AVAZU_SEPARATOR)
+        if nrows is not None:
+            text = text.head(nrows)
+        frame = split_columns(text, AVAZU_COLUMNS, AVAZU_SEPARATOR)
+        label = binary_label(frame, AVAZU_LABEL, text).alias(LABEL)
+        if self.options.split_hour:
+            frame = frame.with_columns(split_hour(frame[AVAZU_HOUR], text))
+        return frame.select(self.categorical()).with_columns(label)
+
+
+def split_hour(hour: pl.Series, text: TextFile) -> list[pl.Series]:
+    """``YYMMDDHH`` strings -> ``hour_of_day``, ``weekday`` (English name), ``is_weekend`` ("1"/"0").
+
+    Raises:
+        DataError: a value that is not a valid date and hour, naming file and line.
+    """
+    date = hour.str.slice(0, DATE_LENGTH).str.to_date("%y%m%d", strict=False)
+    hour_of_day = hour.str.slice(DATE_LENGTH, 2)
+    bad = (
+        hour.is_null()
+        | (hour.str.len_bytes() != HOUR_LENGTH)
+        | date.is_null()
+        | ~hour_of_day.is_in(HOURS_OF_DAY)
+    )
+    row = first_true(bad)
+    if row is not None:
+        raise DataError(f"{text.where(row)}: hour {hour[row]!r} is not YYMMDDHH")
+    return [
+        hour_of_day.alias("hour_of_day"),
+        date.dt.strftime("%A").alias("weekday"),
+        (date.dt.weekday() >= FIRST_WEEKEND_DAY).cast(pl.Int8).cast(pl.Utf8).alias("is_weekend"),
+    ]

@@ -1,0 +1,161 @@
+"""libFM / libSVM one-hot rows with one ``index:1`` pair per field, fields in a fixed order.
+
+A row is ``label idx:1 idx:1 ...`` separated by single spaces. The field of a pair is its position;
+its value is the index, kept as a string (``"204"``). ``libfm`` is the generic reader,
+``frappe_libfm`` reads the NFM / AFN / BARS Frappe splits with the Frappe field names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import polars as pl
+from pydantic import Field, field_validator
+
+from embdim.data.raw import LABEL, DataError, RawData
+from embdim.data.readers._common import (
+    SplitFileOptions,
+    SplitFileReader,
+    TextFile,
+    binary_label,
+    first_true,
+    load_text,
+    split_columns,
+)
+from embdim.registry import READERS
+
+LIBFM_SEPARATOR = " "
+PAIR_SEPARATOR = ":"
+POSITIVE_LABELS = ("1", "+1")
+NEGATIVE_LABELS = ("0", "-1")
+ONE_HOT_VALUE = 1.0
+"""The only feature value a categorical libFM row may carry."""
+FRAPPE_FIELDS = [
+    "user",
+    "item",
+    "daytime",
+    "weekday",
+    "isweekend",
+    "homework",
+    "cost",
+    "weather",
+    "country",
+    "city",
+]
+
+
+@dataclass
+class LibFMRows:
+    """One parsed libFM file: the label and, per field position, the feature index of every row."""
+
+    label: pl.Series
+    indices: list[pl.Series]
+    text: TextFile
+
+
+def count_pairs(text: TextFile) -> int:
+    """Number of ``index:value`` pairs on the first line (the rest of the file must match)."""
+    first = text.first_line_text().decode("utf-8", errors="replace")
+    if not first.strip():
+        raise DataError(f"{text.display} line {text.first_line}: empty line")
+    return first.count(LIBFM_SEPARATOR)
+
+
+def parse_libfm(text: TextFile, n_pairs: int) -> LibFMRows:
+    """Parse rows of exactly ``n_pairs`` ``index:1`` pairs; the label may be 1/0 or 1/-1.
+
+    Raises:
+        DataError: wrong pair count, a pair that is not ``<non-negative integer>:1``, a bad label;
+            the message names the file and line.
+    """
+    pair_columns = [f"pair_{position}" for position in range(1, n_pairs + 1)]
+    frame = split_columns(
+        text, [LABEL, *pair_columns], LIBFM_SEPARATOR, hint=f"label and {n_pairs} index:value pairs"
+    )
+    label = binary_label(frame, LABEL, text, positive=POSITIVE_LABELS, negative=NEGATIVE_LABELS)
+    indices = []
+    for position, column in enumerate(pair_columns, start=1):
+        parts = frame[column].str.splitn(PAIR_SEPARATOR, 2).struct.unnest()
+        index_text, value_text = parts.to_series(0), parts.to_series(1)
+        index = index_text.cast(pl.Int64, strict=False)
+        value = value_text.str.strip_chars().cast(pl.Float64, strict=False)
+        bad = index.is_null() | (index < 0) | (value != ONE_HOT_VALUE).fill_null(True)
+        row = first_true(bad)
+        if row is not None:
+            raise DataError(
+                f"{text.where(row)}: pair {position} is {frame[column][row]!r}, expected '<index>:1' "
+                "with a non-negative integer index"
+            )
+        indices.append(index.alias(column))
+    return LibFMRows(label=label, indices=indices, text=text)
+
+
+class LibFMOptions(SplitFileOptions):
+    """libFM files with one ``index:1`` pair per field.
+
+    Attributes:
+        fields: field names, one per pair position. ``None``: ``field_1..field_n`` with ``n`` taken
+            from the first line of the first file.
+    """
+
+    fields: list[str] | None = None
+
+    @field_validator("fields")
+    @classmethod
+    def _check_fields(cls, fields: list[str] | None) -> list[str] | None:
+        if fields is None:
+            return None
+        if not fields:
+            raise ValueError("'fields' is empty")
+        if len(set(fields)) != len(fields):
+            raise ValueError(f"'fields' repeats a name: {fields}")
+        if LABEL in fields:
+            raise ValueError(f"{LABEL!r} is reserved for the label")
+        return fields
+
+
+@READERS.register("libfm")
+class LibFMReader(SplitFileReader):
+    """Generic positional libFM reader: field = pair position, value = the index as a string."""
+
+    Options = LibFMOptions
+    options: LibFMOptions
+
+    def read(self) -> RawData:
+        fields = self.options.fields
+        splits = {}
+        for name, path in self.split_paths().items():
+            n_pairs = None if fields is None else len(fields)
+            rows = read_libfm_file(path, self.display(path), n_pairs, self.options.nrows)
+            if fields is None:
+                fields = [f"field_{position}" for position in range(1, len(rows.indices) + 1)]
+            columns = [
+                index.cast(pl.Utf8).alias(field) for field, index in zip(fields, rows.indices, strict=True)
+            ]
+            splits[name] = pl.DataFrame([*columns, rows.label])
+        return RawData(splits=splits, categorical=list(fields or []), sources=self.sources())
+
+
+class FrappeLibFMOptions(LibFMOptions):
+    """The NFM/AFN/BARS Frappe libFM splits (default: the shared valid and test files)."""
+
+    fields: list[str] | None = Field(default_factory=lambda: list(FRAPPE_FIELDS))
+
+
+@READERS.register("frappe_libfm")
+class FrappeLibFMReader(LibFMReader):
+    """Frappe in libFM form: 10 fields ``user,item,daytime,...,city``; the train split is not shared."""
+
+    Options = FrappeLibFMOptions
+    DEFAULT_FILES: ClassVar[dict[str, str]] = {
+        "valid": "frappe/nfm.frappe.validation.libfm.gz",
+        "test": "frappe/nfm.frappe.test.libfm.gz",
+    }
+
+
+def read_libfm_file(path: Path, display: str, n_pairs: int | None, nrows: int | None) -> LibFMRows:
+    """Load and parse one libFM file; ``n_pairs=None`` takes the count from its first line."""
+    text = load_text(path, display, max_lines=nrows)
+    return parse_libfm(text, count_pairs(text) if n_pairs is None else n_pairs)

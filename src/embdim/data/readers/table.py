@@ -1,0 +1,161 @@
+"""Generic tables (CSV, TSV, Parquet): the options name the categorical, numeric and label columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from pydantic import Field, field_validator, model_validator
+
+from embdim.data.raw import LABEL, DataError, RawData
+from embdim.data.readers._common import (
+    GZIP_SUFFIX,
+    ParquetRows,
+    RowLocator,
+    SplitFileOptions,
+    SplitFileReader,
+    load_text,
+    parse_header,
+    parse_numeric,
+    require_columns,
+    split_columns,
+    threshold_label,
+)
+from embdim.registry import READERS
+
+TableFormat = Literal["csv", "tsv", "parquet"]
+FORMAT_OF_SUFFIX: dict[str, TableFormat] = {
+    ".csv": "csv",
+    ".txt": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+DEFAULT_SEPARATOR = {"csv": ",", "tsv": "\t"}
+
+
+class TableOptions(SplitFileOptions):
+    """A table with named columns.
+
+    Attributes:
+        categorical: columns read as categorical fields (strings).
+        numeric: columns read as numbers (``Float64``; empty = null).
+        label: the label column; it is renamed ``label``.
+        label_threshold: label = ``value >= threshold``; ``None``: the column must already be 0/1.
+        format: ``csv``, ``tsv`` or ``parquet``; ``None``: from the file name (``.gz`` ignored).
+        separator: one character; ``None``: ``,`` for CSV, tab for TSV.
+        has_header: the first line holds the column names (CSV/TSV).
+        columns: the column names of a file without header.
+        quote_char: the CSV quote character, ``None`` to treat quotes as text.
+        encoding: text encoding of CSV/TSV files (converted to UTF-8).
+    """
+
+    categorical: list[str] = Field(default_factory=list)
+    numeric: list[str] = Field(default_factory=list)
+    label: str
+    label_threshold: float | None = None
+    format: TableFormat | None = None
+    separator: str | None = None
+    has_header: bool = True
+    columns: list[str] | None = None
+    quote_char: str | None = '"'
+    encoding: str = "utf-8"
+
+    @field_validator("separator", "quote_char")
+    @classmethod
+    def _one_character(cls, value: str | None) -> str | None:
+        if value is not None and len(value) != 1:
+            raise ValueError(f"must be one character, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> TableOptions:
+        if not self.categorical and not self.numeric:
+            raise ValueError("name at least one 'categorical' or 'numeric' column")
+        roles = [*self.categorical, *self.numeric, self.label]
+        repeated = sorted({name for name in roles if roles.count(name) > 1})
+        if repeated:
+            raise ValueError(f"columns named in more than one role (categorical, numeric, label): {repeated}")
+        if LABEL in roles[:-1]:
+            raise ValueError(f"a feature column may not be called {LABEL!r}; that name is the label's")
+        if not self.has_header and self.columns is None:
+            raise ValueError("a file without header needs 'columns' (the names of its columns)")
+        if self.has_header and self.columns is not None:
+            raise ValueError("'columns' names the columns of a file without header; set has_header: false")
+        return self
+
+
+@READERS.register("table")
+class TableReader(SplitFileReader):
+    """CSV / TSV / Parquet with the columns named in the options; unknown names are an error."""
+
+    Options = TableOptions
+    options: TableOptions
+
+    def read(self) -> RawData:
+        splits = {name: self.read_file(path) for name, path in self.split_paths().items()}
+        return RawData(
+            splits=splits,
+            categorical=list(self.options.categorical),
+            numeric=list(self.options.numeric),
+            sources=self.sources(),
+        )
+
+    def file_format(self, path: Path) -> TableFormat:
+        if self.options.format is not None:
+            return self.options.format
+        suffixes = path.suffixes
+        if suffixes and suffixes[-1] == GZIP_SUFFIX:
+            suffixes = suffixes[:-1]
+        found = FORMAT_OF_SUFFIX.get(suffixes[-1].lower()) if suffixes else None
+        if found is None:
+            raise DataError(f"{self.display(path)}: cannot tell the format from the name; set 'format'")
+        return found
+
+    def read_file(self, path: Path) -> pl.DataFrame:
+        """One table file as a frame with the contract's columns and dtypes."""
+        if self.file_format(path) == "parquet":
+            frame, locator = self._read_parquet(path)
+        else:
+            frame, locator = self._read_delimited(path)
+        options = self.options
+        frame = parse_numeric(frame, options.numeric, locator)
+        label = threshold_label(frame, options.label, options.label_threshold, locator).alias(LABEL)
+        categorical = [pl.col(name).cast(pl.Utf8) for name in options.categorical]
+        return frame.select(*categorical, *options.numeric).with_columns(label)
+
+    def _wanted(self) -> dict[str, list[str]]:
+        options = self.options
+        return {"categorical": options.categorical, "numeric": options.numeric, "label": [options.label]}
+
+    def _read_delimited(self, path: Path) -> tuple[pl.DataFrame, RowLocator]:
+        options = self.options
+        separator = options.separator or DEFAULT_SEPARATOR[self.file_format(path)]
+        header_lines = 1 if options.has_header else 0
+        max_lines = None if options.nrows is None else options.nrows + header_lines
+        text = load_text(path, self.display(path), encoding=options.encoding, max_lines=max_lines)
+        if options.has_header:
+            names = parse_header(text, separator, options.quote_char)
+            text = text.without_first_line()
+        else:
+            names = list(options.columns or [])
+        require_columns(text.display, self._wanted(), names)
+        frame = split_columns(text, names, separator, quote_char=options.quote_char)
+        return frame, text
+
+    def _read_parquet(self, path: Path) -> tuple[pl.DataFrame, RowLocator]:
+        display = self.display(path)
+        if not path.is_file():
+            raise DataError(f"{display}: file not found ({path})")
+        try:
+            names = list(pl.scan_parquet(path).collect_schema())
+            require_columns(display, self._wanted(), names)
+            wanted = [*self.options.categorical, *self.options.numeric, self.options.label]
+            frame = pl.read_parquet(path, columns=wanted, n_rows=self.options.nrows)
+        except (OSError, pl.exceptions.PolarsError) as error:
+            raise DataError(f"{display}: cannot read as Parquet: {error}") from error
+        if frame.height == 0:
+            raise DataError(f"{display}: no data rows")
+        return frame, ParquetRows(display)

@@ -1,0 +1,83 @@
+"""EmbeddingLayer: a lookup backend plus a searcher, ids ``[B, F]`` -> embeddings ``[B, F, d]``.
+
+Example::
+
+    fields = [FieldInfo("user", 1000), FieldInfo("item", 5000)]
+    layer = EmbeddingLayer(fields, dim=16, method="mde", method_config={"alpha": 0.3})
+    emb = layer(torch.tensor([[3, 17]]))        # [1, 2, 16]
+    layer.plan().num_bytes                      # slim size
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from embdim.data.schema import FieldInfo
+from embdim.lookup import DEFAULT_INIT_STD, create_lookup
+from embdim.plan import EmbeddingPlan
+from embdim.registry import SEARCHERS
+from embdim.searchers.base import Searcher, SearcherConfig
+from embdim.slim import SlimEmbedding
+
+
+def create_searcher(
+    method: str,
+    fields: list[FieldInfo],
+    dim: int,
+    config: SearcherConfig | dict[str, Any] | None = None,
+    init_std: float = DEFAULT_INIT_STD,
+) -> Searcher:
+    """Build a registered searcher by name; a dict config is validated against its ``Config``."""
+    cls = SEARCHERS.get(method)
+    if not isinstance(config, SearcherConfig):
+        config = cls.Config(**(config or {}))
+    return cls(fields, dim, config, init_std)
+
+
+class EmbeddingLayer(nn.Module):
+    """The embedding layer every model reads from.
+
+    Args:
+        fields: categorical fields (vocabulary sizes; training counts for frequency-aware methods).
+        dim: output width ``d``.
+        method: registered searcher name (``embdim.list_searchers()``).
+        method_config: the searcher's options, as its ``Config`` or a dict.
+        backend: lookup backend, ``torch`` or ``torchrec``.
+        sparse: sparse gradients for the raw tables.
+        init_std: normal-init standard deviation of the raw tables.
+
+    ``forward(ids)``: int64 [B, F] per-field ids -> float [B, F, d].
+    """
+
+    def __init__(
+        self,
+        fields: list[FieldInfo],
+        dim: int,
+        method: str = "full",
+        method_config: SearcherConfig | dict[str, Any] | None = None,
+        backend: str = "torch",
+        sparse: bool = False,
+        init_std: float = DEFAULT_INIT_STD,
+    ) -> None:
+        super().__init__()
+        self.fields = list(fields)
+        self.dim = dim
+        self.searcher = create_searcher(method, self.fields, dim, method_config, init_std)
+        self.lookup = create_lookup(backend, self.searcher.table_specs(), len(self.fields), sparse)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.searcher(self.lookup(ids), ids)
+
+    def penalty(self) -> torch.Tensor | None:
+        return self.searcher.penalty()
+
+    def plan(self) -> EmbeddingPlan:
+        return self.searcher.plan(self.lookup)
+
+    @torch.no_grad()
+    def export(self) -> SlimEmbedding:
+        """The slim embedding, which maps ids to the same vectors while storing only what the plan keeps."""
+        return self.searcher.export(self.lookup)

@@ -1,0 +1,173 @@
+"""Lookup backends: the physical embedding tables and the id -> raw vector gather.
+
+A searcher declares the raw tables it needs as :class:`TableSpec`; a backend (plain torch here,
+TorchRec in :mod:`embdim.distributed`) owns them and returns :class:`RawEmbeddings`. Models and
+searchers never touch a backend's internals, so one backend can replace another.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+DEFAULT_INIT_STD = 0.01
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One physical table holding the rows of one or more fields (each field keeps its own rows).
+
+    Attributes:
+        name: table name (unique within a layer).
+        field_ids: the fields stored in this table, in order; field ``field_ids[j]`` owns rows
+            ``offsets[j] : offsets[j] + rows[j]``.
+        rows: vocabulary size of each of those fields.
+        dim: raw width of the table (may differ from the model's ``d``: MDE, MLET).
+        init_std: standard deviation of the normal initialisation.
+    """
+
+    name: str
+    field_ids: tuple[int, ...]
+    rows: tuple[int, ...]
+    dim: int
+    init_std: float = DEFAULT_INIT_STD
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.rows)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        out, total = [], 0
+        for r in self.rows:
+            out.append(total)
+            total += r
+        return tuple(out)
+
+
+def group_fields_by_width(
+    widths: Sequence[int], vocab_sizes: Sequence[int], init_std: float, prefix: str = "t"
+) -> list[TableSpec]:
+    """One table per distinct width (fields of equal width share a table; width-0 fields get none)."""
+    specs = []
+    for width in sorted({w for w in widths if w > 0}, reverse=True):
+        fields = tuple(f for f, w in enumerate(widths) if w == width)
+        specs.append(
+            TableSpec(f"{prefix}{width}", fields, tuple(int(vocab_sizes[f]) for f in fields), width, init_std)
+        )
+    return specs
+
+
+class RawEmbeddings:
+    """Looked-up raw vectors, one tensor ``[B, F_t, D_t]`` per table.
+
+    ``stacked()`` gives ``[B, F, D]`` when every field has the same raw width (free when a single
+    table holds all fields in order, the common case); ``field(f)`` gives ``[B, D_f]``.
+    """
+
+    def __init__(self, specs: Sequence[TableSpec], values: Sequence[torch.Tensor], num_fields: int) -> None:
+        self.specs = list(specs)
+        self.values = list(values)
+        self.num_fields = num_fields
+        self._where = {f: (t, j) for t, s in enumerate(self.specs) for j, f in enumerate(s.field_ids)}
+
+    def field(self, f: int) -> torch.Tensor:
+        t, j = self._where[f]
+        return self.values[t][:, j]
+
+    def stacked(self) -> torch.Tensor:
+        if len(self.values) == 1 and self.specs[0].field_ids == tuple(range(self.num_fields)):
+            return self.values[0]
+        widths = {s.dim for s in self.specs}
+        if len(widths) != 1:
+            raise ValueError(f"cannot stack raw embeddings of different widths {sorted(widths)}")
+        return torch.stack([self.field(f) for f in range(self.num_fields)], dim=1)
+
+
+class Lookup(nn.Module, ABC):
+    """Owns the raw tables described by ``specs``; ``forward(ids [B, F] int64) -> RawEmbeddings``."""
+
+    def __init__(self, specs: Sequence[TableSpec], num_fields: int) -> None:
+        super().__init__()
+        self.specs = list(specs)
+        self.num_fields = num_fields
+        names = [s.name for s in self.specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"table names must be unique, got {names}")
+
+    @abstractmethod
+    def forward(self, ids: torch.Tensor) -> RawEmbeddings: ...
+
+    @abstractmethod
+    def table_weight(self, name: str) -> torch.Tensor:
+        """The whole table ``[num_rows, dim]`` (a view where possible; gathered when sharded)."""
+
+    def field_weight(self, f: int) -> torch.Tensor:
+        """Rows of field ``f``: ``[n_f, D_f]``."""
+        for spec in self.specs:
+            if f in spec.field_ids:
+                j = spec.field_ids.index(f)
+                start = spec.offsets[j]
+                return self.table_weight(spec.name)[start : start + spec.rows[j]]
+        raise KeyError(f"field {f} has no table")
+
+    def global_rows(self, spec: TableSpec, ids: torch.Tensor) -> torch.Tensor:
+        """Row indices into ``spec``'s table for per-field ids ``[B, F]`` -> ``[B, F_t]``."""
+        return ids[:, list(spec.field_ids)] + self.get_buffer(f"offsets_{spec.name}")
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return list(self.parameters())
+
+
+class TorchLookup(Lookup):
+    """Plain ``nn.Embedding`` tables, one per :class:`TableSpec`, fields addressed by offsets.
+
+    Args:
+        specs: the tables.
+        num_fields: F.
+        sparse: produce sparse gradients (for SparseAdam / Adagrad / SGD on the tables).
+    """
+
+    def __init__(self, specs: Sequence[TableSpec], num_fields: int, sparse: bool = False) -> None:
+        super().__init__(specs, num_fields)
+        self.sparse = sparse
+        self.tables = nn.ModuleDict()
+        for spec in self.specs:
+            table = nn.Embedding(spec.num_rows, spec.dim, sparse=sparse)
+            nn.init.normal_(table.weight, std=spec.init_std)
+            self.tables[spec.name] = table
+            self.register_buffer(
+                f"offsets_{spec.name}", torch.tensor(spec.offsets, dtype=torch.long), persistent=False
+            )
+        self._all_in_one = len(self.specs) == 1 and self.specs[0].field_ids == tuple(range(num_fields))
+
+    def forward(self, ids: torch.Tensor) -> RawEmbeddings:
+        if self._all_in_one:  # fast path: no column gather
+            spec = self.specs[0]
+            values = [self.tables[spec.name](ids + self.get_buffer(f"offsets_{spec.name}"))]
+        else:
+            values = [self.tables[s.name](self.global_rows(s, ids)) for s in self.specs]
+        return RawEmbeddings(self.specs, values, self.num_fields)
+
+    def table_weight(self, name: str) -> torch.Tensor:
+        return self.tables[name].weight
+
+
+LookupFactory = Callable[[Sequence[TableSpec], int, bool], Lookup]
+BACKENDS: dict[str, LookupFactory] = {"torch": TorchLookup}
+
+
+def create_lookup(backend: str, specs: Sequence[TableSpec], num_fields: int, sparse: bool = False) -> Lookup:
+    if backend == "torchrec" and backend not in BACKENDS:
+        import embdim.distributed.torchrec_lookup  # noqa: F401  (registers the backend)
+    try:
+        factory = BACKENDS[backend]
+    except KeyError:
+        raise KeyError(
+            f"unknown lookup backend {backend!r}; available: {', '.join(sorted(BACKENDS))}"
+        ) from None
+    return factory(specs, num_fields, sparse)

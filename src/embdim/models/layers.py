@@ -1,0 +1,275 @@
+"""Building blocks shared by the CTR models: MLPs, first-order terms, dense-as-fields, interactions.
+
+Every interaction here is well-defined on exact zeros and does not depend on the embedding width ``d``
+beyond what the input tensor carries, so zero-padded or pruned embeddings are handled as-is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+#: Activation names accepted by :class:`MLP`.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+#: Std of the normal init of the per-dense-feature vectors in :class:`DenseAsFields`
+#: (the same scale a freshly initialised embedding row typically has).
+DENSE_FIELD_INIT_STD = 0.01
+
+#: Half of the (Σe)² - Σe² identity in :class:`FMInteraction`.
+FM_HALF = 0.5
+
+#: Number of attention projections (query, key, value) in :class:`MultiHeadSelfAttention`.
+QKV = 3
+
+
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module by name (see :data:`ACTIVATIONS`)."""
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}") from None
+
+
+def init_linear_layers(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every ``nn.Linear`` inside ``module``."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.xavier_uniform_(sub.weight)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+
+
+class MLP(nn.Module):
+    """Feed-forward stack ``[Linear -> (BatchNorm) -> activation -> (Dropout)] * len(hidden)``.
+
+    Args:
+        in_dim: width of the input [B, in_dim].
+        hidden: widths of the hidden layers; may be empty (then the MLP is the identity, or the output
+            layer alone when ``output_dim`` is given).
+        dropout: dropout probability after each hidden activation (no module when 0).
+        batch_norm: add ``BatchNorm1d`` between each hidden linear layer and its activation.
+        activation: name of the hidden activation (see :data:`ACTIVATIONS`).
+        output_dim: if given, a final plain ``Linear(hidden[-1], output_dim)`` without activation.
+
+    ``forward(x [B, in_dim]) -> [B, out_dim]`` with ``out_dim`` = ``output_dim`` if given, else
+    ``hidden[-1]`` (``in_dim`` when ``hidden`` is empty).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        activation: str = "relu",
+        output_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for h in hidden:
+            layers.append(nn.Linear(width, h, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(make_activation(activation))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        if output_dim is not None:
+            layers.append(nn.Linear(width, output_dim))
+            width = output_dim
+        self.layers = nn.Sequential(*layers)
+        self.in_dim = in_dim
+        self.out_dim = width
+        init_linear_layers(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, in_dim] -> [B, out_dim]."""
+        return self.layers(x)
+
+
+class FeaturesLinear(nn.Module):
+    """First-order (logistic-regression) term over the categorical ids, plus dense values and a bias.
+
+    One 1-wide table ``nn.Embedding(sum(vocab_sizes), 1)`` holds a weight per id of every field; field
+    ``f``'s ids are shifted by ``offsets[f] = sum(vocab_sizes[:f])``. Dense features (if any) get one
+    weight each (``value * w``). The table starts at zero so the term starts neutral.
+
+    Args:
+        vocab_sizes: ids per categorical field.
+        num_dense: number of dense float features included in the term (0: none).
+        bias: add a learned scalar bias.
+        sparse: make the table produce sparse gradients (for optimisers that accept them).
+
+    ``forward(ids [B, F] int64, dense [B, Dn] | None) -> [B]``.
+    """
+
+    def __init__(
+        self, vocab_sizes: Sequence[int], num_dense: int = 0, bias: bool = True, sparse: bool = False
+    ) -> None:
+        super().__init__()
+        sizes = torch.as_tensor(list(vocab_sizes), dtype=torch.int64)
+        offsets = torch.zeros_like(sizes)
+        if len(sizes) > 1:
+            offsets[1:] = torch.cumsum(sizes[:-1], dim=0)
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.weight = nn.Embedding(int(sizes.sum()), 1, sparse=sparse)
+        self.dense = nn.Linear(num_dense, 1, bias=False) if num_dense > 0 else None
+        self.bias = nn.Parameter(torch.zeros(1)) if bias else None
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Zero table, zero bias, Xavier dense weights."""
+        nn.init.zeros_(self.weight.weight)
+        if self.dense is not None:
+            nn.init.xavier_uniform_(self.dense.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor | None = None) -> torch.Tensor:
+        """ids: int64 [B, F]; dense: float [B, Dn] or None -> float [B]."""
+        out = self.weight(ids + self.offsets).sum(dim=(1, 2))
+        if self.dense is not None and dense is not None:
+            out = out + self.dense(dense).squeeze(-1)
+        if self.bias is not None:
+            out = out + self.bias
+        return out
+
+
+class DenseAsFields(nn.Module):
+    """Turns dense floats into extra "fields": field ``j`` is ``dense[:, j] * v_j`` with a learned ``v_j``.
+
+    ``forward(dense [B, Dn]) -> [B, Dn, d]``.
+    """
+
+    def __init__(self, num_dense: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_dense, dim))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Small normal vectors, like fresh embedding rows."""
+        nn.init.normal_(self.weight, std=DENSE_FIELD_INIT_STD)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        """dense: [B, Dn] -> [B, Dn, d]."""
+        return dense.unsqueeze(-1) * self.weight
+
+
+def append_dense_fields(
+    emb: torch.Tensor, dense: torch.Tensor | None, dense_fields: DenseAsFields | None
+) -> torch.Tensor:
+    """Append dense-as-fields vectors to the embeddings: [B, F, d] -> [B, F + Dn, d].
+
+    Returns ``emb`` unchanged when the model has no dense features (``dense_fields is None``).
+    """
+    if dense_fields is None:
+        return emb
+    if dense is None:
+        raise ValueError("this model was built with dense features but forward() got dense=None")
+    return torch.cat([emb, dense_fields(dense)], dim=1)
+
+
+class FMInteraction(nn.Module):
+    """Factorization-machine pairwise term ``Σ_{i<j} <e_i, e_j>`` in O(B F d).
+
+    Uses ``0.5 * ((Σ_i e_i)² - Σ_i e_i²)`` summed over the embedding width.
+
+    ``forward(emb [B, F, d]) -> [B]``.
+    """
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        """emb: [B, F, d] -> [B]."""
+        square_of_sum = emb.sum(dim=1).square()  # [B, d]
+        sum_of_square = emb.square().sum(dim=1)  # [B, d]
+        return FM_HALF * (square_of_sum - sum_of_square).sum(dim=1)
+
+
+class DotInteraction(nn.Module):
+    """All pairwise dot products ``<x_i, x_j>`` for ``i < j`` (strict upper triangle, no self-terms).
+
+    One batched matmul gives the [B, N, N] Gram matrix; a precomputed flat index buffer picks the upper
+    triangle in row-major order ``(0,1), (0,2), ..., (0,N-1), (1,2), ...``.
+
+    Args:
+        num_vectors: ``N``, the number of vectors per sample.
+
+    ``forward(x [B, N, d]) -> [B, N (N - 1) / 2]``.
+    """
+
+    def __init__(self, num_vectors: int) -> None:
+        super().__init__()
+        self.num_vectors = num_vectors
+        rows, cols = torch.triu_indices(num_vectors, num_vectors, offset=1)
+        self.register_buffer("flat_index", rows * num_vectors + cols, persistent=False)
+
+    @property
+    def out_dim(self) -> int:
+        """Number of pairs ``N (N - 1) / 2``."""
+        return self.num_vectors * (self.num_vectors - 1) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, N, d] -> [B, N (N - 1) / 2]."""
+        gram = torch.bmm(x, x.transpose(1, 2))  # [B, N, N]
+        return gram.flatten(start_dim=1).index_select(1, self.flat_index)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """One AutoInt interacting layer: multi-head self-attention over fields with a projected residual.
+
+    ``out = ReLU(concat_h softmax(q_h k_hᵀ / sqrt(head_dim)) v_h + x W_res)`` with ``q = x W_q`` etc.
+    The query/key/value (and residual) projections are one fused matmul; the attention itself is two
+    batched matmuls over [B, H, N, N] (faster on CPU for the short field "sequences" of CTR data than
+    ``scaled_dot_product_attention`` on strided views).
+
+    Args:
+        in_dim: width of each input field vector.
+        heads: number of attention heads.
+        head_dim: width of each head; the output width is ``heads * head_dim``.
+        residual: add the projected input ``x W_res`` before the ReLU.
+        dropout: dropout on the attention weights (training only).
+
+    ``forward(x [B, N, in_dim]) -> [B, N, heads * head_dim]``.
+    """
+
+    def __init__(
+        self, in_dim: int, heads: int, head_dim: int, residual: bool = True, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = head_dim
+        self.out_dim = heads * head_dim
+        self.scale = head_dim**-0.5
+        self.has_residual = residual
+        self.num_projections = QKV + int(residual)
+        self.projection = nn.Linear(in_dim, self.num_projections * self.out_dim, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Xavier-uniform on each of the fused [out_dim, in_dim] blocks (W_q, W_k, W_v, W_res) separately."""
+        with torch.no_grad():
+            for block in self.projection.weight.split(self.out_dim, dim=0):
+                nn.init.xavier_uniform_(block)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, N, in_dim] -> [B, N, heads * head_dim]."""
+        batch, num, _ = x.shape
+        projected = self.projection(x).split(self.out_dim, dim=-1)  # each [B, N, H * Dh]
+        q, k, v = (t.reshape(batch, num, self.heads, self.head_dim).transpose(1, 2) for t in projected[:QKV])
+        scores = torch.matmul(q * self.scale, k.transpose(-1, -2))  # [B, H, N, N]
+        weights = self.dropout(scores.softmax(dim=-1))
+        out = torch.matmul(weights, v).transpose(1, 2).reshape(batch, num, self.out_dim)
+        if self.has_residual:
+            out = out + projected[QKV]
+        return torch.relu(out)

@@ -1,0 +1,101 @@
+"""Recommender: an embedding layer (searching or slim) plus a CTR model; export and load without pickle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from embdim.data.schema import FieldInfo
+from embdim.embedding import EmbeddingLayer
+from embdim.lookup import DEFAULT_INIT_STD
+from embdim.models.base import CTRModel, ModelConfig
+from embdim.registry import MODELS
+from embdim.slim import SlimEmbedding
+
+EXPORT_FORMAT_VERSION = 1
+
+
+class Recommender(nn.Module):
+    """``forward(ids [B, F] int64, dense [B, Dn] float | None) -> logits [B]``.
+
+    ``embedding`` is an :class:`EmbeddingLayer` while training and a :class:`SlimEmbedding` once
+    exported; the model is the same object type either way.
+    """
+
+    def __init__(self, embedding: EmbeddingLayer | SlimEmbedding, model: CTRModel, model_name: str) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.model = model
+        self.model_name = model_name
+
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(self.embedding(ids), dense, ids)
+
+    def penalty(self) -> torch.Tensor | None:
+        return self.embedding.penalty() if isinstance(self.embedding, EmbeddingLayer) else None
+
+    def table_parameters(self) -> list[nn.Parameter]:
+        """The raw embedding tables (what sparse optimizers and embedding decay apply to)."""
+        return list(self.embedding.lookup.parameters()) if isinstance(self.embedding, EmbeddingLayer) else []
+
+
+def build_recommender(
+    fields: list[FieldInfo],
+    num_dense: int,
+    dim: int,
+    model: str,
+    model_config: ModelConfig | dict[str, Any] | None = None,
+    method: str = "full",
+    method_config: Any = None,
+    backend: str = "torch",
+    sparse: bool = False,
+    init_std: float = DEFAULT_INIT_STD,
+) -> Recommender:
+    """Build embedding layer + model from registered names and their options."""
+    model_cls = MODELS.get(model)
+    if not isinstance(model_config, ModelConfig):
+        model_config = model_cls.Config(**(model_config or {}))
+    layer = EmbeddingLayer(fields, dim, method, method_config, backend, sparse, init_std)
+    return Recommender(layer, model_cls(fields, dim, num_dense, model_config), model)
+
+
+def export_model(rec: Recommender, folder: str | Path, extra: dict[str, Any] | None = None) -> SlimEmbedding:
+    """Write the slim model: ``embedding.*`` (slim tables), ``model.safetensors`` and ``model.json``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    slim = rec.embedding.export() if isinstance(rec.embedding, EmbeddingLayer) else rec.embedding
+    slim.save(folder)
+    state = {k: v.detach().contiguous() for k, v in rec.model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    model = rec.model
+    meta = {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "model": rec.model_name,
+        "model_config": model.config.model_dump(mode="json"),
+        "fields": [
+            {"name": n, "vocab_size": v}
+            for n, v in zip(slim.plan.field_names, slim.plan.vocab_sizes, strict=True)
+        ],
+        "dim": slim.dim,
+        "num_dense": model.num_dense,
+        **(extra or {}),
+    }
+    (folder / "model.json").write_text(json.dumps(meta, indent=2))
+    return slim
+
+
+def load_model(folder: str | Path) -> Recommender:
+    """Load an exported slim model (safetensors + JSON only, no pickle), in eval mode."""
+    folder = Path(folder)
+    meta = json.loads((folder / "model.json").read_text())
+    fields = [FieldInfo(f["name"], f["vocab_size"]) for f in meta["fields"]]
+    model_cls = MODELS.get(meta["model"])
+    model = model_cls(fields, meta["dim"], meta["num_dense"], model_cls.Config(**meta["model_config"]))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    rec = Recommender(SlimEmbedding.load(folder), model, meta["model"])
+    return rec.eval()

@@ -1,0 +1,132 @@
+"""The searcher interface: one ``nn.Module`` per embedding-size method.
+
+A searcher turns looked-up raw vectors into the embeddings a model reads, ``[B, F, d]``, with
+exact zeros where dimensions or elements are pruned. It also owns the method's stage logic
+(search, retrain, cut, collapse) through hooks the trainer calls, so there is never one model
+class per training stage.
+
+Lifecycle, as driven by :class:`embdim.train.trainer.Trainer`::
+
+    for stage in searcher.stages:          # e.g. ("search", "retrain") for PEP
+        searcher.begin_stage(stage, lookup)
+        for each step: loss = task_loss + searcher.penalty(); ...; searcher.on_step(step, lookup)
+        at each evaluation: searcher.metrics(lookup) is logged
+        searcher.end_stage(stage, lookup)
+    plan = searcher.plan(lookup); slim = searcher.export(lookup)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from embdim.data.schema import FieldInfo
+from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec
+from embdim.plan import EmbeddingPlan
+from embdim.slim import DenseGroup, SlimEmbedding
+
+
+class SearcherConfig(BaseModel):
+    """Base of every searcher's options; unknown keys are an error that names the key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Searcher(nn.Module, ABC):
+    """Base class of embedding-size methods.
+
+    Args:
+        fields: the categorical fields (vocabulary sizes and training counts).
+        dim: output width ``d`` of every field's embedding.
+        config: the method's options (its own :class:`SearcherConfig` subclass).
+        init_std: normal-init standard deviation of the raw tables.
+
+    ``forward(raw, ids)``:
+        raw: the looked-up raw vectors of the tables declared by :meth:`table_specs`.
+        ids: int64 [B, F], per-field ids (value-level methods index their own state with them).
+        returns: float [B, F, d].
+    """
+
+    Config: ClassVar[type[SearcherConfig]] = SearcherConfig
+    stages: ClassVar[tuple[str, ...]] = ("train",)
+
+    def __init__(
+        self, fields: list[FieldInfo], dim: int, config: SearcherConfig, init_std: float = DEFAULT_INIT_STD
+    ) -> None:
+        super().__init__()
+        self.fields = list(fields)
+        self.dim = dim
+        self.config = config
+        self.init_std = init_std
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.fields)
+
+    @property
+    def vocab_sizes(self) -> list[int]:
+        return [f.vocab_size for f in self.fields]
+
+    def table_specs(self) -> list[TableSpec]:
+        """Raw tables this method trains; default: one ``n x d`` table holding every field."""
+        return [
+            TableSpec("all", tuple(range(self.num_fields)), tuple(self.vocab_sizes), self.dim, self.init_std)
+        ]
+
+    @abstractmethod
+    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor: ...
+
+    def penalty(self) -> torch.Tensor | None:
+        """Extra loss term added to the task loss (size penalties); ``None`` when there is none."""
+        return None
+
+    def rewinds_before(self, stage: str) -> bool:
+        """Whether every weight is reset to its step-0 value before ``stage`` (lottery-ticket retraining)."""
+        return False
+
+    def begin_stage(self, stage: str, lookup: Lookup) -> None:
+        """Called before each stage's first step (rewind, cut, collapse...)."""
+
+    def end_stage(self, stage: str, lookup: Lookup) -> None:
+        """Called after each stage, with the stage's best weights loaded."""
+
+    def on_step(self, step: int, lookup: Lookup) -> None:
+        """Called after every optimizer step (schedules, controllers); ``step`` counts from 0."""
+
+    def metrics(self, lookup: Lookup) -> dict[str, float]:
+        """Scalars logged at each evaluation (e.g. sparsity of the whole table)."""
+        return {}
+
+    def state_for_checkpoint(self) -> dict[str, Any]:
+        """Non-parameter state a resumed run needs (masks, controller state); must be torch-saveable."""
+        return {}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_for_checkpoint`."""
+
+    @abstractmethod
+    def plan(self, lookup: Lookup) -> EmbeddingPlan:
+        """The learned sizes."""
+
+    def export(self, lookup: Lookup) -> SlimEmbedding:
+        """The slim embedding; default: one dense table of full width per field group."""
+        plan = self.plan(lookup)
+        weight = torch.cat([lookup.field_weight(f).detach() for f in range(self.num_fields)])
+        group = DenseGroup(tuple(range(self.num_fields)), tuple(self.vocab_sizes), weight, None, self.dim)
+        return SlimEmbedding(plan, [group])
+
+    def _plan(self, field_dims: list[int], **kwargs: Any) -> EmbeddingPlan:
+        return EmbeddingPlan(
+            method=type(self).registered_name,
+            field_names=[f.name for f in self.fields],
+            vocab_sizes=self.vocab_sizes,
+            dim=self.dim,
+            field_dims=field_dims,
+            **kwargs,
+        )
+
+    registered_name: ClassVar[str] = "?"

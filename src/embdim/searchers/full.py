@@ -1,0 +1,27 @@
+"""``full``: the uniform baseline (FBE), every field at the same width ``d``."""
+
+from __future__ import annotations
+
+import torch
+
+from embdim.lookup import Lookup, RawEmbeddings
+from embdim.plan import EmbeddingPlan
+from embdim.registry import SEARCHERS
+from embdim.searchers.base import Searcher, SearcherConfig
+
+
+class FullConfig(SearcherConfig):
+    """The uniform baseline has no options: its size is set by the embedding ``dim``."""
+
+
+@SEARCHERS.register("full")
+class FullSearcher(Searcher):
+    """Uniform embeddings: one ``n x d`` table, raw vectors passed through unchanged."""
+
+    Config = FullConfig
+
+    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
+        return raw.stacked()
+
+    def plan(self, lookup: Lookup) -> EmbeddingPlan:
+        return self._plan([self.dim] * self.num_fields)

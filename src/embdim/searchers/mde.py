@@ -1,0 +1,97 @@
+"""``mde``: mixed-dimension embeddings (Ginart et al., arXiv 1909.11810), field-level power law.
+
+Field f gets ``d_f = base_dim * (n_f / n_min) ** (-alpha)`` (rounded, clipped to
+``[min_dim, d]``): the smallest vocabulary keeps ``base_dim``, larger vocabularies, whose rows are
+each seen less often, get fewer dimensions. A per-field linear map ``[d_f, d]`` (no bias) projects
+back to the common width, as in the DLRM reference (``md_embedding_bag.py``). Fields already at
+width ``d`` are not projected.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from embdim.data.schema import FieldInfo
+from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec, group_fields_by_width
+from embdim.plan import EmbeddingPlan
+from embdim.registry import SEARCHERS
+from embdim.searchers.base import Searcher, SearcherConfig
+from embdim.slim import DenseGroup, SlimEmbedding, project_fields
+
+
+class MDEConfig(SearcherConfig):
+    alpha: float = Field(0.3, ge=0.0, description="power-law temperature; 0 gives uniform widths")
+    base_dim: int | None = Field(None, ge=1, description="width of the smallest-vocabulary field; default d")
+    min_dim: int = Field(1, ge=1, description="no field gets fewer dimensions than this")
+    round_to_power_of_two: bool = Field(False, description="round each width to a power of two, as DLRM can")
+
+
+def mde_dims(
+    vocab_sizes: list[int], dim: int, alpha: float, base_dim: int, min_dim: int, pow2: bool
+) -> list[int]:
+    """Per-field widths by the power-law rule, each in ``[min(min_dim, dim), dim]``."""
+    n_min = min(vocab_sizes)
+    dims = []
+    for n in vocab_sizes:
+        width = base_dim * (n / n_min) ** (-alpha)
+        width = 2 ** round(math.log2(width)) if pow2 else round(width)
+        dims.append(int(min(dim, max(min_dim, width))))
+    return dims
+
+
+@SEARCHERS.register("mde")
+class MDESearcher(Searcher):
+    """Mixed dimensions per field, projected to ``d``."""
+
+    Config = MDEConfig
+
+    def __init__(
+        self, fields: list[FieldInfo], dim: int, config: MDEConfig, init_std: float = DEFAULT_INIT_STD
+    ):
+        super().__init__(fields, dim, config, init_std)
+        base = config.base_dim or dim
+        self.field_dims = mde_dims(
+            self.vocab_sizes, dim, config.alpha, base, config.min_dim, config.round_to_power_of_two
+        )
+        self.specs = group_fields_by_width(self.field_dims, self.vocab_sizes, init_std, prefix="w")
+        # one stacked projection [F_t, w, d] per table narrower than d
+        self.projections = nn.ParameterDict()
+        for spec in self.specs:
+            if spec.dim < dim:
+                proj = torch.empty(len(spec.field_ids), spec.dim, dim)
+                for p in proj:
+                    nn.init.xavier_uniform_(p)
+                self.projections[spec.name] = nn.Parameter(proj)
+        order = [f for spec in self.specs for f in spec.field_ids]
+        self.register_buffer(
+            "gather", torch.tensor([order.index(f) for f in range(self.num_fields)]), persistent=False
+        )
+
+    def table_specs(self) -> list[TableSpec]:
+        return self.specs
+
+    def _projection(self, spec: TableSpec) -> torch.Tensor | None:
+        return self.projections[spec.name] if spec.name in self.projections else None
+
+    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
+        parts = [
+            project_fields(v, self._projection(s), self.dim)
+            for s, v in zip(raw.specs, raw.values, strict=True)
+        ]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return out if len(parts) == 1 else out[:, self.gather]
+
+    def plan(self, lookup: Lookup) -> EmbeddingPlan:
+        extra = sum(p.numel() for p in self.projections.values())
+        return self._plan(list(self.field_dims), extra_params=extra, details={"alpha": self.config.alpha})
+
+    def export(self, lookup: Lookup) -> SlimEmbedding:
+        groups = [
+            DenseGroup(s.field_ids, s.rows, lookup.table_weight(s.name), self._projection(s), self.dim)
+            for s in self.specs
+        ]
+        return SlimEmbedding(self.plan(lookup), groups)

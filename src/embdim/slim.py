@@ -1,0 +1,259 @@
+"""Slim embedding storage: what an exported model keeps, and the lookup that reads it.
+
+A :class:`SlimEmbedding` maps ids ``[B, F]`` to ``[B, F, d]`` exactly like the masked model it came
+from, but stores only what the plan keeps. Fields are grouped; each group stores its fields' rows
+back to back (row ``offset_f + id``) in one of three layouts:
+
+- :class:`DenseGroup`: a table ``[rows, w]``; shorter rows are zero-padded to ``d``, or projected
+  to ``d`` by a per-field matrix ``[w, d]`` (MDE).
+- :class:`RaggedGroup`: row i keeps its first ``k_i`` values: ``values [sum k]`` + ``offsets [rows + 1]``.
+- :class:`CsrGroup`: row i keeps ``nnz_i`` values at given columns: ``values``, ``columns`` (uint8
+  or int16) and ``offsets [rows + 1]``.
+
+Saved as ``embedding.safetensors`` + ``embedding.json`` (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from embdim.plan import EmbeddingPlan
+
+GROUP_KINDS: dict[str, type[SlimGroup]] = {}
+
+
+def project_fields(raw: torch.Tensor, projection: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Bring per-field vectors of width ``w`` to width ``dim``.
+
+    Args:
+        raw: [B, F_g, w].
+        projection: [F_g, w, dim] per-field linear maps, or ``None`` to zero-pad (w <= dim).
+    Returns:
+        [B, F_g, dim].
+    """
+    if projection is not None:
+        return torch.einsum("bfw,fwd->bfd", raw, projection)
+    width = raw.shape[-1]
+    if width == dim:
+        return raw
+    return nn.functional.pad(raw, (0, dim - width))
+
+
+class SlimGroup(nn.Module, ABC):
+    """Storage for a group of fields; ``forward(ids [B, F_g]) -> [B, F_g, d]``."""
+
+    kind: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        GROUP_KINDS[cls.kind] = cls
+
+    def __init__(self, field_ids: Sequence[int], rows: Sequence[int], dim: int) -> None:
+        super().__init__()
+        self.field_ids = tuple(int(f) for f in field_ids)
+        self.rows = tuple(int(r) for r in rows)
+        self.dim = dim
+        starts = torch.tensor([0, *self.rows[:-1]], dtype=torch.long).cumsum(0)
+        self.register_buffer("row_offsets", starts, persistent=False)
+
+    def global_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids + self.row_offsets
+
+    def layout(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "field_ids": list(self.field_ids),
+            "rows": list(self.rows),
+            "dim": self.dim,
+        }
+
+    @abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]: ...
+
+    @classmethod
+    @abstractmethod
+    def from_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SlimGroup: ...
+
+    def _ragged_positions(
+        self, starts: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For rows with ``starts``/``lengths`` [...]: flat positions [..., d] and their validity."""
+        j = torch.arange(self.dim, device=starts.device)
+        valid = j < lengths.unsqueeze(-1)
+        return torch.where(valid, starts.unsqueeze(-1) + j, 0), valid
+
+
+class DenseGroup(SlimGroup):
+    """A table ``weight [sum rows, w]``, zero-padded or projected (``projection [F_g, w, d]``) to ``d``."""
+
+    kind = "dense"
+
+    def __init__(
+        self, field_ids, rows, weight: torch.Tensor, projection: torch.Tensor | None, dim: int
+    ) -> None:
+        super().__init__(field_ids, rows, dim)
+        self.weight = nn.Parameter(weight.detach().to(torch.float32).clone())
+        self.projection = None if projection is None else nn.Parameter(projection.detach().float().clone())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        raw = nn.functional.embedding(self.global_rows(ids), self.weight)
+        return project_fields(raw, self.projection, self.dim)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"weight": self.weight.detach()}
+        if self.projection is not None:
+            out["projection"] = self.projection.detach()
+        return out
+
+    @classmethod
+    def from_saved(cls, layout, tensors):
+        return cls(
+            layout["field_ids"], layout["rows"], tensors["weight"], tensors.get("projection"), layout["dim"]
+        )
+
+
+class RaggedGroup(SlimGroup):
+    """Row i keeps its first ``k_i`` values: ``values [sum k]``, ``offsets [sum rows + 1]``."""
+
+    kind = "ragged"
+
+    def __init__(self, field_ids, rows, values: torch.Tensor, offsets: torch.Tensor, dim: int) -> None:
+        super().__init__(field_ids, rows, dim)
+        self.values = nn.Parameter(values.detach().to(torch.float32).clone())
+        self.register_buffer("offsets", offsets.detach().clone())
+
+    @classmethod
+    def from_dense(cls, field_ids, rows, table: torch.Tensor, lengths: torch.Tensor, dim: int) -> RaggedGroup:
+        """From a table ``[sum rows, d]`` and kept prefix lengths ``[sum rows]``."""
+        keep = torch.arange(table.shape[1]) < lengths.unsqueeze(1)
+        offsets = torch.zeros(len(lengths) + 1, dtype=_offset_dtype(int(lengths.sum())))
+        offsets[1:] = lengths.cumsum(0)
+        return cls(field_ids, rows, table[keep], offsets, dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        g = self.global_rows(ids)
+        starts = self.offsets[g].long()
+        pos, valid = self._ragged_positions(starts, self.offsets[g + 1].long() - starts)
+        return torch.where(valid, self.values[pos], 0.0)
+
+    def tensors(self):
+        return {"values": self.values.detach(), "offsets": self.offsets}
+
+    @classmethod
+    def from_saved(cls, layout, tensors):
+        return cls(layout["field_ids"], layout["rows"], tensors["values"], tensors["offsets"], layout["dim"])
+
+
+class CsrGroup(SlimGroup):
+    """Row i keeps values at given columns: ``values [nnz]``, ``columns [nnz]``, ``offsets [sum rows + 1]``."""
+
+    kind = "csr"
+
+    def __init__(self, field_ids, rows, values, columns, offsets, dim: int) -> None:
+        super().__init__(field_ids, rows, dim)
+        self.values = nn.Parameter(values.detach().to(torch.float32).clone())
+        self.register_buffer("columns", columns.detach().clone())
+        self.register_buffer("offsets", offsets.detach().clone())
+
+    @classmethod
+    def from_dense(cls, field_ids, rows, table: torch.Tensor, mask: torch.Tensor, dim: int) -> CsrGroup:
+        """From a table ``[sum rows, d]`` and a boolean keep-mask of the same shape."""
+        nnz = mask.sum(1)
+        offsets = torch.zeros(len(nnz) + 1, dtype=_offset_dtype(int(nnz.sum())))
+        offsets[1:] = nnz.cumsum(0)
+        cols = torch.nonzero(mask, as_tuple=True)[1]
+        col_dtype = torch.uint8 if dim <= 256 else torch.int16
+        return cls(field_ids, rows, table[mask], cols.to(col_dtype), offsets, dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        g = self.global_rows(ids)
+        starts = self.offsets[g].long()
+        pos, valid = self._ragged_positions(starts, self.offsets[g + 1].long() - starts)
+        vals = torch.where(valid, self.values[pos], 0.0)
+        # invalid slots scatter a zero onto column 0, which a valid slot may also write: add, don't overwrite
+        cols = torch.where(valid, self.columns[pos].long(), 0)
+        out = torch.zeros(*ids.shape, self.dim, dtype=vals.dtype, device=vals.device)
+        return out.scatter_add(-1, cols, vals)
+
+    def tensors(self):
+        return {"values": self.values.detach(), "columns": self.columns, "offsets": self.offsets}
+
+    @classmethod
+    def from_saved(cls, layout, tensors):
+        return cls(
+            layout["field_ids"],
+            layout["rows"],
+            tensors["values"],
+            tensors["columns"],
+            tensors["offsets"],
+            layout["dim"],
+        )
+
+
+def _offset_dtype(total: int) -> torch.dtype:
+    return torch.int32 if total < 2**31 else torch.int64
+
+
+class SlimEmbedding(nn.Module):
+    """ids ``[B, F]`` -> embeddings ``[B, F, d]`` from slim storage groups.
+
+    Fields that no group holds (dropped entirely) embed to zeros.
+    """
+
+    def __init__(self, plan: EmbeddingPlan, groups: Sequence[SlimGroup]) -> None:
+        super().__init__()
+        self.plan = plan
+        self.dim = plan.dim
+        self.groups = nn.ModuleList(groups)
+        held = [f for g in groups for f in g.field_ids]
+        if len(set(held)) != len(held):
+            raise ValueError("a field is stored by more than one group")
+        self.num_fields = plan.num_fields
+        self._identity = len(groups) == 1 and held == list(range(self.num_fields))
+        # output column order -> position in the concatenation of group outputs (missing fields -> a zero slot)
+        order = {f: i for i, f in enumerate(held)}
+        self.register_buffer(
+            "gather",
+            torch.tensor([order.get(f, len(held)) for f in range(self.num_fields)]),
+            persistent=False,
+        )
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self._identity:
+            return self.groups[0](ids)
+        parts = [g(ids[:, list(g.field_ids)]) for g in self.groups]
+        parts.append(ids.new_zeros((ids.shape[0], 1, self.dim), dtype=torch.float32))
+        return torch.cat(parts, dim=1)[:, self.gather]
+
+    def stored_bytes(self) -> int:
+        """Bytes of every stored tensor (values, projections, index structures)."""
+        return sum(t.numel() * t.element_size() for g in self.groups for t in g.tensors().values())
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            f"g{i}.{k}": v.contiguous() for i, g in enumerate(self.groups) for k, v in g.tensors().items()
+        }
+        save_file(tensors, str(folder / "embedding.safetensors"))
+        meta = {"plan": self.plan.to_dict(), "groups": [g.layout() for g in self.groups]}
+        (folder / "embedding.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SlimEmbedding:
+        folder = Path(folder)
+        meta = json.loads((folder / "embedding.json").read_text())
+        tensors = load_file(str(folder / "embedding.safetensors"))
+        groups = []
+        for i, layout in enumerate(meta["groups"]):
+            mine = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"g{i}.")}
+            groups.append(GROUP_KINDS[layout["kind"]].from_saved(layout, mine))
+        return cls(EmbeddingPlan.from_dict(meta["plan"]), groups)

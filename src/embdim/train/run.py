@@ -1,0 +1,67 @@
+"""Run folders: ``runs/<name>/`` with the resolved config, metrics, checkpoints, plan, slim model, result.
+
+A folder without ``result.json`` is an unfinished run: running the same config again resumes it.
+A folder with ``result.json`` is finished and is not trained again. A different config for an
+existing folder is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from embdim.config import ConfigError, RunConfig, to_yaml
+from embdim.data.prepare import PreparedData, prepare
+from embdim.registry import READERS
+from embdim.train.checkpoint import atomic_write_json, atomic_write_text
+from embdim.train.trainer import Trainer
+
+CONFIG_FILE = "config.yaml"
+RESULT_FILE = "result.json"
+
+
+def prepare_dataset(cfg: RunConfig, progress: bool = True) -> PreparedData:
+    """Read, split, encode and cache the config's dataset (or load it from the cache)."""
+    ds = cfg.dataset
+    reader = READERS.get(ds.reader)(ds.reader_options(), cfg.resolved_data_root())
+    return prepare(reader, ds.preprocess, Path(cfg.cache_root), ds.name, progress=progress)
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    return Path(cfg.run_root) / cfg.name
+
+
+def run_experiment(
+    cfg: RunConfig, run_dir: Path | None = None, force: bool = False, trainer_cls: type[Trainer] = Trainer
+) -> dict[str, Any]:
+    """Train (or resume, or return the finished result of) the run described by ``cfg``."""
+    run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
+    resolved = to_yaml(cfg)
+    config_path, result_path = run_dir / CONFIG_FILE, run_dir / RESULT_FILE
+    if run_dir.exists() and force:
+        shutil.rmtree(run_dir)
+    if config_path.exists():
+        if yaml.safe_load(config_path.read_text()) != yaml.safe_load(resolved):
+            raise ConfigError(
+                f"{run_dir} holds a run with a different config; choose another name (name=...) "
+                f"or pass --force to start it again"
+            )
+        if result_path.exists():
+            return json.loads(result_path.read_text())
+    data = prepare_dataset(cfg, progress=cfg.train.progress)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(config_path, resolved)
+        result = trainer_cls(cfg, data, run_dir).fit()
+    except BaseException:
+        # a run that never reached its first checkpoint leaves nothing behind; later ones stay resumable
+        if created and not (run_dir / "checkpoint.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    atomic_write_json(result_path, result)
+    return result

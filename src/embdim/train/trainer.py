@@ -1,0 +1,320 @@
+"""Trainer: one loop for every method and stage, early stopping and selection on validation.
+
+Every run is a folder (see :func:`embdim.train.run.run_experiment`); the trainer writes
+``metrics.jsonl`` (one line per evaluation), ``checkpoint.pt`` (resumable state, replaced
+atomically), ``initial.safetensors`` (step-0 weights, for lottery-ticket rewinds) and
+``best.safetensors`` (the selected weights of the current stage).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from embdim.config import RunConfig
+from embdim.data.prepare import PreparedData, SplitArrays
+from embdim.recommender import Recommender, build_recommender, export_model, load_model
+from embdim.train.checkpoint import load_torch, load_weights, save_torch, save_weights
+from embdim.train.metrics import log_loss, roc_auc
+from embdim.train.optim import build_optimizers
+
+EXPORT_CHECK_ROWS = 4096
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint so a killed run resumes exactly."""
+
+    stage_index: int = 0
+    stage_started: bool = False
+    epoch: int = 0
+    batch: int = 0  # next batch within the epoch
+    step: int = 0  # optimizer steps taken in this stage
+    best_score: float | None = None
+    best_step: int = -1
+    bad_evals: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    metrics_lines: int = 0
+    train_seconds: float = 0.0
+    train_samples: int = 0
+    stopped: bool = False
+
+
+def _to_batch(split: SplitArrays, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    ids = torch.from_numpy(np.take(split.ids, idx, axis=0).astype(np.int64))
+    dense = torch.from_numpy(np.take(split.dense, idx, axis=0)) if split.dense.shape[1] else None
+    labels = torch.from_numpy(np.take(split.labels, idx, axis=0))
+    return ids, dense, labels
+
+
+@torch.no_grad()
+def predict_logits(rec: torch.nn.Module, split: SplitArrays, batch_size: int) -> np.ndarray:
+    """Logits [N] for a whole split, in row order."""
+    was_training = rec.training
+    rec.eval()
+    out = []
+    for start in range(0, len(split), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(split)))
+        ids, dense, _ = _to_batch(split, idx)
+        out.append(rec(ids, dense).float().numpy())
+    rec.train(was_training)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def evaluate(rec: torch.nn.Module, split: SplitArrays, batch_size: int) -> dict[str, float]:
+    logits = predict_logits(rec, split, batch_size)
+    return {"auc": roc_auc(split.labels, logits), "logloss": log_loss(split.labels, logits)}
+
+
+class Trainer:
+    """Trains ``cfg``'s model on ``data`` inside ``run_dir``; :meth:`fit` returns the result dict."""
+
+    def __init__(self, cfg: RunConfig, data: PreparedData, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.run_dir = Path(run_dir)
+        self.tc = cfg.train
+        self.checkpoint_path = self.run_dir / "checkpoint.pt"
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.best_path = self.run_dir / "best.safetensors"
+        self.initial_path = self.run_dir / "initial.safetensors"
+
+    # ------------------------------------------------------------------ set-up
+    def _build(self) -> None:
+        if self.tc.threads:
+            torch.set_num_threads(self.tc.threads)
+        torch.manual_seed(self.tc.seed)
+        schema = self.data.schema
+        emb = self.cfg.embedding
+        self.rec: Recommender = build_recommender(
+            schema.fields,
+            schema.num_dense,
+            emb.dim,
+            self.cfg.model.name,
+            self.cfg.model_options(),
+            self.cfg.method.name,
+            self.cfg.method_options(),
+            emb.backend,
+            emb.sparse,
+            emb.init_std,
+        )
+        self.searcher = self.rec.embedding.searcher
+        self.lookup = self.rec.embedding.lookup
+        self._new_optimizers()
+
+    def _new_optimizers(self) -> None:
+        tables = self.rec.table_parameters()
+        table_ids = {id(p) for p in tables}
+        others = [p for p in self.rec.parameters() if id(p) not in table_ids and p.requires_grad]
+        self.optimizers = build_optimizers(tables, others, self.tc, self.cfg.embedding.sparse)
+
+    def _save_checkpoint(self, p: Progress) -> None:
+        save_torch(
+            self.checkpoint_path,
+            {
+                "progress": asdict(p),
+                "model": self.rec.state_dict(),
+                "optimizers": [o.state_dict() for o in self.optimizers],
+                "searcher": self.searcher.state_for_checkpoint(),
+                "rng": torch.get_rng_state(),
+            },
+        )
+
+    def _load_checkpoint(self) -> Progress:
+        state = load_torch(self.checkpoint_path)
+        self.rec.load_state_dict(state["model"])
+        self.searcher.load_checkpoint_state(state["searcher"])
+        p = Progress(**state["progress"])
+        if p.stage_index > 0:
+            self._new_optimizers()
+        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(s)
+        torch.set_rng_state(state["rng"])
+        # evaluations logged after the checkpoint will be logged again
+        lines = self.metrics_path.read_text().splitlines(keepends=True) if self.metrics_path.exists() else []
+        self.metrics_path.write_text("".join(lines[: p.metrics_lines]))
+        return p
+
+    # ------------------------------------------------------------------ loop
+    def _log(self, p: Progress, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        p.metrics_lines += 1
+
+    def _evaluate_and_select(
+        self, p: Progress, stage: str, interval_start: float, interval_samples: int
+    ) -> None:
+        valid = evaluate(self.rec, self.data.splits["valid"], self.tc.eval_batch_size)
+        score = valid["auc"] if self.tc.monitor == "auc" else -valid["logloss"]
+        improved = p.best_score is None or score > p.best_score
+        if improved:
+            p.best_score, p.best_step, p.bad_evals = score, p.step, 0
+            save_weights(self.best_path, self.rec)
+        else:
+            p.bad_evals += 1
+        elapsed = max(time.perf_counter() - interval_start, 1e-9)
+        record = {
+            "stage": stage,
+            "epoch": p.epoch,
+            "step": p.step,
+            "train_loss": p.loss_sum / max(p.loss_count, 1),
+            "valid_auc": valid["auc"],
+            "valid_logloss": valid["logloss"],
+            "best": improved,
+            "samples_per_second": interval_samples / elapsed,
+            **self.searcher.metrics(self.lookup),
+        }
+        self._log(p, record)
+        p.loss_sum, p.loss_count = 0.0, 0
+        if p.bad_evals >= self.tc.patience:
+            p.stopped = True
+
+    def _train_stage(self, p: Progress, stage: str) -> None:
+        train = self.data.splits["train"]
+        n, bs = len(train), self.tc.batch_size
+        batches_per_epoch = (n + bs - 1) // bs
+        max_steps = self.tc.max_steps
+        while not p.stopped and p.epoch < self.tc.epochs:
+            order = np.random.default_rng([self.tc.seed, p.stage_index, p.epoch]).permutation(n)
+            bar = tqdm(
+                total=batches_per_epoch,
+                initial=p.batch,
+                desc=f"{stage} epoch {p.epoch + 1}",
+                disable=not self.tc.progress,
+                leave=False,
+                unit="batch",
+            )
+            interval_start, interval_samples = time.perf_counter(), 0
+            while p.batch < batches_per_epoch and not p.stopped:
+                ids, dense, labels = _to_batch(train, order[p.batch * bs : (p.batch + 1) * bs])
+                t0 = time.perf_counter()
+                loss = self._step(ids, dense, labels, p)
+                p.train_seconds += time.perf_counter() - t0
+                p.train_samples += len(labels)
+                interval_samples += len(labels)
+                p.loss_sum += loss * len(labels)
+                p.loss_count += len(labels)
+                p.batch += 1
+                p.step += 1
+                bar.update(1)
+                at_max = max_steps is not None and p.step >= max_steps
+                epoch_end = p.batch == batches_per_epoch
+                scheduled = bool(self.tc.eval_every_steps) and p.step % self.tc.eval_every_steps == 0
+                evaluate_now = scheduled or epoch_end or at_max
+                if evaluate_now:
+                    self._evaluate_and_select(p, stage, interval_start, interval_samples)
+                    interval_start, interval_samples = time.perf_counter(), 0
+                    p.stopped = p.stopped or at_max
+                if epoch_end:
+                    p.epoch, p.batch = p.epoch + 1, 0
+                # after every evaluation too, so best.safetensors never runs ahead of the checkpoint
+                if evaluate_now or p.step % self.tc.checkpoint_every_steps == 0:
+                    self._save_checkpoint(p)
+                self.after_step(p)
+            bar.close()
+
+    def _step(
+        self, ids: torch.Tensor, dense: torch.Tensor | None, labels: torch.Tensor, p: Progress
+    ) -> float:
+        logits = self.rec(ids, dense)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        penalty = self.rec.penalty()
+        total = loss if penalty is None else loss + penalty
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        total.backward()
+        for opt in self.optimizers:
+            opt.step()
+        self.searcher.on_step(p.step, self.lookup)
+        return float(loss.detach())
+
+    def after_step(self, p: Progress) -> None:
+        """Hook after each step's bookkeeping (tests use it to simulate a kill)."""
+
+    # ------------------------------------------------------------------ driver
+    def fit(self) -> dict[str, Any]:
+        self._build()
+        if self.checkpoint_path.exists():
+            p = self._load_checkpoint()
+        else:
+            p = Progress()
+            self.metrics_path.write_text("")
+            save_weights(self.initial_path, self.rec)
+        stages = self.searcher.stages
+        stage_results: dict[str, dict[str, float]] = {}
+        while p.stage_index < len(stages):
+            stage = stages[p.stage_index]
+            if not p.stage_started:
+                if self.searcher.rewinds_before(stage):
+                    load_weights(self.initial_path, self.rec)
+                self.searcher.begin_stage(stage, self.lookup)
+                if p.stage_index > 0:
+                    self._new_optimizers()
+                p.stage_started = True
+            self.rec.train()
+            self._train_stage(p, stage)
+            load_weights(self.best_path, self.rec)
+            self.searcher.end_stage(stage, self.lookup)
+            stage_results[stage] = self._stage_summary(p)
+            p = Progress(
+                stage_index=p.stage_index + 1,
+                metrics_lines=p.metrics_lines,
+                train_seconds=p.train_seconds,
+                train_samples=p.train_samples,
+            )
+            self._save_checkpoint(p)
+        return self._finish(p, stage_results)
+
+    def _stage_summary(self, p: Progress) -> dict[str, float]:
+        valid = evaluate(self.rec, self.data.splits["valid"], self.tc.eval_batch_size)
+        return {
+            "valid_auc": valid["auc"],
+            "valid_logloss": valid["logloss"],
+            "steps": p.step,
+            "best_step": p.best_step,
+            "epochs": p.epoch + (1 if p.batch else 0),
+        }
+
+    def _finish(self, p: Progress, stage_results: dict[str, dict[str, float]]) -> dict[str, Any]:
+        valid = evaluate(self.rec, self.data.splits["valid"], self.tc.eval_batch_size)
+        test = evaluate(self.rec, self.data.splits["test"], self.tc.eval_batch_size)
+        plan = self.searcher.plan(self.lookup)
+        plan.save(self.run_dir / "plan.json")
+        model_dir = self.run_dir / "model"
+        export_model(self.rec, model_dir, {"dataset": self.cfg.dataset.name, "method": self.cfg.method.name})
+        return {
+            "name": self.cfg.name,
+            "dataset": self.cfg.dataset.name,
+            "model": self.cfg.model.name,
+            "method": self.cfg.method.name,
+            "dim": self.cfg.embedding.dim,
+            "seed": self.tc.seed,
+            "test_auc": test["auc"],
+            "test_logloss": test["logloss"],
+            "valid_auc": valid["auc"],
+            "valid_logloss": valid["logloss"],
+            **{k: v for k, v in plan.summary().items() if k != "field_dims"},
+            "field_dims": plan.summary()["field_dims"],
+            "train_seconds": p.train_seconds,
+            "samples_per_second": p.train_samples / max(p.train_seconds, 1e-9),
+            "stages": stage_results,
+            "export_max_abs_logit_diff": self._export_check(model_dir),
+        }
+
+    def _export_check(self, model_dir: Path) -> float:
+        """Largest |logit| difference between the exported slim model and the trained one on test rows."""
+        test = self.data.splits["test"]
+        rows = min(len(test), EXPORT_CHECK_ROWS)
+        ids, dense, _ = _to_batch(test, np.arange(rows))
+        slim = load_model(model_dir)
+        self.rec.eval()
+        with torch.no_grad():
+            return float((slim(ids, dense) - self.rec(ids, dense)).abs().max()) if rows else 0.0

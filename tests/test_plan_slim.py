@@ -1,0 +1,88 @@
+"""EmbeddingPlan sizes and JSON; slim storage layouts reproduce masked tables exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from embdim.plan import EmbeddingPlan
+from embdim.slim import CsrGroup, DenseGroup, RaggedGroup, SlimEmbedding
+
+
+def test_dense_plan_counts_and_bytes():
+    plan = EmbeddingPlan("x", ["a", "b"], [10, 100], dim=8, field_dims=[8, 2], extra_params=16)
+    assert plan.field_params() == [80, 200]
+    assert plan.num_params == 296
+    assert plan.num_bytes == 296 * 4
+    assert plan.full_params == 880
+    assert plan.dropped_features() == [0, 0]
+
+
+def test_ragged_and_csr_bytes_include_index_structures():
+    rows = [np.array([3, 0, 8]), np.array([1, 1])]
+    ragged = EmbeddingPlan("x", ["a", "b"], [3, 2], 8, [8, 1], storage="ragged", row_sizes=rows)
+    # values 13 floats; one int32 offsets array over all 5 rows (+1 closing entry)
+    assert ragged.num_params == 13
+    assert ragged.num_bytes == 13 * 4 + 6 * 4
+    assert ragged.dropped_features() == [1, 0]
+    csr = EmbeddingPlan("x", ["a", "b"], [3, 2], 8, [8, 1], storage="csr", row_sizes=rows)
+    assert csr.num_bytes == 13 * 4 + 13 * 1 + 6 * 4  # uint8 column per value
+
+
+def test_plan_json_round_trip(tmp_path):
+    plan = EmbeddingPlan(
+        "amtl", ["a"], [4], 6, [5], storage="ragged", row_sizes=[np.array([5, 0, 2, 1])], details={"tau": 0.1}
+    )
+    plan.save(tmp_path / "plan.json")
+    back = EmbeddingPlan.load(tmp_path / "plan.json")
+    assert back.to_dict() == plan.to_dict()
+    assert back.num_bytes == plan.num_bytes
+
+
+@pytest.mark.parametrize("bad", [dict(field_dims=[9]), dict(storage="ragged"), dict(vocab_sizes=[1, 2])])
+def test_plan_rejects_inconsistent_sizes(bad):
+    kwargs = dict(method="x", field_names=["a"], vocab_sizes=[3], dim=8, field_dims=[8]) | bad
+    with pytest.raises(ValueError):
+        EmbeddingPlan(**kwargs)
+
+
+def _masked_reference(table, mask, ids, offsets):
+    return (table * mask)[ids + offsets]
+
+
+def test_ragged_and_csr_groups_equal_masked_table(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    rows, dim = (5, 7), 6
+    n = sum(rows)
+    table = torch.randn(n, dim, generator=gen)
+    lengths = torch.randint(0, dim + 1, (n,), generator=gen)
+    prefix = (torch.arange(dim) < lengths[:, None]).float()
+    elementwise = (torch.rand(n, dim, generator=gen) > 0.6).float()
+    ids = torch.stack(
+        [torch.randint(0, 5, (32,), generator=gen), torch.randint(0, 7, (32,), generator=gen)], 1
+    )
+    offsets = torch.tensor([0, 5])
+    ragged = RaggedGroup.from_dense((0, 1), rows, table, lengths, dim)
+    csr = CsrGroup.from_dense((0, 1), rows, table, elementwise.bool(), dim)
+    assert torch.equal(ragged(ids), _masked_reference(table, prefix, ids, offsets))
+    assert torch.equal(csr(ids), _masked_reference(table, elementwise, ids, offsets))
+    row_sizes = [lengths[:5].numpy(), lengths[5:].numpy()]
+    plan = EmbeddingPlan("x", ["a", "b"], list(rows), dim, [dim, dim], storage="ragged", row_sizes=row_sizes)
+    slim = SlimEmbedding(plan, [ragged])
+    assert slim.stored_bytes() == plan.num_bytes
+    slim.save(tmp_path)
+    assert torch.equal(SlimEmbedding.load(tmp_path)(ids), slim(ids))
+
+
+def test_slim_embedding_orders_groups_and_zero_fills_dropped_fields():
+    dim = 4
+    g_wide = DenseGroup((2,), (3,), torch.ones(3, 4), None, dim)
+    g_narrow = DenseGroup((0,), (2,), torch.full((2, 2), 2.0), None, dim)
+    plan = EmbeddingPlan("x", ["a", "b", "c"], [2, 5, 3], dim, [2, 0, 4])
+    slim = SlimEmbedding(plan, [g_wide, g_narrow])
+    out = slim(torch.tensor([[1, 4, 2]]))
+    assert out.shape == (1, 3, 4)
+    assert torch.equal(out[0, 0], torch.tensor([2.0, 2.0, 0.0, 0.0]))  # zero-padded
+    assert torch.equal(out[0, 1], torch.zeros(4))  # field stored by no group
+    assert torch.equal(out[0, 2], torch.ones(4))

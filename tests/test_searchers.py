@@ -1,0 +1,67 @@
+"""The contract every registered searcher keeps (parametrised over the registry)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from embdim import EmbeddingLayer, FieldInfo, list_searchers
+from embdim.searchers.mde import mde_dims
+
+FIELDS = [
+    FieldInfo("small", 3, np.array([0, 50, 20])),
+    FieldInfo("mid", 40, np.r_[0, np.arange(39, 0, -1)]),
+    FieldInfo("big", 500, np.r_[3, np.arange(499, 0, -1)]),
+]
+DIM = 8
+
+
+def _ids(batch: int = 64, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randint(0, f.vocab_size, (batch,), generator=gen) for f in FIELDS], 1)
+
+
+@pytest.fixture(params=list_searchers())
+def layer(request) -> EmbeddingLayer:
+    torch.manual_seed(0)
+    return EmbeddingLayer(FIELDS, DIM, method=request.param)
+
+
+def test_output_shape_and_gradient_reaches_tables(layer):
+    ids = _ids()
+    out = layer(ids)
+    assert out.shape == (64, len(FIELDS), DIM)
+    out.square().sum().backward()
+    grads = [p.grad for p in layer.lookup.parameters()]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_slim_export_predicts_like_the_layer(layer, tmp_path):
+    ids = _ids(seed=1)
+    with torch.no_grad():
+        expected = layer(ids)
+    slim = layer.export()
+    assert torch.allclose(slim(ids), expected, atol=1e-6)
+    slim.save(tmp_path)
+    from embdim.slim import SlimEmbedding
+
+    assert torch.allclose(SlimEmbedding.load(tmp_path)(ids), expected, atol=1e-6)
+
+
+def test_plan_bytes_are_the_slim_storage_bytes(layer):
+    plan = layer.plan()
+    assert plan.num_bytes == layer.export().stored_bytes()
+    assert plan.full_params == sum(f.vocab_size for f in FIELDS) * DIM
+    assert plan.num_params <= plan.full_params
+
+
+def test_unknown_option_is_rejected_by_name():
+    with pytest.raises(Exception, match="no_such_option"):
+        EmbeddingLayer(FIELDS, DIM, method="full", method_config={"no_such_option": 1})
+
+
+def test_mde_power_law_gives_fewer_dims_to_larger_vocabularies():
+    dims = mde_dims([3, 40, 500], dim=16, alpha=0.3, base_dim=16, min_dim=1, pow2=False)
+    assert dims[0] == 16 and dims[0] > dims[1] > dims[2] >= 1
+    assert mde_dims([3, 40, 500], 16, 0.0, 16, 1, False) == [16, 16, 16]
