@@ -75,7 +75,7 @@ class MDESearcher(Searcher):
         return self.specs
 
     def _projection(self, spec: TableSpec) -> torch.Tensor | None:
-        return self.projections[spec.name] if spec.name in self.projections else None
+        return self.projections.get(spec.name)
 
     def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
         parts = [
