@@ -67,11 +67,7 @@ def reader(tmp_path: Path) -> CountingReader:
 
 
 def complete_folders(root: Path) -> list[Path]:
-    return (
-        [p for p in root.iterdir() if p.name.startswith(f"{NAME}-") and is_complete(p)]
-        if root.is_dir()
-        else []
-    )
+    return [p for p in root.iterdir() if p.name.startswith(f"{NAME}-") and is_complete(p)] if root.is_dir() else []
 
 
 def run(reader: Reader, root: Path, **config):
@@ -178,9 +174,7 @@ def test_killed_prepare_leaves_only_an_ignored_temp_folder(tmp_path):
 
     from embdim.data.synthetic import SyntheticReader, SyntheticSpec
 
-    data = prepare(
-        SyntheticReader(SyntheticSpec(cardinalities=[5, 7], rows=200)), None, root, NAME, progress=False
-    )
+    data = prepare(SyntheticReader(SyntheticSpec(cardinalities=[5, 7], rows=200)), None, root, NAME, progress=False)
     assert complete_folders(root) == [data.cache_dir]
     assert not any(p.name.startswith(TEMP_PREFIX) for p in root.iterdir()), "dead writer's temp not cleaned"
 

@@ -59,9 +59,7 @@ def test_ragged_and_csr_groups_equal_masked_table(tmp_path):
     lengths = torch.randint(0, dim + 1, (n,), generator=gen)
     prefix = (torch.arange(dim) < lengths[:, None]).float()
     elementwise = (torch.rand(n, dim, generator=gen) > 0.6).float()
-    ids = torch.stack(
-        [torch.randint(0, 5, (32,), generator=gen), torch.randint(0, 7, (32,), generator=gen)], 1
-    )
+    ids = torch.stack([torch.randint(0, 5, (32,), generator=gen), torch.randint(0, 7, (32,), generator=gen)], 1)
     offsets = torch.tensor([0, 5])
     ragged = RaggedGroup.from_dense((0, 1), rows, table, lengths, dim)
     csr = CsrGroup.from_dense((0, 1), rows, table, elementwise.bool(), dim)

@@ -289,9 +289,7 @@ def test_avazu_shared_sample(dataset_dir) -> None:
     assert distinct_counts(raw, list(AVAZU_DISTINCT)) == AVAZU_DISTINCT
     everything = pl.concat(list(raw.splits.values()))
     # all rows are from hour 14102100: 2014-10-21, a Tuesday, 00h
-    assert everything.select("hour_of_day", "weekday", "is_weekend").unique().rows() == [
-        ("00", "Tuesday", "0")
-    ]
+    assert everything.select("hour_of_day", "weekday", "is_weekend").unique().rows() == [("00", "Tuesday", "0")]
 
 
 def test_avazu_keeps_raw_hour_on_request(dataset_dir) -> None:
@@ -507,14 +505,10 @@ def test_frappe_builder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="used all 1 items"):
         FrappeReader(FrappeOptions(path="full.zip"), tmp_path).read()
     write_frappe_zip(tmp_path / "other.zip", [f"u1\ti1\t1\t{context}"], member="frappe.csv")
-    with pytest.raises(
-        DataError, match=r"other.zip: no member 'Mobile_Frappe/frappe/frappe.csv'; members: frappe.csv"
-    ):
+    with pytest.raises(DataError, match=r"other.zip: no member 'Mobile_Frappe/frappe/frappe.csv'; members: frappe.csv"):
         FrappeReader(FrappeOptions(path="other.zip"), tmp_path).read()
     write_frappe_zip(tmp_path / "short.zip", [f"u1\ti1\t1\t{context}", "u2\ti2\t1\tmorning\n"])
-    with pytest.raises(
-        DataError, match=r"short.zip:Mobile_Frappe/frappe/frappe.csv line 3: expected 11 tab-sep"
-    ):
+    with pytest.raises(DataError, match=r"short.zip:Mobile_Frappe/frappe/frappe.csv line 3: expected 11 tab-sep"):
         FrappeReader(FrappeOptions(path="short.zip"), tmp_path).read()
     (tmp_path / "fake.zip").write_text("not a zip")
     with pytest.raises(DataError, match=r"fake.zip: not a zip file"):
@@ -610,9 +604,7 @@ def test_ipinyou_decodes_and_rejects_unknown_indices(tmp_path: Path) -> None:
     assert raw.splits["train"].rows() == [("x", "y:z", 0.0), ("other", "other", 1.0)]
 
     write_gz(tmp_path / "train.txt.gz", "0 1:1 3:1\n1 0:1 9:1\n")
-    with pytest.raises(
-        DataError, match=r"train.txt.gz line 2: index 9 \(pair 2\) is not in featindex.txt.gz"
-    ):
+    with pytest.raises(DataError, match=r"train.txt.gz line 2: index 9 \(pair 2\) is not in featindex.txt.gz"):
         IPinYouReader(IPinYouOptions(**options), tmp_path).read()
     write_gz(tmp_path / "train.txt.gz", "0 1:1 3:1\n1 0:1 1:1\n")
     with pytest.raises(DataError, match=r"train.txt.gz line 2: index 1 \(pair 2\) belongs to field 'a'"):
@@ -667,9 +659,7 @@ def test_table_quoted_csv_and_parquet(tmp_path: Path) -> None:
     check_contract(raw)
     assert raw.splits["all"].rows() == [("Paris", "a,b", 1.5, 1.0), ("Rome", "two\nlines", None, 0.0)]
     pl.DataFrame({"k": [3, 4], "n": [0.5, None], "y": [True, False]}).write_parquet(tmp_path / "t.parquet")
-    raw = TableReader(
-        TableOptions(path="t.parquet", categorical=["k"], numeric=["n"], label="y"), tmp_path
-    ).read()
+    raw = TableReader(TableOptions(path="t.parquet", categorical=["k"], numeric=["n"], label="y"), tmp_path).read()
     check_contract(raw)
     assert raw.splits["all"].rows() == [("3", 0.5, 1.0), ("4", None, 0.0)]
 
@@ -691,9 +681,7 @@ def test_table_quoted_csv_and_parquet(tmp_path: Path) -> None:
         ("a,a,y\n1,2,1\n", {}, r"t.csv line 1: the header names column 'a' twice"),
     ],
 )
-def test_table_errors_name_file_line_and_column(
-    tmp_path: Path, content: str, options: dict, expected: str
-) -> None:
+def test_table_errors_name_file_line_and_column(tmp_path: Path, content: str, options: dict, expected: str) -> None:
     (tmp_path / "t.csv").write_text(content)
     settings = {"path": "t.csv", "categorical": ["a"], "label": "y", **options}
     with pytest.raises(DataError, match=expected):
@@ -702,12 +690,8 @@ def test_table_errors_name_file_line_and_column(
 
 def test_table_parquet_unknown_column(tmp_path: Path) -> None:
     pl.DataFrame({"k": [1], "y": [1]}).write_parquet(tmp_path / "t.parquet")
-    with pytest.raises(
-        DataError, match=r"t.parquet: numeric column 'n' not found; available columns: 'k', 'y'"
-    ):
-        TableReader(
-            TableOptions(path="t.parquet", categorical=["k"], numeric=["n"], label="y"), tmp_path
-        ).read()
+    with pytest.raises(DataError, match=r"t.parquet: numeric column 'n' not found; available columns: 'k', 'y'"):
+        TableReader(TableOptions(path="t.parquet", categorical=["k"], numeric=["n"], label="y"), tmp_path).read()
 
 
 def test_table_ignores_a_utf8_byte_order_mark(tmp_path: Path) -> None:

@@ -102,11 +102,7 @@ def test_planted_dims_follow_the_frequency_rule():
 
 def test_spec_validation_and_broadcasting():
     spec = SyntheticSpec(cardinalities=[3, 4, 5], zipf_exponents=1.3, intrinsic_dims=2)
-    assert (
-        spec.zipf_exponents == [1.3] * 3
-        and spec.intrinsic_dims == [2] * 3
-        and spec.missing_rates == [0.0] * 3
-    )
+    assert spec.zipf_exponents == [1.3] * 3 and spec.intrinsic_dims == [2] * 3 and spec.missing_rates == [0.0] * 3
     with pytest.raises(ValueError, match="intrinsic_dims"):
         SyntheticSpec(cardinalities=[3, 4, 5], intrinsic_dims=[1, 2])
     with pytest.raises(ValueError, match="rows"):

@@ -76,9 +76,7 @@ def prepare(config: ConfigArg, overrides: OverridesArg = None) -> None:
         data = prepare_dataset(load_config(config, overrides or []))
     except (ConfigError, DataError) as err:
         _fail(err)
-    console.print(
-        f"cached in {data.cache_dir}: " + ", ".join(f"{k} {len(v):,} rows" for k, v in data.splits.items())
-    )
+    console.print(f"cached in {data.cache_dir}: " + ", ".join(f"{k} {len(v):,} rows" for k, v in data.splits.items()))
 
 
 @app.command()

@@ -56,9 +56,7 @@ def group_fields_by_width(
     specs = []
     for width in sorted({w for w in widths if w > 0}, reverse=True):
         fields = tuple(f for f, w in enumerate(widths) if w == width)
-        specs.append(
-            TableSpec(f"{prefix}{width}", fields, tuple(int(vocab_sizes[f]) for f in fields), width, init_std)
-        )
+        specs.append(TableSpec(f"{prefix}{width}", fields, tuple(int(vocab_sizes[f]) for f in fields), width, init_std))
     return specs
 
 
@@ -140,9 +138,7 @@ class TorchLookup(Lookup):
             table = nn.Embedding(spec.num_rows, spec.dim, sparse=sparse)
             nn.init.normal_(table.weight, std=spec.init_std)
             self.tables[spec.name] = table
-            self.register_buffer(
-                f"offsets_{spec.name}", torch.tensor(spec.offsets, dtype=torch.long), persistent=False
-            )
+            self.register_buffer(f"offsets_{spec.name}", torch.tensor(spec.offsets, dtype=torch.long), persistent=False)
         self._all_in_one = len(self.specs) == 1 and self.specs[0].field_ids == tuple(range(num_fields))
 
     def forward(self, ids: torch.Tensor) -> RawEmbeddings:
@@ -167,7 +163,5 @@ def create_lookup(backend: str, specs: Sequence[TableSpec], num_fields: int, spa
     try:
         factory = BACKENDS[backend]
     except KeyError:
-        raise KeyError(
-            f"unknown lookup backend {backend!r}; available: {', '.join(sorted(BACKENDS))}"
-        ) from None
+        raise KeyError(f"unknown lookup backend {backend!r}; available: {', '.join(sorted(BACKENDS))}") from None
     return factory(specs, num_fields, sparse)

@@ -111,9 +111,7 @@ class EmbeddingPlan:
             return values
         per_offset = offset_bytes(sum(params))
         col = column_index_bytes(self.dim) if self.storage == "csr" else 0
-        return [
-            v + n * per_offset + p * col for v, n, p in zip(values, self.vocab_sizes, params, strict=True)
-        ]
+        return [v + n * per_offset + p * col for v, n, p in zip(values, self.vocab_sizes, params, strict=True)]
 
     @property
     def num_bytes(self) -> int:

@@ -78,8 +78,7 @@ def export_model(rec: Recommender, folder: str | Path, extra: dict[str, Any] | N
         "model": rec.model_name,
         "model_config": model.config.model_dump(mode="json"),
         "fields": [
-            {"name": n, "vocab_size": v}
-            for n, v in zip(slim.plan.field_names, slim.plan.vocab_sizes, strict=True)
+            {"name": n, "vocab_size": v} for n, v in zip(slim.plan.field_names, slim.plan.vocab_sizes, strict=True)
         ],
         "dim": slim.dim,
         "num_dense": model.num_dense,

@@ -82,9 +82,7 @@ class SlimGroup(nn.Module, ABC):
     @abstractmethod
     def from_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SlimGroup: ...
 
-    def _ragged_positions(
-        self, starts: torch.Tensor, lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ragged_positions(self, starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For rows with ``starts``/``lengths`` [...]: flat positions [..., d] and their validity."""
         j = torch.arange(self.dim, device=starts.device)
         valid = j < lengths.unsqueeze(-1)
@@ -96,9 +94,7 @@ class DenseGroup(SlimGroup):
 
     kind = "dense"
 
-    def __init__(
-        self, field_ids, rows, weight: torch.Tensor, projection: torch.Tensor | None, dim: int
-    ) -> None:
+    def __init__(self, field_ids, rows, weight: torch.Tensor, projection: torch.Tensor | None, dim: int) -> None:
         super().__init__(field_ids, rows, dim)
         self.weight = nn.Parameter(weight.detach().to(torch.float32).clone())
         self.projection = None if projection is None else nn.Parameter(projection.detach().float().clone())
@@ -115,9 +111,7 @@ class DenseGroup(SlimGroup):
 
     @classmethod
     def from_saved(cls, layout, tensors):
-        return cls(
-            layout["field_ids"], layout["rows"], tensors["weight"], tensors.get("projection"), layout["dim"]
-        )
+        return cls(layout["field_ids"], layout["rows"], tensors["weight"], tensors.get("projection"), layout["dim"])
 
 
 class RaggedGroup(SlimGroup):
@@ -240,9 +234,7 @@ class SlimEmbedding(nn.Module):
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            f"g{i}.{k}": v.contiguous() for i, g in enumerate(self.groups) for k, v in g.tensors().items()
-        }
+        tensors = {f"g{i}.{k}": v.contiguous() for i, g in enumerate(self.groups) for k, v in g.tensors().items()}
         save_file(tensors, str(folder / "embedding.safetensors"))
         meta = {"plan": self.plan.to_dict(), "groups": [g.layout() for g in self.groups]}
         (folder / "embedding.json").write_text(json.dumps(meta))

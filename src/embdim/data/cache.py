@@ -84,9 +84,7 @@ class SplitArrays:
                 f"{self.dense.shape}, {self.labels.shape}"
             )
         if self.ids.shape[0] != n or self.dense.shape[0] != n:
-            raise ValueError(
-                f"row counts differ: ids {self.ids.shape[0]}, dense {self.dense.shape[0]}, labels {n}"
-            )
+            raise ValueError(f"row counts differ: ids {self.ids.shape[0]}, dense {self.dense.shape[0]}, labels {n}")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -270,9 +268,7 @@ class CacheWriter:
             if is_complete(self.final_dir):  # another process committed the same key first
                 shutil.rmtree(tmp, ignore_errors=True)
             else:  # an incomplete folder under the final name: move it aside, then take its place
-                trash = Path(
-                    tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{self.final_dir.name}.trash.", dir=tmp.parent)
-                )
+                trash = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{self.final_dir.name}.trash.", dir=tmp.parent))
                 os.rename(self.final_dir, trash / "old")
                 os.rename(tmp, self.final_dir)
                 shutil.rmtree(trash, ignore_errors=True)

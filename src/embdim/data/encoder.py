@@ -319,16 +319,12 @@ class Encoder:
     def from_dict(cls, state: dict) -> Encoder:
         """Rebuild a fitted encoder from :meth:`to_dict` output."""
         if state.get("format") != ENCODER_FORMAT:
-            raise ValueError(
-                f"unsupported encoder state format {state.get('format')!r}, expected {ENCODER_FORMAT}"
-            )
+            raise ValueError(f"unsupported encoder state format {state.get('format')!r}, expected {ENCODER_FORMAT}")
         enc = cls(**state["params"])
         enc.categorical_ = list(state["categorical"])
         enc.numeric_ = list(state["numeric"])
         enc.field_names_ = [f["name"] for f in state["fields"]]
         enc.dense_names_ = list(enc.numeric_) if enc.keeps_dense else []
-        enc.vocab_ = {
-            f["name"]: Vocabulary(pl.Series(_VALUE, f["values"], dtype=pl.Utf8)) for f in state["fields"]
-        }
+        enc.vocab_ = {f["name"]: Vocabulary(pl.Series(_VALUE, f["values"], dtype=pl.Utf8)) for f in state["fields"]}
         enc.counts_ = {f["name"]: np.asarray(f["counts"], dtype=np.int64) for f in state["fields"]}
         return enc

@@ -172,9 +172,7 @@ def prepare(
         :class:`PreparedData` with memory-mapped arrays; ``schema.skipped`` holds the reader's
         skipped rows plus rows dropped here for a bad label; ``schema.meta`` records the key inputs.
     """
-    cfg = (
-        PreprocessConfig.model_validate(config or {}) if not isinstance(config, PreprocessConfig) else config
-    )
+    cfg = PreprocessConfig.model_validate(config or {}) if not isinstance(config, PreprocessConfig) else config
     if not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"dataset name {name!r} must match {NAME_PATTERN.pattern}")
     payload = key_payload(source, cfg)
@@ -184,9 +182,7 @@ def prepare(
     if not force and is_complete(final):
         return load_prepared(final)
 
-    with tqdm(
-        total=len(SPLIT_NAMES) + _FIXED_STEPS, desc=f"prepare {name}", unit="step", disable=not progress
-    ) as bar:
+    with tqdm(total=len(SPLIT_NAMES) + _FIXED_STEPS, desc=f"prepare {name}", unit="step", disable=not progress) as bar:
         bar.set_postfix_str("read")
         raw = source.read() if isinstance(source, Reader) else source
         _validate_raw(raw)

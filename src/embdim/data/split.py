@@ -41,9 +41,7 @@ def split_indices(n: int, ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 
     """
     weights = np.asarray(ratios, dtype=np.float64)
     if weights.shape != (len(SPLIT_NAMES),) or (weights < 0).any() or weights[0] <= 0:
-        raise ValueError(
-            f"ratios must be 3 non-negative numbers (train > 0) for {SPLIT_NAMES}, got {list(ratios)}"
-        )
+        raise ValueError(f"ratios must be 3 non-negative numbers (train > 0) for {SPLIT_NAMES}, got {list(ratios)}")
     bounds = np.rint(np.cumsum(weights) / weights.sum() * n).astype(np.int64)
     bounds[-1] = n
     perm = np.random.default_rng(seed).permutation(n)
@@ -76,9 +74,7 @@ def split_frames(
         return {name: pool[idx] for name, idx in split_indices(pool.height, ratios, seed).items()}
     unknown = keys - set(SPLIT_NAMES)
     if unknown or "train" not in keys:
-        raise DataError(
-            f"splits must be {{'{POOL}'}} or include 'train' among {SPLIT_NAMES}; got {sorted(keys)}"
-        )
+        raise DataError(f"splits must be {{'{POOL}'}} or include 'train' among {SPLIT_NAMES}; got {sorted(keys)}")
     if not 0 <= valid_ratio < 1:
         raise ValueError(f"valid_ratio must be in [0, 1), got {valid_ratio}")
     out = {name: splits[name] for name in SPLIT_NAMES if name in splits}

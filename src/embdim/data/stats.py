@@ -133,9 +133,7 @@ def format_stats(stats: dict) -> str:
         ("gini", "gini", ".3f", 6),
         ("zipf s", "zipf_exponent", ".2f", 6),
     ]
-    lines.append(
-        f"{'field':<16} {'vocab':>10}" + "".join(f" {title:>{width}}" for title, _, _, width in columns)
-    )
+    lines.append(f"{'field':<16} {'vocab':>10}" + "".join(f" {title:>{width}}" for title, _, _, width in columns))
     for f in stats["fields"]:
         cells = []
         for _, key, spec, width in columns:

@@ -116,21 +116,11 @@ class SyntheticSpec(ReaderOptions):
     The planted truth is :meth:`truth`; see the module docstring for the exact model.
     """
 
-    cardinalities: list[int] = Field(
-        min_length=1, description="values per categorical field (missing excluded)."
-    )
-    zipf_exponents: list[float] = Field(
-        default=[1.1], description="Zipf exponent s_f per field (0 = uniform)."
-    )
-    intrinsic_dims: list[int] = Field(
-        default=[4], description="true dimension r_f of each field's teacher vectors."
-    )
-    missing_rates: list[float] = Field(
-        default=[0.0], description="probability that a field's value is missing."
-    )
-    field_names: list[str] | None = Field(
-        default=None, description="categorical column names (default C1..CF)."
-    )
+    cardinalities: list[int] = Field(min_length=1, description="values per categorical field (missing excluded).")
+    zipf_exponents: list[float] = Field(default=[1.1], description="Zipf exponent s_f per field (0 = uniform).")
+    intrinsic_dims: list[int] = Field(default=[4], description="true dimension r_f of each field's teacher vectors.")
+    missing_rates: list[float] = Field(default=[0.0], description="probability that a field's value is missing.")
+    field_names: list[str] | None = Field(default=None, description="categorical column names (default C1..CF).")
     rows: int = Field(default=10_000, ge=0, description="number of rows.")
     seed: int = Field(default=0, description="seed of the rows (value draws, numeric latents, labels).")
     teacher_seed: int | None = Field(default=None, description="seed of the teacher (default: seed).")
@@ -141,13 +131,9 @@ class SyntheticSpec(ReaderOptions):
     teacher_scale: float = Field(default=2.0, ge=0.0, description="standard deviation of the true logit.")
     positive_rate: float = Field(default=0.25, gt=0.0, lt=1.0, description="target share of positive labels.")
     interaction_share: float = Field(default=0.7, ge=0.0, le=1.0, description="logit variance share of S2.")
-    dense_share: float = Field(
-        default=0.1, ge=0.0, le=1.0, description="logit variance share of numeric columns."
-    )
+    dense_share: float = Field(default=0.1, ge=0.0, le=1.0, description="logit variance share of numeric columns.")
     rare_value_dim: int | None = Field(default=None, ge=0, description="teacher dims of non-frequent values.")
-    frequent_share: float = Field(
-        default=0.1, gt=0.0, le=1.0, description="top share of values that are frequent."
-    )
+    frequent_share: float = Field(default=0.1, gt=0.0, le=1.0, description="top share of values that are frequent.")
 
     @model_validator(mode="before")
     @classmethod
@@ -293,9 +279,7 @@ class Teacher:
 
     def _calibrate(self) -> None:
         spec = self.spec
-        values, z, present, _ = self.draw(
-            _rng(spec.resolved_teacher_seed, _CALIBRATION_STREAM), CALIBRATION_ROWS
-        )
+        values, z, present, _ = self.draw(_rng(spec.resolved_teacher_seed, _CALIBRATION_STREAM), CALIBRATION_ROWS)
         parts = self.components(values, z, present)  # [3, n]
         dense_share = spec.dense_share if spec.num_dense else 0.0
         shares = np.array([1.0 - spec.interaction_share - dense_share, spec.interaction_share, dense_share])
@@ -425,9 +409,7 @@ def generate(spec: SyntheticSpec, teacher: Teacher | None = None) -> SyntheticSa
     return out
 
 
-def _frame(
-    spec: SyntheticSpec, teacher: Teacher, sample: SyntheticSample, integer_dense: bool
-) -> pl.DataFrame:
+def _frame(spec: SyntheticSpec, teacher: Teacher, sample: SyntheticSample, integer_dense: bool) -> pl.DataFrame:
     """Label, numeric columns (Float64, or Int64 for text), categorical Utf8 columns; null = missing."""
     label = pl.Series(LABEL, sample.labels, dtype=pl.Float32)
     columns = [label.cast(pl.Int8) if integer_dense else label]
@@ -519,10 +501,7 @@ def prepare_arrays(spec: SyntheticSpec, config: PreprocessConfig | dict | None =
         lookups.append(lookup)
         fields.append(FieldInfo(name, len(counts), counts))
     numeric = pl.DataFrame(
-        [
-            pl.Series(n, sample.dense[:, j], dtype=pl.Float64).fill_nan(None)
-            for j, n in enumerate(spec.dense_names)
-        ]
+        [pl.Series(n, sample.dense[:, j], dtype=pl.Float64).fill_nan(None) for j, n in enumerate(spec.dense_names)]
     )
     encoder = cfg.make_encoder().fit(numeric[train] if spec.num_dense else numeric, [], spec.dense_names)
     fields += encoder.schema().fields
@@ -594,9 +573,7 @@ def criteo_like(
     dims = (2 ** rng.integers(0, powers + 1, size=n)).astype(int)
     if (dims == max_dim).sum() < 2:
         dims[rng.choice(n, size=2, replace=False)] = max_dim
-    missing = np.where(
-        rng.random(n) < CRITEO_MISSING_FIELD_SHARE, rng.uniform(*CRITEO_MISSING_RATE_RANGE, size=n), 0.0
-    )
+    missing = np.where(rng.random(n) < CRITEO_MISSING_FIELD_SHARE, rng.uniform(*CRITEO_MISSING_RATE_RANGE, size=n), 0.0)
     fields: dict = {
         "cardinalities": criteo_cardinalities(total_vocab),
         "zipf_exponents": np.round(rng.uniform(*CRITEO_ZIPF_RANGE, size=n), 3).tolist(),
@@ -632,9 +609,7 @@ def write_criteo_text(
         gzip_level: compression level (1 = fastest).
     """
     path = Path(path)
-    spec = (
-        criteo_like(rows, seed=seed) if spec is None else spec.model_copy(update={"rows": rows, "seed": seed})
-    )
+    spec = criteo_like(rows, seed=seed) if spec is None else spec.model_copy(update={"rows": rows, "seed": seed})
     if spec.num_fields != CRITEO_NUM_CATEGORICAL or spec.num_dense != CRITEO_NUM_DENSE:
         raise ValueError(
             f"Criteo text needs {CRITEO_NUM_CATEGORICAL} categorical and {CRITEO_NUM_DENSE} numeric columns, "

@@ -38,20 +38,14 @@ class AutoIntConfig(ModelConfig):
         default=DEFAULT_ATTENTION_DIM,
         description="Width of each head; a layer outputs heads * attention_dim.",
     )
-    residual: bool = Field(
-        default=True, description="Add a projected residual (x W_res) in each attention layer."
-    )
-    attention_dropout: float = Field(
-        default=0.0, ge=0.0, lt=1.0, description="Dropout on the attention weights."
-    )
+    residual: bool = Field(default=True, description="Add a projected residual (x W_res) in each attention layer.")
+    attention_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the attention weights.")
     hidden: list[PositiveInt] = Field(
         default=DEFAULT_HIDDEN,
         description="Hidden widths of the parallel DNN; [] disables it (plain AutoInt).",
     )
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout after each DNN hidden layer.")
-    batch_norm: bool = Field(
-        default=False, description="BatchNorm between each DNN hidden linear layer and ReLU."
-    )
+    batch_norm: bool = Field(default=False, description="BatchNorm between each DNN hidden linear layer and ReLU.")
     use_linear: bool = Field(
         default=False,
         description="Add the first-order term (one learned weight per id and per dense feature).",

@@ -29,9 +29,7 @@ class DeepFMConfig(ModelConfig):
         default=DEFAULT_HIDDEN, description="Hidden layer widths of the deep part (ReLU); [] = linear."
     )
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
-    batch_norm: bool = Field(
-        default=False, description="BatchNorm between each hidden linear layer and ReLU."
-    )
+    batch_norm: bool = Field(default=False, description="BatchNorm between each hidden linear layer and ReLU.")
     use_linear: bool = Field(
         default=True,
         description="Add the first-order term (one learned weight per id and per dense feature).",

@@ -26,12 +26,8 @@ class DLRMConfig(ModelConfig):
     top_hidden: list[PositiveInt] = Field(
         default=DEFAULT_TOP_HIDDEN, description="Hidden widths of the top MLP; a single-unit output follows."
     )
-    dropout: float = Field(
-        default=0.0, ge=0.0, lt=1.0, description="Dropout after each top-MLP hidden layer."
-    )
-    batch_norm: bool = Field(
-        default=False, description="BatchNorm between each MLP hidden linear layer and ReLU."
-    )
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout after each top-MLP hidden layer.")
+    batch_norm: bool = Field(default=False, description="BatchNorm between each MLP hidden linear layer and ReLU.")
 
 
 @MODELS.register("dlrm")
@@ -65,9 +61,7 @@ class DLRM(CTRModel):
             self.bottom = None
             self.interaction = DotInteraction(num_fields)
             top_in = self.interaction.out_dim + num_fields * dim
-        self.top = MLP(
-            top_in, config.top_hidden, dropout=config.dropout, batch_norm=config.batch_norm, output_dim=1
-        )
+        self.top = MLP(top_in, config.top_hidden, dropout=config.dropout, batch_norm=config.batch_norm, output_dim=1)
         self.init_weights()
 
     def init_weights(self) -> None:

@@ -114,9 +114,7 @@ class FeaturesLinear(nn.Module):
     ``forward(ids [B, F] int64, dense [B, Dn] | None) -> [B]``.
     """
 
-    def __init__(
-        self, vocab_sizes: Sequence[int], num_dense: int = 0, bias: bool = True, sparse: bool = False
-    ) -> None:
+    def __init__(self, vocab_sizes: Sequence[int], num_dense: int = 0, bias: bool = True, sparse: bool = False) -> None:
         super().__init__()
         sizes = torch.as_tensor(list(vocab_sizes), dtype=torch.int64)
         offsets = torch.zeros_like(sizes)
@@ -242,9 +240,7 @@ class MultiHeadSelfAttention(nn.Module):
     ``forward(x [B, N, in_dim]) -> [B, N, heads * head_dim]``.
     """
 
-    def __init__(
-        self, in_dim: int, heads: int, head_dim: int, residual: bool = True, dropout: float = 0.0
-    ) -> None:
+    def __init__(self, in_dim: int, heads: int, head_dim: int, residual: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
         self.heads = heads
         self.head_dim = head_dim

@@ -73,9 +73,7 @@ class Searcher(nn.Module, ABC):
 
     def table_specs(self) -> list[TableSpec]:
         """Raw tables this method trains; default: one ``n x d`` table holding every field."""
-        return [
-            TableSpec("all", tuple(range(self.num_fields)), tuple(self.vocab_sizes), self.dim, self.init_std)
-        ]
+        return [TableSpec("all", tuple(range(self.num_fields)), tuple(self.vocab_sizes), self.dim, self.init_std)]
 
     @abstractmethod
     def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor: ...

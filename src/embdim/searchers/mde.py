@@ -30,9 +30,7 @@ class MDEConfig(SearcherConfig):
     round_to_power_of_two: bool = Field(False, description="round each width to a power of two, as DLRM can")
 
 
-def mde_dims(
-    vocab_sizes: list[int], dim: int, alpha: float, base_dim: int, min_dim: int, pow2: bool
-) -> list[int]:
+def mde_dims(vocab_sizes: list[int], dim: int, alpha: float, base_dim: int, min_dim: int, pow2: bool) -> list[int]:
     """Per-field widths by the power-law rule, each in ``[min(min_dim, dim), dim]``."""
     n_min = min(vocab_sizes)
     dims = []
@@ -49,9 +47,7 @@ class MDESearcher(Searcher):
 
     Config = MDEConfig
 
-    def __init__(
-        self, fields: list[FieldInfo], dim: int, config: MDEConfig, init_std: float = DEFAULT_INIT_STD
-    ):
+    def __init__(self, fields: list[FieldInfo], dim: int, config: MDEConfig, init_std: float = DEFAULT_INIT_STD):
         super().__init__(fields, dim, config, init_std)
         base = config.base_dim or dim
         self.field_dims = mde_dims(
@@ -67,9 +63,7 @@ class MDESearcher(Searcher):
                     nn.init.xavier_uniform_(p)
                 self.projections[spec.name] = nn.Parameter(proj)
         order = [f for spec in self.specs for f in spec.field_ids]
-        self.register_buffer(
-            "gather", torch.tensor([order.index(f) for f in range(self.num_fields)]), persistent=False
-        )
+        self.register_buffer("gather", torch.tensor([order.index(f) for f in range(self.num_fields)]), persistent=False)
 
     def table_specs(self) -> list[TableSpec]:
         return self.specs
@@ -78,10 +72,7 @@ class MDESearcher(Searcher):
         return self.projections.get(spec.name)
 
     def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
-        parts = [
-            project_fields(v, self._projection(s), self.dim)
-            for s, v in zip(raw.specs, raw.values, strict=True)
-        ]
+        parts = [project_fields(v, self._projection(s), self.dim) for s, v in zip(raw.specs, raw.values, strict=True)]
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return out if len(parts) == 1 else out[:, self.gather]
 

@@ -149,9 +149,7 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
         p.metrics_lines += 1
 
-    def _evaluate_and_select(
-        self, p: Progress, stage: str, interval_start: float, interval_samples: int
-    ) -> None:
+    def _evaluate_and_select(self, p: Progress, stage: str, interval_start: float, interval_samples: int) -> None:
         valid = evaluate(self.rec, self.data.splits["valid"], self.tc.eval_batch_size)
         score = valid["auc"] if self.tc.monitor == "auc" else -valid["logloss"]
         improved = p.best_score is None or score > p.best_score
@@ -221,9 +219,7 @@ class Trainer:
                 self.after_step(p)
             bar.close()
 
-    def _step(
-        self, ids: torch.Tensor, dense: torch.Tensor | None, labels: torch.Tensor, p: Progress
-    ) -> float:
+    def _step(self, ids: torch.Tensor, dense: torch.Tensor | None, labels: torch.Tensor, p: Progress) -> float:
         logits = self.rec(ids, dense)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
         penalty = self.rec.penalty()

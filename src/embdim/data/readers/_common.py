@@ -68,9 +68,7 @@ class SplitFileOptions(ReaderOptions):
             if not self.files:
                 raise ValueError("'files' is empty")
             if ALL_SPLIT in self.files and len(self.files) > 1:
-                raise ValueError(
-                    "'files' holds 'all' next to split names; use either {all: ...} or train/valid/test"
-                )
+                raise ValueError("'files' holds 'all' next to split names; use either {all: ...} or train/valid/test")
         return self
 
 
@@ -116,9 +114,7 @@ def display_name(path: Path, root: Path) -> str:
 # Reading bytes
 
 
-def read_file_bytes(
-    path: Path, display: str, *, member: str | None = None, max_lines: int | None = None
-) -> bytes:
+def read_file_bytes(path: Path, display: str, *, member: str | None = None, max_lines: int | None = None) -> bytes:
     """The (decompressed) content of a plain, ``.gz`` or ``.zip`` file, read in memory.
 
     Args:
@@ -168,9 +164,7 @@ def _read_zip_member(path: Path, display: str, member: str | None, max_lines: in
         names = [info.filename for info in archive.infolist() if not info.is_dir()]
         if member is None:
             if len(names) != 1:
-                raise DataError(
-                    f"{display}: holds {len(names)} files; name the member to read: {', '.join(names)}"
-                )
+                raise DataError(f"{display}: holds {len(names)} files; name the member to read: {', '.join(names)}")
             member = names[0]
         if member not in names:
             raise DataError(f"{display}: no member {member!r}; members: {', '.join(names)}")
@@ -270,9 +264,7 @@ def expect_header(text: TextFile, columns: Sequence[str], separator: str) -> Tex
     found = text.first_line_text().decode(UTF8, errors="replace")
     expected = separator.join(columns)
     if found != expected:
-        raise DataError(
-            f"{text.display} line {text.first_line}: expected the header {expected!r}, found {found!r}"
-        )
+        raise DataError(f"{text.display} line {text.first_line}: expected the header {expected!r}, found {found!r}")
     return text.without_first_line()
 
 
@@ -309,9 +301,7 @@ def _first_malformed_line(
     return None
 
 
-def _column_count_message(
-    display: str, line: int, separator: str, expected: int, found: int, hint: str
-) -> str:
+def _column_count_message(display: str, line: int, separator: str, expected: int, found: int, hint: str) -> str:
     extra = f" ({hint})" if hint else ""
     return (
         f"{display} line {line}: expected {expected} {_separator_name(separator)}-separated columns{extra}, "
@@ -319,27 +309,21 @@ def _column_count_message(
     )
 
 
-def _quoted_row_lines(
-    text: TextFile, separator: str, quote_char: str, n_columns: int, hint: str
-) -> np.ndarray:
+def _quoted_row_lines(text: TextFile, separator: str, quote_char: str, n_columns: int, hint: str) -> np.ndarray:
     """Check quoted CSV with the ``csv`` module; return the line each record starts on."""
     try:
         decoded = text.data.decode(UTF8)
     except UnicodeDecodeError as error:
         line = text.first_line + text.data.count(b"\n", 0, error.start)
         raise DataError(f"{text.display} line {line}: not valid UTF-8") from error
-    reader = csv.reader(
-        io.StringIO(decoded, newline=""), delimiter=separator, quotechar=quote_char, strict=True
-    )
+    reader = csv.reader(io.StringIO(decoded, newline=""), delimiter=separator, quotechar=quote_char, strict=True)
     starts: list[int] = []
     lines_read = 0
     try:
         for record in reader:
             start = text.first_line + lines_read
             if len(record) != n_columns:
-                raise DataError(
-                    _column_count_message(text.display, start, separator, n_columns, len(record), hint)
-                )
+                raise DataError(_column_count_message(text.display, start, separator, n_columns, len(record), hint))
             starts.append(start)
             lines_read = reader.line_num
     except csv.Error as error:
@@ -432,9 +416,7 @@ def require_columns(display: str, wanted: dict[str, Sequence[str]], available: S
             if name not in present:
                 shown = ", ".join(repr(column) for column in list(available)[:MAX_SHOWN_COLUMNS])
                 more = " ..." if len(available) > MAX_SHOWN_COLUMNS else ""
-                raise DataError(
-                    f"{display}: {role} column {name!r} not found; available columns: {shown}{more}"
-                )
+                raise DataError(f"{display}: {role} column {name!r} not found; available columns: {shown}{more}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -470,9 +452,7 @@ def parse_numeric(frame: pl.DataFrame, columns: Sequence[str], locator: RowLocat
         row = first_true(bad.select(pl.any_horizontal(pl.all())).to_series())
         if row is not None:
             column = next(name for name in text_columns if bad[name][row])
-            raise DataError(
-                f"{locator.where(row)}: column {column!r} value {frame[column][row]!r} is not a number"
-            )
+            raise DataError(f"{locator.where(row)}: column {column!r} value {frame[column][row]!r} is not a number")
     return frame.with_columns(
         [
             (_stripped_float(name) if name in text_columns else pl.col(name).cast(pl.Float64)).fill_nan(None)
@@ -499,9 +479,7 @@ def binary_label(
     return frame[column].is_in(list(positive)).cast(pl.Float32).alias(column)
 
 
-def threshold_label(
-    frame: pl.DataFrame, column: str, threshold: float | None, locator: RowLocator
-) -> pl.Series:
+def threshold_label(frame: pl.DataFrame, column: str, threshold: float | None, locator: RowLocator) -> pl.Series:
     """A numeric label column as ``Float32``: ``value >= threshold``, or values already 0/1 when ``None``.
 
     Raises:

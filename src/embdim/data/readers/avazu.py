@@ -96,12 +96,7 @@ def split_hour(hour: pl.Series, text: TextFile) -> list[pl.Series]:
     """
     date = hour.str.slice(0, DATE_LENGTH).str.to_date("%y%m%d", strict=False)
     hour_of_day = hour.str.slice(DATE_LENGTH, 2)
-    bad = (
-        hour.is_null()
-        | (hour.str.len_bytes() != HOUR_LENGTH)
-        | date.is_null()
-        | ~hour_of_day.is_in(HOURS_OF_DAY)
-    )
+    bad = hour.is_null() | (hour.str.len_bytes() != HOUR_LENGTH) | date.is_null() | ~hour_of_day.is_in(HOURS_OF_DAY)
     row = first_true(bad)
     if row is not None:
         raise DataError(f"{text.where(row)}: hour {hour[row]!r} is not YYMMDDHH")

@@ -57,9 +57,7 @@ class CriteoReader(SplitFileReader):
     def read_file(self, path: Path) -> pl.DataFrame:
         """One Criteo file as a frame with the contract's columns and dtypes."""
         text = load_text(path, self.display(path), max_lines=self.options.nrows)
-        frame = split_columns(
-            text, CRITEO_COLUMNS, CRITEO_SEPARATOR, hint="label, 13 integer and 26 categorical"
-        )
+        frame = split_columns(text, CRITEO_COLUMNS, CRITEO_SEPARATOR, hint="label, 13 integer and 26 categorical")
         frame = parse_numeric(frame, CRITEO_NUMERIC, text)
         label = binary_label(frame, LABEL, text)
         return frame.select([*CRITEO_CATEGORICAL, *CRITEO_NUMERIC]).with_columns(label)

@@ -120,9 +120,7 @@ def sample_negatives(positives: pl.DataFrame, per_positive: int, seed: int) -> p
     positive_keys = np.unique(group * n_items + item_code)
     used_items_per_group = np.bincount(positive_keys // n_items)
     if (used_items_per_group >= n_items).any():
-        raise DataError(
-            f"a (user, context) group has used all {n_items} items; no negative can be drawn for it"
-        )
+        raise DataError(f"a (user, context) group has used all {n_items} items; no negative can be drawn for it")
 
     rng = np.random.default_rng(seed)
     source_row = np.repeat(np.arange(positives.height), per_positive)

@@ -96,9 +96,7 @@ def read_featindex(path: Path, display: str) -> FeatureIndex:
     table = pl.DataFrame({"index": np.arange(size)}).join(
         pl.DataFrame({"index": index, "value": value}), on="index", how="left"
     )
-    return FeatureIndex(
-        fields=fields, field_code=field_code, value=table.sort("index")["value"], display=display
-    )
+    return FeatureIndex(fields=fields, field_code=field_code, value=table.sort("index")["value"], display=display)
 
 
 class IPinYouOptions(SplitFileOptions):

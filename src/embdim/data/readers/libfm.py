@@ -71,9 +71,7 @@ def parse_libfm(text: TextFile, n_pairs: int) -> LibFMRows:
             the message names the file and line.
     """
     pair_columns = [f"pair_{position}" for position in range(1, n_pairs + 1)]
-    frame = split_columns(
-        text, [LABEL, *pair_columns], LIBFM_SEPARATOR, hint=f"label and {n_pairs} index:value pairs"
-    )
+    frame = split_columns(text, [LABEL, *pair_columns], LIBFM_SEPARATOR, hint=f"label and {n_pairs} index:value pairs")
     label = binary_label(frame, LABEL, text, positive=POSITIVE_LABELS, negative=NEGATIVE_LABELS)
     indices = []
     for position, column in enumerate(pair_columns, start=1):
@@ -131,9 +129,7 @@ class LibFMReader(SplitFileReader):
             rows = read_libfm_file(path, self.display(path), n_pairs, self.options.nrows)
             if fields is None:
                 fields = [f"field_{position}" for position in range(1, len(rows.indices) + 1)]
-            columns = [
-                index.cast(pl.Utf8).alias(field) for field, index in zip(fields, rows.indices, strict=True)
-            ]
+            columns = [index.cast(pl.Utf8).alias(field) for field, index in zip(fields, rows.indices, strict=True)]
             splits[name] = pl.DataFrame([*columns, rows.label])
         return RawData(splits=splits, categorical=list(fields or []), sources=self.sources())
 

@@ -174,9 +174,7 @@ class MovieLens100KReader(MovieLensReader):
         row = first_true(bad.to_series())
         if row is not None:
             column = next(name for name in ML100K_GENRES if frame[name][row] not in ("0", "1"))
-            raise DataError(
-                f"{text.where(row)}: genre flag {column!r} is {frame[column][row]!r}, expected 0 or 1"
-            )
+            raise DataError(f"{text.where(row)}: genre flag {column!r} is {frame[column][row]!r}, expected 0 or 1")
         genres = pl.concat_str(
             [pl.when(pl.col(name) == "1").then(pl.lit(name)) for name in ML100K_GENRES],
             separator=GENRE_SEPARATOR,
@@ -256,9 +254,7 @@ class MovieLensLatestReader(MovieLensReader):
     options: MovieLensLatestOptions
 
     def read_ratings(self, path: Path) -> pl.DataFrame:
-        text = expect_header(
-            load_text(path, self.display(path)), ["userId", "movieId", "rating", "timestamp"], ","
-        )
+        text = expect_header(load_text(path, self.display(path)), ["userId", "movieId", "rating", "timestamp"], ",")
         frame = split_columns(text, [USER_ID, ITEM_ID, RATING, "timestamp"], ",")
         return frame.select(USER_ID, ITEM_ID, self.rating_label(frame, text))
 

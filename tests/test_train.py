@@ -1,0 +1,130 @@
+"""Training end to end on small synthetic data: determinism, resume, run folders, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from embdim.config import ConfigError, compose, load_config, validate
+from embdim.train.run import run_experiment
+from embdim.train.trainer import Trainer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def small_config(tmp_path: Path, *overrides: str):
+    base = [
+        f"run_root={tmp_path / 'runs'}",
+        f"cache_root={tmp_path / 'cache'}",
+        "dataset=synthetic",
+        "dataset.options.rows=6000",
+        "dataset.options.cardinalities=[20,200,50,1000]",
+        "dataset.options.zipf_exponents=[1.0,1.1,0.9,1.2]",
+        "dataset.options.intrinsic_dims=[2,4,2,6]",
+        "dataset.options.missing_rates=[0,0,0,0]",
+        "model=deepfm",
+        "model.hidden=[32,32]",
+        "model.dropout=0.1",
+        "embedding.dim=8",
+        "train.batch_size=256",
+        "train.epochs=2",
+        "train.progress=false",
+        "train.checkpoint_every_steps=5",
+        "train.eval_every_steps=10",
+    ]
+    return validate(compose(CONFIGS / "experiments" / "quickstart.yaml", [*base, *overrides]))
+
+
+class KilledAt(Trainer):
+    kill_step = 13
+
+    def after_step(self, p):
+        if p.stage_index == 0 and p.step == self.kill_step:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_same_seed_same_result_and_run_folder(tmp_path):
+    a = run_experiment(small_config(tmp_path, "name=a"))
+    b = run_experiment(small_config(tmp_path, "name=b"))
+    for key in ("test_auc", "valid_auc", "test_logloss"):
+        assert a[key] == b[key]
+    run = tmp_path / "runs" / "a"
+    for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "best.safetensors", "plan.json", "result.json"):
+        assert (run / name).exists(), name
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) >= 2 and all("valid_auc" in x for x in lines)
+    for key in (
+        "test_auc",
+        "test_logloss",
+        "valid_auc",
+        "embedding_params",
+        "embedding_bytes",
+        "full_embedding_params",
+        "train_seconds",
+        "samples_per_second",
+    ):
+        assert key in a
+    assert a["export_max_abs_logit_diff"] < 1e-6
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    reference = run_experiment(small_config(tmp_path, "name=ref"))
+    cfg = small_config(tmp_path, "name=killed")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, trainer_cls=KilledAt)
+    run = tmp_path / "runs" / "killed"
+    assert (run / "checkpoint.pt").exists() and not (run / "result.json").exists()
+    resumed = run_experiment(cfg)
+    for key in ("test_auc", "valid_auc", "test_logloss", "valid_logloss"):
+        assert resumed[key] == reference[key], key
+    ref_lines = (tmp_path / "runs" / "ref" / "metrics.jsonl").read_text().splitlines()
+    got_lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["valid_auc"] for x in got_lines] == [json.loads(x)["valid_auc"] for x in ref_lines]
+
+
+def test_finished_run_is_not_trained_again_and_other_config_is_refused(tmp_path):
+    first = run_experiment(small_config(tmp_path, "name=r"))
+    assert run_experiment(small_config(tmp_path, "name=r")) == first
+    with pytest.raises(ConfigError, match="different config"):
+        run_experiment(small_config(tmp_path, "name=r", "train.lr=0.01"))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lrr=0.1", "train.lrr"),
+        ("model.hiden=[8]", "model.hiden"),
+        ("method.alpha=0.3", "method.alpha"),
+        ("embedding.dim=-1", "embedding.dim"),
+        ("dataset.options.no_such=1", "dataset.options.no_such"),
+    ],
+)
+def test_bad_keys_fail_before_any_work_naming_the_key(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        small_config(tmp_path, override)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+
+
+def test_library_configs_all_validate():
+    for exp in (CONFIGS / "experiments").glob("*.yaml"):
+        load_config(exp)
+    for model in (CONFIGS / "models").glob("*.yaml"):
+        load_config(CONFIGS / "experiments" / "quickstart.yaml", [f"model={model.stem}"])
+    for method in (CONFIGS / "methods").glob("*.yaml"):
+        load_config(CONFIGS / "experiments" / "quickstart.yaml", [f"method={method.stem}"])
+
+
+@pytest.mark.slow
+def test_deepfm_learns_the_planted_teacher(tmp_path):
+    cfg = small_config(
+        tmp_path,
+        "name=q",
+        "dataset.options.rows=60000",
+        "train.epochs=8",
+        "train.eval_every_steps=null",
+        "train.batch_size=512",
+        "model.hidden=[64,64]",
+    )
+    assert run_experiment(cfg)["test_auc"] >= 0.75
