@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 from embdim.config import TrainConfig
-from embdim.data.synthetic import criteo_like, prepare_arrays
+from embdim.data.schema import FieldInfo
+from embdim.data.synthetic import criteo_cardinalities
 from embdim.recommender import build_recommender
 from embdim.train.optim import build_optimizers
 
+ZIPF_EXPONENT = 1.1
 SETTINGS = {  # name -> (model, sparse tables, optimizer)
     "fm / fused adam": ("fm", False, "adam"),
     "deepfm / fused adam": ("deepfm", False, "adam"),
@@ -32,7 +34,6 @@ SETTINGS = {  # name -> (model, sparse tables, optimizer)
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--vocab", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4096)
@@ -40,23 +41,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    data = prepare_arrays(criteo_like(args.rows, total_vocab=args.vocab, num_dense=0))
-    schema, train = data.schema, data.splits["train"]
-    print(f"fields {schema.num_fields}, rows in all tables {sum(schema.vocab_sizes):,}, dense {schema.num_dense}")
+    # tables sized like Criteo's 26 fields scaled to --vocab rows; ids Zipf-distributed within each field
+    fields = [FieldInfo(f"C{i + 1}", int(n)) for i, n in enumerate(criteo_cardinalities(args.vocab))]
+    print(f"fields {len(fields)}, rows in all tables {sum(f.vocab_size for f in fields):,}")
     setups = {}
     for name, (model, sparse, opt) in SETTINGS.items():
         torch.manual_seed(0)
-        rec = build_recommender(schema.fields, schema.num_dense, args.dim, model, sparse=sparse)
+        rec = build_recommender(fields, 0, args.dim, model, sparse=sparse)
         tables = rec.table_parameters()
         others = [p for p in rec.parameters() if all(p is not t for t in tables)]
         opts = build_optimizers(tables, others, TrainConfig(optimizer=opt), sparse)
         setups[name] = (rec, opts, [])
     rng = np.random.default_rng(0)
     for step in range(args.steps + 3):
-        idx = rng.integers(0, len(train), args.batch)
-        ids = torch.from_numpy(train.ids[idx].astype(np.int64))
-        dense = torch.from_numpy(train.dense[idx]) if schema.num_dense else None
-        labels = torch.from_numpy(train.labels[idx])
+        ids = torch.from_numpy(
+            np.stack([(rng.zipf(ZIPF_EXPONENT, args.batch) - 1) % f.vocab_size for f in fields], 1)
+        )
+        dense = None
+        labels = torch.from_numpy(rng.integers(0, 2, args.batch).astype(np.float32))
         for rec, opts, times in setups.values():
             t0 = time.perf_counter()
             loss = torch.nn.functional.binary_cross_entropy_with_logits(rec(ids, dense), labels)
@@ -67,7 +69,7 @@ def main() -> None:
                 o.step()
             if step >= 3:  # warm-up
                 times.append(time.perf_counter() - t0)
-    print(f"| setting | median step (ms) | samples/s |\n|---|---|---|")
+    print("| setting | median step (ms) | samples/s |\n|---|---|---|")
     for name, (_, _, times) in setups.items():
         med = statistics.median(times)
         print(f"| {name} | {med * 1e3:.1f} | {args.batch / med:,.0f} |")
