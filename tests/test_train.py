@@ -128,3 +128,12 @@ def test_deepfm_learns_the_planted_teacher(tmp_path):
         "model.hidden=[64,64]",
     )
     assert run_experiment(cfg)["test_auc"] >= 0.75
+
+
+def test_epoch_limit_and_per_epoch_shuffle(tmp_path):
+    cfg = small_config(tmp_path, "name=ep", "train.epochs=3", "train.eval_every_steps=null", "train.patience=10")
+    run_experiment(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "runs" / "ep" / "metrics.jsonl").read_text().splitlines()]
+    steps_per_epoch = -(-int(6000 * 0.8) // 256)
+    assert [x["epoch"] for x in lines] == [0, 1, 2]
+    assert [x["step"] for x in lines] == [steps_per_epoch * (i + 1) for i in range(3)]

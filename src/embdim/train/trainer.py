@@ -217,6 +217,8 @@ class Trainer:
                 if evaluate_now or p.step % self.tc.checkpoint_every_steps == 0:
                     self._save_checkpoint(p)
                 self.after_step(p)
+                if epoch_end:
+                    break  # next epoch: new shuffle order, epoch limit checked
             bar.close()
 
     def _step(self, ids: torch.Tensor, dense: torch.Tensor | None, labels: torch.Tensor, p: Progress) -> float:
