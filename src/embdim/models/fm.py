@@ -43,7 +43,7 @@ class FM(CTRModel):
         )
         self.dense_fields = DenseAsFields(num_dense, dim) if num_dense > 0 else None
         self.interaction = FMInteraction()
-        self.init_weights()
+        FM.init_weights(self)  # not the subclass's: its extra layers do not exist yet
 
     def init_weights(self) -> None:
         """Zero bias; sub-layers use their own defaults (zero linear table, small dense vectors)."""
@@ -53,10 +53,16 @@ class FM(CTRModel):
         if self.dense_fields is not None:
             self.dense_fields.init_weights()
 
-    def forward(self, emb: torch.Tensor, dense: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor:
-        """emb: [B, F, d]; dense: [B, Dn] or None; ids: int64 [B, F] -> logits [B]."""
+    def fm_logits(
+        self, emb: torch.Tensor, dense: torch.Tensor | None, ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The FM logit [B] and the fields it read, ``x`` [B, F + Dn, d] (DeepFM reuses both)."""
         x = append_dense_fields(emb, dense, self.dense_fields)
         logits = self.interaction(x) + self.bias
         if self.linear is not None:
             logits = logits + self.linear(ids, dense)
-        return logits
+        return logits, x
+
+    def forward(self, emb: torch.Tensor, dense: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor:
+        """emb: [B, F, d]; dense: [B, Dn] or None; ids: int64 [B, F] -> logits [B]."""
+        return self.fm_logits(emb, dense, ids)[0]

@@ -282,7 +282,13 @@ class Trainer:
         }
 
     def _finish(self, p: Progress, stage_results: dict[str, dict[str, float]]) -> dict[str, Any]:
-        valid = evaluate(self.rec, self.data.splits["valid"], self.tc.eval_batch_size)
+        # the last stage's summary already evaluated valid on these (selected) weights, unless this
+        # process resumed after that stage ended
+        last = stage_results.get(self.searcher.stages[-1])
+        if last is None:
+            valid = evaluate(self.rec, self.data.splits["valid"], self.tc.eval_batch_size)
+        else:
+            valid = {"auc": last["valid_auc"], "logloss": last["valid_logloss"]}
         test = evaluate(self.rec, self.data.splits["test"], self.tc.eval_batch_size)
         plan = self.searcher.plan(self.lookup)
         plan.save(self.run_dir / "plan.json")
