@@ -18,10 +18,10 @@ Lifecycle, as driven by :class:`embdim.train.trainer.Trainer`::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from embdim.data.schema import FieldInfo
@@ -34,6 +34,32 @@ class SearcherConfig(BaseModel):
     """Base of every searcher's options; unknown keys are an error that names the key."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class Budget(BaseModel):
+    """A memory target for the slim embedding, shared by every method that can aim at one.
+
+    ``kind``: ``fraction`` of the uniform model's embedding bytes, absolute ``bytes``, or
+    embedding ``params``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["fraction", "bytes", "params"] = Field("fraction", description="what value measures")
+    value: float = Field(gt=0, description="the target: a fraction in (0, 1], or a count of bytes / parameters")
+
+    def target_bytes(self, full_bytes: int, bytes_per_param: float = 4.0) -> float:
+        """The target in bytes, given the uniform model's bytes (params count ``bytes_per_param`` each)."""
+        if self.kind == "fraction":
+            return self.value * full_bytes
+        return self.value if self.kind == "bytes" else self.value * bytes_per_param
+
+    def landed(self, plan: EmbeddingPlan, tolerance: float = 0.1) -> bool:
+        """Whether ``plan`` is within ``tolerance`` (relative) of this target."""
+        if self.kind == "params":
+            return abs(plan.num_params - self.value) <= tolerance * self.value
+        target = self.target_bytes(plan.full_bytes)
+        return abs(plan.num_bytes - target) <= tolerance * target
 
 
 class Searcher(nn.Module, ABC):
@@ -81,6 +107,23 @@ class Searcher(nn.Module, ABC):
     def penalty(self) -> torch.Tensor | None:
         """Extra loss term added to the task loss (size penalties); ``None`` when there is none."""
         return None
+
+    def early_stopping(self, stage: str) -> bool:
+        """Whether validation patience may end ``stage`` (False while a search must reach its target)."""
+        return True
+
+    def stage_complete(self, stage: str, lookup: Lookup) -> bool:
+        """Checked at each evaluation: True ends ``stage`` now (e.g. the last sparsity target is reached)."""
+        return False
+
+    def selection(self, stage: str) -> Literal["best", "last"]:
+        """Weights a stage hands on: its ``best`` validation checkpoint, or its ``last`` state (for search
+        stages whose sizes keep shrinking, the best-AUC step would undo the search)."""
+        return "best"
+
+    def report(self, lookup: Lookup) -> dict[str, Any]:
+        """JSON-able method details merged into ``result.json`` under ``"searcher"``."""
+        return {}
 
     def rewinds_before(self, stage: str) -> bool:
         """Whether every weight is reset to its step-0 value before ``stage`` (lottery-ticket retraining)."""

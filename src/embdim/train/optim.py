@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from embdim.config import TrainConfig
+from embdim.lookup import Lookup
 
 DENSE = {
     "adam": torch.optim.Adam,
@@ -29,7 +30,11 @@ def _make(name: str, groups: list[dict], fused: bool) -> torch.optim.Optimizer:
 
 
 def build_optimizers(
-    tables: list[nn.Parameter], others: list[nn.Parameter], cfg: TrainConfig, sparse: bool
+    tables: list[nn.Parameter],
+    others: list[nn.Parameter],
+    cfg: TrainConfig,
+    sparse: bool,
+    lookup: Lookup | None = None,
 ) -> list[torch.optim.Optimizer]:
     """One optimizer for everything (dense grads), or a sparse one for the tables plus a dense one.
 
@@ -38,6 +43,7 @@ def build_optimizers(
         others: every other trainable parameter (model, searcher).
         cfg: learning rates, decay and the optimizer name.
         sparse: whether the tables produce sparse gradients.
+        lookup: the backend that owns the tables (a fused backend updates them itself).
     """
     emb_lr = cfg.embedding_lr or cfg.lr
     dense_groups = [{"params": others, "lr": cfg.lr, "weight_decay": cfg.weight_decay}] if others else []

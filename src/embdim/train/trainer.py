@@ -114,7 +114,7 @@ class Trainer:
         tables = self.rec.table_parameters()
         table_ids = {id(p) for p in tables}
         others = [p for p in self.rec.parameters() if id(p) not in table_ids and p.requires_grad]
-        self.optimizers = build_optimizers(tables, others, self.tc, self.cfg.embedding.sparse)
+        self.optimizers = build_optimizers(tables, others, self.tc, self.cfg.embedding.sparse, lookup=self.lookup)
 
     def _save_checkpoint(self, p: Progress) -> None:
         save_torch(
