@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from embdim.config import ConfigError, compose, load_config, validate
@@ -137,3 +138,39 @@ def test_epoch_limit_and_per_epoch_shuffle(tmp_path):
     steps_per_epoch = -(-int(6000 * 0.8) // 256)
     assert [x["epoch"] for x in lines] == [0, 1, 2]
     assert [x["step"] for x in lines] == [steps_per_epoch * (i + 1) for i in range(3)]
+
+
+def test_init_from_a_run_starts_from_its_weights(tmp_path):
+    """Hot start: a new run begins with the finished run's selected weights (its step-0 logits match)."""
+    from embdim.train.checkpoint import warm_start
+    from embdim.train.run import prepare_dataset
+    from embdim.train.trainer import predict_logits
+
+    source = small_config(tmp_path, "name=src")
+    run_experiment(source)
+    hot = small_config(tmp_path, "name=hot", f"train.init_from={tmp_path / 'runs' / 'src'}", "train.max_steps=1")
+    trainer = Trainer(hot, prepare_dataset(hot, progress=False), tmp_path / "runs" / "hot")
+    trainer._build()
+    cold = Trainer(source, trainer.data, tmp_path / "runs" / "cold")
+    cold._build()
+    valid = trainer.data.splits["valid"]
+    assert not np.allclose(predict_logits(trainer.rec, valid, 4096), predict_logits(cold.rec, valid, 4096))
+    warm_start(tmp_path / "runs" / "src", cold.rec)
+    np.testing.assert_array_equal(predict_logits(trainer.rec, valid, 4096), predict_logits(cold.rec, valid, 4096))
+
+
+def test_init_from_rejects_missing_or_mismatched_weights(tmp_path):
+    from embdim.train.checkpoint import warm_start
+
+    run_experiment(small_config(tmp_path, "name=src"))
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        run_experiment(small_config(tmp_path, "name=a", f"train.init_from={tmp_path / 'nowhere'}"))
+    assert not (tmp_path / "runs" / "a").exists()
+    other = small_config(tmp_path, "name=b", "embedding.dim=4")
+    from embdim.train.run import prepare_dataset
+
+    trainer = Trainer(other, prepare_dataset(other, progress=False), tmp_path / "runs" / "b")
+    trainer.tc = trainer.tc.model_copy(update={"init_from": None})
+    trainer._build()
+    with pytest.raises(ValueError, match="shape"):
+        warm_start(tmp_path / "runs" / "src", trainer.rec)

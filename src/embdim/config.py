@@ -79,6 +79,9 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default torch's choice")
     checkpoint_every_steps: int = Field(1000, ge=1, description="also checkpoint between evaluations")
     progress: bool = Field(True, description="show progress bars")
+    init_from: str | None = Field(
+        None, description="run folder (or .safetensors file) whose weights start this run (hot start)"
+    )
 
 
 class RunConfig(Strict):

@@ -51,3 +51,26 @@ def save_weights(path: Path, module: torch.nn.Module) -> None:
 
 def load_weights(path: Path, module: torch.nn.Module) -> None:
     module.load_state_dict(load_file(str(path)))
+
+
+def warm_start(source: Path, module: torch.nn.Module) -> list[str]:
+    """Load the weights of a finished or running run (its ``best.safetensors``) or of a safetensors file.
+
+    Keys the source lacks keep their initial values (e.g. a searcher's own layers on top of a trained
+    ``full`` model); a source key the module lacks, or one of another shape, is an error naming the key.
+    Returns the keys left as initialised.
+    """
+    path = source / "best.safetensors" if source.is_dir() else source
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init_from: no weights at {path} (expected a run folder or a .safetensors file)")
+    weights = load_file(str(path))
+    own = module.state_dict()
+    for key, value in weights.items():
+        if key not in own:
+            raise ValueError(f"train.init_from: {path} has {key!r}, which this model does not have")
+        if own[key].shape != value.shape:
+            raise ValueError(
+                f"train.init_from: {key!r} has shape {tuple(value.shape)} in {path}, {tuple(own[key].shape)} here"
+            )
+    module.load_state_dict(weights, strict=False)
+    return sorted(set(own) - set(weights))

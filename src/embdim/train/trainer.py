@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from embdim.config import RunConfig
 from embdim.data.prepare import PreparedData, SplitArrays
 from embdim.recommender import Recommender, build_recommender, export_model, load_model
-from embdim.train.checkpoint import load_torch, load_weights, save_torch, save_weights
+from embdim.train.checkpoint import load_torch, load_weights, save_torch, save_weights, warm_start
 from embdim.train.metrics import log_loss, roc_auc
 from embdim.train.optim import build_optimizers
 
@@ -46,6 +46,7 @@ class Progress:
     train_seconds: float = 0.0
     train_samples: int = 0
     stopped: bool = False
+    start_valid_auc: float | None = None  # valid AUC of the state the stage started from (stages after the first)
 
 
 def _to_batch(split: SplitArrays, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -108,6 +109,8 @@ class Trainer:
         )
         self.searcher = self.rec.embedding.searcher
         self.lookup = self.rec.embedding.lookup
+        if self.tc.init_from:
+            warm_start(Path(self.tc.init_from), self.rec)
         self._new_optimizers()
 
     def _new_optimizers(self) -> None:
@@ -149,7 +152,9 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
         p.metrics_lines += 1
 
-    def _evaluate_and_select(self, p: Progress, stage: str, interval_start: float, interval_samples: int) -> None:
+    def _evaluate_and_select(
+        self, p: Progress, stage: str, interval_start: float, interval_samples: int
+    ) -> dict[str, float]:
         valid = evaluate(self.rec, self.data.splits["valid"], self.tc.eval_batch_size)
         score = valid["auc"] if self.tc.monitor == "auc" else -valid["logloss"]
         improved = p.best_score is None or score > p.best_score
@@ -172,8 +177,11 @@ class Trainer:
         }
         self._log(p, record)
         p.loss_sum, p.loss_count = 0.0, 0
-        if p.bad_evals >= self.tc.patience:
+        if p.bad_evals >= self.tc.patience and self.searcher.early_stopping(stage):
             p.stopped = True
+        if self.searcher.stage_complete(stage, self.lookup):
+            p.stopped = True
+        return valid
 
     def _train_stage(self, p: Progress, stage: str) -> None:
         train = self.data.splits["train"]
@@ -256,12 +264,16 @@ class Trainer:
                 self.searcher.begin_stage(stage, self.lookup)
                 if p.stage_index > 0:
                     self._new_optimizers()
+                    # the state a stage starts from (e.g. right after a cut) is measured and may be its best
+                    p.start_valid_auc = self._evaluate_and_select(p, stage, time.perf_counter(), 0)["auc"]
                 p.stage_started = True
+                self._save_checkpoint(p)
             self.rec.train()
             self._train_stage(p, stage)
-            load_weights(self.best_path, self.rec)
+            if self.searcher.selection(stage) == "best":
+                load_weights(self.best_path, self.rec)
             self.searcher.end_stage(stage, self.lookup)
-            stage_results[stage] = self._stage_summary(p)
+            stage_results[stage] = self._stage_summary(p, final=p.stage_index == len(stages) - 1)
             p = Progress(
                 stage_index=p.stage_index + 1,
                 metrics_lines=p.metrics_lines,
@@ -271,15 +283,24 @@ class Trainer:
             self._save_checkpoint(p)
         return self._finish(p, stage_results)
 
-    def _stage_summary(self, p: Progress) -> dict[str, float]:
+    def _stage_summary(self, p: Progress, final: bool) -> dict[str, float]:
+        """Valid metrics of the weights the stage hands on; earlier stages also report test (e.g. AUC before
+        retraining), the final stage leaves test to :meth:`_finish`."""
         valid = evaluate(self.rec, self.data.splits["valid"], self.tc.eval_batch_size)
-        return {
+        summary = {
             "valid_auc": valid["auc"],
             "valid_logloss": valid["logloss"],
             "steps": p.step,
             "best_step": p.best_step,
             "epochs": p.epoch + (1 if p.batch else 0),
+            **self.searcher.metrics(self.lookup),
         }
+        if p.start_valid_auc is not None:
+            summary["valid_auc_at_start"] = p.start_valid_auc
+        if not final:
+            test = evaluate(self.rec, self.data.splits["test"], self.tc.eval_batch_size)
+            summary |= {"test_auc": test["auc"], "test_logloss": test["logloss"]}
+        return summary
 
     def _finish(self, p: Progress, stage_results: dict[str, dict[str, float]]) -> dict[str, Any]:
         # the last stage's summary already evaluated valid on these (selected) weights, unless this
@@ -310,6 +331,7 @@ class Trainer:
             "train_seconds": p.train_seconds,
             "samples_per_second": p.train_samples / max(p.train_seconds, 1e-9),
             "stages": stage_results,
+            "searcher": self.searcher.report(self.lookup),
             "export_max_abs_logit_diff": self._export_check(model_dir),
         }
 
