@@ -115,6 +115,8 @@ def test_library_configs_all_validate():
         load_config(CONFIGS / "experiments" / "quickstart.yaml", [f"model={model.stem}"])
     for method in (CONFIGS / "methods").glob("*.yaml"):
         load_config(CONFIGS / "experiments" / "quickstart.yaml", [f"method={method.stem}"])
+    for dataset in (CONFIGS / "datasets").glob("*.yaml"):
+        load_config(CONFIGS / "experiments" / "quickstart.yaml", [f"dataset={dataset.stem}"])
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Command line: ``embdim prepare | run | inspect | list``."""
+"""Command line: ``embdim prepare | run | bench | inspect | list``."""
 
 from __future__ import annotations
 
@@ -65,6 +65,32 @@ def run(
     console.print(table)
     console.print(f"run folder: {run_dir_for(cfg)}")
     print(json.dumps({k: result.get(k) for k in RESULT_KEYS}))
+
+
+@app.command()
+def bench(
+    config: Annotated[Path, typer.Argument(help="bench YAML (configs/bench/...)")],
+    overrides: OverridesArg = None,
+    report_only: Annotated[bool, typer.Option(help="rewrite the report from results.csv, train nothing")] = False,
+    progress: Annotated[bool, typer.Option(help="progress bars")] = True,
+) -> None:
+    """Sweep methods x budgets x seeds (resuming finished runs) and write results.csv + report.md with plots."""
+    from embdim.bench import bench_dir, load_bench, run_bench
+    from embdim.report.bench import write_report
+
+    try:
+        cfg, base = load_bench(config, overrides or [])
+        if not progress:
+            cfg.overrides.append("train.progress=false")
+        if not report_only:
+            run_bench(cfg, base)
+        report = write_report(bench_dir(cfg), cfg.name)
+    except (ConfigError, DataError) as err:
+        _fail(err)
+    except FileNotFoundError as err:
+        _fail(ConfigError(f"nothing to report yet: {err.filename}"))
+    console.print(f"report: {report}")
+    print(report.read_text())
 
 
 @app.command()

@@ -26,7 +26,7 @@ from torch import nn
 
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec
-from embdim.plan import EmbeddingPlan
+from embdim.plan import FLOAT_BYTES, EmbeddingPlan
 from embdim.slim import DenseGroup, SlimEmbedding
 
 
@@ -60,6 +60,26 @@ class Budget(BaseModel):
             return abs(plan.num_params - self.value) <= tolerance * self.value
         target = self.target_bytes(plan.full_bytes)
         return abs(plan.num_bytes - target) <= tolerance * target
+
+
+class BudgetUnreachable(ValueError):
+    """A method cannot aim at the requested memory budget (reports say so instead of substituting)."""
+
+
+def uniform_dim_for_budget(fields: list[FieldInfo], dim: int, budget: Budget, tolerance: float = 0.1) -> int:
+    """The uniform width whose ``n x d'`` tables land within ``tolerance`` of ``budget`` (bytes relative to
+    ``n x dim``); raises :class:`BudgetUnreachable` when no integer width does."""
+    rows = sum(f.vocab_size for f in fields)
+    full_bytes = rows * dim * FLOAT_BYTES
+    target = budget.target_bytes(full_bytes)
+    best = max(1, round(target / (rows * FLOAT_BYTES)))
+    landed = abs(best * rows * FLOAT_BYTES - target) <= tolerance * target
+    if not landed or best > dim:
+        raise BudgetUnreachable(
+            f"no uniform width lands within {tolerance:.0%} of {target:,.0f} bytes "
+            f"(nearest: d={best}, {best * rows * FLOAT_BYTES:,} bytes)"
+        )
+    return best
 
 
 class Searcher(nn.Module, ABC):
@@ -96,6 +116,20 @@ class Searcher(nn.Module, ABC):
     @property
     def vocab_sizes(self) -> list[int]:
         return [f.vocab_size for f in self.fields]
+
+    @classmethod
+    def for_budget(
+        cls, fields: list[FieldInfo], dim: int, config: SearcherConfig, budget: Budget
+    ) -> tuple[int, SearcherConfig]:
+        """``(dim, config)`` with which this method aims at ``budget`` (used by ``embdim bench``).
+
+        Default: methods whose Config has a ``budget`` option get it set; others cannot aim at a budget
+        and raise :class:`BudgetUnreachable`. Methods that meet a budget by their width (``full``, ``mlet``)
+        or by a scale (``mde``) override this.
+        """
+        if "budget" in type(config).model_fields:
+            return dim, config.model_copy(update={"budget": budget})
+        raise BudgetUnreachable(f"{cls.registered_name} has no way to aim at a memory budget")
 
     def table_specs(self) -> list[TableSpec]:
         """Raw tables this method trains; default: one ``n x d`` table holding every field."""

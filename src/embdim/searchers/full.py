@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from embdim.data.schema import FieldInfo
 from embdim.lookup import Lookup, RawEmbeddings
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Searcher, SearcherConfig
+from embdim.searchers.base import Budget, Searcher, SearcherConfig, uniform_dim_for_budget
 
 
 class FullConfig(SearcherConfig):
@@ -19,6 +20,13 @@ class FullSearcher(Searcher):
     """Uniform embeddings: one ``n x d`` table, raw vectors passed through unchanged."""
 
     Config = FullConfig
+
+    @classmethod
+    def for_budget(
+        cls, fields: list[FieldInfo], dim: int, config: SearcherConfig, budget: Budget
+    ) -> tuple[int, SearcherConfig]:
+        """The uniform baseline meets a budget by its width alone."""
+        return uniform_dim_for_budget(fields, dim, budget), config
 
     def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
         return raw.stacked()

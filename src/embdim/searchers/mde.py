@@ -19,8 +19,10 @@ from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec, group_fields_by_width
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Searcher, SearcherConfig
+from embdim.searchers.base import Budget, BudgetUnreachable, Searcher, SearcherConfig
 from embdim.slim import DenseGroup, SlimEmbedding, project_fields
+
+BUDGET_TOLERANCE = 0.1  # relative distance to a budget that counts as landing on it
 
 
 class MDEConfig(SearcherConfig):
@@ -46,6 +48,29 @@ class MDESearcher(Searcher):
     """Mixed dimensions per field, projected to ``d``."""
 
     Config = MDEConfig
+
+    @classmethod
+    def for_budget(
+        cls, fields: list[FieldInfo], dim: int, config: SearcherConfig, budget: Budget
+    ) -> tuple[int, SearcherConfig]:
+        """Scale the power law (``base_dim``, alpha fixed) to the budget; the plan's bytes count projections."""
+        assert isinstance(config, MDEConfig)
+        full_bytes = sum(f.vocab_size for f in fields) * dim * 4
+        target = budget.target_bytes(full_bytes)
+        sizes = [f.vocab_size for f in fields]
+        # widths are clipped to dim, so a base above dim still scales the large-vocabulary fields
+        largest_base = math.ceil(dim * (max(sizes) / min(sizes)) ** config.alpha)
+        candidates = []
+        for base in range(1, largest_base + 1):
+            option = config.model_copy(update={"base_dim": base, "min_dim": min(config.min_dim, base)})
+            plan = cls(fields, dim, option).plan(None)  # type: ignore[arg-type]  (MDE plans need no tables)
+            candidates.append((abs(plan.num_bytes - target), option, plan.num_bytes))
+        gap, option, got = min(candidates, key=lambda c: c[0])
+        if gap > BUDGET_TOLERANCE * target:
+            raise BudgetUnreachable(
+                f"mde (alpha={config.alpha}) gets no closer than {got:,} bytes to {target:,.0f} with any base_dim"
+            )
+        return dim, option
 
     def __init__(self, fields: list[FieldInfo], dim: int, config: MDEConfig, init_std: float = DEFAULT_INIT_STD):
         super().__init__(fields, dim, config, init_std)

@@ -1,0 +1,264 @@
+"""``embdim bench``: every method x memory budget x seed on one dataset and model, as ordinary runs.
+
+A bench config names an experiment (dataset, model, training settings) and sweeps over it::
+
+    name: frappe_deepfm
+    experiment: ../experiments/quickstart.yaml    # relative to this file
+    overrides: [train.epochs=20]                  # applied to every run
+    methods: [full, mde, {name: pep, label: pep_fast, init_threshold: -8}]
+    budgets: [0.5, 0.2, 0.1, 0.05]                # fractions of the uniform model's embedding bytes
+    seeds: [1, 2, 3]
+
+Each (method, budget, seed) is a normal run folder under ``<bench_root>/<name>/runs/``, so a killed
+sweep resumes where it stopped and finished runs are never trained again. Every method aims at a
+budget through its own ``Searcher.for_budget`` (uniform by width, MDE by scale, PEP by sparsity
+target, DML / AMTL by a penalty controller, MLET by width); where a method cannot reach a budget,
+the row says so instead of substituting another. The uniform model at the experiment's width is
+run once per seed as the reference (budget 1.0) that sizes and times are compared with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from embdim.config import ConfigError, RunConfig, _format_errors, load_config
+from embdim.plan import FLOAT_BYTES
+from embdim.registry import SEARCHERS
+from embdim.searchers.base import Budget, BudgetUnreachable
+
+RESULTS_FILE = "results.csv"
+REFERENCE_METHOD = "full"
+REFERENCE_BUDGET = 1.0
+LANDING_TOLERANCE = 0.1  # a run lands on its budget when its slim bytes are within 10 % of it
+
+
+class MethodEntry(BaseModel):
+    """One method of the sweep: a registered name, a label for reports, and its options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    label: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def tag(self) -> str:
+        return self.label or self.name
+
+
+class BenchConfig(BaseModel):
+    """A sweep of methods x budgets x seeds over one experiment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="bench name: folder <bench_root>/<name>")
+    experiment: str = Field(description="experiment YAML (dataset, model, training), relative to the bench file")
+    overrides: list[str] = Field(default_factory=list, description="key=value overrides for every run")
+    methods: list[MethodEntry] = Field(min_length=1, description="methods to compare")
+    budgets: list[Budget] = Field(min_length=1, description="memory budgets (a number is a fraction)")
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1, description="training seeds")
+    bench_root: str = Field("runs/bench", description="where bench folders go")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, value: Any) -> Any:
+        out = []
+        for item in value or []:
+            if isinstance(item, str):
+                item = {"name": item}
+            elif isinstance(item, dict) and "options" not in item:
+                item = dict(item)
+                item = {"name": item.pop("name", None), "label": item.pop("label", None), "options": item}
+            out.append(item)
+        return out
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _budgets(cls, value: Any) -> Any:
+        return [{"kind": "fraction", "value": v} if isinstance(v, int | float) else v for v in value or []]
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, methods: list[MethodEntry]) -> list[MethodEntry]:
+        for m in methods:
+            if m.name not in SEARCHERS:
+                raise ValueError(f"unknown method {m.name!r}; registered: {', '.join(SEARCHERS.names())}")
+        tags = [m.tag for m in methods]
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"method labels must be unique, got {tags} (add label: ...)")
+        return methods
+
+
+@dataclass
+class PlannedRun:
+    """One cell of the sweep: a validated run config, or the reason it cannot be run."""
+
+    method: MethodEntry
+    budget: Budget
+    seed: int
+    config: RunConfig | None
+    unreachable: str | None = None
+    target_bytes: float = math.nan  # the budget in bytes, relative to the reference (uniform at the experiment's d)
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.method.tag}_b{budget_label(self.budget)}_s{self.seed}"
+
+
+def budget_label(budget: Budget) -> str:
+    if budget.kind == "fraction":
+        return f"{budget.value:g}"
+    return f"{budget.value:g}{budget.kind}"
+
+
+def load_bench(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[BenchConfig, Path]:
+    """Read and validate a bench YAML; ``overrides`` (``key=value``) apply to its top-level keys."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"bench config not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    for assignment in overrides:
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise ConfigError(f"override {assignment!r} must look like key=value")
+        data[key.strip()] = yaml.safe_load(value)
+    try:
+        cfg = BenchConfig(**data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: invalid bench configuration\n{_format_errors(err)}") from None
+    return cfg, path.resolve().parent
+
+
+def bench_dir(cfg: BenchConfig) -> Path:
+    return Path(cfg.bench_root) / cfg.name
+
+
+def plan_runs(cfg: BenchConfig, base: Path) -> list[PlannedRun]:
+    """Every (method, budget, seed) of the sweep plus the uniform reference per seed, budgets resolved.
+
+    Resolving a budget needs the dataset's vocabulary sizes, so the dataset is prepared (or loaded
+    from its cache) once here.
+    """
+    from embdim.train.run import prepare_dataset
+
+    experiment = base / cfg.experiment
+    run_root = str(bench_dir(cfg) / "runs")
+
+    def config_for(entry: MethodEntry, seed: int, name: str, extra: list[str]) -> RunConfig:
+        overrides = [*cfg.overrides, f"method={entry.name}", f"train.seed={seed}", f"name={name}"]
+        overrides.append(f"run_root={run_root}")
+        overrides += [f"method.{k}={json.dumps(v)}" for k, v in entry.options.items()]
+        return load_config(experiment, [*overrides, *extra])
+
+    reference = MethodEntry(name=REFERENCE_METHOD, label="reference")
+    first = config_for(reference, cfg.seeds[0], "probe", [])
+    fields = prepare_dataset(first, progress=first.train.progress).schema.fields
+    full_bytes = sum(f.vocab_size for f in fields) * first.embedding.dim * FLOAT_BYTES
+    runs: list[PlannedRun] = []
+    for seed in cfg.seeds:
+        ref = PlannedRun(reference, Budget(value=REFERENCE_BUDGET), seed, None, target_bytes=full_bytes)
+        ref.config = config_for(reference, seed, ref.run_name, [])
+        runs.append(ref)
+    for entry in cfg.methods:
+        cls = SEARCHERS.get(entry.name)
+        for budget in cfg.budgets:
+            probe = config_for(entry, cfg.seeds[0], "probe", [])
+            try:
+                dim, options = cls.for_budget(fields, probe.embedding.dim, probe.method_options(), budget)
+                reason = None
+            except BudgetUnreachable as err:
+                reason = str(err)
+            for seed in cfg.seeds:
+                planned = PlannedRun(entry, budget, seed, None, reason, budget.target_bytes(full_bytes))
+                if reason is None:
+                    options_json = options.model_dump(mode="json")
+                    extra = [f"embedding.dim={dim}", *(f"method.{k}={json.dumps(v)}" for k, v in options_json.items())]
+                    planned.config = config_for(entry, seed, planned.run_name, extra)
+                runs.append(planned)
+    return runs
+
+
+def _flatten(result: dict[str, Any]) -> dict[str, Any]:
+    """Scalars as they are; nested values (stages, field dims, method details) as JSON text."""
+    return {k: v if isinstance(v, int | float | str | bool) or v is None else json.dumps(v) for k, v in result.items()}
+
+
+def run_bench(cfg: BenchConfig, base: Path) -> pl.DataFrame:
+    """Run (or resume) the sweep; writes and returns ``results.csv`` (one row per planned run)."""
+    from tqdm.auto import tqdm
+
+    from embdim.train.run import run_experiment
+
+    runs = plan_runs(cfg, base)
+    folder = bench_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    progress = runs[0].config.train.progress if runs[0].config else True
+    for planned in tqdm(runs, desc=f"bench {cfg.name}", unit="run", disable=not progress):
+        row: dict[str, Any] = {
+            "label": planned.method.tag,
+            "budget": budget_label(planned.budget),
+            "budget_kind": planned.budget.kind,
+            "budget_value": planned.budget.value,
+            "seed": planned.seed,
+            "status": "unreachable" if planned.unreachable else "done",
+            "reason": planned.unreachable or "",
+            "run": planned.run_name,
+        }
+        if planned.config is not None:
+            result = run_experiment(planned.config)
+            target = planned.target_bytes
+            row |= _flatten(result) | {"budget_bytes": target}
+            if planned.budget.kind == "params":
+                got, want = result["embedding_params"], planned.budget.value
+            else:
+                got, want = result["embedding_bytes"], target
+            row["landed"] = abs(got - want) <= LANDING_TOLERANCE * want
+        row["method"] = planned.method.name
+        rows.append(row)
+        _write_results(folder, rows)  # after every run, so an interrupted sweep keeps its table
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def _write_results(folder: Path, rows: list[dict[str, Any]]) -> None:
+    from embdim.train.checkpoint import atomic_write_text
+
+    frame = pl.DataFrame(rows, infer_schema_length=None)
+    atomic_write_text(folder / RESULTS_FILE, frame.write_csv())
+
+
+def summarise(results: pl.DataFrame) -> pl.DataFrame:
+    """Mean and std over seeds per (label, budget), with size and speed relative to the reference."""
+    done = results.filter(pl.col("status") == "done")
+    ref = done.filter(pl.col("label") == "reference")
+    ref_sps = ref["samples_per_second"].median() if len(ref) else math.nan
+    ref_bytes = ref["full_embedding_bytes"].median() if len(ref) else math.nan
+    summary = (
+        done.group_by("label", "method", "budget", "budget_value", maintain_order=True)
+        .agg(
+            pl.len().alias("seeds"),
+            pl.col("test_auc").mean().alias("auc_mean"),
+            pl.col("test_auc").std().alias("auc_std"),
+            pl.col("test_logloss").mean().alias("logloss_mean"),
+            pl.col("test_logloss").std().alias("logloss_std"),
+            pl.col("embedding_bytes").mean().alias("bytes"),
+            pl.col("landed").all().alias("landed"),
+            pl.col("samples_per_second").median().alias("samples_per_second"),
+        )
+        .with_columns(
+            (pl.col("bytes") / ref_bytes).alias("bytes_ratio"),
+            (ref_sps / pl.col("samples_per_second")).alias("time_ratio"),
+        )
+    )
+    return summary

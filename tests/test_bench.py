@@ -1,0 +1,128 @@
+"""``embdim bench``: budgets resolved per method, a resumable sweep, results.csv and the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+import embdim.train.run as run_module
+from embdim.bench import bench_dir, load_bench, run_bench
+from embdim.config import ConfigError
+from embdim.data.schema import FieldInfo
+from embdim.embedding import EmbeddingLayer
+from embdim.registry import SEARCHERS
+from embdim.report.bench import write_report
+from embdim.searchers.base import Budget, BudgetUnreachable
+
+EXPERIMENT = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "quickstart.yaml"
+FIELDS = [FieldInfo("a", 30), FieldInfo("b", 400), FieldInfo("c", 2000)]
+TINY = [
+    "dataset=synthetic",
+    "dataset.options.rows=3000",
+    "dataset.options.cardinalities=[20,200,50,1000]",
+    "dataset.options.zipf_exponents=[1.0,1.1,0.9,1.2]",
+    "dataset.options.intrinsic_dims=[2,4,2,6]",
+    "dataset.options.missing_rates=[0,0,0,0]",
+    "model.hidden=[16]",
+    "embedding.dim=8",
+    "train.batch_size=256",
+    "train.epochs=1",
+    "train.progress=false",
+]
+
+
+def write_bench(tmp_path: Path, **changes) -> Path:
+    data = {
+        "name": "tiny",
+        "experiment": str(EXPERIMENT),
+        "overrides": [*TINY, f"cache_root={tmp_path / 'cache'}"],
+        "methods": ["full", {"name": "mde", "label": "mde_a04", "alpha": 0.4}],
+        "budgets": [0.5, 0.05],
+        "seeds": [1, 2],
+        "bench_root": str(tmp_path / "bench"),
+    } | changes
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("method", ["full", "mde"])
+@pytest.mark.parametrize("fraction", [0.5, 0.25])
+def test_size_set_methods_land_on_budgets(method, fraction):
+    cls = SEARCHERS.get(method)
+    budget = Budget(value=fraction)
+    dim, config = cls.for_budget(FIELDS, 16, cls.Config(), budget)
+    plan = EmbeddingLayer(FIELDS, dim, method, config).plan()
+    full_bytes = sum(f.vocab_size for f in FIELDS) * 16 * 4
+    assert abs(plan.num_bytes - fraction * full_bytes) <= 0.1 * fraction * full_bytes
+
+
+def test_unreachable_budget_is_an_explicit_error():
+    with pytest.raises(BudgetUnreachable, match="no uniform width"):
+        SEARCHERS.get("full").for_budget(FIELDS, 16, SEARCHERS.get("full").Config(), Budget(value=0.01))
+
+
+def test_sweep_writes_results_and_report(tmp_path):
+    cfg, base = load_bench(write_bench(tmp_path))
+    results = run_bench(cfg, base)
+    # 2 reference runs + 2 methods x 2 budgets x 2 seeds
+    assert len(results) == 10
+    assert set(results["label"]) == {"reference", "full", "mde_a04"}
+    unreachable = results.filter(pl.col("status") == "unreachable")
+    assert ("full", "0.05") in set(zip(unreachable["label"], unreachable["budget"], strict=True))
+    assert all(unreachable.filter(pl.col("label") == "full")["reason"].str.contains("no uniform width"))
+    done = results.filter(pl.col("status") == "done")
+    assert {("full", "0.5"), ("mde_a04", "0.5")} <= set(zip(done["label"], done["budget"], strict=True))
+    assert done["test_auc"].is_not_null().all() and done.filter(pl.col("label") != "reference")["landed"].all()
+    on_disk = pl.read_csv(bench_dir(cfg) / "results.csv")
+    assert on_disk.shape[0] == 10
+    assert {"test_auc", "embedding_bytes", "seed", "budget", "method"} <= set(on_disk.columns)
+
+    report = write_report(bench_dir(cfg), "tiny").read_text()
+    table_rows = [line for line in report.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    # reference, full at 0.5, mde at 0.5 and 0.05 (if mde reaches it) or listed as unreachable
+    labels = {row.split("|")[1].strip() for row in table_rows}
+    assert {"reference", "full", "mde_a04"} <= labels
+    assert "full at 0.05" in report
+    png = bench_dir(cfg) / "pareto.png"
+    assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interrupted_sweep_resumes_without_retraining(tmp_path, monkeypatch):
+    cfg, base = load_bench(write_bench(tmp_path, methods=["full"], budgets=[0.5]))
+    real = run_module.run_experiment
+    calls = []
+
+    def dies_on_third(config, *args, **kwargs):
+        calls.append(config.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "run_experiment", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(cfg, base)
+    partial = pl.read_csv(bench_dir(cfg) / "results.csv")
+    assert len(partial) == 2
+    finished = {p: p.stat().st_mtime_ns for p in (bench_dir(cfg) / "runs").glob("*/result.json")}
+    assert len(finished) == 2
+
+    monkeypatch.setattr(run_module, "run_experiment", real)
+    results = run_bench(cfg, base)
+    assert len(results) == 4 and (results["status"] == "done").all()
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime  # finished runs were read back, not trained again
+    assert json.loads(next(iter(finished)).read_text())["test_auc"] in set(results["test_auc"])
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [({"methods": ["nope"]}, "methods"), ({"budgets": [-0.5]}, "budgets.0.value"), ({"bogus": 1}, "bogus")],
+)
+def test_bad_bench_config_names_the_key(tmp_path, change, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_bench(write_bench(tmp_path, **change))
