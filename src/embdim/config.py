@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from embdim.data.prepare import PreprocessConfig
 from embdim.registry import MODELS, READERS, SEARCHERS
 
 DEFAULT_DATA_ROOT = Path("..") / "shared" / "datasets"
+FUSABLE = ("adagrad", "sgd")  # optimizers TorchRec fuses into the backward pass on CPU
 SECTION_FOLDERS = {"dataset": "datasets", "model": "models", "method": "methods"}
 
 
@@ -56,8 +57,13 @@ class PluginConfig(Strict):
 
 class EmbeddingConfig(Strict):
     dim: int = Field(16, ge=1, description="output width d of every field")
-    backend: Literal["torch", "torchrec"] = Field("torch", description="lookup backend")
+    backend: Literal["torch", "torchrec"] = Field(
+        "torch", description="lookup backend: torch, or torchrec (fused Adagrad/SGD with train.fused)"
+    )
     sparse: bool = Field(False, description="sparse gradients for the tables (SparseAdam / Adagrad / SGD)")
+    sparse_first_order: bool = Field(
+        False, description="with sparse: the models' n x 1 first-order tables too (pays only for huge vocabularies)"
+    )
     init_std: float = Field(0.01, gt=0, description="normal-init std of the tables")
 
 
@@ -67,7 +73,9 @@ class TrainConfig(Strict):
     embedding_lr: float | None = Field(None, gt=0, description="learning rate of the tables; default lr")
     weight_decay: float = Field(0.0, ge=0, description="decay of dense layers (coupled L2 for adam)")
     embedding_weight_decay: float = Field(0.0, ge=0, description="decay of the tables (needs dense grads)")
-    fused: bool = Field(True, description="fused optimizer kernels where torch has them")
+    fused: bool = Field(
+        True, description="fused optimizer kernels; with backend torchrec also Adagrad/SGD fused into backward"
+    )
     batch_size: int = Field(4096, ge=1)
     eval_batch_size: int = Field(16384, ge=1)
     epochs: int = Field(10, ge=1, description="maximum epochs per stage")
@@ -94,6 +102,15 @@ class RunConfig(Strict):
     run_root: str = Field("runs", description="where run folders go")
     cache_root: str = Field("cache", description="where prepared datasets are cached")
     data_root: str | None = Field(None, description="root of relative data paths; default $EMBDIM_DATA_ROOT")
+
+    @model_validator(mode="after")
+    def _fusable_torchrec_optimizer(self) -> RunConfig:
+        if self.embedding.backend == "torchrec" and self.train.fused and self.train.optimizer not in FUSABLE:
+            raise ValueError(
+                f"train.optimizer={self.train.optimizer} cannot be fused into TorchRec's backward on CPU: "
+                f"use train.optimizer={' or '.join(FUSABLE)}, or train.fused=false"
+            )
+        return self
 
     def resolved_data_root(self) -> Path:
         if self.data_root:

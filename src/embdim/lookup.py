@@ -1,7 +1,8 @@
 """Lookup backends: the physical embedding tables and the id -> raw vector gather.
 
 A searcher declares the raw tables it needs as :class:`TableSpec`; a backend (plain torch here,
-TorchRec in :mod:`embdim.distributed`) owns them and returns :class:`RawEmbeddings`. Models and
+TorchRec in :mod:`embdim.distributed.torchrec_lookup`) owns them and returns :class:`RawEmbeddings`.
+A backend may also update its tables inside the backward pass (:meth:`Lookup.fuse_optimizer`). Models and
 searchers never touch a backend's internals, so one backend can replace another.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,6 +88,29 @@ class RawEmbeddings:
         return torch.stack([self.field(f) for f in range(self.num_fields)], dim=1)
 
 
+class FusedTableOptimizer(ABC):
+    """Stands in the trainer's optimizer list for tables a backend updates inside the backward pass.
+
+    ``zero_grad()`` and ``step()`` do nothing to the tables (the update already happened);
+    ``state_dict()`` / ``load_state_dict()`` save and restore the fused optimizer state, so
+    checkpoints and resumes stay exact.
+    """
+
+    param_groups: list[dict[str, Any]]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: B027  (a no-op by design)
+        """Nothing to clear: fused tables never hold a ``.grad``."""
+
+    def step(self, closure: Any = None) -> None:  # noqa: B027  (a no-op by design)
+        """Nothing to apply: the backward pass already updated the looked-up rows."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class Lookup(nn.Module, ABC):
     """Owns the raw tables described by ``specs``; ``forward(ids [B, F] int64) -> RawEmbeddings``."""
 
@@ -119,6 +144,15 @@ class Lookup(nn.Module, ABC):
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         return list(self.parameters())
+
+    def fuse_optimizer(self, name: str, lr: float) -> FusedTableOptimizer | None:
+        """Update the tables with optimizer ``name`` inside the backward pass, if this backend can.
+
+        Returns the stand-in for the trainer's optimizer list, or ``None`` when the backend has no
+        fused update (its tables are then trained by torch optimizers like any parameter). A backend
+        that can fuse some optimizers raises ``ValueError`` naming ``train.optimizer`` for the others.
+        """
+        return None
 
 
 class TorchLookup(Lookup):
@@ -159,7 +193,12 @@ BACKENDS: dict[str, LookupFactory] = {"torch": TorchLookup}
 
 def create_lookup(backend: str, specs: Sequence[TableSpec], num_fields: int, sparse: bool = False) -> Lookup:
     if backend == "torchrec" and backend not in BACKENDS:
-        import embdim.distributed.torchrec_lookup  # noqa: F401  (registers the backend)
+        try:
+            import embdim.distributed.torchrec_lookup  # noqa: F401  (registers the backend)
+        except ImportError as err:
+            raise ImportError(
+                f"embedding.backend=torchrec needs torchrec and fbgemm-gpu-cpu ({err}); scripts/setup.sh installs them"
+            ) from err
     try:
         factory = BACKENDS[backend]
     except KeyError:

@@ -14,6 +14,7 @@ from embdim.data.schema import FieldInfo
 from embdim.embedding import EmbeddingLayer
 from embdim.lookup import DEFAULT_INIT_STD
 from embdim.models.base import CTRModel, ModelConfig
+from embdim.models.layers import FeaturesLinear
 from embdim.registry import MODELS
 from embdim.slim import SlimEmbedding
 
@@ -40,8 +41,12 @@ class Recommender(nn.Module):
         return self.embedding.penalty() if isinstance(self.embedding, EmbeddingLayer) else None
 
     def table_parameters(self) -> list[nn.Parameter]:
-        """The raw embedding tables (what sparse optimizers and embedding decay apply to)."""
-        return list(self.embedding.lookup.parameters()) if isinstance(self.embedding, EmbeddingLayer) else []
+        """The raw embedding tables (what sparse optimizers and embedding decay apply to), plus the
+        models' first-order id tables when those produce sparse gradients (they need the sparse optimizer)."""
+        if not isinstance(self.embedding, EmbeddingLayer):
+            return []
+        first_order = [m.weight.weight for m in self.model.modules() if isinstance(m, FeaturesLinear) and m.sparse]
+        return [*self.embedding.lookup.parameters(), *first_order]
 
 
 def build_recommender(
@@ -55,13 +60,24 @@ def build_recommender(
     backend: str = "torch",
     sparse: bool = False,
     init_std: float = DEFAULT_INIT_STD,
+    sparse_first_order: bool = False,
 ) -> Recommender:
-    """Build embedding layer + model from registered names and their options."""
+    """Build embedding layer + model from registered names and their options.
+
+    ``sparse_first_order`` gives the models' ``n x 1`` first-order tables sparse gradients too (with
+    ``sparse``); on CPU that pays only for very large vocabularies (at 1e6 rows coalescing the batch's
+    ids cost more than a dense update of the whole table, see BENCHMARKS.md).
+    """
     model_cls = MODELS.get(model)
     if not isinstance(model_config, ModelConfig):
         model_config = model_cls.Config(**(model_config or {}))
     layer = EmbeddingLayer(fields, dim, method, method_config, backend, sparse, init_std)
-    return Recommender(layer, model_cls(fields, dim, num_dense, model_config), model)
+    ctr_model = model_cls(fields, dim, num_dense, model_config)
+    for module in ctr_model.modules():
+        if isinstance(module, FeaturesLinear):
+            # sparse: a step then updates the rows in the batch, not all n rows
+            module.sparse = sparse and sparse_first_order
+    return Recommender(layer, ctr_model, model)
 
 
 def export_model(rec: Recommender, folder: str | Path, extra: dict[str, Any] | None = None) -> SlimEmbedding:

@@ -97,6 +97,35 @@ class MLP(nn.Module):
         """x: [B, in_dim] -> [B, out_dim]."""
         return self.layers(x)
 
+    def keep_input_columns(self, keep: torch.Tensor) -> None:
+        """Replace the first linear layer by one that reads only input columns ``keep`` (int64 [K]).
+
+        Exact for inputs that are zero in every dropped column (e.g. embedding dimensions removed by a
+        cut): the dropped weights only ever multiplied zeros. Afterwards ``forward`` takes ``[B, K]``.
+        """
+        first = self.layers[0] if len(self.layers) else None
+        if not isinstance(first, nn.Linear):
+            raise ValueError("this MLP has no linear input layer to compact (hidden=[] and no output layer)")
+        smaller = nn.Linear(len(keep), first.out_features, bias=first.bias is not None)
+        with torch.no_grad():
+            smaller.weight.copy_(first.weight[:, keep])
+            if first.bias is not None:
+                smaller.bias.copy_(first.bias)
+        self.layers[0] = smaller
+        self.in_dim = len(keep)
+
+
+def kept_input_columns(field_widths: Sequence[int], dim: int, extra_fields: int = 0) -> torch.Tensor:
+    """Columns of ``flatten([B, F + extra, dim])`` a cut embedding can make non-zero: int64 [K].
+
+    Field ``f`` keeps its first ``field_widths[f]`` of ``dim`` columns; the ``extra_fields`` vectors
+    after the ``F`` embeddings (dense-as-fields) keep all ``dim``.
+    """
+    widths = [*field_widths, *([dim] * extra_fields)]
+    if any(not 0 <= w <= dim for w in widths):
+        raise ValueError(f"field widths must lie in [0, {dim}], got {list(field_widths)}")
+    return torch.tensor([f * dim + j for f, w in enumerate(widths) for j in range(w)], dtype=torch.long)
+
 
 class FeaturesLinear(nn.Module):
     """First-order (logistic-regression) term over the categorical ids, plus dense values and a bias.
@@ -125,6 +154,16 @@ class FeaturesLinear(nn.Module):
         self.dense = nn.Linear(num_dense, 1, bias=False) if num_dense > 0 else None
         self.bias = nn.Parameter(torch.zeros(1)) if bias else None
         self.init_weights()
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the id table produces sparse gradients (then a sparse optimizer must own it)."""
+        return self.weight.sparse
+
+    @sparse.setter
+    def sparse(self, value: bool) -> None:
+        # nn.Embedding reads the flag at every forward, so it can follow embedding.sparse after construction
+        self.weight.sparse = value
 
     def init_weights(self) -> None:
         """Zero table, zero bias, Xavier dense weights."""

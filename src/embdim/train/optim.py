@@ -1,4 +1,4 @@
-"""Optimizers: Adam (coupled decay, as torch defines it), AdamW, Adagrad, SGD; dense or sparse tables."""
+"""Optimizers: Adam (coupled decay, as torch defines it), AdamW, Adagrad, SGD; dense, sparse or fused tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from embdim.config import TrainConfig
-from embdim.lookup import Lookup
+from embdim.lookup import FusedTableOptimizer, Lookup
 
 DENSE = {
     "adam": torch.optim.Adam,
@@ -35,11 +35,16 @@ def build_optimizers(
     cfg: TrainConfig,
     sparse: bool,
     lookup: Lookup | None = None,
-) -> list[torch.optim.Optimizer]:
+) -> list[torch.optim.Optimizer | FusedTableOptimizer]:
     """One optimizer for everything (dense grads), or a sparse one for the tables plus a dense one.
 
+    When ``cfg.fused`` is on and ``lookup`` can fuse ``cfg.optimizer`` into its backward pass
+    (TorchRec: adagrad, sgd), the lookup's own tables leave the torch optimizers and a
+    :class:`~embdim.lookup.FusedTableOptimizer` (no-op ``step``, real ``state_dict``) takes their
+    place in the list; other tables (a sparse first-order table) keep a torch optimizer.
+
     Args:
-        tables: the raw embedding tables.
+        tables: the raw embedding tables (and, with sparse gradients, the models' first-order tables).
         others: every other trainable parameter (model, searcher).
         cfg: learning rates, decay and the optimizer name.
         sparse: whether the tables produce sparse gradients.
@@ -47,17 +52,32 @@ def build_optimizers(
     """
     emb_lr = cfg.embedding_lr or cfg.lr
     dense_groups = [{"params": others, "lr": cfg.lr, "weight_decay": cfg.weight_decay}] if others else []
+    out: list[torch.optim.Optimizer | FusedTableOptimizer] = []
+    if lookup is not None and cfg.fused:
+        owned = {id(p) for p in lookup.parameters()}  # before fusing: fusing may replace them
+        fused = lookup.fuse_optimizer(cfg.optimizer, emb_lr)
+        if fused is not None:
+            if cfg.embedding_weight_decay > 0:
+                raise ValueError("train.embedding_weight_decay is not applied by fused tables: set train.fused=false")
+            out.append(fused)
+            tables = [p for p in tables if id(p) not in owned]
     if not sparse:
         groups = [{"params": tables, "lr": emb_lr, "weight_decay": cfg.embedding_weight_decay}, *dense_groups]
-        return [_make(cfg.optimizer, [g for g in groups if g["params"]], cfg.fused)]
+        groups = [g for g in groups if g["params"]]
+        return [*out, _make(cfg.optimizer, groups, cfg.fused)] if groups else out
     if cfg.embedding_weight_decay > 0:
         raise ValueError("train.embedding_weight_decay needs dense gradients: set embedding.sparse=false")
-    if cfg.optimizer == "adam":
-        table_opt: torch.optim.Optimizer = torch.optim.SparseAdam(tables, lr=emb_lr)
-    elif cfg.optimizer == "adagrad":
-        table_opt = torch.optim.Adagrad(tables, lr=emb_lr)
-    elif cfg.optimizer == "sgd":
-        table_opt = torch.optim.SGD(tables, lr=emb_lr)
-    else:
-        raise ValueError(f"train.optimizer={cfg.optimizer} has no sparse form: use adam, adagrad or sgd")
-    return [table_opt, *([_make(cfg.optimizer, dense_groups, cfg.fused)] if dense_groups else [])]
+    if tables:
+        out.append(_sparse_optimizer(cfg.optimizer, tables, emb_lr))
+    return [*out, *([_make(cfg.optimizer, dense_groups, cfg.fused)] if dense_groups else [])]
+
+
+def _sparse_optimizer(name: str, tables: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """The torch optimizer for tables with sparse gradients."""
+    if name == "adam":
+        return torch.optim.SparseAdam(tables, lr=lr)
+    if name == "adagrad":
+        return torch.optim.Adagrad(tables, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(tables, lr=lr)
+    raise ValueError(f"train.optimizer={name} has no sparse form: use adam, adagrad or sgd")

@@ -106,6 +106,7 @@ class Trainer:
             emb.backend,
             emb.sparse,
             emb.init_std,
+            emb.sparse_first_order,
         )
         self.searcher = self.rec.embedding.searcher
         self.lookup = self.rec.embedding.lookup
