@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import nn
 
 from embdim.data.schema import FieldInfo
-from embdim.models.base import CTRModel, ModelConfig
+from embdim.models.base import CTRModel, MLPInputConfig
 from embdim.models.layers import (
     MLP,
     DenseAsFields,
@@ -27,7 +29,7 @@ DEFAULT_ATTENTION_DIM = 16
 DEFAULT_HIDDEN = [400, 400]
 
 
-class AutoIntConfig(ModelConfig):
+class AutoIntConfig(MLPInputConfig):
     """Options of :class:`AutoInt`."""
 
     attention_layers: NonNegativeInt = Field(
@@ -102,6 +104,16 @@ class AutoInt(CTRModel):
             else None
         )
         self.init_weights()
+        self.register_buffer("mlp_columns", None, persistent=False)
+        if config.input_field_widths is not None:
+            self.compact_inputs(config.input_field_widths)
+
+    def compact_inputs(self, field_widths: Sequence[int]) -> None:
+        """The parallel DNN reads only the first ``field_widths[f]`` dimensions of each field (the attention
+        layers project every field vector with one shared map, so they keep width d)."""
+        if self.dnn is None:
+            raise NotImplementedError("AutoInt without its DNN (hidden=[]) has no concatenated MLP input")
+        self.mlp_columns = self._compact_mlp(self.dnn, field_widths, self.num_dense)
 
     def init_weights(self) -> None:
         """Xavier-uniform weights and zero biases for all linear maps (per block in fused projections)."""
@@ -119,7 +131,10 @@ class AutoInt(CTRModel):
         attended = self.attention(x)  # [B, F', heads * attention_dim]
         logits = self.attention_out(attended.flatten(start_dim=1)).squeeze(-1)
         if self.dnn is not None:
-            logits = logits + self.dnn(x.flatten(start_dim=1)).squeeze(-1)
+            flat = x.flatten(start_dim=1)  # [B, F' d]
+            if self.mlp_columns is not None:  # compacted: [B, K] kept columns only
+                flat = flat.index_select(1, self.mlp_columns)
+            logits = logits + self.dnn(flat).squeeze(-1)
         if self.linear is not None:
             logits = logits + self.linear(ids, dense)
         return logits

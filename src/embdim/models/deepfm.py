@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from pydantic import Field, PositiveInt
 
 from embdim.data.schema import FieldInfo
+from embdim.models.base import MLPInputConfig
 from embdim.models.fm import FM, FMConfig
 from embdim.models.layers import MLP, init_linear_layers
 from embdim.registry import MODELS
@@ -14,7 +17,7 @@ from embdim.registry import MODELS
 DEFAULT_HIDDEN = [400, 400, 400]
 
 
-class DeepFMConfig(FMConfig):
+class DeepFMConfig(FMConfig, MLPInputConfig):
     """Options of :class:`DeepFM`: those of :class:`~embdim.models.fm.FM` plus the deep part."""
 
     hidden: list[PositiveInt] = Field(
@@ -48,6 +51,13 @@ class DeepFM(FM):
             output_dim=1,
         )
         init_linear_layers(self.mlp)
+        self.register_buffer("mlp_columns", None, persistent=False)
+        if config.input_field_widths is not None:
+            self.compact_inputs(config.input_field_widths)
+
+    def compact_inputs(self, field_widths: Sequence[int]) -> None:
+        """The MLP reads only the first ``field_widths[f]`` dimensions of each field (dense-as-fields: all)."""
+        self.mlp_columns = self._compact_mlp(self.mlp, field_widths, self.num_dense)
 
     def init_weights(self) -> None:
         """The FM part's init, then Xavier for the MLP."""
@@ -57,4 +67,7 @@ class DeepFM(FM):
     def forward(self, emb: torch.Tensor, dense: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor:
         """emb: [B, F, d]; dense: [B, Dn] or None; ids: int64 [B, F] -> logits [B]."""
         logits, x = self.fm_logits(emb, dense, ids)  # x: [B, F + Dn, d]
-        return logits + self.mlp(x.flatten(start_dim=1)).squeeze(-1)
+        flat = x.flatten(start_dim=1)  # [B, (F + Dn) d]
+        if self.mlp_columns is not None:  # compacted: [B, K] kept columns only
+            flat = flat.index_select(1, self.mlp_columns)
+        return logits + self.mlp(flat).squeeze(-1)

@@ -155,6 +155,11 @@ class Searcher(nn.Module, ABC):
         stages whose sizes keep shrinking, the best-AUC step would undo the search)."""
         return "best"
 
+    def model_input_widths(self) -> list[int] | None:
+        """Per-field widths a concat->MLP model may compact its first layer to before export (after a cut);
+        ``None`` keeps the model as trained."""
+        return None
+
     def report(self, lookup: Lookup) -> dict[str, Any]:
         """JSON-able method details merged into ``result.json`` under ``"searcher"``."""
         return {}

@@ -8,6 +8,7 @@ atomically), ``initial.safetensors`` (step-0 weights, for lottery-ticket rewinds
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from embdim.config import RunConfig
 from embdim.data.prepare import PreparedData, SplitArrays
 from embdim.recommender import Recommender, build_recommender, export_model, load_model
+from embdim.report.plots import plot_plan
 from embdim.train.checkpoint import load_torch, load_weights, save_torch, save_weights, warm_start
 from embdim.train.metrics import log_loss, roc_auc
 from embdim.train.optim import build_optimizers
@@ -314,6 +316,11 @@ class Trainer:
         test = evaluate(self.rec, self.data.splits["test"], self.tc.eval_batch_size)
         plan = self.searcher.plan(self.lookup)
         plan.save(self.run_dir / "plan.json")
+        plot_plan(plan, self.data.schema.fields, self.run_dir)
+        widths = self.searcher.model_input_widths()
+        if widths is not None:
+            with contextlib.suppress(NotImplementedError):  # FM, DLRM: no concatenated MLP input
+                self.rec.model.compact_inputs(widths)  # same logits, a smaller first MLP layer in the export
         model_dir = self.run_dir / "model"
         export_model(self.rec, model_dir, {"dataset": self.cfg.dataset.name, "method": self.cfg.method.name})
         return {
