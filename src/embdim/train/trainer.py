@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from embdim.config import RunConfig
 from embdim.data.prepare import PreparedData, SplitArrays
 from embdim.recommender import Recommender, build_recommender, export_model, load_model
+from embdim.report.frequency import frequency_report
 from embdim.report.plots import plot_plan
 from embdim.train.checkpoint import load_torch, load_weights, save_torch, save_weights, warm_start
 from embdim.train.metrics import log_loss, roc_auc
@@ -338,6 +339,7 @@ class Trainer:
             "field_dims": plan.summary()["field_dims"],
             "train_seconds": p.train_seconds,
             "samples_per_second": p.train_samples / max(p.train_seconds, 1e-9),
+            "test_by_frequency": frequency_report(self.rec, self.data.splits["test"], self.data.schema.fields),
             "stages": stage_results,
             "searcher": self.searcher.report(self.lookup),
             "export_max_abs_logit_diff": self._export_check(model_dir),
