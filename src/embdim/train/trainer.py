@@ -90,6 +90,7 @@ class Trainer:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.best_path = self.run_dir / "best.safetensors"
         self.initial_path = self.run_dir / "initial.safetensors"
+        self.stage_results: dict[str, dict[str, float]] = {}  # summaries of finished stages (kept in checkpoints)
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
@@ -131,6 +132,7 @@ class Trainer:
                 "model": self.rec.state_dict(),
                 "optimizers": [o.state_dict() for o in self.optimizers],
                 "searcher": self.searcher.state_for_checkpoint(),
+                "stage_results": self.stage_results,
                 "rng": torch.get_rng_state(),
             },
         )
@@ -140,6 +142,7 @@ class Trainer:
         self.rec.load_state_dict(state["model"])
         self.searcher.load_checkpoint_state(state["searcher"])
         p = Progress(**state["progress"])
+        self.stage_results = state.get("stage_results", {})
         if p.stage_index > 0:
             self._new_optimizers()
         for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
@@ -259,7 +262,7 @@ class Trainer:
             self.metrics_path.write_text("")
             save_weights(self.initial_path, self.rec)
         stages = self.searcher.stages
-        stage_results: dict[str, dict[str, float]] = {}
+        stage_results = self.stage_results
         while p.stage_index < len(stages):
             stage = stages[p.stage_index]
             if not p.stage_started:
@@ -307,13 +310,9 @@ class Trainer:
         return summary
 
     def _finish(self, p: Progress, stage_results: dict[str, dict[str, float]]) -> dict[str, Any]:
-        # the last stage's summary already evaluated valid on these (selected) weights, unless this
-        # process resumed after that stage ended
-        last = stage_results.get(self.searcher.stages[-1])
-        if last is None:
-            valid = evaluate(self.rec, self.data.splits["valid"], self.tc.eval_batch_size)
-        else:
-            valid = {"auc": last["valid_auc"], "logloss": last["valid_logloss"]}
+        # the last stage's summary already evaluated valid on these (selected) weights
+        last = stage_results[self.searcher.stages[-1]]
+        valid = {"auc": last["valid_auc"], "logloss": last["valid_logloss"]}
         test = evaluate(self.rec, self.data.splits["test"], self.tc.eval_batch_size)
         plan = self.searcher.plan(self.lookup)
         plan.save(self.run_dir / "plan.json")

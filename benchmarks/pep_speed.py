@@ -1,0 +1,158 @@
+"""PEP search speed: step time of ``pep`` vs ``full``, and of a whole-table threshold (the official approach) vs ours.
+
+Three variants of one DeepFM are timed side by side in one process, steps interleaved round-robin
+so machine noise hits all alike; medians are reported. A PEP step includes what its search epoch
+pays: the threshold on the looked-up rows, its pull penalty and the scheduled whole-table sparsity
+measurement (every ``measure_every_steps``, amortised).
+
+- ``full``: plain embeddings.
+- ``pep``: this project's PEP (threshold on the looked-up rows only).
+- ``pep whole-table``: the official code's forward: ``S(V, s)`` over the whole ``n x d`` table every
+  step, then the lookup.
+
+    flock /tmp/embdim_speed.lock .venv/bin/python -W ignore benchmarks/pep_speed.py --shape criteo --steps 20
+    flock /tmp/embdim_speed.lock .venv/bin/python -W ignore benchmarks/pep_speed.py --shape frappe --steps 40
+
+``--shape criteo``: 26 Criteo-shaped fields, ``--vocab`` rows in all (default 1e6), Zipf ids, d=16,
+batch 4096. ``--shape frappe``: the 10 Frappe fields' vocabularies (5,389 rows), d=10, batch 4096,
+DeepFM with batch norm and dropout as in the quickstart. Optimizer: fused dense Adam (the
+quickstart's) or ``--sparse`` (SparseAdam tables; the thresholds, which are not lookup tables,
+stay on dense Adam).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from embdim.config import TrainConfig
+from embdim.data.schema import FieldInfo
+from embdim.data.synthetic import criteo_cardinalities
+from embdim.recommender import Recommender, build_recommender
+from embdim.searchers.pep import PEPSearcher, soft_threshold
+from embdim.train.optim import build_optimizers
+
+ZIPF_EXPONENT = 1.1
+WARMUP_STEPS = 3
+FRAPPE_VOCABS = {  # the rebuilt Frappe set's vocabularies (cache schema.json)
+    "user": 956,
+    "item": 4083,
+    "daytime": 8,
+    "weekday": 8,
+    "isweekend": 3,
+    "homework": 4,
+    "cost": 3,
+    "weather": 10,
+    "country": 81,
+    "city": 233,
+}
+PEP_OPTIONS = {"s0": -15.0, "targets": [0.99]}  # a target never reached: the search never stops
+
+
+class WholeTableForward(nn.Module):
+    """The official PEP forward: threshold the whole table, then look up (ids ``[B, F]`` -> ``[B, F, d]``)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        searcher: PEPSearcher = self.layer.searcher
+        table = self.layer.lookup.table_weight("all")
+        pruned = soft_threshold(table, searcher.table_thresholds())  # [n, d], every step
+        return nn.functional.embedding(ids + searcher.row_offsets, pruned)
+
+
+def build(fields, dim, model_options, method, sparse, whole_table=False, granularity="feature_dim"):
+    torch.manual_seed(0)
+    options = {**PEP_OPTIONS, "granularity": granularity} if method == "pep" else None
+    rec: Recommender = build_recommender(fields, 0, dim, "deepfm", model_options, method, options, sparse=sparse)
+    tables = rec.table_parameters()
+    others = [p for p in rec.parameters() if all(p is not t for t in tables)]
+    opts = build_optimizers(tables, others, TrainConfig(optimizer="adam"), sparse)
+    embed = WholeTableForward(rec.embedding) if whole_table else rec.embedding
+    return rec, embed, opts
+
+
+def training_bytes(rec: Recommender) -> dict[str, int]:
+    """Parameter bytes of the tables, the thresholds and the rest, and Adam's two moments on all of them."""
+    table = sum(p.numel() for p in rec.table_parameters()) * 4
+    searcher = sum(p.numel() for p in rec.embedding.searcher.parameters()) * 4
+    total = sum(p.numel() for p in rec.parameters()) * 4
+    return {"tables": table, "thresholds": searcher, "all parameters": total, "with Adam moments": 3 * total}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", choices=["criteo", "frappe"], default="criteo")
+    ap.add_argument("--vocab", type=int, default=1_000_000, help="rows in all tables (criteo shape)")
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--sparse", action="store_true", help="SparseAdam tables (default: fused dense Adam)")
+    ap.add_argument("--no-whole-table", action="store_true", help="skip the official whole-table variant")
+    ap.add_argument("--granularity", default="feature_dim", help="PEP threshold granularity")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.shape == "criteo":
+        fields = [FieldInfo(f"C{i + 1}", int(n)) for i, n in enumerate(criteo_cardinalities(args.vocab))]
+        dim, model_options = 16, {}
+    else:
+        fields = [FieldInfo(k, v) for k, v in FRAPPE_VOCABS.items()]
+        dim, model_options = 10, {"batch_norm": True, "dropout": 0.2}
+    rows = sum(f.vocab_size for f in fields)
+    print(
+        f"shape {args.shape}: {len(fields)} fields, {rows:,} rows, d={dim}, batch {args.batch}, "
+        f"{'sparse' if args.sparse else 'fused dense'} Adam, {args.threads} threads"
+    )
+    variants = {"full": build(fields, dim, model_options, "full", args.sparse)}
+    variants["pep"] = build(fields, dim, model_options, "pep", args.sparse, granularity=args.granularity)
+    if args.sparse and not args.no_whole_table:
+        print("pep whole-table: skipped, its forward gives the tables dense gradients (no sparse optimizer)")
+    if not args.no_whole_table and not args.sparse:
+        variants["pep whole-table"] = build(
+            fields, dim, model_options, "pep", args.sparse, whole_table=True, granularity=args.granularity
+        )
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    rng = np.random.default_rng(0)
+    for step in range(args.steps + WARMUP_STEPS):
+        ids = torch.from_numpy(np.stack([(rng.zipf(ZIPF_EXPONENT, args.batch) - 1) % f.vocab_size for f in fields], 1))
+        labels = torch.from_numpy(rng.integers(0, 2, args.batch).astype(np.float32))
+        for name, (rec, embed, opts) in variants.items():
+            t0 = time.perf_counter()
+            logits = rec.model(embed(ids), None, ids)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+            penalty = rec.penalty()
+            if penalty is not None:
+                loss = loss + penalty
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            for o in opts:
+                o.step()
+            rec.embedding.searcher.on_step(step, rec.embedding.lookup)  # pep: scheduled sparsity measurement
+            if step >= WARMUP_STEPS:
+                times[name].append(time.perf_counter() - t0)
+    full = statistics.median(times["full"])
+    print("| variant | median step (ms) | quartiles (ms) | vs full | training bytes (params; x3 with Adam) |")
+    print("|---|---|---|---|---|")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        q1, _, q3 = statistics.quantiles(ts, n=4)
+        mem = training_bytes(variants[name][0])
+        print(
+            f"| {name} | {med * 1e3:.1f} | {q1 * 1e3:.1f}-{q3 * 1e3:.1f} | {med / full:.3f}x | "
+            f"{mem['all parameters'] / 2**20:.1f} MiB (thresholds {mem['thresholds'] / 2**20:.1f} MiB) |"
+        )
+    if "pep whole-table" in times:
+        ratio = statistics.median(times["pep whole-table"]) / statistics.median(times["pep"])
+        print(f"\nwhole-table threshold / ours: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

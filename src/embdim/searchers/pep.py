@@ -1,0 +1,430 @@
+"""``pep``: Plug-in Embedding Pruning (Liu et al., ICLR 2021, arXiv 2101.07577), see METHODS.md section 1.
+
+Search [paper]: every looked-up embedding value ``v`` is replaced by the soft threshold
+``S(v, s) = sign(v) * relu(|v| - sigmoid(s))`` with learnable thresholds ``s`` at one of six
+granularities (``global`` 1, ``dimension`` d, ``feature`` n x 1, ``field`` F x 1, ``feature_dim``
+n x d, ``field_dim`` F x d). Each time the sparsity of the whole table reaches the next target, the
+pruned mask is saved. Retrain [paper] (lottery ticket): every weight is rewound to its step-0 value
+(the trainer reloads ``initial.safetensors``), the table is multiplied by a saved mask, thresholds
+are switched off and the mask stays fixed.
+
+What is this project's own design [ours]:
+
+- The threshold is computed on the looked-up rows only (it is elementwise), never on the whole
+  ``n x d`` table per step as the official code does; the whole table's sparsity is measured on a
+  schedule (``measure_every_steps`` and at each evaluation).
+- Two modes, reported in ``result.json``. ``faithful`` reproduces the paper's dynamics: thresholds
+  ``s`` are plain parameters and only the optimizer's coupled weight decay (dense Adam,
+  ``train.weight_decay = train.embedding_weight_decay = 1e-5``) lifts them from ``s0`` (-150
+  Criteo/Avazu, -15 MovieLens) by about ``lr`` per step, so pruning starts after hundreds of
+  epochs. ``ours`` adds an explicit upward pull on the looked-up thresholds (``threshold_decay``), a
+  loss term, so it works with any optimizer, sparse or fused, with decoupled or no decay: ``linear``
+  (default) a constant force, ``l2`` the force coupled decay exerts, which levels off as ``s`` nears
+  0. Without weight decay the weights that matter outgrow a fixed pull and pruning levels off (on
+  Frappe near 84 %), so the pull doubles every ``pull_doubling_steps`` until the last target is
+  reached: the search length is bounded and the pruning order is still set by the loss. It also
+  stores ``s = threshold_scale * u`` with ``u`` the parameter, which lets Adam move ``s`` by about
+  ``threshold_scale * lr`` per step: targets are reached in a few epochs, not hundreds.
+- Targets are sparsity ratios, or a :class:`~embdim.searchers.base.Budget` mapped to the sparsity
+  whose CSR bytes (values, uint8/int16 column indices, row offsets) equal the budget. When a
+  target is passed between two measurements, the saved mask keeps exactly the target's number of
+  entries: those with the largest margin ``|v| - sigmoid(s)`` (the pruned ones closest to their
+  threshold are given back), so byte budgets land on the byte.
+- Masks saved at targets are non-persistent state (:meth:`state_for_checkpoint`): the trainer's
+  rewinds replace the whole ``state_dict``.
+- Pruned entries stay exactly zero in retraining without any pass over the table: the forward
+  multiplies the looked-up rows by their mask, so pruned entries get exactly-zero gradients, and
+  Adam / AdamW / Adagrad / SGD (momentum, coupled decay) map a zero gradient on a zero weight with
+  zero state to a zero update.
+- Slim export: one CSR group (values float32, column indices uint8 for d <= 256, int32 row
+  offsets); rows with no kept value are dropped features.
+
+Training memory [ours, reported by :meth:`report`]: the ``feature_dim`` threshold is as large as
+the table (n x d floats, plus Adam's two moments when a dense Adam trains it); each saved mask is
+n x d bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from embdim.data.schema import FieldInfo
+from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
+from embdim.plan import FLOAT_BYTES, EmbeddingPlan, column_index_bytes, offset_bytes
+from embdim.registry import SEARCHERS
+from embdim.searchers.base import Budget, Searcher, SearcherConfig
+from embdim.slim import CsrGroup, SlimEmbedding
+
+Granularity = Literal["global", "dimension", "feature", "field", "feature_dim", "field_dim"]
+TABLE = "all"  # the one n x d table (base Searcher.table_specs)
+# Adam keeps two moments per parameter (exp_avg, exp_avg_sq): training-memory accounting
+ADAM_MOMENTS = 2
+
+
+class PEPConfig(SearcherConfig):
+    """Options of PEP; see the module docstring for the two modes."""
+
+    mode: Literal["faithful", "ours"] = Field(
+        "ours",
+        description="faithful: thresholds move only by the optimizer's coupled decay (paper); "
+        "ours: explicit threshold pull (threshold_decay) and scale (threshold_scale)",
+    )
+    granularity: Granularity = Field("feature_dim", description="threshold granularity (official threshold_type)")
+    s0: float = Field(-15.0, description="initial threshold logit; sigmoid(s0) must be far below |init weights|")
+    threshold_scale: float = Field(
+        200.0, gt=0, description="s = threshold_scale * u, u the trained parameter (ours); faithful needs 1"
+    )
+    threshold_decay: float = Field(
+        1e-3, ge=0, description="weight of the pull on looked-up thresholds, summed per batch row (ours); faithful: 0"
+    )
+    pull_doubling_steps: int | None = Field(
+        100,
+        ge=1,
+        description="the pull doubles every this many search steps (ours), so every target is reached; "
+        "null: constant pull (pruning may level off, as weights outgrow a fixed pull)",
+    )
+    pull_start_steps: int = Field(
+        0,
+        ge=0,
+        description="search steps trained before the pull starts (ours): prune a trained model, not a fresh one",
+    )
+    threshold_pull: Literal["linear", "l2"] = Field(
+        "linear",
+        description="linear: penalty -decay * s, a constant upward force (sigmoid(s) can pass 0.5); "
+        "l2: 0.5 * decay * s^2, what coupled decay exerts (levels off as s nears 0, sigmoid(s) near 0.5)",
+    )
+    targets: list[float] = Field(
+        default_factory=lambda: [0.5, 0.8, 0.9],
+        description="sparsity ratios (ascending, in (0, 1)) at which the pruned mask is saved",
+    )
+    budget: Budget | None = Field(
+        None,
+        description="memory target of the slim CSR embedding: its sparsity becomes the last target and the "
+        "retrained one (targets above it are dropped, retrain_target is ignored)",
+    )
+    retrain_target: int = Field(
+        -1, description="index into the (sorted) targets of the mask retraining uses; -1 = the last one"
+    )
+    retrain_init: Literal["rewind", "random"] = Field(
+        "rewind", description="rewind: step-0 table times mask (lottery ticket); random: fresh init times mask"
+    )
+    measure_every_steps: int = Field(
+        10, ge=1, description="measure the whole table's sparsity (one pass) every this many search steps"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PEPConfig:
+        if any(not 0.0 < t < 1.0 for t in self.targets):
+            raise ValueError(f"targets: every sparsity target must lie in (0, 1), got {self.targets}")
+        if not self.targets and self.budget is None:
+            raise ValueError("targets: give at least one sparsity target or a budget")
+        if self.mode == "faithful" and (self.threshold_scale != 1.0 or self.threshold_decay != 0.0):
+            raise ValueError(
+                "mode=faithful moves thresholds by the optimizer's coupled decay only: "
+                "set threshold_scale=1 and threshold_decay=0 (or mode=ours)"
+            )
+        return self
+
+
+def soft_threshold(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``S(v, s) = sign(v) * relu(|v| - sigmoid(s))``, elementwise; ``s`` broadcasts against ``v``."""
+    return torch.sign(v) * torch.relu(v.abs() - torch.sigmoid(s))
+
+
+def threshold_shape(granularity: str, num_rows: int, num_fields: int, dim: int) -> tuple[int, int]:
+    """Shape of the threshold tensor of a granularity (table of ``num_rows`` rows, F fields, width d)."""
+    return {
+        "global": (1, 1),
+        "dimension": (1, dim),
+        "feature": (num_rows, 1),
+        "field": (num_fields, 1),
+        "feature_dim": (num_rows, dim),
+        "field_dim": (num_fields, dim),
+    }[granularity]
+
+
+def budget_sparsity(budget: Budget, num_rows: int, dim: int) -> float:
+    """The sparsity whose CSR storage (plan.py's byte rules) meets ``budget`` for an n x d table."""
+    full_bytes = num_rows * dim * FLOAT_BYTES
+    if budget.kind == "params":
+        nnz = budget.value
+    else:
+        target = budget.target_bytes(full_bytes)
+        # bytes(nnz) = nnz * (value + column index) + (n + 1) row offsets
+        index_bytes = (num_rows + 1) * offset_bytes(num_rows * dim)
+        nnz = (target - index_bytes) / (FLOAT_BYTES + column_index_bytes(dim))
+        if nnz < 1:
+            raise ValueError(f"budget: {target:.0f} bytes do not even hold the CSR row offsets ({index_bytes} bytes)")
+    sparsity = 1.0 - nnz / (num_rows * dim)
+    if not 0.0 < sparsity < 1.0:
+        raise ValueError(f"budget: {budget.value} {budget.kind} is no pruning target (sparsity {sparsity:.4f})")
+    return sparsity
+
+
+@SEARCHERS.register("pep")
+class PEPSearcher(Searcher):
+    """Soft-threshold pruning of one n x d table, then lottery-ticket retraining with a fixed mask.
+
+    State: ``threshold_u`` (parameter, shape :func:`threshold_shape`; ``s = threshold_scale * u``);
+    ``masks_`` (non-persistent: sparsity target -> bool ``[n, d]``); ``phase_`` (``search`` or
+    ``retrain``).
+    """
+
+    Config = PEPConfig
+    stages = ("search", "retrain")
+
+    def __init__(self, fields: list[FieldInfo], dim: int, config: PEPConfig, init_std: float = DEFAULT_INIT_STD):
+        super().__init__(fields, dim, config, init_std)
+        self.config: PEPConfig = config
+        n = sum(self.vocab_sizes)
+        self.num_rows = n
+        shape = threshold_shape(config.granularity, n, self.num_fields, dim)
+        self.threshold_u = nn.Parameter(torch.full(shape, config.s0 / config.threshold_scale))
+        offsets = torch.tensor([0, *self.vocab_sizes[:-1]], dtype=torch.long).cumsum(0)
+        self.register_buffer("row_offsets", offsets, persistent=False)
+        row_field = torch.repeat_interleave(torch.arange(self.num_fields), torch.tensor(self.vocab_sizes))
+        self.register_buffer("row_field", row_field, persistent=False)  # [n]: the field of each row
+        self.targets = sorted(set(config.targets))
+        if config.budget is not None:  # the budget's sparsity is the last target and the one retrained
+            self.retrain_sparsity = budget_sparsity(config.budget, n, dim)
+            self.targets = [t for t in self.targets if t < self.retrain_sparsity] + [self.retrain_sparsity]
+        else:
+            try:
+                self.retrain_sparsity = self.targets[config.retrain_target]
+            except IndexError:
+                raise ValueError(
+                    f"retrain_target: index {config.retrain_target} out of range for {len(self.targets)} targets"
+                ) from None
+        # non-persistent state (survives the trainer's weight reloads, saved by state_for_checkpoint)
+        self.phase_ = "search"
+        self.masks_: dict[float, torch.Tensor] = {}
+        self.reached_at_: dict[float, int] = {}
+        self.search_steps_ = 0
+        self.last_sparsity_ = 0.0
+        self.history_: list[tuple[int, float]] = []
+        self._batch_s: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ thresholds
+    def _s(self) -> torch.Tensor:
+        return self.threshold_u * self.config.threshold_scale
+
+    def batch_thresholds(self, ids: torch.Tensor) -> torch.Tensor:
+        """Threshold logits of the looked-up entries, broadcastable to ``[B, F, d]`` (ids ``[B, F]``)."""
+        u = self.threshold_u
+        if self.config.granularity in ("feature", "feature_dim"):
+            return nn.functional.embedding(ids + self.row_offsets, u) * self.config.threshold_scale  # [B, F, 1|d]
+        return u.unsqueeze(0) * self.config.threshold_scale  # global, dimension: [1, 1, 1|d]; field*: [1, F, 1|d]
+
+    def table_thresholds(self) -> torch.Tensor:
+        """Threshold logits of the whole table, broadcastable to ``[n, d]``."""
+        s = self._s()
+        return s[self.row_field] if self.config.granularity in ("field", "field_dim") else s
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
+        v = raw.stacked()  # [B, F, d]
+        if self.phase_ == "retrain":
+            mask = self._retrain_mask()
+            # zero gradient on pruned entries: their weights (zero) never change
+            return torch.where(mask[ids + self.row_offsets], v, 0.0)
+        s = self.batch_thresholds(ids)
+        self._batch_s = s if self.training else None
+        return soft_threshold(v, s)
+
+    def penalty(self) -> torch.Tensor | None:
+        s, self._batch_s = self._batch_s, None
+        weight = self.pull_weight()
+        if self.phase_ != "search" or s is None or weight == 0.0:
+            return None
+        # an upward force on the looked-up thresholds (descent raises s), summed per batch row; s is
+        # [B, F, 1|d] (per-row granularities) or [1, F|1, 1|d] (shared by every row): mean over rows
+        pull = -s if self.config.threshold_pull == "linear" else 0.5 * s.square()
+        return weight * pull.sum() / s.shape[0]
+
+    def pull_weight(self) -> float:
+        """Weight of the threshold pull now: ``threshold_decay``, doubled every ``pull_doubling_steps``."""
+        pulled = self.search_steps_ - self.config.pull_start_steps
+        if pulled < 0:
+            return 0.0
+        doubling = self.config.pull_doubling_steps
+        growth = 1.0 if doubling is None else 2.0 ** (pulled / doubling)
+        return self.config.threshold_decay * growth
+
+    # ------------------------------------------------------------------ whole-table measures
+    @torch.no_grad()
+    def margins(self, lookup: Lookup) -> torch.Tensor:
+        """``|v| - sigmoid(s)`` of the whole table ``[n, d]``; an entry survives where it is > 0."""
+        return lookup.table_weight(TABLE).abs() - torch.sigmoid(self.table_thresholds())
+
+    def _retrain_mask(self) -> torch.Tensor:
+        if self.retrain_sparsity in self.masks_:
+            return self.masks_[self.retrain_sparsity]
+        if not self.masks_:
+            raise RuntimeError("pep: retraining needs a mask; no search saved one")
+        return self.masks_[max(self.masks_)]  # the search fell short of the target (end_stage warned)
+
+    @torch.no_grad()
+    def current_mask(self, lookup: Lookup) -> torch.Tensor:
+        """Bool ``[n, d]``: entries the model currently keeps (search: survive the threshold)."""
+        if self.phase_ == "retrain":
+            return self._retrain_mask()
+        return self.margins(lookup) > 0
+
+    @torch.no_grad()
+    def measure(self, lookup: Lookup) -> float:
+        """Sparsity of the whole table now; saves a mask for every target passed since the last one."""
+        margins = self.margins(lookup) if self.phase_ == "search" else None
+        total = self.num_rows * self.dim
+        if margins is None:
+            return 1.0 - float(self._retrain_mask().sum()) / total
+        sparsity = 1.0 - float((margins > 0).sum()) / total
+        self.last_sparsity_ = sparsity
+        for target in self.targets:
+            if target <= sparsity and target not in self.masks_:
+                keep = round((1.0 - target) * total)
+                self.masks_[target] = self._top_mask(margins, keep)
+                self.reached_at_[target] = self.search_steps_
+        return sparsity
+
+    @staticmethod
+    def _top_mask(margins: torch.Tensor, keep: int) -> torch.Tensor:
+        """Bool mask of the ``keep`` entries with the largest margin (ties broken by position)."""
+        flat = margins.flatten()
+        mask = torch.zeros(flat.numel(), dtype=torch.bool)
+        if keep > 0:
+            mask[torch.topk(flat, keep, sorted=False).indices] = True
+        return mask.view_as(margins)
+
+    # ------------------------------------------------------------------ stage hooks
+    def rewinds_before(self, stage: str) -> bool:
+        return stage == "retrain"
+
+    def early_stopping(self, stage: str) -> bool:
+        return stage != "search"
+
+    def stage_complete(self, stage: str, lookup: Lookup) -> bool:
+        return stage == "search" and all(t in self.masks_ for t in self.targets)
+
+    def selection(self, stage: str) -> Literal["best", "last"]:
+        return "last" if stage == "search" else "best"
+
+    def begin_stage(self, stage: str, lookup: Lookup) -> None:
+        if stage != "retrain":
+            return
+        mask = self._retrain_mask()
+        with torch.no_grad():
+            table = lookup.table_weight(TABLE)
+            if self.config.retrain_init == "random":
+                nn.init.normal_(table, std=self.init_std)
+            table.mul_(mask)  # V_0 * mask
+        self._enter_retrain()
+
+    def end_stage(self, stage: str, lookup: Lookup) -> None:
+        if stage != "search" or self.retrain_sparsity in self.masks_:
+            return
+        # the search ran out of epochs before the retrain target: retrain what it reached, and say so
+        sparsity = self.measure(lookup)
+        if self.retrain_sparsity not in self.masks_:
+            warnings.warn(
+                f"pep: the search ended at sparsity {sparsity:.4f}, below the retrain target "
+                f"{self.retrain_sparsity:.4f}; retraining its final mask (raise train.epochs or threshold_scale)",
+                stacklevel=2,
+            )
+            self.masks_[sparsity] = self.current_mask(lookup).clone()
+            self.reached_at_[sparsity] = self.search_steps_
+
+    def _enter_retrain(self) -> None:
+        self.phase_ = "retrain"
+        self.threshold_u.requires_grad_(False)  # thresholds off: the trainer's new optimizers skip them
+
+    def on_step(self, step: int, lookup: Lookup) -> None:
+        if self.phase_ != "search":
+            return
+        self.search_steps_ += 1
+        if self.search_steps_ % self.config.measure_every_steps == 0:
+            self.history_.append((self.search_steps_, self.measure(lookup)))
+
+    def metrics(self, lookup: Lookup) -> dict[str, float]:
+        out = {"sparsity": self.measure(lookup)}
+        if self.phase_ == "search":
+            out["threshold_mean"] = float(torch.sigmoid(self._s().detach()).mean())
+            out["targets_reached"] = float(len(self.masks_))
+            out["pull_weight"] = self.pull_weight()
+        return out
+
+    def state_for_checkpoint(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase_,
+            "masks": {str(t): m.clone() for t, m in self.masks_.items()},
+            "reached_at": {str(t): s for t, s in self.reached_at_.items()},
+            "search_steps": self.search_steps_,
+            "history": list(self.history_),
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.masks_ = {float(t): m for t, m in state["masks"].items()}
+        self.reached_at_ = {float(t): int(s) for t, s in state["reached_at"].items()}
+        self.search_steps_ = int(state["search_steps"])
+        self.history_ = [tuple(x) for x in state["history"]]
+        if state["phase"] == "retrain":
+            self._enter_retrain()
+
+    # ------------------------------------------------------------------ plan, export, report
+    @torch.no_grad()
+    def _kept(self, lookup: Lookup) -> tuple[torch.Tensor, torch.Tensor]:
+        """The values the model sees for the whole table ``[n, d]`` and their keep-mask."""
+        table = lookup.table_weight(TABLE).detach()
+        mask = self.current_mask(lookup)
+        values = table if self.phase_ == "retrain" else soft_threshold(table, self.table_thresholds())
+        return values * mask, mask
+
+    def plan(self, lookup: Lookup) -> EmbeddingPlan:
+        _, mask = self._kept(lookup)
+        nnz = mask.sum(1).numpy()
+        bounds = np.cumsum([0, *self.vocab_sizes])
+        rows = [nnz[a:b] for a, b in itertools.pairwise(bounds)]
+        sparsity = 1.0 - float(nnz.sum()) / (self.num_rows * self.dim)
+        details = {
+            "mode": self.config.mode,
+            "granularity": self.config.granularity,
+            "phase": self.phase_,
+            "sparsity": sparsity,
+        }
+        return self._plan([int(r.max(initial=0)) for r in rows], storage="csr", row_sizes=rows, details=details)
+
+    def export(self, lookup: Lookup) -> SlimEmbedding:
+        values, mask = self._kept(lookup)
+        group = CsrGroup.from_dense(tuple(range(self.num_fields)), tuple(self.vocab_sizes), values, mask, self.dim)
+        return SlimEmbedding(self.plan(lookup), [group])
+
+    def report(self, lookup: Lookup) -> dict[str, Any]:
+        cells = self.num_rows * self.dim
+        threshold_numel = self.threshold_u.numel()
+        return {
+            "mode": self.config.mode,
+            "granularity": self.config.granularity,
+            "s0": self.config.s0,
+            "threshold_scale": self.config.threshold_scale,
+            "threshold_decay": self.config.threshold_decay,
+            "retrain_init": self.config.retrain_init,
+            "targets": self.targets,
+            "retrain_sparsity": self.retrain_sparsity,
+            "targets_reached_at_step": {str(t): s for t, s in sorted(self.reached_at_.items())},
+            "retrain_target_reached": self.retrain_sparsity in self.masks_,
+            "search_final_sparsity": self.last_sparsity_,
+            "final_sparsity": 1.0 - float(self.current_mask(lookup).sum()) / cells,
+            "sparsity_history": [[s, round(x, 6)] for s, x in self.history_],
+            "training_memory_bytes": {
+                "table": cells * FLOAT_BYTES,
+                "thresholds": threshold_numel * FLOAT_BYTES,
+                "threshold_adam_moments": ADAM_MOMENTS * threshold_numel * FLOAT_BYTES,
+                "saved_masks": len(self.masks_) * cells,
+            },
+        }

@@ -1,0 +1,387 @@
+"""PEP: threshold maths, granularities, search dynamics, lottery-ticket retraining, slim export, budgets."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from embdim import EmbeddingLayer, FieldInfo
+from embdim.config import ConfigError
+from embdim.recommender import build_recommender, export_model, load_model
+from embdim.searchers.base import Budget
+from embdim.searchers.pep import PEPSearcher, budget_sparsity, soft_threshold, threshold_shape
+from embdim.train.run import run_experiment
+from embdim.train.trainer import Trainer
+from test_train import small_config
+
+FIELDS = [
+    FieldInfo("small", 3, np.array([0, 50, 20])),
+    FieldInfo("mid", 40, np.r_[0, np.arange(39, 0, -1)]),
+    FieldInfo("big", 500, np.r_[3, np.arange(499, 0, -1)]),
+]
+N = sum(f.vocab_size for f in FIELDS)
+DIM = 8
+GRANULARITIES = ["global", "dimension", "feature", "field", "feature_dim", "field_dim"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: one thread avoids waiting on a busy machine's second core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _ids(batch: int = 64, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randint(0, f.vocab_size, (batch,), generator=gen) for f in FIELDS], 1)
+
+
+def _layer(**options) -> EmbeddingLayer:
+    torch.manual_seed(0)
+    return EmbeddingLayer(FIELDS, DIM, method="pep", method_config=options, init_std=0.1)
+
+
+def _table(layer: EmbeddingLayer) -> torch.Tensor:
+    return layer.lookup.table_weight("all")
+
+
+def _raise_thresholds(layer: EmbeddingLayer, sparsity: float) -> None:
+    """Set every threshold so that about ``sparsity`` of the table falls below it (global quantile)."""
+    cut = torch.quantile(_table(layer).detach().abs().flatten(), sparsity)
+    s = torch.logit(cut)
+    with torch.no_grad():
+        layer.searcher.threshold_u.fill_(float(s) / layer.searcher.config.threshold_scale)
+
+
+# ---------------------------------------------------------------------- threshold maths
+def test_soft_threshold_and_its_gradient_match_the_direct_formula():
+    torch.manual_seed(1)
+    v = torch.randn(50, 6, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(50, 6, dtype=torch.float64, requires_grad=True)
+    out = soft_threshold(v, s)
+    g = 1 / (1 + torch.exp(-s.detach()))
+    alive = v.detach().abs() > g
+    expected = torch.where(alive, v.detach() - torch.sign(v.detach()) * g, 0.0)
+    assert torch.allclose(out.detach(), expected, atol=1e-12)
+    weights = torch.randn(50, 6, dtype=torch.float64)
+    (out * weights).sum().backward()
+    # dS/dv = 1[|v| > g(s)];  dS/ds = -sign(v) * g'(s) * 1[|v| > g(s)],  g' = g (1 - g)
+    assert torch.allclose(v.grad, weights * alive, atol=1e-12)
+    assert torch.allclose(s.grad, -weights * torch.sign(v.detach()) * g * (1 - g) * alive, atol=1e-12)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_each_granularity_has_its_shape_and_thresholds_the_looked_up_rows(granularity):
+    layer = _layer(granularity=granularity, s0=-2.0)
+    searcher: PEPSearcher = layer.searcher
+    assert tuple(searcher.threshold_u.shape) == threshold_shape(granularity, N, len(FIELDS), DIM)
+    assert (
+        threshold_shape(granularity, N, len(FIELDS), DIM)
+        == {
+            "global": (1, 1),
+            "dimension": (1, DIM),
+            "feature": (N, 1),
+            "field": (len(FIELDS), 1),
+            "feature_dim": (N, DIM),
+            "field_dim": (len(FIELDS), DIM),
+        }[granularity]
+    )
+    with torch.no_grad():  # distinct thresholds everywhere, so a wrong gather shows
+        searcher.threshold_u.copy_((-3 + torch.rand_like(searcher.threshold_u)) / searcher.config.threshold_scale)
+    ids = _ids()
+    out = layer(ids)
+    assert out.shape == (64, len(FIELDS), DIM)
+    # the same as thresholding the whole table and then looking up
+    whole = soft_threshold(_table(layer), searcher.table_thresholds())
+    rows = ids + torch.tensor([0, 3, 43])
+    assert torch.allclose(out, whole[rows], rtol=0, atol=1e-7)  # vectorised sigmoid may round differently
+    (out * torch.randn_like(out)).sum().backward()
+    assert searcher.threshold_u.grad is not None and searcher.threshold_u.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------- search dynamics
+def _tiny_model_and_data(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randint(0, f.vocab_size, (2048,), generator=gen) for f in FIELDS], 1)
+    labels = (torch.rand(2048, generator=gen) < 0.3).float()
+    return ids, labels
+
+
+def test_faithful_search_sparsity_never_decreases_and_saves_masks_at_targets():
+    """Dense Adam with coupled decay 1e-5 on every parameter (the official setting) and no other force."""
+    layer = _layer(mode="faithful", s0=-4.0, threshold_scale=1.0, threshold_decay=0.0, targets=[0.3, 0.5])
+    searcher: PEPSearcher = layer.searcher
+    head = nn.Linear(len(FIELDS) * DIM, 1)
+    # lr well below sigmoid(s0) = 0.018: pruned weights, pulled to 0 by decay, cannot jump back over it
+    opt = torch.optim.Adam([*layer.parameters(), *head.parameters()], lr=0.005, weight_decay=1e-5)
+    ids, labels = _tiny_model_and_data()
+    sparsities = []
+    for step in range(150):
+        batch = slice((step * 128) % 2048, (step * 128) % 2048 + 128)
+        logits = head(layer(ids[batch]).flatten(1)).squeeze(1)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, labels[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sparsities.append(searcher.measure(layer.lookup))
+    assert sparsities[-1] > 0.5 > 0.3 > sparsities[0]  # the thresholds did rise
+    assert all(b >= a for a, b in itertools.pairwise(sparsities))
+    assert sorted(searcher.masks_) == [0.3, 0.5]
+    for target, mask in searcher.masks_.items():  # each saved mask keeps exactly its target's share
+        assert int(mask.sum()) == round((1 - target) * N * DIM)
+
+
+# ---------------------------------------------------------------------- retraining
+def _searched_layer(**options) -> tuple[EmbeddingLayer, dict[str, torch.Tensor]]:
+    """A layer whose search reached 0.7 sparsity, and the whole layer's step-0 state."""
+    layer = _layer(targets=[0.7], **options)
+    initial = {k: v.clone() for k, v in layer.state_dict().items()}
+    with torch.no_grad():  # the search moved weights and thresholds
+        _table(layer).add_(0.05 * torch.randn_like(_table(layer)))
+    _raise_thresholds(layer, 0.75)
+    layer.searcher.measure(layer.lookup)
+    assert 0.7 in layer.searcher.masks_
+    return layer, initial
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "adagrad", "sgd"])
+def test_retraining_starts_from_step0_times_mask_and_pruned_entries_stay_exactly_zero(optimizer):
+    layer, initial = _searched_layer()
+    searcher: PEPSearcher = layer.searcher
+    mask = searcher.masks_[0.7].clone()
+    layer.load_state_dict(initial)  # what the trainer's rewind does (state_dict only)
+    searcher.begin_stage("retrain", layer.lookup)
+    table = _table(layer)
+    assert torch.equal(table.detach(), initial["lookup.tables.all.weight"] * mask)
+    assert not searcher.threshold_u.requires_grad
+    head = nn.Linear(len(FIELDS) * DIM, 1)
+    params = [p for p in [*layer.parameters(), *head.parameters()] if p.requires_grad]
+    opt = {
+        "adam": lambda: torch.optim.Adam(params, lr=0.01, weight_decay=1e-5),
+        "adamw": lambda: torch.optim.AdamW(params, lr=0.01),
+        "adagrad": lambda: torch.optim.Adagrad(params, lr=0.05),
+        "sgd": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-5),
+    }[optimizer]()
+    ids, labels = _tiny_model_and_data(1)
+    for step in range(30):
+        batch = slice(step * 64, step * 64 + 64)
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            head(layer(ids[batch]).flatten(1)).squeeze(1), labels[batch]
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = table.detach()
+    assert torch.count_nonzero(after[~mask]) == 0
+    assert not torch.equal(after[mask], initial["lookup.tables.all.weight"][mask])  # kept entries trained
+    assert searcher.plan(layer.lookup).num_params == int(mask.sum())
+
+
+def test_random_reinit_keeps_the_mask_but_not_the_step0_values():
+    layer, initial = _searched_layer(retrain_init="random")
+    layer.load_state_dict(initial)
+    mask = layer.searcher.masks_[0.7]
+    layer.searcher.begin_stage("retrain", layer.lookup)
+    table = _table(layer).detach()
+    assert torch.count_nonzero(table[~mask]) == 0
+    assert not torch.equal(table[mask], initial["lookup.tables.all.weight"][mask])
+
+
+def test_masks_and_phase_survive_a_checkpoint_round_trip():
+    layer, initial = _searched_layer()
+    layer.load_state_dict(initial)
+    layer.searcher.begin_stage("retrain", layer.lookup)
+    state = layer.searcher.state_for_checkpoint()
+    fresh = _layer(targets=[0.7])
+    fresh.load_state_dict(layer.state_dict())
+    fresh.searcher.load_checkpoint_state(state)
+    assert fresh.searcher.phase_ == "retrain" and not fresh.searcher.threshold_u.requires_grad
+    assert torch.equal(fresh.searcher.masks_[0.7], layer.searcher.masks_[0.7])
+    ids = _ids()
+    assert torch.equal(fresh(ids), layer(ids))
+
+
+# ---------------------------------------------------------------------- slim export
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("phase", ["search", "retrain"])
+def test_slim_csr_export_equals_the_masked_layer(granularity, phase, tmp_path):
+    layer, initial = _searched_layer(granularity=granularity)
+    if phase == "retrain":
+        layer.load_state_dict(initial)
+        layer.searcher.begin_stage("retrain", layer.lookup)
+    ids = _ids(256, seed=3)
+    with torch.no_grad():
+        expected = layer(ids)
+    plan = layer.plan()
+    slim = layer.export()
+    assert plan.storage == "csr" and plan.num_bytes == slim.stored_bytes()
+    assert (expected == 0).float().mean() > 0.5  # really pruned
+    assert (slim(ids) - expected).abs().max() <= 1e-6
+    slim.save(tmp_path)
+    from embdim.slim import SlimEmbedding
+
+    assert (SlimEmbedding.load(tmp_path)(ids) - expected).abs().max() <= 1e-6
+    nnz = (layer.searcher.current_mask(layer.lookup)).sum(1)
+    assert np.array_equal(np.concatenate(plan.row_sizes), nnz.numpy())
+    assert sum(plan.dropped_features()) == int((nnz == 0).sum())
+
+
+@pytest.mark.parametrize("model", ["fm", "deepfm", "dlrm", "autoint"])
+def test_every_model_exports_slim_logits_equal_to_the_masked_models(model, tmp_path):
+    torch.manual_seed(0)
+    rec = build_recommender(FIELDS, 2, DIM, model, method="pep", method_config={"targets": [0.7]}, init_std=0.1)
+    layer = rec.embedding
+    _raise_thresholds(layer, 0.75)
+    layer.searcher.measure(layer.lookup)
+    layer.searcher.begin_stage("retrain", layer.lookup)
+    rec.eval()
+    ids, dense = _ids(128, seed=5), torch.randn(128, 2)
+    export_model(rec, tmp_path)
+    with torch.no_grad():
+        assert (load_model(tmp_path)(ids, dense) - rec(ids, dense)).abs().max() <= 1e-6
+
+
+# ---------------------------------------------------------------------- budgets and config
+@pytest.mark.parametrize("budget", [{"kind": "fraction", "value": 0.2}, {"kind": "params", "value": 900}])
+def test_budget_maps_to_a_sparsity_whose_retrained_plan_lands_on_it(budget):
+    layer = _layer(targets=[0.5, 0.97], budget=budget)
+    searcher: PEPSearcher = layer.searcher
+    target = budget_sparsity(Budget(**budget), N, DIM)
+    assert searcher.targets == [0.5, target] and searcher.retrain_sparsity == target  # 0.97: beyond the budget
+    assert _layer(targets=[], budget=budget).searcher.targets == [target]
+    initial = {k: v.clone() for k, v in layer.state_dict().items()}
+    _raise_thresholds(layer, min(0.99, target + 0.05))  # overshoot between two measurements
+    searcher.measure(layer.lookup)
+    assert searcher.stage_complete("search", layer.lookup)
+    layer.load_state_dict(initial)
+    searcher.begin_stage("retrain", layer.lookup)
+    plan = layer.plan()
+    assert Budget(**budget).landed(plan, tolerance=0.01)
+    assert plan.num_bytes == layer.export().stored_bytes()
+
+
+def test_search_is_incomplete_and_patience_off_until_the_last_target():
+    layer = _layer(targets=[0.5, 0.9])
+    searcher: PEPSearcher = layer.searcher
+    _raise_thresholds(layer, 0.6)
+    searcher.measure(layer.lookup)
+    assert not searcher.stage_complete("search", layer.lookup)
+    assert not searcher.early_stopping("search") and searcher.early_stopping("retrain")
+    assert searcher.selection("search") == "last" and searcher.selection("retrain") == "best"
+    assert searcher.rewinds_before("retrain") and not searcher.rewinds_before("search")
+
+
+def test_the_pull_doubles_on_schedule_and_lifts_only_the_looked_up_thresholds():
+    layer = _layer(threshold_decay=1e-3, pull_doubling_steps=50)
+    searcher: PEPSearcher = layer.searcher
+    for step in range(100):
+        searcher.on_step(step, layer.lookup)
+    assert searcher.pull_weight() == pytest.approx(4e-3)
+    ids = torch.zeros(4, len(FIELDS), dtype=torch.long)  # row 0 of each field only
+    layer(ids)
+    searcher.penalty().backward()
+    grad = searcher.threshold_u.grad
+    looked_up = torch.zeros(N, dtype=torch.bool)
+    looked_up[[0, 3, 43]] = True
+    assert (grad[looked_up] < 0).all() and (grad[~looked_up] == 0).all()  # descent raises s, only there
+    assert _layer(pull_doubling_steps=None).searcher.pull_weight() == pytest.approx(1e-3)
+    warm = _layer(pull_start_steps=20).searcher
+    for step in range(10):
+        warm.on_step(step, layer.lookup)
+    layer_ids = _ids()
+    warm(layer.lookup(layer_ids), layer_ids)
+    assert warm.pull_weight() == 0.0 and warm.penalty() is None  # still training the dense model
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"mode": "faithful"}, "threshold_scale"),
+        ({"targets": [0.5, 1.5]}, "targets"),
+        ({"targets": []}, "targets"),
+        ({"retrain_target": 5}, "retrain_target"),
+        ({"budget": {"kind": "bytes", "value": 10}}, "budget"),
+        ({"granularity": "row"}, "granularity"),
+    ],
+)
+def test_bad_options_fail_naming_the_key(options, key):
+    with pytest.raises(ValueError, match=key):
+        _layer(**options)
+
+
+def test_bad_option_in_a_run_config_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"method\.threshold_scale"):
+        small_config(tmp_path, "method=pep", "method.threshold_scale=-1")
+
+
+def test_a_search_that_falls_short_retrains_its_final_mask_and_says_so():
+    layer, initial = _searched_layer()  # reached 0.7 only
+    searcher: PEPSearcher = _layer(targets=[0.7, 0.95]).searcher
+    layer.searcher.masks_.clear()
+    layer.searcher.targets, layer.searcher.retrain_sparsity = searcher.targets, 0.95
+    with pytest.warns(UserWarning, match="below the retrain target"):
+        layer.searcher.end_stage("search", layer.lookup)
+    reached = max(layer.searcher.masks_)
+    assert 0.7 <= reached < 0.95
+    layer.load_state_dict(initial)
+    layer.searcher.begin_stage("retrain", layer.lookup)
+    assert layer.plan().num_params == int(layer.searcher.masks_[reached].sum())
+    assert not layer.searcher.report(layer.lookup)["retrain_target_reached"]
+
+
+# ---------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_search_then_retrain_end_to_end(tmp_path):
+    result = run_experiment(
+        small_config(
+            tmp_path,
+            "name=pep_e2e",
+            "method=pep",
+            "method.targets=[0.4,0.6]",
+            "method.s0=-7",
+            "method.threshold_scale=200",
+            "embedding.init_std=0.01",
+            "train.epochs=4",
+        )
+    )
+    run = tmp_path / "runs" / "pep_e2e"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    search = [x["sparsity"] for x in lines if x["stage"] == "search"]
+    assert search[-1] >= 0.6 and all(b >= a - 0.02 for a, b in itertools.pairwise(search))
+    assert {x["stage"] for x in lines} == {"search", "retrain"}
+    report = result["searcher"]
+    assert report["mode"] == "ours" and set(report["targets_reached_at_step"]) == {"0.4", "0.6"}
+    assert report["final_sparsity"] == pytest.approx(0.6, abs=1e-4)
+    assert "test_auc" in result["stages"]["search"]  # AUC before retraining
+    assert result["params_ratio"] == pytest.approx(0.4, abs=1e-4)
+    assert result["export_max_abs_logit_diff"] < 1e-6
+
+
+class KilledInRetrain(Trainer):
+    """Raises once, a few steps into the retrain stage (after the masks were saved)."""
+
+    def after_step(self, p):
+        if p.stage_index == 1 and p.step == 7:
+            raise KeyboardInterrupt("simulated kill")
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_retraining_resumes_with_its_mask_to_the_same_result(tmp_path):
+    options = ["method=pep", "method.targets=[0.5]", "method.s0=-7", "dataset.options.rows=3000", "train.epochs=3"]
+    reference = run_experiment(small_config(tmp_path, "name=ref", *options))
+    cfg = small_config(tmp_path, "name=killed", *options)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, trainer_cls=KilledInRetrain)
+    resumed = run_experiment(cfg)
+    assert resumed["test_auc"] == reference["test_auc"]
+    assert resumed["embedding_params"] == reference["embedding_params"]
+    assert resumed["searcher"]["final_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    # the search stage ended before the kill: its summary (AUC before retraining) survives the resume
+    assert resumed["stages"]["search"] == reference["stages"]["search"]
