@@ -126,3 +126,10 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path, monkeypatch):
 def test_bad_bench_config_names_the_key(tmp_path, change, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_bench(write_bench(tmp_path, **change))
+
+
+@pytest.mark.parametrize("path", sorted((EXPERIMENT.parents[1] / "bench").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_bench_configs_validate(path):
+    cfg, base = load_bench(path)
+    assert (base / cfg.experiment).is_file()
+    assert {m.name for m in cfg.methods} <= set(SEARCHERS.names())

@@ -1,0 +1,471 @@
+"""``amtl``: Adaptively-Masked Twins-based Layer (Yan et al., CIKM 2021, arXiv 2108.11513).
+
+Every feature value ``i`` keeps a prefix of ``k_i`` of the ``d`` dimensions of its embedding,
+chosen from the value's training frequency by two small mask networks. No public code exists;
+METHODS.md section 3 tags the mechanism **[recon]** (reconstructed from write-ups) except the hot
+start **[paper]**. What this module adds is tagged **[ours]**.
+
+Mechanism, per looked-up value ``i`` of field ``f`` (never a pass over the vocabulary per step):
+
+- frequency features ``s_i`` [3] from the training split (:func:`frequency_features`, [recon]):
+  log count normalised within the field, normalised tied rank within the field, log count
+  normalised over all fields [ours]. OOV (id 0) and unseen values get frequency 0
+  (``oov_frequency``).
+- twins [recon]: ``h_i = a_i * AML_h(s_i) + (1 - a_i) * AML_l(s_i)``, ``a_i`` = the normalised log
+  count (grows with frequency), each AML a ``3 -> hidden -> d`` ReLU MLP with its own weights, one
+  pair shared by all fields (``per_field`` gives each field its own pair [ours]: under Adam, whose
+  steps ignore gradient scale, a tiny field's own networks follow the size penalty as fast as a big
+  field's and cut values that cost almost no memory); ``h_i`` holds one logit per candidate length.
+- ``t_hat = softmax(logit_scale * h_i / temperature)``; the forward pass uses the one-hot of the
+  argmax with ``t_hat``'s gradient (straight-through), mask ``m_ij = sum_{k >= j} t_ik``: an exact
+  0/1 prefix of length ``k_i = argmax + 1``.
+- hot start [paper]: the last layer's bias favours length ``d`` by ``init_margin`` and its weights
+  start tiny, so a layer added to a trained ``full`` model (``train.init_from``) keeps every
+  embedding intact at step 0.
+
+Size control (off by default, as in the paper, where the size emerges from the task loss) [ours]:
+``size_penalty`` lambda adds ``lambda * E[k]/d`` averaged as an unbiased estimate over the
+*vocabulary* (each occurrence weighted by ``N_f / count_i``: memory is paid once per value, not once
+per occurrence); ``budget`` replaces the fixed lambda by a controller that raises or lowers it until
+the ragged bytes reach the target. Sizes are then frozen at the first step that lands within the
+target; since all values with one count switch size together, that step may jump below the target,
+and the most frequent of the classes that just shrank get their previous size back while the bytes
+stay within it (:meth:`AMTLSearcher._land`).
+
+Stages [ours]: ``search`` (mask networks train jointly with everything else), then, with
+``finetune`` on, ``finetune``: the sizes are frozen at the end of search and the model trains on
+with that fixed mask and ordinary best-validation selection (so selection never undoes a size).
+Slim export: ragged rows ``e_i[:k_i]`` plus int32 offsets (:class:`embdim.slim.RaggedGroup`).
+
+Ablations the paper reports on: ``twins=false`` (one shared mask network) and
+``straight_through=false`` (the soft mask ``m`` in the forward pass; the hard cut then changes
+predictions, which ``finetune`` repairs and the stage summary's ``valid_auc_at_start`` measures).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from scipy.stats import spearmanr
+from torch import nn
+
+from embdim.data.schema import FieldInfo
+from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
+from embdim.plan import FLOAT_BYTES, EmbeddingPlan, offset_bytes
+from embdim.registry import SEARCHERS
+from embdim.searchers.base import Budget, Searcher, SearcherConfig
+from embdim.slim import RaggedGroup, SlimEmbedding
+
+NUM_FREQ_FEATURES = 3
+"""Frequency features per value: log count (field-normalised), tied rank, log count (globally normalised)."""
+BUDGET_LOG_STEP_CAP = 1.0
+"""The controller's relative error is clipped to [-cap, cap] before it moves log(lambda)."""
+PENALTY_WEIGHT_BOUNDS = (1e-6, 1e4)
+"""The budget controller keeps lambda within these bounds."""
+SEARCH, FINETUNE = "search", "finetune"
+
+
+class AMTLConfig(SearcherConfig):
+    """Options of ``amtl``; the defaults are the paper's setting (no size penalty)."""
+
+    hidden: int = Field(16, ge=1, description="hidden width of each mask network")
+    twins: bool = Field(True, description="two mask networks (high/low frequency) mixed by frequency; false: one")
+    straight_through: bool = Field(
+        True, description="forward uses the hard one-hot mask with the soft gradient; false: soft mask (ablation)"
+    )
+    per_field: bool = Field(False, description="separate mask-network weights per field [ours]; false: one for all")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature T of the length logits")
+    logit_scale: float = Field(
+        10.0,
+        gt=0,
+        description="multiplies the networks' output: with Adam's scale-free steps this is the mask "
+        "networks' learning-rate multiplier relative to train.lr [ours]",
+    )
+    init_margin: float = Field(
+        3.0, gt=0, description="at init the full-length logit exceeds every other by this (hot start)"
+    )
+    init_profile: Literal["ramp", "step"] = Field(
+        "ramp",
+        description="initial length logits: ramp (rising linearly to init_margin at d, so a shrinking "
+        "size steps down one length at a time) or step (only d gets init_margin) [ours]",
+    )
+    init_out_std: float = Field(
+        1e-4, gt=0, description="std of the output layer's initial weights (small: argmax stays at d)"
+    )
+    oov_frequency: Literal["zero", "count"] = Field(
+        "zero", description="frequency features of id 0 (OOV): zero, or its training count"
+    )
+    size_penalty: float = Field(0.0, ge=0, description="lambda of the size penalty (0: off, as in the paper)")
+    penalty_weighting: Literal["memory", "occurrence"] = Field(
+        "memory",
+        description="memory: each value counts once (occurrences weighted by N/count); occurrence: per lookup",
+    )
+    budget: Budget | None = Field(None, description="memory target of the ragged slim embedding; null: none")
+    budget_rate: float = Field(0.2, gt=0, description="controller step of log(lambda) per unit relative error")
+    budget_interval: int = Field(5, ge=1, description="steps between controller updates")
+    budget_initial_penalty: float = Field(0.01, gt=0, description="lambda the controller starts from")
+    budget_tolerance: float = Field(0.02, ge=0, description="search ends once bytes <= target * (1 + tolerance)")
+    finetune: bool = Field(True, description="a second stage that trains with the sizes frozen [ours]")
+
+
+def frequency_features(counts: np.ndarray, oov_count: bool, global_max: float | None = None) -> np.ndarray:
+    """Frequency features of one field's values.
+
+    Args:
+        counts: int [n_f] training counts (id 0 = OOV).
+        oov_count: keep id 0's count; otherwise OOV has frequency 0.
+        global_max: the largest count over all fields (default: this field's).
+    Returns:
+        float32 [n_f, 3], all in [0, 1] and 0 for unseen values: ``log1p(c) / log1p(c_max)`` (within
+        the field), ``1 - rank / (n_f - 1)`` with the tied rank ``rank = #{values with a larger count}``,
+        and ``log1p(c) / log1p(global_max)`` (across fields [ours]: without it a shared network sees
+        the rarest value of a 3-value field exactly like the rarest of 4,000 items).
+    """
+    c = np.asarray(counts, dtype=np.float64).copy()
+    if not oov_count and len(c):
+        c[0] = 0.0
+    c_max = max(float(c.max(initial=0.0)), 1.0)
+    log_norm = np.log1p(c) / math.log1p(c_max)
+    # tied rank: how many values of the field are strictly more frequent
+    order = np.sort(c)[::-1]
+    rank = np.searchsorted(-order, -c, side="left")
+    rank_norm = 1.0 - rank / max(len(c) - 1, 1)
+    rank_norm[c == 0] = 0.0  # unseen values are the least frequent whatever their position
+    log_global = np.log1p(c) / math.log1p(max(global_max or c_max, c_max))
+    return np.stack([log_norm, rank_norm, log_global], axis=1).astype(np.float32)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation; 0 when either side is constant (undefined)."""
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return 0.0
+    return float(spearmanr(x, y).statistic)
+
+
+@SEARCHERS.register("amtl")
+class AMTLSearcher(Searcher):
+    """Per-value prefix lengths from frequency, by twin mask networks (see the module docstring).
+
+    Values of a field with the same training count have the same features, hence the same size: they
+    form one *frequency class*. Sizes over the whole vocabulary (plan, budget controller) are computed
+    once per class, so they cost O(classes), not O(vocabulary).
+
+    Buffers (not persistent: derived from ``fields`` and rebuilt identically):
+        class_features: float [U, 3] frequency features of each class (classes of all fields back to back).
+        class_alpha: float [U] mixing weight of the high-frequency network (normalised log count).
+        class_size: int64 [U] number of ids in each class.
+        class_field: int64 [U] the field of each class.
+        id_class: int64 [n] class of every id (fields back to back).
+        occurrence_weight: float [n] penalty weight per occurrence, ``N_f / (count_i * n)``.
+    """
+
+    Config = AMTLConfig
+
+    def __init__(
+        self, fields: list[FieldInfo], dim: int, config: AMTLConfig, init_std: float = DEFAULT_INIT_STD
+    ) -> None:
+        super().__init__(fields, dim, config, init_std)
+        self.config: AMTLConfig = config
+        missing = [f.name for f in fields if f.counts is None]
+        if missing:
+            raise ValueError(f"amtl needs training counts (FieldInfo.counts) for every field; missing for {missing}")
+        feats, weights, id_class, class_size, class_start = [], [], [], [], [0]
+        n_total = sum(self.vocab_sizes)
+        global_max = max(float(f.counts.max(initial=0)) for f in fields if f.counts is not None)
+        for f in fields:
+            assert f.counts is not None
+            per_id = frequency_features(f.counts, config.oov_frequency == "count", global_max)
+            uniq, first, inverse, sizes = np.unique(
+                per_id[:, 0], return_index=True, return_inverse=True, return_counts=True
+            )
+            feats.append(per_id[first])
+            id_class.append(inverse.reshape(-1) + class_start[-1])
+            class_size.append(sizes)
+            class_start.append(class_start[-1] + len(uniq))
+            rows = max(int(f.counts.sum()), 1)
+            # unbiased per-occurrence weight of a vocabulary average (count 0 never occurs in training)
+            weights.append(rows / (np.maximum(f.counts, 1) * n_total))
+        features = torch.from_numpy(np.concatenate(feats))
+        self.register_buffer("class_features", features, persistent=False)
+        self.register_buffer("class_alpha", features[:, 0].clone(), persistent=False)
+        self.register_buffer("class_size", torch.from_numpy(np.concatenate(class_size)), persistent=False)
+        self.register_buffer("id_class", torch.from_numpy(np.concatenate(id_class).astype(np.int64)), persistent=False)
+        self.class_start = class_start  # field f owns classes class_start[f] : class_start[f + 1]
+        class_field = torch.repeat_interleave(torch.arange(self.num_fields), torch.tensor(np.diff(class_start)))
+        self.register_buffer("class_field", class_field, persistent=False)
+        self.register_buffer(
+            "occurrence_weight", torch.from_numpy(np.concatenate(weights).astype(np.float32)), persistent=False
+        )
+        self.register_buffer("offsets", torch.tensor([0, *np.cumsum(self.vocab_sizes)[:-1]]), persistent=False)
+        nets = 2 if config.twins else 1
+        groups = self.num_fields if config.per_field else 1
+        h = config.hidden
+        w1 = torch.empty(nets, groups, NUM_FREQ_FEATURES, h)
+        nn.init.normal_(w1, std=math.sqrt(2.0 / NUM_FREQ_FEATURES))  # He init for the ReLU layer
+        self.w1 = nn.Parameter(w1)
+        self.b1 = nn.Parameter(torch.zeros(nets, groups, h))
+        self.w2 = nn.Parameter(torch.randn(nets, groups, h, dim) * config.init_out_std)
+        b2 = torch.zeros(nets, groups, dim)
+        if config.init_profile == "ramp" and dim > 1:
+            b2[...] = torch.linspace(0.0, config.init_margin, dim) / config.logit_scale
+        else:
+            b2[..., -1] = config.init_margin / config.logit_scale
+        # argmax = full length d at init, whatever the frequency: a hot start keeps every embedding intact
+        self.b2 = nn.Parameter(b2)
+        self.stage = SEARCH
+        self.stages = (SEARCH, FINETUNE) if config.finetune else (SEARCH,)  # type: ignore[misc]
+        self.penalty_weight = config.size_penalty if config.budget is None else config.budget_initial_penalty
+        self.frozen_lengths: torch.Tensor | None = None  # [n] once the sizes are frozen
+        self.last_bytes_ratio: float | None = None
+        self._previous_class_lengths: torch.Tensor | None = None  # sizes before the last step (for landing)
+        self._penalty: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ mask
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Global row of every per-field id: [B, F] -> [B, F]."""
+        return ids + self.offsets
+
+    def length_logits(self, classes: torch.Tensor) -> torch.Tensor:
+        """Logits of the candidate lengths 1..d, already multiplied by ``logit_scale``.
+
+        Args:
+            classes: int64 [N] frequency classes (the training forward passes the batch's distinct ones).
+        Returns:
+            float [N, d].
+        """
+        # centred to [-1, 1]: rare values (features near 0) would otherwise feed ~0 into the ReLU layer
+        # and reach the output only through its bias, shared with every other value
+        s = 2.0 * self.class_features[classes] - 1.0  # [N, 3]
+        if self.config.per_field:
+            group = self.class_field[classes]
+            w1, b1, w2, b2 = (p[:, group] for p in (self.w1, self.b1, self.w2, self.b2))  # [nets, N, ...]
+            hidden = torch.relu(torch.einsum("ni,tnih->tnh", s, w1) + b1)
+            out = torch.einsum("tnh,tnhd->tnd", hidden, w2) + b2
+        else:
+            hidden = torch.relu(torch.einsum("ni,tih->tnh", s, self.w1[:, 0]) + self.b1[:, 0].unsqueeze(1))
+            out = torch.einsum("tnh,thd->tnd", hidden, self.w2[:, 0]) + self.b2[:, 0].unsqueeze(1)
+        if self.config.twins:  # out: [nets, N, d]
+            a = self.class_alpha[classes].unsqueeze(-1)  # grows with the value's normalised frequency
+            out = a * out[0] + (1.0 - a) * out[1]
+        else:
+            out = out[0]
+        return out * self.config.logit_scale
+
+    def soft_lengths(self, logits: torch.Tensor) -> torch.Tensor:
+        """``t_hat = softmax(logits / T)`` [..., d]: the relaxed one-hot of the length."""
+        return torch.softmax(logits / self.config.temperature, dim=-1)
+
+    def mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """The mask applied to the embeddings of ``ids`` [B, F]: float [B, F, d].
+
+        Straight-through (default) or frozen: an exact 0/1 prefix. Soft (ablation): ``sum_{k>=j} t_hat_k``.
+        """
+        return self._mask_and_soft(ids)[0]
+
+    def _mask_and_soft(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mask [B, F, d] and the soft expected kept fraction ``E[k]/d`` [B, F] (None once frozen)."""
+        rows = self._rows(ids)
+        positions = torch.arange(self.dim, device=ids.device)
+        if self.frozen_lengths is not None:
+            return (positions < self.frozen_lengths[rows].unsqueeze(-1)).to(self.w1.dtype), None
+        # the networks run once per distinct frequency class in the batch, then gather back to [B, F]
+        classes, inverse = torch.unique(self.id_class[rows], return_inverse=True)
+        t_hat = self.soft_lengths(self.length_logits(classes))  # [U_b, d]
+        if self.config.straight_through:
+            hard = nn.functional.one_hot(t_hat.argmax(-1), self.dim).to(t_hat.dtype)
+            t = hard + (t_hat - t_hat.detach())  # forward: exactly the one-hot; backward: t_hat's gradient
+        else:
+            t = t_hat
+        # m_j = sum_{k >= j} t_k: reverse cumulative sum (exact integers when t is one-hot)
+        mask = t.flip(-1).cumsum(-1).flip(-1)
+        lengths = torch.arange(1, self.dim + 1, dtype=t_hat.dtype, device=t_hat.device)
+        expected = (t_hat * lengths).sum(-1) / self.dim  # [U_b]
+        return mask[inverse], expected[inverse]
+
+    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
+        mask, expected = self._mask_and_soft(ids)
+        self._penalty = None
+        if self.training and expected is not None and self.penalty_weight > 0:
+            self._penalty = self.penalty_weight * self._size_estimate(ids, expected)
+        return raw.stacked() * mask
+
+    def _size_estimate(self, ids: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+        """Differentiable estimate of the kept fraction ``E[k]/d`` (a scalar) from its values [B, F].
+
+        ``memory``: each occurrence weighted by ``N_f / (count_i * n)`` and summed over fields, an
+        unbiased estimate of the average over the whole vocabulary; ``occurrence``: the batch mean.
+        """
+        if self.config.penalty_weighting == "occurrence":
+            return expected.mean()
+        w = self.occurrence_weight[self._rows(ids)]
+        return (w * expected).sum() / ids.shape[0]
+
+    def penalty(self) -> torch.Tensor | None:
+        return self._penalty
+
+    # ------------------------------------------------------------------ sizes
+    @torch.no_grad()
+    def class_lengths(self) -> torch.Tensor:
+        """Kept prefix length of every frequency class: int64 [U] (one pass over the classes)."""
+        classes = torch.arange(self.class_features.shape[0], device=self.class_features.device)
+        return self.length_logits(classes).argmax(-1) + 1
+
+    @torch.no_grad()
+    def lengths(self) -> torch.Tensor:
+        """Kept prefix length of every id, fields back to back: int64 [n]."""
+        if self.frozen_lengths is not None:
+            return self.frozen_lengths.clone()
+        return self.class_lengths()[self.id_class]
+
+    def _class_bytes_ratio(self, class_lengths: torch.Tensor | None = None) -> float:
+        """Ragged bytes / uniform bytes of per-class sizes (default: the current ones), in O(U)."""
+        lengths = self.class_lengths() if class_lengths is None else class_lengths
+        kept = int((lengths * self.class_size).sum())
+        n = sum(self.vocab_sizes)
+        values = kept * FLOAT_BYTES
+        offsets = (n + 1) * offset_bytes(kept)
+        return (values + offsets) / (n * self.dim * FLOAT_BYTES)
+
+    def _land(self, before: torch.Tensor, after: torch.Tensor, target: float) -> torch.Tensor:
+        """Per-class sizes between two consecutive steps' (``before`` over, ``after`` at or under the target).
+
+        Values sharing a count switch size together, so one step can jump far below the target. Starting
+        from ``after``, classes whose size fell take their ``before`` size back, most frequent first
+        (globally normalised log count), while the bytes stay within the target [ours].
+        """
+        out = after.clone()
+        if self._class_bytes_ratio(out) > target:
+            return out
+        fell = torch.nonzero(before > after).squeeze(1)
+        order = fell[torch.argsort(self.class_features[fell, 2], descending=True, stable=True)]
+        n_bytes = sum(self.vocab_sizes) * self.dim * FLOAT_BYTES
+        for c in order.tolist():
+            extra = int(before[c] - out[c]) * int(self.class_size[c]) * FLOAT_BYTES / n_bytes
+            if self._class_bytes_ratio(out) + extra <= target:
+                out[c] = before[c]
+        return out
+
+    def _split(self, lengths: torch.Tensor) -> list[np.ndarray]:
+        return [r.numpy() for r in torch.split(lengths.cpu(), self.vocab_sizes)]
+
+    def _bytes_ratio(self, lengths: torch.Tensor) -> float:
+        plan = self._plan_from(lengths)
+        return plan.num_bytes / max(plan.full_bytes, 1)
+
+    def _plan_from(self, lengths: torch.Tensor, details: dict[str, Any] | None = None) -> EmbeddingPlan:
+        rows = self._split(lengths)
+        return self._plan(
+            [int(r.max(initial=0)) for r in rows], storage="ragged", row_sizes=rows, details=details or {}
+        )
+
+    def frequency_correlation(self, lengths: torch.Tensor) -> dict[str, float]:
+        """Spearman correlation of size and training count, per field and over all values."""
+        rows = self._split(lengths)
+        out = {}
+        for f, r in zip(self.fields, rows, strict=True):
+            assert f.counts is not None
+            out[f.name] = spearman(r, f.counts)
+        counts = np.concatenate([f.counts for f in self.fields])  # type: ignore[misc]
+        out["all"] = spearman(np.concatenate(rows), counts)
+        return out
+
+    def plan(self, lookup: Lookup) -> EmbeddingPlan:
+        lengths = self.lengths()
+        details = {
+            "twins": self.config.twins,
+            "straight_through": self.config.straight_through,
+            "frozen": self.frozen_lengths is not None,
+            "penalty_weight": self.penalty_weight,
+            "mean_length": float(lengths.float().mean()),
+            "spearman_size_frequency": self.frequency_correlation(lengths),
+        }
+        return self._plan_from(lengths, details)
+
+    def export(self, lookup: Lookup) -> SlimEmbedding:
+        plan = self.plan(lookup)
+        table = lookup.table_weight("all").detach()
+        group = RaggedGroup.from_dense(
+            tuple(range(self.num_fields)), tuple(self.vocab_sizes), table, self.lengths(), self.dim
+        )
+        return SlimEmbedding(plan, [group])
+
+    # ------------------------------------------------------------------ stages
+    def _driven(self) -> bool:
+        """Whether a penalty or budget pushes sizes down (then a best-AUC checkpoint would undo the search)."""
+        return self.config.budget is not None or self.config.size_penalty > 0
+
+    def _target_ratio(self) -> float | None:
+        if self.config.budget is None:
+            return None
+        full = sum(self.vocab_sizes) * self.dim * 4
+        return self.config.budget.target_bytes(full) / full
+
+    def begin_stage(self, stage: str, lookup: Lookup) -> None:
+        self.stage = stage
+        if stage == FINETUNE and self.frozen_lengths is None:
+            self.frozen_lengths = self.lengths()
+            self._penalty = None
+
+    def early_stopping(self, stage: str) -> bool:
+        return not (stage == SEARCH and self.config.budget is not None)
+
+    def stage_complete(self, stage: str, lookup: Lookup) -> bool:
+        # with a budget, search ends at the first evaluation after the sizes landed (and were frozen)
+        return stage == SEARCH and self.config.budget is not None and self.frozen_lengths is not None
+
+    def selection(self, stage: str) -> Literal["best", "last"]:
+        return "last" if stage == SEARCH and self._driven() else "best"
+
+    def on_step(self, step: int, lookup: Lookup) -> None:
+        target = self._target_ratio()
+        if target is None or self.stage != SEARCH or self.frozen_lengths is not None:
+            return
+        current = self.class_lengths()  # O(classes): cheap enough for every step
+        ratio = self._class_bytes_ratio(current)
+        self.last_bytes_ratio = ratio
+        if ratio <= target * (1 + self.config.budget_tolerance):
+            # landed: freeze now, so training until the stage's next evaluation cannot drift off the target
+            before = self._previous_class_lengths if self._previous_class_lengths is not None else current
+            self.frozen_lengths = self._land(before, current, target)[self.id_class]
+            return
+        self._previous_class_lengths = current
+        if (step + 1) % self.config.budget_interval:
+            return
+        error = min(max(ratio / target - 1.0, -BUDGET_LOG_STEP_CAP), BUDGET_LOG_STEP_CAP)
+        lo, hi = PENALTY_WEIGHT_BOUNDS
+        self.penalty_weight = min(max(self.penalty_weight * math.exp(self.config.budget_rate * error), lo), hi)
+
+    def metrics(self, lookup: Lookup) -> dict[str, float]:
+        lengths = self.lengths()
+        return {
+            "amtl_bytes_ratio": self._bytes_ratio(lengths),
+            "amtl_mean_length": float(lengths.float().mean()),
+            "amtl_penalty_weight": float(self.penalty_weight),
+            "amtl_spearman": self.frequency_correlation(lengths)["all"],
+        }
+
+    def report(self, lookup: Lookup) -> dict[str, Any]:
+        lengths = self.lengths()
+        hist = torch.bincount(lengths, minlength=self.dim + 1)[1:].tolist()
+        return {
+            "mean_length": float(lengths.float().mean()),
+            "bytes_ratio": self._bytes_ratio(lengths),
+            "length_histogram": {str(k + 1): int(c) for k, c in enumerate(hist)},
+            "spearman_size_frequency": self.frequency_correlation(lengths),
+            "penalty_weight": float(self.penalty_weight),
+            "budget_target_ratio": self._target_ratio(),
+            "frozen": self.frozen_lengths is not None,
+        }
+
+    def state_for_checkpoint(self) -> dict[str, Any]:
+        # outside the state dict: load_weights (best / initial) must not undo a freeze or the controller
+        return {"stage": self.stage, "penalty_weight": self.penalty_weight, "frozen_lengths": self.frozen_lengths}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.stage = state.get("stage", SEARCH)
+        self.penalty_weight = state.get("penalty_weight", self.penalty_weight)
+        self.frozen_lengths = state.get("frozen_lengths")
