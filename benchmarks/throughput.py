@@ -32,16 +32,16 @@ WARMUP_STEPS = 3
 BASELINE = "deepfm / fused adam"
 # name -> (model, lookup backend, sparse tables, optimizer, fuse the tables' optimizer into backward).
 # With sparse tables the models' n x 1 first-order table is sparse too (updated with the tables).
-SETTINGS = {
-    "fm / fused adam": ("fm", "torch", False, "adam", False),
-    "deepfm / fused adam": ("deepfm", "torch", False, "adam", False),
-    "deepfm / sparse adam": ("deepfm", "torch", True, "adam", False),
-    "deepfm / sparse adagrad": ("deepfm", "torch", True, "adagrad", False),
-    "deepfm / torchrec sparse adagrad": ("deepfm", "torchrec", True, "adagrad", False),
-    "deepfm / torchrec fused adagrad (dense first-order)": ("deepfm", "torchrec", False, "adagrad", True),
-    "deepfm / torchrec fused adagrad": ("deepfm", "torchrec", True, "adagrad", True),
-    "deepfm / torchrec fused sgd": ("deepfm", "torchrec", True, "sgd", True),
-    "dlrm / fused adam": ("dlrm", "torch", False, "adam", False),
+SETTINGS = {  # name -> (model, backend, sparse tables, optimizer, fuse tables, sparse first-order table)
+    "fm / fused adam": ("fm", "torch", False, "adam", False, False),
+    "deepfm / fused adam": ("deepfm", "torch", False, "adam", False, False),
+    "deepfm / sparse adam": ("deepfm", "torch", True, "adam", False, False),
+    "deepfm / sparse adagrad": ("deepfm", "torch", True, "adagrad", False, False),
+    "deepfm / torchrec sparse adagrad": ("deepfm", "torchrec", True, "adagrad", False, False),
+    "deepfm / torchrec fused adagrad": ("deepfm", "torchrec", False, "adagrad", True, False),
+    "deepfm / torchrec fused adagrad + sparse first-order": ("deepfm", "torchrec", True, "adagrad", True, True),
+    "deepfm / torchrec fused sgd": ("deepfm", "torchrec", False, "sgd", True, False),
+    "dlrm / fused adam": ("dlrm", "torch", False, "adam", False, False),
 }
 
 
@@ -61,9 +61,11 @@ def main() -> None:
     setups = {}
     chosen = [s.strip() for s in args.only.split(",")] if args.only else list(SETTINGS)
     for name in chosen:
-        model, backend, sparse, opt, fuse_tables = SETTINGS[name]
+        model, backend, sparse, opt, fuse_tables, sparse_first_order = SETTINGS[name]
         torch.manual_seed(0)
-        rec = build_recommender(fields, 0, args.dim, model, backend=backend, sparse=sparse)
+        rec = build_recommender(
+            fields, 0, args.dim, model, backend=backend, sparse=sparse, sparse_first_order=sparse_first_order
+        )
         tables = rec.table_parameters()
         others = [p for p in rec.parameters() if all(p is not t for t in tables)]
         # train.fused also picks torch's fused kernels for the dense part: keep those on everywhere and
