@@ -133,3 +133,19 @@ def test_shipped_bench_configs_validate(path):
     cfg, base = load_bench(path)
     assert (base / cfg.experiment).is_file()
     assert {m.name for m in cfg.methods} <= set(SEARCHERS.names())
+
+
+# schedules short enough for a 6,000-row data set (the defaults are sized for real ones)
+SHORT_SCHEDULES = {"pep": {"pull_doubling_steps": 20}, "amtl": {"budget_rate": 1.0, "budget_interval": 2}}
+
+
+@pytest.mark.parametrize("method", sorted(SEARCHERS.names()))
+def test_every_method_lands_on_a_budget(tmp_path, method):
+    """Each registered method aims at half the uniform bytes its own way and lands within 10 %."""
+    overrides = [*TINY, f"cache_root={tmp_path / 'cache'}", "train.epochs=12", "train.patience=12"]
+    entry = {"name": method, **SHORT_SCHEDULES.get(method, {})}
+    path = write_bench(tmp_path, methods=[entry], budgets=[0.5], seeds=[1], overrides=overrides)
+    results = run_bench(*load_bench(path))
+    row = results.filter(pl.col("label") == method).row(0, named=True)
+    assert row["status"] == "done", row["reason"]
+    assert row["landed"], f"{method}: {row['embedding_bytes']} bytes for a target of {row['budget_bytes']:.0f}"
