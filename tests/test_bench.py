@@ -149,3 +149,19 @@ def test_every_method_lands_on_a_budget(tmp_path, method):
     row = results.filter(pl.col("label") == method).row(0, named=True)
     assert row["status"] == "done", row["reason"]
     assert row["landed"], f"{method}: {row['embedding_bytes']} bytes for a target of {row['budget_bytes']:.0f}"
+
+
+def test_a_failing_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    cfg, base = load_bench(write_bench(tmp_path, methods=["full"], budgets=[0.5], seeds=[1]))
+    real = run_module.run_experiment
+
+    def breaks_full(config, *args, **kwargs):
+        if config.name.startswith("full_"):
+            raise ValueError("broken on purpose")
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "run_experiment", breaks_full)
+    results = run_bench(cfg, base)
+    assert results["status"].to_list() == ["done", "failed"]
+    assert "broken on purpose" in results["reason"][1]
+    assert "full_b0.5_s1: ValueError: broken on purpose" in write_report(bench_dir(cfg)).read_text()

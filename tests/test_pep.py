@@ -385,3 +385,15 @@ def test_a_run_killed_in_retraining_resumes_with_its_mask_to_the_same_result(tmp
     assert resumed["searcher"]["final_sparsity"] == pytest.approx(0.5, abs=1e-3)
     # the search stage ended before the kill: its summary (AUC before retraining) survives the resume
     assert resumed["stages"]["search"] == reference["stages"]["search"]
+
+
+def test_a_budget_below_the_csr_offsets_is_unreachable_before_training():
+    from embdim.registry import SEARCHERS
+    from embdim.searchers.base import Budget, BudgetUnreachable
+
+    fields = [FieldInfo("a", 100), FieldInfo("b", 1000)]
+    pep = SEARCHERS.get("pep")
+    dim, config = pep.for_budget(fields, 10, pep.Config(), Budget(value=0.2))
+    assert dim == 10 and config.budget.value == 0.2
+    with pytest.raises(BudgetUnreachable, match="row offsets"):
+        pep.for_budget(fields, 10, pep.Config(), Budget(value=0.05))  # offsets alone: 4 of 40 bytes per row

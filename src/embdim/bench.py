@@ -217,7 +217,13 @@ def run_bench(cfg: BenchConfig, base: Path) -> pl.DataFrame:
             "run": planned.run_name,
         }
         if planned.config is not None:
-            result = run_experiment(planned.config)
+            try:
+                result = run_experiment(planned.config)
+            except Exception as err:  # one broken run is reported, the sweep goes on (a kill still stops it)
+                row |= {"status": "failed", "reason": f"{type(err).__name__}: {err}", "method": planned.method.name}
+                rows.append(row)
+                _write_results(folder, rows)
+                continue
             target = planned.target_bytes
             row |= _flatten(result) | {"budget_bytes": target}
             if planned.budget.kind == "params":

@@ -78,6 +78,10 @@ def write_report(folder: str | Path, title: str | None = None) -> Path:
     if len(unreachable):
         lines += ["", "Budgets a method cannot reach (not substituted):", ""]
         lines += [f"- {r['label']} at {r['budget']}: {r['reason']}" for r in unreachable.iter_rows(named=True)]
+    failed = results.filter(pl.col("status") == "failed")
+    if len(failed):
+        lines += ["", "Runs that failed (see their run folders):", ""]
+        lines += [f"- {r['run']}: {r['reason']}" for r in failed.iter_rows(named=True)]
     lines += [
         "",
         "Time / full: the reference's samples per second over the method's (medians over seeds), "

@@ -59,7 +59,7 @@ from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan, column_index_bytes, offset_bytes
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, Searcher, SearcherConfig
+from embdim.searchers.base import Budget, BudgetUnreachable, Searcher, SearcherConfig
 from embdim.slim import CsrGroup, SlimEmbedding
 
 Granularity = Literal["global", "dimension", "feature", "field", "feature_dim", "field_dim"]
@@ -179,6 +179,18 @@ class PEPSearcher(Searcher):
 
     Config = PEPConfig
     stages = ("search", "retrain")
+
+    @classmethod
+    def for_budget(
+        cls, fields: list[FieldInfo], dim: int, config: SearcherConfig, budget: Budget
+    ) -> tuple[int, SearcherConfig]:
+        """The budget becomes the retrained sparsity; one that CSR storage cannot meet (its row offsets
+        alone exceed it) is unreachable."""
+        try:
+            budget_sparsity(budget, sum(f.vocab_size for f in fields), dim)
+        except ValueError as err:
+            raise BudgetUnreachable(f"pep: {err}") from None
+        return super().for_budget(fields, dim, config, budget)
 
     def __init__(self, fields: list[FieldInfo], dim: int, config: PEPConfig, init_std: float = DEFAULT_INIT_STD):
         super().__init__(fields, dim, config, init_std)
