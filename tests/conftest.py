@@ -9,6 +9,16 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: Overrides for a small synthetic data set (4 fields, 6,000 rows) that end-to-end tests train on.
+TINY_SYNTHETIC = [
+    "dataset=synthetic",
+    "dataset.options.rows=6000",
+    "dataset.options.cardinalities=[20,200,50,1000]",
+    "dataset.options.zipf_exponents=[1.0,1.1,0.9,1.2]",
+    "dataset.options.intrinsic_dims=[2,4,2,6]",
+    "dataset.options.missing_rates=[0,0,0,0]",
+]
+
 
 def shared_data_root() -> Path:
     """``$EMBDIM_DATA_ROOT`` if set, else ``../shared/datasets`` next to the repository."""

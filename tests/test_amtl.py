@@ -19,6 +19,7 @@ from embdim.train.checkpoint import save_weights, warm_start
 from embdim.train.run import run_experiment
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import TINY_SYNTHETIC
 from test_train import CONFIGS, small_config
 
 FIELDS = [
@@ -47,12 +48,7 @@ def model_config(tmp_path: Path, model: str, *overrides: str):
     base = [
         f"run_root={tmp_path / 'runs'}",
         f"cache_root={tmp_path / 'cache'}",
-        "dataset=synthetic",
-        "dataset.options.rows=6000",
-        "dataset.options.cardinalities=[20,200,50,1000]",
-        "dataset.options.zipf_exponents=[1.0,1.1,0.9,1.2]",
-        "dataset.options.intrinsic_dims=[2,4,2,6]",
-        "dataset.options.missing_rates=[0,0,0,0]",
+        *TINY_SYNTHETIC,
         f"model={model}",
         *SMALL_MODELS[model],
         "embedding.dim=8",

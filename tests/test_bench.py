@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import embdim.train.run as run_module
+from conftest import TINY_SYNTHETIC
 from embdim.bench import bench_dir, load_bench, run_bench
 from embdim.config import ConfigError
 from embdim.data.schema import FieldInfo
@@ -21,12 +22,8 @@ from embdim.searchers.base import Budget, BudgetUnreachable
 EXPERIMENT = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "quickstart.yaml"
 FIELDS = [FieldInfo("a", 30), FieldInfo("b", 400), FieldInfo("c", 2000)]
 TINY = [
-    "dataset=synthetic",
+    *TINY_SYNTHETIC,
     "dataset.options.rows=3000",
-    "dataset.options.cardinalities=[20,200,50,1000]",
-    "dataset.options.zipf_exponents=[1.0,1.1,0.9,1.2]",
-    "dataset.options.intrinsic_dims=[2,4,2,6]",
-    "dataset.options.missing_rates=[0,0,0,0]",
     "model.hidden=[16]",
     "embedding.dim=8",
     "train.batch_size=256",

@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from conftest import TINY_SYNTHETIC
 from embdim import EmbeddingLayer, FieldInfo
 from embdim.config import compose, validate
 from embdim.recommender import build_recommender, export_model, load_model
@@ -191,12 +192,7 @@ def small_config(tmp_path: Path, *overrides: str, cache: Path | None = None):
     base = [
         f"run_root={tmp_path / 'runs'}",
         f"cache_root={cache or tmp_path / 'cache'}",
-        "dataset=synthetic",
-        "dataset.options.rows=6000",
-        "dataset.options.cardinalities=[20,200,50,1000]",
-        "dataset.options.zipf_exponents=[1.0,1.1,0.9,1.2]",
-        "dataset.options.intrinsic_dims=[2,4,2,6]",
-        "dataset.options.missing_rates=[0,0,0,0]",
+        *TINY_SYNTHETIC,
         "model=deepfm",
         "embedding.dim=8",
         "train.batch_size=256",

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TINY_SYNTHETIC
 from embdim.config import ConfigError, compose, load_config, validate
 from embdim.train.run import run_experiment
 from embdim.train.trainer import Trainer
@@ -19,12 +20,7 @@ def small_config(tmp_path: Path, *overrides: str):
     base = [
         f"run_root={tmp_path / 'runs'}",
         f"cache_root={tmp_path / 'cache'}",
-        "dataset=synthetic",
-        "dataset.options.rows=6000",
-        "dataset.options.cardinalities=[20,200,50,1000]",
-        "dataset.options.zipf_exponents=[1.0,1.1,0.9,1.2]",
-        "dataset.options.intrinsic_dims=[2,4,2,6]",
-        "dataset.options.missing_rates=[0,0,0,0]",
+        *TINY_SYNTHETIC,
         "model=deepfm",
         "model.hidden=[32,32]",
         "model.dropout=0.1",
