@@ -22,7 +22,7 @@ from embdim.config import load_config
 from embdim.recommender import build_recommender
 from embdim.train.optim import build_optimizers
 from embdim.train.run import prepare_dataset
-from embdim.train.trainer import _to_batch
+from embdim.train.trainer import _to_batch, training_step
 
 WARMUP_STEPS = 3
 BUDGET = {"kind": "fraction", "value": 0.45}
@@ -64,15 +64,7 @@ def main() -> None:
             for name in names:
                 rec, opts, times = setups[name]
                 t0 = time.perf_counter()
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(rec(ids, dense), labels)
-                penalty = rec.penalty()
-                total = loss if penalty is None else loss + penalty
-                for o in opts:
-                    o.zero_grad(set_to_none=True)
-                total.backward()
-                for o in opts:
-                    o.step()
-                rec.embedding.searcher.on_step(step, rec.embedding.lookup)
+                training_step(rec, opts, ids, dense, labels, step)
                 if step >= WARMUP_STEPS:
                     times.append(time.perf_counter() - t0)
             step += 1

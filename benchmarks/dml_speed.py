@@ -31,26 +31,16 @@ from embdim.plan import EmbeddingPlan
 from embdim.recommender import Recommender, build_recommender
 from embdim.searchers.dml import DMLSearcher
 from embdim.train.optim import build_optimizers
+from embdim.train.trainer import training_step
 
 ZIPF_EXPONENT = 1.1
 WARMUP_STEPS = 3
 HIDDEN = [400, 400, 400]
 
 
-def train_step(rec: Recommender, opts: list, hook: Callable[[int], None] | None = None) -> Callable:
+def train_step(rec: Recommender, opts: list) -> Callable:
     def step(ids: torch.Tensor, labels: torch.Tensor, i: int) -> None:
-        logits = rec(ids, None)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
-        penalty = rec.penalty()
-        if penalty is not None:
-            loss = loss + penalty
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
-            o.step()
-        if hook is not None:
-            hook(i)
+        training_step(rec, opts, ids, None, labels, i)  # runs the searcher's on_step (dml: tau, controller)
 
     return step
 
@@ -111,12 +101,11 @@ def main() -> None:
     torch.manual_seed(0)
     dml_options = {"budget": {"kind": "fraction", "value": kept}}
     search = build_recommender(fields, 0, dim, "deepfm", {"hidden": HIDDEN}, "dml", dml_options)
-    searcher = search.embedding.searcher
     cut = slim_recommender(fields, dim, widths)
     full_opts, search_opts, cut_opts = optimizers(full), optimizers(search), optimizers(cut)
     cases = {
         "full train": train_step(full, full_opts),
-        "dml search train": train_step(search, search_opts, lambda i: searcher.on_step(i, search.embedding.lookup)),
+        "dml search train": train_step(search, search_opts),
         "dml cut (slim) train": train_step(cut, cut_opts),
         "full predict": predict_step(full),
         "dml cut (slim) predict": predict_step(cut),

@@ -29,6 +29,7 @@ from embdim.data.synthetic import criteo_cardinalities
 from embdim.recommender import Recommender, build_recommender
 from embdim.train.optim import build_optimizers
 from embdim.train.run import prepare_dataset
+from embdim.train.trainer import training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 3
@@ -70,12 +71,7 @@ def _setup(fields, dim: int, method: str, options: dict, sparse: bool, model_opt
 
 def _step(rec: Recommender, opts, ids, labels) -> float:
     t0 = time.perf_counter()
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(rec(ids), labels)
-    for o in opts:
-        o.zero_grad(set_to_none=True)
-    loss.backward()
-    for o in opts:
-        o.step()
+    training_step(rec, opts, ids, None, labels, 0)
     return time.perf_counter() - t0
 
 

@@ -25,6 +25,7 @@ from embdim.data.schema import FieldInfo
 from embdim.data.synthetic import criteo_cardinalities
 from embdim.recommender import build_recommender
 from embdim.train.optim import build_optimizers
+from embdim.train.trainer import training_step
 
 ZIPF_EXPONENT = 1.1
 WARMUP_STEPS = 3
@@ -80,12 +81,7 @@ def main() -> None:
         labels = torch.from_numpy(rng.integers(0, 2, args.batch).astype(np.float32))
         for rec, opts, times, cpu in setups.values():
             t0, c0 = time.perf_counter(), time.process_time()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(rec(ids, dense), labels)
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in opts:
-                o.step()
+            training_step(rec, opts, ids, dense, labels, step)
             if step >= WARMUP_STEPS:
                 times.append(time.perf_counter() - t0)
                 cpu.append(time.process_time() - c0)

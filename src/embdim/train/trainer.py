@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from embdim.config import RunConfig
 from embdim.data.prepare import PreparedData, SplitArrays
+from embdim.embedding import EmbeddingLayer
 from embdim.recommender import Recommender, build_recommender, export_model, load_model
 from embdim.report.frequency import frequency_report
 from embdim.report.plots import plot_plan
@@ -71,6 +72,31 @@ def predict_logits(rec: torch.nn.Module, split: SplitArrays, batch_size: int) ->
         out.append(rec(ids, dense).float().numpy())
     rec.train(was_training)
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def training_step(
+    rec: Recommender,
+    optimizers: list,
+    ids: torch.Tensor,
+    dense: torch.Tensor | None,
+    labels: torch.Tensor,
+    step: int,
+) -> torch.Tensor:
+    """One optimizer step on a batch (task loss + the searcher's penalty), then the searcher's ``on_step``.
+
+    ids: int64 [B, F]; dense: float [B, Dn] or ``None``; labels: float [B]. Returns the task loss (detached).
+    """
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(rec(ids, dense), labels)
+    penalty = rec.penalty()
+    total = loss if penalty is None else loss + penalty
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    total.backward()
+    for opt in optimizers:
+        opt.step()
+    if isinstance(rec.embedding, EmbeddingLayer):  # a slim embedding (trained after export) has no searcher
+        rec.embedding.searcher.on_step(step, rec.embedding.lookup)
+    return loss.detach()
 
 
 def evaluate(rec: torch.nn.Module, split: SplitArrays, batch_size: int) -> dict[str, float]:
@@ -237,17 +263,7 @@ class Trainer:
             bar.close()
 
     def _step(self, ids: torch.Tensor, dense: torch.Tensor | None, labels: torch.Tensor, p: Progress) -> float:
-        logits = self.rec(ids, dense)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
-        penalty = self.rec.penalty()
-        total = loss if penalty is None else loss + penalty
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
-        total.backward()
-        for opt in self.optimizers:
-            opt.step()
-        self.searcher.on_step(p.step, self.lookup)
-        return float(loss.detach())
+        return float(training_step(self.rec, self.optimizers, ids, dense, labels, p.step))
 
     def after_step(self, p: Progress) -> None:
         """Hook after each step's bookkeeping (tests use it to simulate a kill)."""
