@@ -125,6 +125,13 @@ def test_bad_bench_config_names_the_key(tmp_path, change, key):
         load_bench(write_bench(tmp_path, **change))
 
 
+def test_command_line_overrides_set_bench_keys_and_run_settings(tmp_path):
+    cfg, _ = load_bench(write_bench(tmp_path), ["seeds=[7]", "train.threads=1"])
+    assert cfg.seeds == [7]
+    assert cfg.overrides[-1] == "train.threads=1"
+    assert cfg.overrides[:-1] == [*TINY, f"cache_root={tmp_path / 'cache'}"]
+
+
 @pytest.mark.parametrize("path", sorted((EXPERIMENT.parents[1] / "bench").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_bench_configs_validate(path):
     cfg, base = load_bench(path)

@@ -120,7 +120,11 @@ def budget_label(budget: Budget) -> str:
 
 
 def load_bench(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[BenchConfig, Path]:
-    """Read and validate a bench YAML; ``overrides`` (``key=value``) apply to its top-level keys."""
+    """Read and validate a bench YAML.
+
+    ``overrides`` (``key=value``) set the bench's own top-level keys (``seeds=[1]``); a dotted key
+    (``train.threads=1``) is a run setting and is appended to the overrides of every run.
+    """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -132,7 +136,11 @@ def load_bench(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         key, sep, value = assignment.partition("=")
         if not sep:
             raise ConfigError(f"override {assignment!r} must look like key=value")
-        data[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        if "." in key:
+            data["overrides"] = [*(data.get("overrides") or []), f"{key}={value}"]
+        else:
+            data[key] = yaml.safe_load(value)
     try:
         cfg = BenchConfig(**data)
     except ValidationError as err:

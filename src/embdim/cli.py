@@ -70,7 +70,10 @@ def run(
 @app.command()
 def bench(
     config: Annotated[Path, typer.Argument(help="bench YAML (configs/bench/...)")],
-    overrides: OverridesArg = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="key=value: bench keys (seeds=[1]) or, dotted, settings for every run (train.threads=1)"),
+    ] = None,
     report_only: Annotated[bool, typer.Option(help="rewrite the report from results.csv, train nothing")] = False,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
