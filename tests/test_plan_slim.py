@@ -84,3 +84,23 @@ def test_slim_embedding_orders_groups_and_zero_fills_dropped_fields():
     assert torch.equal(out[0, 0], torch.tensor([2.0, 2.0, 0.0, 0.0]))  # zero-padded
     assert torch.equal(out[0, 1], torch.zeros(4))  # field stored by no group
     assert torch.equal(out[0, 2], torch.ones(4))
+
+
+def test_mixed_groups_equal_each_group_padded_and_placed():
+    """The flat-column gather puts every group's vectors (narrow, projected, ragged) where its fields are."""
+    gen = torch.Generator().manual_seed(1)
+    dim, batch = 5, 16
+    narrow = DenseGroup((3, 0), (4, 6), torch.randn(10, 2, generator=gen), None, dim)
+    projected = DenseGroup((4,), (3,), torch.randn(3, 2, generator=gen), torch.randn(1, 2, dim, generator=gen), dim)
+    lengths = torch.randint(0, dim + 1, (7,), generator=gen)
+    ragged = RaggedGroup.from_dense((1,), (7,), torch.randn(7, dim, generator=gen), lengths, dim)
+    vocab = [6, 7, 2, 4, 3]
+    plan = EmbeddingPlan("x", list("abcde"), vocab, dim, [2, dim, 0, 2, dim])
+    slim = SlimEmbedding(plan, [narrow, projected, ragged])
+    ids = torch.stack([torch.randint(0, n, (batch,), generator=gen) for n in vocab], 1)
+    out = slim(ids)
+    assert out.shape == (batch, 5, dim)
+    for group in (narrow, projected, ragged):
+        fields = list(group.field_ids)
+        assert torch.equal(out[:, fields], group(ids[:, fields]))
+    assert torch.equal(out[:, 2], torch.zeros(batch, dim))  # field c: stored by no group

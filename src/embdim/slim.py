@@ -75,6 +75,15 @@ class SlimGroup(nn.Module, ABC):
             "dim": self.dim,
         }
 
+    @property
+    def width(self) -> int:
+        """Width of each field's vector from :meth:`narrow` (``d`` unless the group stores fewer columns)."""
+        return self.dim
+
+    def narrow(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids ``[B, F_g]`` -> ``[B, F_g, width]``: the stored columns only, before zero-padding to ``d``."""
+        return self(ids)
+
     @abstractmethod
     def tensors(self) -> dict[str, torch.Tensor]: ...
 
@@ -99,9 +108,16 @@ class DenseGroup(SlimGroup):
         self.weight = nn.Parameter(weight.detach().to(torch.float32).clone())
         self.projection = None if projection is None else nn.Parameter(projection.detach().float().clone())
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    @property
+    def width(self) -> int:
+        return self.dim if self.projection is not None else self.weight.shape[1]
+
+    def narrow(self, ids: torch.Tensor) -> torch.Tensor:
         raw = nn.functional.embedding(self.global_rows(ids), self.weight)
-        return project_fields(raw, self.projection, self.dim)
+        return raw if self.projection is None else project_fields(raw, self.projection, self.dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return project_fields(self.narrow(ids), None, self.dim)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"weight": self.weight.detach()}
@@ -212,20 +228,37 @@ class SlimEmbedding(nn.Module):
             raise ValueError("a field is stored by more than one group")
         self.num_fields = plan.num_fields
         self._identity = len(groups) == 1 and held == list(range(self.num_fields))
-        # output column order -> position in the concatenation of group outputs (missing fields -> a zero slot)
-        order = {f: i for i, f in enumerate(held)}
-        self.register_buffer(
-            "gather",
-            torch.tensor([order.get(f, len(held)) for f in range(self.num_fields)]),
-            persistent=False,
-        )
+        for i, g in enumerate(groups):
+            self.register_buffer(f"_fields{i}", torch.tensor(g.field_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("gather", self._gather_columns(), persistent=False)
+
+    def _gather_columns(self) -> torch.Tensor:
+        """Output column ``f * d + j`` -> its position in the groups' flattened narrow outputs, int64 [F * d].
+
+        Column ``j`` of field ``f`` comes from the group holding ``f`` when ``j`` is below that group's
+        width; every other column (cut dimensions, dropped fields) reads one shared zero slot at the end.
+        """
+        source: dict[tuple[int, int], int] = {}
+        start = 0
+        for g in self.groups:
+            for k, f in enumerate(g.field_ids):
+                for j in range(g.width):
+                    source[f, j] = start + k * g.width + j
+            start += len(g.field_ids) * g.width
+        zero_slot = start
+        columns = [source.get((f, j), zero_slot) for f in range(self.num_fields) for j in range(self.dim)]
+        return torch.tensor(columns, dtype=torch.long)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self._identity:
             return self.groups[0](ids)
-        parts = [g(ids[:, list(g.field_ids)]) for g in self.groups]
-        parts.append(ids.new_zeros((ids.shape[0], 1, self.dim), dtype=torch.float32))
-        return torch.cat(parts, dim=1)[:, self.gather]
+        # one gather of flat columns instead of padding each group to d and reordering fields (fewer copies)
+        batch = ids.shape[0]
+        parts = []
+        for i, group in enumerate(self.groups):
+            parts.append(group.narrow(ids.index_select(1, getattr(self, f"_fields{i}"))).flatten(1))
+        parts.append(torch.zeros(batch, 1, dtype=torch.float32, device=ids.device))
+        return torch.cat(parts, dim=1).index_select(1, self.gather).view(batch, self.num_fields, self.dim)
 
     def stored_bytes(self) -> int:
         """Bytes of every stored tensor (values, projections, index structures)."""
