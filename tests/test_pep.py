@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from embdim import EmbeddingLayer, FieldInfo
-from embdim.config import ConfigError
+from embdim.config import ConfigError, TrainConfig
 from embdim.recommender import build_recommender, export_model, load_model
 from embdim.searchers.base import Budget
 from embdim.searchers.pep import PEPSearcher, budget_sparsity, soft_threshold, threshold_shape
+from embdim.train.optim import build_optimizers
 from embdim.train.run import run_experiment
 from embdim.train.trainer import Trainer
 from test_train import small_config
@@ -57,7 +58,7 @@ def _raise_thresholds(layer: EmbeddingLayer, sparsity: float) -> None:
     cut = torch.quantile(_table(layer).detach().abs().flatten(), sparsity)
     s = torch.logit(cut)
     with torch.no_grad():
-        layer.searcher.threshold_u.fill_(float(s) / layer.searcher.config.threshold_scale)
+        layer.searcher.threshold.fill_(float(s))
 
 
 # ---------------------------------------------------------------------- threshold maths
@@ -81,7 +82,7 @@ def test_soft_threshold_and_its_gradient_match_the_direct_formula():
 def test_each_granularity_has_its_shape_and_thresholds_the_looked_up_rows(granularity):
     layer = _layer(granularity=granularity, s0=-2.0)
     searcher: PEPSearcher = layer.searcher
-    assert tuple(searcher.threshold_u.shape) == threshold_shape(granularity, N, len(FIELDS), DIM)
+    assert tuple(searcher.threshold.shape) == threshold_shape(granularity, N, len(FIELDS), DIM)
     assert (
         threshold_shape(granularity, N, len(FIELDS), DIM)
         == {
@@ -94,7 +95,7 @@ def test_each_granularity_has_its_shape_and_thresholds_the_looked_up_rows(granul
         }[granularity]
     )
     with torch.no_grad():  # distinct thresholds everywhere, so a wrong gather shows
-        searcher.threshold_u.copy_((-3 + torch.rand_like(searcher.threshold_u)) / searcher.config.threshold_scale)
+        searcher.threshold.copy_(-3 + torch.rand_like(searcher.threshold))
     ids = _ids()
     out = layer(ids)
     assert out.shape == (64, len(FIELDS), DIM)
@@ -103,7 +104,7 @@ def test_each_granularity_has_its_shape_and_thresholds_the_looked_up_rows(granul
     rows = ids + torch.tensor([0, 3, 43])
     assert torch.allclose(out, whole[rows], rtol=0, atol=1e-7)  # vectorised sigmoid may round differently
     (out * torch.randn_like(out)).sum().backward()
-    assert searcher.threshold_u.grad is not None and searcher.threshold_u.grad.abs().sum() > 0
+    assert searcher.threshold.grad is not None and searcher.threshold.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------------- search dynamics
@@ -116,7 +117,7 @@ def _tiny_model_and_data(seed: int = 0):
 
 def test_faithful_search_sparsity_never_decreases_and_saves_masks_at_targets():
     """Dense Adam with coupled decay 1e-5 on every parameter (the official setting) and no other force."""
-    layer = _layer(mode="faithful", s0=-4.0, threshold_scale=1.0, threshold_decay=0.0, targets=[0.3, 0.5])
+    layer = _layer(mode="faithful", s0=-4.0, threshold_lr=None, threshold_decay=0.0, targets=[0.3, 0.5])
     searcher: PEPSearcher = layer.searcher
     head = nn.Linear(len(FIELDS) * DIM, 1)
     # lr well below sigmoid(s0) = 0.018: pruned weights, pulled to 0 by decay, cannot jump back over it
@@ -160,7 +161,7 @@ def test_retraining_starts_from_step0_times_mask_and_pruned_entries_stay_exactly
     searcher.begin_stage("retrain", layer.lookup)
     table = _table(layer)
     assert torch.equal(table.detach(), initial["lookup.tables.all.weight"] * mask)
-    assert not searcher.threshold_u.requires_grad
+    assert not searcher.threshold.requires_grad
     head = nn.Linear(len(FIELDS) * DIM, 1)
     params = [p for p in [*layer.parameters(), *head.parameters()] if p.requires_grad]
     opt = {
@@ -202,7 +203,7 @@ def test_masks_and_phase_survive_a_checkpoint_round_trip():
     fresh = _layer(targets=[0.7])
     fresh.load_state_dict(layer.state_dict())
     fresh.searcher.load_checkpoint_state(state)
-    assert fresh.searcher.phase_ == "retrain" and not fresh.searcher.threshold_u.requires_grad
+    assert fresh.searcher.phase_ == "retrain" and not fresh.searcher.threshold.requires_grad
     assert torch.equal(fresh.searcher.masks_[0.7], layer.searcher.masks_[0.7])
     ids = _ids()
     assert torch.equal(fresh(ids), layer(ids))
@@ -287,7 +288,7 @@ def test_the_pull_doubles_on_schedule_and_lifts_only_the_looked_up_thresholds():
     ids = torch.zeros(4, len(FIELDS), dtype=torch.long)  # row 0 of each field only
     layer(ids)
     searcher.penalty().backward()
-    grad = searcher.threshold_u.grad
+    grad = searcher.threshold.grad
     looked_up = torch.zeros(N, dtype=torch.bool)
     looked_up[[0, 3, 43]] = True
     assert (grad[looked_up] < 0).all() and (grad[~looked_up] == 0).all()  # descent raises s, only there
@@ -303,7 +304,7 @@ def test_the_pull_doubles_on_schedule_and_lifts_only_the_looked_up_thresholds():
 @pytest.mark.parametrize(
     ("options", "key"),
     [
-        ({"mode": "faithful"}, "threshold_scale"),
+        ({"mode": "faithful"}, "threshold_lr"),
         ({"targets": [0.5, 1.5]}, "targets"),
         ({"targets": []}, "targets"),
         ({"retrain_target": 5}, "retrain_target"),
@@ -316,9 +317,26 @@ def test_bad_options_fail_naming_the_key(options, key):
         _layer(**options)
 
 
+def test_thresholds_train_at_their_own_learning_rate_whatever_the_model_lr():
+    """Adam's first step moves each parameter by its group's lr: s by threshold_lr, the table by train.lr."""
+    layer = _layer(threshold_lr=0.2, threshold_decay=1e-3)
+    searcher: PEPSearcher = layer.searcher
+    cfg = TrainConfig(optimizer="adam", lr=0.01)
+    (opt,) = build_optimizers([_table(layer)], [], cfg, sparse=False, own_groups=searcher.optimizer_groups())
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.2]
+    before_s, before_table = searcher.threshold.detach().clone(), _table(layer).detach().clone()
+    out = layer(_ids())
+    (out.square().sum() + searcher.penalty()).backward()
+    opt.step()
+    moved = (searcher.threshold.detach() - before_s).abs()
+    assert moved.max() == pytest.approx(0.2, rel=1e-3)
+    assert (_table(layer).detach() - before_table).abs().max() <= 0.01 * (1 + 1e-3)
+    assert _layer(mode="faithful", threshold_lr=None, threshold_decay=0.0).searcher.optimizer_groups() == []
+
+
 def test_bad_option_in_a_run_config_names_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"method\.threshold_scale"):
-        small_config(tmp_path, "method=pep", "method.threshold_scale=-1")
+    with pytest.raises(ConfigError, match=r"method\.threshold_lr"):
+        small_config(tmp_path, "method=pep", "method.threshold_lr=-1")
 
 
 def test_a_search_that_falls_short_retrains_its_final_mask_and_says_so():
@@ -346,7 +364,7 @@ def test_search_then_retrain_end_to_end(tmp_path):
             "method=pep",
             "method.targets=[0.4,0.6]",
             "method.s0=-7",
-            "method.threshold_scale=200",
+            "method.threshold_lr=0.2",
             "embedding.init_std=0.01",
             "train.epochs=4",
         )

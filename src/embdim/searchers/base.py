@@ -142,6 +142,12 @@ class Searcher(nn.Module, ABC):
         """Extra loss term added to the task loss (size penalties); ``None`` when there is none."""
         return None
 
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """Searcher parameters that need their own optimizer settings, as torch param groups
+        (``{"params": [...], "lr": ...}``); settings a group leaves out, and every other searcher
+        parameter, follow ``train``'s (lr, weight_decay)."""
+        return []
+
     def early_stopping(self, stage: str) -> bool:
         """Whether validation patience may end ``stage`` (False while a search must reach its target)."""
         return True

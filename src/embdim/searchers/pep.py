@@ -22,9 +22,11 @@ What is this project's own design [ours]:
   (default) a constant force, ``l2`` the force coupled decay exerts, which levels off as ``s`` nears
   0. Without weight decay the weights that matter outgrow a fixed pull and pruning levels off (on
   Frappe near 84 %), so the pull doubles every ``pull_doubling_steps`` until the last target is
-  reached: the search length is bounded and the pruning order is still set by the loss. It also
-  stores ``s = threshold_scale * u`` with ``u`` the parameter, which lets Adam move ``s`` by about
-  ``threshold_scale * lr`` per step: targets are reached in a few epochs, not hundreds.
+  reached: the search length is bounded and the pruning order is still set by the loss. The
+  thresholds get their own learning rate (``threshold_lr``, an optimizer group): Adam moves ``s``
+  by about that much per step whatever ``train.lr`` is, so targets are reached in a few epochs,
+  not hundreds, and a model trained at a 10x larger lr does not prune at its initialisation.
+  ``pull_start_steps`` trains the model before the pull starts, so masks come from a trained model.
 - Targets are sparsity ratios, or a :class:`~embdim.searchers.base.Budget` mapped to the sparsity
   whose CSR bytes (values, uint8/int16 column indices, row offsets) equal the budget. When a
   target is passed between two measurements, the saved mask keeps exactly the target's number of
@@ -74,12 +76,15 @@ class PEPConfig(SearcherConfig):
     mode: Literal["faithful", "ours"] = Field(
         "ours",
         description="faithful: thresholds move only by the optimizer's coupled decay (paper); "
-        "ours: explicit threshold pull (threshold_decay) and scale (threshold_scale)",
+        "ours: explicit threshold pull (threshold_decay) and learning rate (threshold_lr)",
     )
     granularity: Granularity = Field("feature_dim", description="threshold granularity (official threshold_type)")
     s0: float = Field(-15.0, description="initial threshold logit; sigmoid(s0) must be far below |init weights|")
-    threshold_scale: float = Field(
-        200.0, gt=0, description="s = threshold_scale * u, u the trained parameter (ours); faithful needs 1"
+    threshold_lr: float | None = Field(
+        0.2,
+        gt=0,
+        description="learning rate of the thresholds s (ours): Adam moves s by about this much per step, "
+        "whatever train.lr; faithful: null (train.lr, as the paper)",
     )
     threshold_decay: float = Field(
         1e-3, ge=0, description="weight of the pull on looked-up thresholds, summed per batch row (ours); faithful: 0"
@@ -125,10 +130,10 @@ class PEPConfig(SearcherConfig):
             raise ValueError(f"targets: every sparsity target must lie in (0, 1), got {self.targets}")
         if not self.targets and self.budget is None:
             raise ValueError("targets: give at least one sparsity target or a budget")
-        if self.mode == "faithful" and (self.threshold_scale != 1.0 or self.threshold_decay != 0.0):
+        if self.mode == "faithful" and (self.threshold_lr is not None or self.threshold_decay != 0.0):
             raise ValueError(
-                "mode=faithful moves thresholds by the optimizer's coupled decay only: "
-                "set threshold_scale=1 and threshold_decay=0 (or mode=ours)"
+                "mode=faithful moves thresholds by the optimizer's coupled decay at train.lr only: "
+                "set threshold_lr=null and threshold_decay=0 (or mode=ours)"
             )
         return self
 
@@ -172,7 +177,7 @@ def budget_sparsity(budget: Budget, num_rows: int, dim: int) -> float:
 class PEPSearcher(Searcher):
     """Soft-threshold pruning of one n x d table, then lottery-ticket retraining with a fixed mask.
 
-    State: ``threshold_u`` (parameter, shape :func:`threshold_shape`; ``s = threshold_scale * u``);
+    State: ``threshold`` (parameter ``s``, shape :func:`threshold_shape`);
     ``masks_`` (non-persistent: sparsity target -> bool ``[n, d]``); ``phase_`` (``search`` or
     ``retrain``).
     """
@@ -198,7 +203,7 @@ class PEPSearcher(Searcher):
         n = sum(self.vocab_sizes)
         self.num_rows = n
         shape = threshold_shape(config.granularity, n, self.num_fields, dim)
-        self.threshold_u = nn.Parameter(torch.full(shape, config.s0 / config.threshold_scale))
+        self.threshold = nn.Parameter(torch.full(shape, config.s0))
         offsets = torch.tensor([0, *self.vocab_sizes[:-1]], dtype=torch.long).cumsum(0)
         self.register_buffer("row_offsets", offsets, persistent=False)
         row_field = torch.repeat_interleave(torch.arange(self.num_fields), torch.tensor(self.vocab_sizes))
@@ -224,19 +229,21 @@ class PEPSearcher(Searcher):
         self._batch_s: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ thresholds
-    def _s(self) -> torch.Tensor:
-        return self.threshold_u * self.config.threshold_scale
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        if self.config.threshold_lr is None:
+            return []
+        return [{"params": [self.threshold], "lr": self.config.threshold_lr}]
 
     def batch_thresholds(self, ids: torch.Tensor) -> torch.Tensor:
         """Threshold logits of the looked-up entries, broadcastable to ``[B, F, d]`` (ids ``[B, F]``)."""
-        u = self.threshold_u
+        s = self.threshold
         if self.config.granularity in ("feature", "feature_dim"):
-            return nn.functional.embedding(ids + self.row_offsets, u) * self.config.threshold_scale  # [B, F, 1|d]
-        return u.unsqueeze(0) * self.config.threshold_scale  # global, dimension: [1, 1, 1|d]; field*: [1, F, 1|d]
+            return nn.functional.embedding(ids + self.row_offsets, s)  # [B, F, 1|d]
+        return s.unsqueeze(0)  # global, dimension: [1, 1, 1|d]; field*: [1, F, 1|d]
 
     def table_thresholds(self) -> torch.Tensor:
         """Threshold logits of the whole table, broadcastable to ``[n, d]``."""
-        s = self._s()
+        s = self.threshold
         return s[self.row_field] if self.config.granularity in ("field", "field_dim") else s
 
     # ------------------------------------------------------------------ forward
@@ -346,7 +353,7 @@ class PEPSearcher(Searcher):
         if self.retrain_sparsity not in self.masks_:
             warnings.warn(
                 f"pep: the search ended at sparsity {sparsity:.4f}, below the retrain target "
-                f"{self.retrain_sparsity:.4f}; retraining its final mask (raise train.epochs or threshold_scale)",
+                f"{self.retrain_sparsity:.4f}; retraining its final mask (raise train.epochs or method.threshold_lr)",
                 stacklevel=2,
             )
             self.masks_[sparsity] = self.current_mask(lookup).clone()
@@ -354,7 +361,7 @@ class PEPSearcher(Searcher):
 
     def _enter_retrain(self) -> None:
         self.phase_ = "retrain"
-        self.threshold_u.requires_grad_(False)  # thresholds off: the trainer's new optimizers skip them
+        self.threshold.requires_grad_(False)  # thresholds off: the trainer's new optimizers skip them
 
     def on_step(self, step: int, lookup: Lookup) -> None:
         if self.phase_ != "search":
@@ -366,7 +373,7 @@ class PEPSearcher(Searcher):
     def metrics(self, lookup: Lookup) -> dict[str, float]:
         out = {"sparsity": self.measure(lookup)}
         if self.phase_ == "search":
-            out["threshold_mean"] = float(torch.sigmoid(self._s().detach()).mean())
+            out["threshold_mean"] = float(torch.sigmoid(self.threshold.detach()).mean())
             out["targets_reached"] = float(len(self.masks_))
             out["pull_weight"] = self.pull_weight()
         return out
@@ -418,12 +425,12 @@ class PEPSearcher(Searcher):
 
     def report(self, lookup: Lookup) -> dict[str, Any]:
         cells = self.num_rows * self.dim
-        threshold_numel = self.threshold_u.numel()
+        threshold_numel = self.threshold.numel()
         return {
             "mode": self.config.mode,
             "granularity": self.config.granularity,
             "s0": self.config.s0,
-            "threshold_scale": self.config.threshold_scale,
+            "threshold_lr": self.config.threshold_lr,
             "threshold_decay": self.config.threshold_decay,
             "retrain_init": self.config.retrain_init,
             "targets": self.targets,

@@ -35,6 +35,7 @@ def build_optimizers(
     cfg: TrainConfig,
     sparse: bool,
     lookup: Lookup | None = None,
+    own_groups: list[dict] | None = None,
 ) -> list[torch.optim.Optimizer | FusedTableOptimizer]:
     """One optimizer for everything (dense grads), or a sparse one for the tables plus a dense one.
 
@@ -49,9 +50,13 @@ def build_optimizers(
         cfg: learning rates, decay and the optimizer name.
         sparse: whether the tables produce sparse gradients.
         lookup: the backend that owns the tables (a fused backend updates them itself).
+        own_groups: dense parameter groups with their own settings (``Searcher.optimizer_groups``),
+            not listed in ``others``; what a group leaves out follows ``cfg``.
     """
     emb_lr = cfg.embedding_lr or cfg.lr
-    dense_groups = [{"params": others, "lr": cfg.lr, "weight_decay": cfg.weight_decay}] if others else []
+    dense_defaults = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    dense_groups = [{"params": others, **dense_defaults}] if others else []
+    dense_groups += [dense_defaults | g for g in own_groups or () if g["params"]]
     out: list[torch.optim.Optimizer | FusedTableOptimizer] = []
     if lookup is not None and cfg.fused:
         owned = {id(p) for p in lookup.parameters()}  # before fusing: fusing may replace them

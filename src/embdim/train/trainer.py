@@ -146,9 +146,14 @@ class Trainer:
 
     def _new_optimizers(self) -> None:
         tables = self.rec.table_parameters()
-        table_ids = {id(p) for p in tables}
-        others = [p for p in self.rec.parameters() if id(p) not in table_ids and p.requires_grad]
-        self.optimizers = build_optimizers(tables, others, self.tc, self.cfg.embedding.sparse, lookup=self.lookup)
+        own_groups = [
+            g | {"params": [p for p in g["params"] if p.requires_grad]} for g in self.searcher.optimizer_groups()
+        ]
+        taken = {id(p) for p in tables} | {id(p) for g in own_groups for p in g["params"]}
+        others = [p for p in self.rec.parameters() if id(p) not in taken and p.requires_grad]
+        self.optimizers = build_optimizers(
+            tables, others, self.tc, self.cfg.embedding.sparse, lookup=self.lookup, own_groups=own_groups
+        )
 
     def _save_checkpoint(self, p: Progress) -> None:
         save_torch(
