@@ -6,7 +6,10 @@ pays: the threshold on the looked-up rows, its pull penalty and the scheduled wh
 measurement (every ``measure_every_steps``, amortised).
 
 - ``full``: plain embeddings.
-- ``pep``: this project's PEP (threshold on the looked-up rows only).
+- ``pep``: this project's PEP (threshold on the looked-up rows only; per-row thresholds with sparse
+  gradients and their own SparseAdam, ``sparse_thresholds``).
+- ``pep, dense thresholds``: the same with ``sparse_thresholds=false``: the n x d threshold tensor
+  gets a dense gradient and a dense Adam update every step.
 - ``pep whole-table``: the official code's forward: ``S(V, s)`` over the whole ``n x d`` table every
   step, then the lookup.
 
@@ -16,8 +19,7 @@ measurement (every ``measure_every_steps``, amortised).
 ``--shape criteo``: 26 Criteo-shaped fields, ``--vocab`` rows in all (default 1e6), Zipf ids, d=16,
 batch 4096. ``--shape frappe``: the 10 Frappe fields' vocabularies (5,389 rows), d=10, batch 4096,
 DeepFM with batch norm and dropout as in the quickstart. Optimizer: fused dense Adam (the
-quickstart's) or ``--sparse`` (SparseAdam tables; the thresholds, which are not lookup tables,
-stay on dense Adam).
+quickstart's) or ``--sparse`` (SparseAdam tables).
 """
 
 from __future__ import annotations
@@ -68,13 +70,17 @@ class WholeTableForward(nn.Module):
         return nn.functional.embedding(ids + searcher.row_offsets, pruned)
 
 
-def build(fields, dim, model_options, method, sparse, whole_table=False, granularity="feature_dim"):
+def build(fields, dim, model_options, method, sparse, whole_table=False, granularity="feature_dim", sparse_s=True):
     torch.manual_seed(0)
-    options = {**PEP_OPTIONS, "granularity": granularity} if method == "pep" else None
+    options = None
+    if method == "pep":  # the official forward indexes the whole threshold tensor: dense gradients
+        options = {**PEP_OPTIONS, "granularity": granularity, "sparse_thresholds": sparse_s and not whole_table}
     rec: Recommender = build_recommender(fields, 0, dim, "deepfm", model_options, method, options, sparse=sparse)
     tables = rec.table_parameters()
-    others = [p for p in rec.parameters() if all(p is not t for t in tables)]
-    opts = build_optimizers(tables, others, TrainConfig(optimizer="adam"), sparse)
+    own_groups = rec.embedding.searcher.optimizer_groups()  # as the trainer: thresholds at their own lr
+    taken = {id(p) for p in tables} | {id(p) for g in own_groups for p in g["params"]}
+    others = [p for p in rec.parameters() if id(p) not in taken]
+    opts = build_optimizers(tables, others, TrainConfig(optimizer="adam"), sparse, own_groups=own_groups)
     embed = WholeTableForward(rec.embedding) if whole_table else rec.embedding
     return rec, embed, opts
 
@@ -112,6 +118,9 @@ def main() -> None:
     )
     variants = {"full": build(fields, dim, model_options, "full", args.sparse)}
     variants["pep"] = build(fields, dim, model_options, "pep", args.sparse, granularity=args.granularity)
+    variants["pep, dense thresholds"] = build(
+        fields, dim, model_options, "pep", args.sparse, granularity=args.granularity, sparse_s=False
+    )
     if args.sparse and not args.no_whole_table:
         print("pep whole-table: skipped, its forward gives the tables dense gradients (no sparse optimizer)")
     if not args.no_whole_table and not args.sparse:

@@ -86,6 +86,12 @@ class PEPConfig(SearcherConfig):
         description="learning rate of the thresholds s (ours): Adam moves s by about this much per step, "
         "whatever train.lr; faithful: null (train.lr, as the paper)",
     )
+    sparse_thresholds: bool = Field(
+        True,
+        description="per-row granularities (feature, feature_dim), mode ours: thresholds get sparse gradients "
+        "and a sparse optimizer, so a step updates the looked-up rows' thresholds only, not all n x d; "
+        "ignored in mode faithful (there coupled decay on every threshold is what prunes)",
+    )
     threshold_decay: float = Field(
         1e-3, ge=0, description="weight of the pull on looked-up thresholds, summed per batch row (ours); faithful: 0"
     )
@@ -229,16 +235,23 @@ class PEPSearcher(Searcher):
         self._batch_s: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ thresholds
+    @property
+    def sparse_thresholds(self) -> bool:
+        """Whether the thresholds get sparse gradients (per-row granularity, mode ours)."""
+        per_row = self.config.granularity in ("feature", "feature_dim")
+        return per_row and self.config.mode == "ours" and self.config.sparse_thresholds
+
     def optimizer_groups(self) -> list[dict[str, Any]]:
-        if self.config.threshold_lr is None:
-            return []
-        return [{"params": [self.threshold], "lr": self.config.threshold_lr}]
+        group: dict[str, Any] = {"params": [self.threshold], "sparse": self.sparse_thresholds}
+        if self.config.threshold_lr is not None:
+            group["lr"] = self.config.threshold_lr
+        return [group] if len(group) > 2 or group["sparse"] else []
 
     def batch_thresholds(self, ids: torch.Tensor) -> torch.Tensor:
         """Threshold logits of the looked-up entries, broadcastable to ``[B, F, d]`` (ids ``[B, F]``)."""
         s = self.threshold
         if self.config.granularity in ("feature", "feature_dim"):
-            return nn.functional.embedding(ids + self.row_offsets, s)  # [B, F, 1|d]
+            return nn.functional.embedding(ids + self.row_offsets, s, sparse=self.sparse_thresholds)  # [B, F, 1|d]
         return s.unsqueeze(0)  # global, dimension: [1, 1, 1|d]; field*: [1, F, 1|d]
 
     def table_thresholds(self) -> torch.Tensor:
