@@ -53,7 +53,8 @@ FRAPPE_VOCABS = {  # the rebuilt Frappe set's vocabularies (cache schema.json)
     "country": 81,
     "city": 233,
 }
-PEP_OPTIONS = {"s0": -15.0, "targets": [0.99]}  # a target never reached: the search never stops
+PEP_OPTIONS = {"s0": -15.0, "targets": [0.99], "pull_start_epochs": 0.0}  # a target never reached: no stop
+STEPS_PER_EPOCH = 50  # the pull's schedule counts epochs (Frappe has about 50 steps of 4096)
 
 
 class WholeTableForward(nn.Module):
@@ -76,6 +77,7 @@ def build(fields, dim, model_options, method, sparse, whole_table=False, granula
     if method == "pep":  # the official forward indexes the whole threshold tensor: dense gradients
         options = {**PEP_OPTIONS, "granularity": granularity, "sparse_thresholds": sparse_s and not whole_table}
     rec: Recommender = build_recommender(fields, 0, dim, "deepfm", model_options, method, options, sparse=sparse)
+    rec.embedding.searcher.steps_per_epoch = STEPS_PER_EPOCH
     tables = rec.table_parameters()
     own_groups = rec.embedding.searcher.optimizer_groups()  # as the trainer: thresholds at their own lr
     taken = {id(p) for p in tables} | {id(p) for g in own_groups for p in g["params"]}

@@ -1,6 +1,6 @@
 """Preprocessing speed and peak memory: Criteo-format text (synthetic, gzip) -> encoded cache.
 
-    .venv/bin/python benchmarks/preprocess.py --rows 1000000
+.venv/bin/python benchmarks/preprocess.py --rows 1000000
 """
 
 from __future__ import annotations

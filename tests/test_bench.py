@@ -140,7 +140,10 @@ def test_shipped_bench_configs_validate(path):
 
 
 # schedules short enough for a 6,000-row data set (the defaults are sized for real ones)
-SHORT_SCHEDULES = {"pep": {"pull_doubling_steps": 20}, "amtl": {"budget_rate": 1.0, "budget_interval": 2}}
+SHORT_SCHEDULES = {
+    "pep": {"pull_doubling_epochs": 1, "pull_start_epochs": 0, "threshold_lr": 0.2, "s0": -8},
+    "amtl": {"budget_rate": 1.0, "budget_interval": 2},
+}
 
 
 @pytest.mark.parametrize("method", sorted(SEARCHERS.names()))

@@ -44,9 +44,14 @@ def _ids(batch: int = 64, seed: int = 0) -> torch.Tensor:
     return torch.stack([torch.randint(0, f.vocab_size, (batch,), generator=gen) for f in FIELDS], 1)
 
 
+STEPS_PER_EPOCH = 10
+
+
 def _layer(**options) -> EmbeddingLayer:
     torch.manual_seed(0)
-    return EmbeddingLayer(FIELDS, DIM, method="pep", method_config=options, init_std=0.1)
+    layer = EmbeddingLayer(FIELDS, DIM, method="pep", method_config=options, init_std=0.1)
+    layer.searcher.steps_per_epoch = STEPS_PER_EPOCH  # what the trainer sets
+    return layer
 
 
 def _table(layer: EmbeddingLayer) -> torch.Tensor:
@@ -280,8 +285,9 @@ def test_search_is_incomplete_and_patience_off_until_the_last_target():
 
 
 def test_the_pull_doubles_on_schedule_and_lifts_only_the_looked_up_thresholds():
-    layer = _layer(threshold_decay=1e-3, pull_doubling_steps=50)
+    layer = _layer(threshold_decay=1e-3, pull_doubling_epochs=2)
     searcher: PEPSearcher = layer.searcher
+    searcher.steps_per_epoch = 25
     for step in range(100):
         searcher.on_step(step, layer.lookup)
     assert searcher.pull_weight() == pytest.approx(4e-3)
@@ -292,8 +298,11 @@ def test_the_pull_doubles_on_schedule_and_lifts_only_the_looked_up_thresholds():
     looked_up = torch.zeros(N, dtype=torch.bool)
     looked_up[[0, 3, 43]] = True
     assert (grad[looked_up] < 0).all() and (grad[~looked_up] == 0).all()  # descent raises s, only there
-    assert _layer(pull_doubling_steps=None).searcher.pull_weight() == pytest.approx(1e-3)
-    warm = _layer(pull_start_steps=20).searcher
+    constant = _layer(pull_doubling_epochs=None).searcher
+    constant.steps_per_epoch = 25
+    assert constant.pull_weight() == pytest.approx(1e-3)
+    warm = _layer(pull_start_epochs=2).searcher
+    warm.steps_per_epoch = 10
     for step in range(10):
         warm.on_step(step, layer.lookup)
     layer_ids = _ids()
@@ -367,6 +376,7 @@ def test_search_then_retrain_end_to_end(tmp_path):
             "method.targets=[0.4,0.6]",
             "method.s0=-7",
             "method.threshold_lr=0.5",
+            "method.pull_start_epochs=0",
             "embedding.init_std=0.01",
             "train.epochs=4",
         )

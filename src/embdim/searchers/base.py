@@ -108,6 +108,8 @@ class Searcher(nn.Module, ABC):
         self.dim = dim
         self.config = config
         self.init_std = init_std
+        #: training batches per epoch, set by the trainer before a stage trains (schedules in epochs)
+        self.steps_per_epoch: int | None = None
 
     @property
     def num_fields(self) -> int:

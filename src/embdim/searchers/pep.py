@@ -21,12 +21,14 @@ What is this project's own design [ours]:
   loss term, so it works with any optimizer, sparse or fused, with decoupled or no decay: ``linear``
   (default) a constant force, ``l2`` the force coupled decay exerts, which levels off as ``s`` nears
   0. Without weight decay the weights that matter outgrow a fixed pull and pruning levels off (on
-  Frappe near 84 %), so the pull doubles every ``pull_doubling_steps`` until the last target is
+  Frappe near 84 %), so the pull doubles every ``pull_doubling_epochs`` until the last target is
   reached: the search length is bounded and the pruning order is still set by the loss. The
   thresholds get their own learning rate (``threshold_lr``, an optimizer group): Adam moves ``s``
   by about that much per step whatever ``train.lr`` is, so targets are reached in a few epochs,
   not hundreds, and a model trained at a 10x larger lr does not prune at its initialisation.
-  ``pull_start_steps`` trains the model before the pull starts, so masks come from a trained model.
+  ``pull_start_epochs`` trains the model before the pull starts, so masks come from a trained model
+  (on Frappe FM at 50 % of the bytes: test AUC 0.9534 without, 0.9682 after 10 epochs with a
+  4x slower threshold). Both schedules count epochs, so they mean the same on any data size.
 - Targets are sparsity ratios, or a :class:`~embdim.searchers.base.Budget` mapped to the sparsity
   whose CSR bytes (values, uint8/int16 column indices, row offsets) equal the budget. When a
   target is passed between two measurements, the saved mask keeps exactly the target's number of
@@ -95,16 +97,16 @@ class PEPConfig(SearcherConfig):
     threshold_decay: float = Field(
         1e-3, ge=0, description="weight of the pull on looked-up thresholds, summed per batch row (ours); faithful: 0"
     )
-    pull_doubling_steps: int | None = Field(
-        100,
-        ge=1,
-        description="the pull doubles every this many search steps (ours), so every target is reached; "
+    pull_doubling_epochs: float | None = Field(
+        2.0,
+        gt=0,
+        description="the pull doubles every this many search epochs (ours), so every target is reached; "
         "null: constant pull (pruning may level off, as weights outgrow a fixed pull)",
     )
-    pull_start_steps: int = Field(
-        0,
+    pull_start_epochs: float = Field(
+        0.0,
         ge=0,
-        description="search steps trained before the pull starts (ours): prune a trained model, not a fresh one",
+        description="search epochs trained before the pull starts (ours): prune a trained model, not a fresh one",
     )
     threshold_pull: Literal["linear", "l2"] = Field(
         "linear",
@@ -281,11 +283,13 @@ class PEPSearcher(Searcher):
         return weight * pull.sum() / s.shape[0]
 
     def pull_weight(self) -> float:
-        """Weight of the threshold pull now: ``threshold_decay``, doubled every ``pull_doubling_steps``."""
-        pulled = self.search_steps_ - self.config.pull_start_steps
+        """Weight of the threshold pull now: ``threshold_decay``, doubled every ``pull_doubling_epochs``."""
+        if self.steps_per_epoch is None:
+            raise RuntimeError("pep: steps_per_epoch is not set (the trainer sets it; set it when stepping by hand)")
+        pulled = self.search_steps_ / self.steps_per_epoch - self.config.pull_start_epochs
         if pulled < 0:
             return 0.0
-        doubling = self.config.pull_doubling_steps
+        doubling = self.config.pull_doubling_epochs
         growth = 1.0 if doubling is None else 2.0 ** (pulled / doubling)
         return self.config.threshold_decay * growth
 

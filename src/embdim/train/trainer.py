@@ -225,6 +225,7 @@ class Trainer:
         train = self.data.splits["train"]
         n, bs = len(train), self.tc.batch_size
         batches_per_epoch = (n + bs - 1) // bs
+        self.searcher.steps_per_epoch = batches_per_epoch
         max_steps = self.tc.max_steps
         while not p.stopped and p.epoch < self.tc.epochs:
             order = np.random.default_rng([self.tc.seed, p.stage_index, p.epoch]).permutation(n)
