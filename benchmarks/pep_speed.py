@@ -6,10 +6,9 @@ pays: the threshold on the looked-up rows, its pull penalty and the scheduled wh
 measurement (every ``measure_every_steps``, amortised).
 
 - ``full``: plain embeddings.
-- ``pep``: this project's PEP (threshold on the looked-up rows only; per-row thresholds with sparse
-  gradients and their own SparseAdam, ``sparse_thresholds``).
-- ``pep, dense thresholds``: the same with ``sparse_thresholds=false``: the n x d threshold tensor
-  gets a dense gradient and a dense Adam update every step.
+- ``pep``: this project's PEP with its defaults (threshold on the looked-up rows only; the n x d
+  threshold tensor gets a dense gradient and a dense Adam update every step).
+- ``pep, sparse thresholds``: the same with ``sparse_thresholds=true`` (sparse gradients, SparseAdam).
 - ``pep whole-table``: the official code's forward: ``S(V, s)`` over the whole ``n x d`` table every
   step, then the lookup.
 
@@ -71,7 +70,7 @@ class WholeTableForward(nn.Module):
         return nn.functional.embedding(ids + searcher.row_offsets, pruned)
 
 
-def build(fields, dim, model_options, method, sparse, whole_table=False, granularity="feature_dim", sparse_s=True):
+def build(fields, dim, model_options, method, sparse, whole_table=False, granularity="feature_dim", sparse_s=False):
     torch.manual_seed(0)
     options = None
     if method == "pep":  # the official forward indexes the whole threshold tensor: dense gradients
@@ -120,8 +119,8 @@ def main() -> None:
     )
     variants = {"full": build(fields, dim, model_options, "full", args.sparse)}
     variants["pep"] = build(fields, dim, model_options, "pep", args.sparse, granularity=args.granularity)
-    variants["pep, dense thresholds"] = build(
-        fields, dim, model_options, "pep", args.sparse, granularity=args.granularity, sparse_s=False
+    variants["pep, sparse thresholds"] = build(
+        fields, dim, model_options, "pep", args.sparse, granularity=args.granularity, sparse_s=True
     )
     if args.sparse and not args.no_whole_table:
         print("pep whole-table: skipped, its forward gives the tables dense gradients (no sparse optimizer)")

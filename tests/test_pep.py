@@ -328,7 +328,7 @@ def test_bad_options_fail_naming_the_key(options, key):
 
 def test_thresholds_train_at_their_own_learning_rate_whatever_the_model_lr():
     """Adam's first step moves each parameter by its group's lr: s by threshold_lr, the table by train.lr."""
-    layer = _layer(threshold_lr=0.2, threshold_decay=1e-3)
+    layer = _layer(threshold_lr=0.2, threshold_decay=1e-3, sparse_thresholds=True)
     searcher: PEPSearcher = layer.searcher
     cfg = TrainConfig(optimizer="adam", lr=0.01)
     opts = build_optimizers([_table(layer)], [], cfg, sparse=False, own_groups=searcher.optimizer_groups())

@@ -89,10 +89,11 @@ class PEPConfig(SearcherConfig):
         "whatever train.lr; faithful: null (train.lr, as the paper)",
     )
     sparse_thresholds: bool = Field(
-        True,
+        False,
         description="per-row granularities (feature, feature_dim), mode ours: thresholds get sparse gradients "
-        "and a sparse optimizer, so a step updates the looked-up rows' thresholds only, not all n x d; "
-        "ignored in mode faithful (there coupled decay on every threshold is what prunes)",
+        "and a sparse optimizer, so a step updates the looked-up rows' thresholds only, not all n x d. "
+        "Off by default: lazy updates leave rare rows' thresholds behind (a long-tailed table stops short of "
+        "its target) and save little time (1.36x vs 1.39x full at 1e6 rows); ignored in mode faithful",
     )
     threshold_decay: float = Field(
         1e-3, ge=0, description="weight of the pull on looked-up thresholds, summed per batch row (ours); faithful: 0"
