@@ -36,7 +36,7 @@ from embdim.data.schema import FieldInfo
 from embdim.data.synthetic import criteo_cardinalities
 from embdim.recommender import Recommender, build_recommender
 from embdim.searchers.pep import PEPSearcher, soft_threshold
-from embdim.train.optim import build_optimizers
+from embdim.train.optim import recommender_optimizers
 
 ZIPF_EXPONENT = 1.1
 WARMUP_STEPS = 3
@@ -77,11 +77,7 @@ def build(fields, dim, model_options, method, sparse, whole_table=False, granula
         options = {**PEP_OPTIONS, "granularity": granularity, "sparse_thresholds": sparse_s and not whole_table}
     rec: Recommender = build_recommender(fields, 0, dim, "deepfm", model_options, method, options, sparse=sparse)
     rec.embedding.searcher.steps_per_epoch = STEPS_PER_EPOCH
-    tables = rec.table_parameters()
-    own_groups = rec.embedding.searcher.optimizer_groups()  # as the trainer: thresholds at their own lr
-    taken = {id(p) for p in tables} | {id(p) for g in own_groups for p in g["params"]}
-    others = [p for p in rec.parameters() if id(p) not in taken]
-    opts = build_optimizers(tables, others, TrainConfig(optimizer="adam"), sparse, own_groups=own_groups)
+    opts = recommender_optimizers(rec, TrainConfig(optimizer="adam"), sparse)  # as the trainer builds them
     embed = WholeTableForward(rec.embedding) if whole_table else rec.embedding
     return rec, embed, opts
 

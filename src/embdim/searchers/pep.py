@@ -245,10 +245,12 @@ class PEPSearcher(Searcher):
         return per_row and self.config.mode == "ours" and self.config.sparse_thresholds
 
     def optimizer_groups(self) -> list[dict[str, Any]]:
+        if self.config.threshold_lr is None and not self.sparse_thresholds:
+            return []  # nothing differs from train's settings
         group: dict[str, Any] = {"params": [self.threshold], "sparse": self.sparse_thresholds}
         if self.config.threshold_lr is not None:
             group["lr"] = self.config.threshold_lr
-        return [group] if len(group) > 2 or group["sparse"] else []
+        return [group]
 
     def batch_thresholds(self, ids: torch.Tensor) -> torch.Tensor:
         """Threshold logits of the looked-up entries, broadcastable to ``[B, F, d]`` (ids ``[B, F]``)."""

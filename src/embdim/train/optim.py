@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from embdim.config import TrainConfig
 from embdim.lookup import FusedTableOptimizer, Lookup
+
+if TYPE_CHECKING:
+    from embdim.recommender import Recommender
 
 DENSE = {
     "adam": torch.optim.Adam,
@@ -27,6 +31,20 @@ def _make(name: str, groups: list[dict], fused: bool) -> torch.optim.Optimizer:
         return cls(groups, **kwargs)
     except (RuntimeError, ValueError, TypeError):  # no fused kernel for this optimizer/device
         return cls(groups)
+
+
+def recommender_optimizers(
+    rec: Recommender, cfg: TrainConfig, sparse: bool, lookup: Lookup | None = None
+) -> list[torch.optim.Optimizer | FusedTableOptimizer]:
+    """:func:`build_optimizers` for a whole recommender: its tables, its searcher's own groups
+    (``Searcher.optimizer_groups``) and every other trainable parameter; frozen ones are left out."""
+    tables = rec.table_parameters()
+    own_groups = [
+        g | {"params": [p for p in g["params"] if p.requires_grad]} for g in rec.embedding.searcher.optimizer_groups()
+    ]
+    taken = {id(p) for p in tables} | {id(p) for g in own_groups for p in g["params"]}
+    others = [p for p in rec.parameters() if id(p) not in taken and p.requires_grad]
+    return build_optimizers(tables, others, cfg, sparse, lookup=lookup, own_groups=own_groups)
 
 
 def build_optimizers(

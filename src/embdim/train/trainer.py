@@ -27,7 +27,7 @@ from embdim.report.frequency import frequency_report
 from embdim.report.plots import plot_plan
 from embdim.train.checkpoint import load_torch, load_weights, save_torch, save_weights, warm_start
 from embdim.train.metrics import log_loss, roc_auc
-from embdim.train.optim import build_optimizers
+from embdim.train.optim import recommender_optimizers
 
 EXPORT_CHECK_ROWS = 4096
 
@@ -145,15 +145,7 @@ class Trainer:
         self._new_optimizers()
 
     def _new_optimizers(self) -> None:
-        tables = self.rec.table_parameters()
-        own_groups = [
-            g | {"params": [p for p in g["params"] if p.requires_grad]} for g in self.searcher.optimizer_groups()
-        ]
-        taken = {id(p) for p in tables} | {id(p) for g in own_groups for p in g["params"]}
-        others = [p for p in self.rec.parameters() if id(p) not in taken and p.requires_grad]
-        self.optimizers = build_optimizers(
-            tables, others, self.tc, self.cfg.embedding.sparse, lookup=self.lookup, own_groups=own_groups
-        )
+        self.optimizers = recommender_optimizers(self.rec, self.tc, self.cfg.embedding.sparse, lookup=self.lookup)
 
     def _save_checkpoint(self, p: Progress) -> None:
         save_torch(
