@@ -172,3 +172,21 @@ def test_init_from_rejects_missing_or_mismatched_weights(tmp_path):
     trainer._build()
     with pytest.raises(ValueError, match="shape"):
         warm_start(tmp_path / "runs" / "src", trainer.rec)
+
+
+def test_a_plugin_mapping_extends_its_library_config(tmp_path):
+    """``method: {name: pep, s0: -8}`` keeps every other key of configs/methods/pep.yaml, not the class defaults."""
+    library = tmp_path / "configs"
+    (library / "methods").mkdir(parents=True)
+    (library / "experiments").mkdir()
+    (library / "methods" / "pep.yaml").write_text("name: pep\nthreshold_lr: 0.123\ns0: -15.0\n")
+    experiment = library / "experiments" / "e.yaml"
+    experiment.write_text(
+        "name: e\ndataset: {name: d, reader: synthetic}\nmodel: {name: fm}\nmethod: {name: pep, s0: -8.0}\n"
+    )
+    options = compose(experiment)["method"]["options"]
+    assert options["threshold_lr"] == 0.123 and options["s0"] == -8.0
+    as_options = compose(experiment, ["method={name: pep, options: {s0: -9.0}}"])["method"]["options"]
+    assert as_options["threshold_lr"] == 0.123 and as_options["s0"] == -9.0
+    (library / "methods" / "pep.yaml").unlink()  # no library config: the mapping stands alone
+    assert compose(experiment)["method"]["options"] == {"s0": -8.0}

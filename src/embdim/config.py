@@ -21,6 +21,7 @@ from embdim.registry import MODELS, READERS, SEARCHERS
 DEFAULT_DATA_ROOT = Path("..") / "shared" / "datasets"
 FUSABLE = ("adagrad", "sgd")  # optimizers TorchRec fuses into the backward pass on CPU
 SECTION_FOLDERS = {"dataset": "datasets", "model": "models", "method": "methods"}
+PLUGIN_SECTIONS = ("model", "method")  # registered plug-ins whose mappings extend their library config
 
 
 class ConfigError(ValueError):
@@ -182,7 +183,20 @@ def _expand_section(section: str, value: Any, base: Path) -> dict[str, Any]:
         return loaded
     if not isinstance(value, dict):
         raise ConfigError(f"{section}: expected a library config name or a mapping, got {value!r}")
+    if section in PLUGIN_SECTIONS and isinstance(value.get("name"), str):
+        return _over_library(section, value, base)
     return value
+
+
+def _over_library(section: str, value: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A plug-in mapping (``method: {name: pep, s0: -8}``) is its library config with these keys on top,
+    so what it leaves out follows ``configs/<section>/<name>.yaml``, not the class defaults."""
+    try:
+        path = find_library_config(base, section, value["name"])
+    except ConfigError:
+        return value  # no library config of that name: the mapping stands alone
+    given = value.get("options", {}) if set(value) <= {"name", "options"} else value
+    return {**_read_yaml(path), **given, "name": value["name"]}
 
 
 def _split_plugin(section: dict[str, Any]) -> dict[str, Any]:
@@ -207,7 +221,7 @@ def compose(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> di
     for section in SECTION_FOLDERS:
         if section in data:
             data[section] = _expand_section(section, data[section], base)
-    for section in ("model", "method"):
+    for section in PLUGIN_SECTIONS:
         if section in data:
             data[section] = _split_plugin(data[section])
     for assignment in overrides:
