@@ -45,11 +45,13 @@ def _ids(batch: int = 64, seed: int = 0) -> torch.Tensor:
 
 
 STEPS_PER_EPOCH = 10
+# a schedule for tests of a few steps: fast thresholds, pull from the first step
+FAST_SCHEDULE = {"threshold_lr": 0.2, "pull_start_epochs": 0.0}
 
 
 def _layer(**options) -> EmbeddingLayer:
     torch.manual_seed(0)
-    layer = EmbeddingLayer(FIELDS, DIM, method="pep", method_config=options, init_std=0.1)
+    layer = EmbeddingLayer(FIELDS, DIM, method="pep", method_config=FAST_SCHEDULE | options, init_std=0.1)
     layer.searcher.steps_per_epoch = STEPS_PER_EPOCH  # what the trainer sets
     return layer
 
@@ -108,8 +110,27 @@ def test_each_granularity_has_its_shape_and_thresholds_the_looked_up_rows(granul
     whole = soft_threshold(_table(layer), searcher.table_thresholds())
     rows = ids + torch.tensor([0, 3, 43])
     assert torch.allclose(out, whole[rows], rtol=0, atol=1e-7)  # vectorised sigmoid may round differently
+    before = searcher.threshold.detach().clone()
     (out * torch.randn_like(out)).sum().backward()
-    assert searcher.threshold.grad is not None and searcher.threshold.grad.abs().sum() > 0
+    if searcher.threshold_optimizer is None:  # a parameter the run's optimizer trains
+        assert searcher.threshold.grad is not None and searcher.threshold.grad.abs().sum() > 0
+    else:  # per-row: the backward pass itself moved the looked-up rows' thresholds, and only those
+        moved = (searcher.threshold.detach() - before).abs().sum(1) > 0
+        looked_up = torch.isin(torch.arange(N), rows.flatten())
+        assert moved.any() and not (moved & ~looked_up).any()  # fully pruned rows get no gradient
+        assert searcher.threshold.grad is None
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_the_blockwise_sparsity_count_equals_the_whole_table_margins(granularity, monkeypatch):
+    monkeypatch.setattr("embdim.searchers.pep.MEASURE_BLOCK_ROWS", 100)  # 543 rows: 6 blocks, the last short
+    layer = _layer(granularity=granularity)
+    searcher: PEPSearcher = layer.searcher
+    with torch.no_grad():
+        searcher.threshold.copy_(-3.5 + torch.rand_like(searcher.threshold))
+    expected = 1.0 - int((searcher.margins(layer.lookup) > 0).sum()) / (N * DIM)
+    assert 0.2 < expected < 0.9
+    assert searcher.measure(layer.lookup) == pytest.approx(expected, abs=1e-12)
 
 
 # ---------------------------------------------------------------------- search dynamics
@@ -292,12 +313,13 @@ def test_the_pull_doubles_on_schedule_and_lifts_only_the_looked_up_thresholds():
         searcher.on_step(step, layer.lookup)
     assert searcher.pull_weight() == pytest.approx(4e-3)
     ids = torch.zeros(4, len(FIELDS), dtype=torch.long)  # row 0 of each field only
+    before = searcher.threshold.detach().clone()
     layer(ids)
-    searcher.penalty().backward()
-    grad = searcher.threshold.grad.to_dense()  # sparse: per-row thresholds, mode ours
+    searcher.penalty().backward()  # per-row thresholds, mode ours: the backward pass updates them
+    rise = searcher.threshold.detach() - before
     looked_up = torch.zeros(N, dtype=torch.bool)
     looked_up[[0, 3, 43]] = True
-    assert (grad[looked_up] < 0).all() and (grad[~looked_up] == 0).all()  # descent raises s, only there
+    assert (rise[looked_up] > 0).all() and (rise[~looked_up] == 0).all()  # the pull raises s, only there
     constant = _layer(pull_doubling_epochs=None).searcher
     constant.steps_per_epoch = 25
     assert constant.pull_weight() == pytest.approx(1e-3)
@@ -319,6 +341,7 @@ def test_the_pull_doubles_on_schedule_and_lifts_only_the_looked_up_thresholds():
         ({"retrain_target": 5}, "retrain_target"),
         ({"budget": {"kind": "bytes", "value": 10}}, "budget"),
         ({"granularity": "row"}, "granularity"),
+        ({"threshold_lr": None}, "threshold_lr"),  # rowwise thresholds need their own lr
     ],
 )
 def test_bad_options_fail_naming_the_key(options, key):
@@ -326,14 +349,17 @@ def test_bad_options_fail_naming_the_key(options, key):
         _layer(**options)
 
 
-def test_thresholds_train_at_their_own_learning_rate_whatever_the_model_lr():
-    """Adam's first step moves each parameter by its group's lr: s by threshold_lr, the table by train.lr."""
-    layer = _layer(threshold_lr=0.2, threshold_decay=1e-3, sparse_thresholds=True)
+@pytest.mark.parametrize("update", ["rowwise", "dense"])
+def test_thresholds_train_at_their_own_learning_rate_whatever_the_model_lr(update):
+    """Adam's first step moves each parameter by its lr: s by threshold_lr, the table by train.lr."""
+    layer = _layer(threshold_lr=0.2, threshold_decay=1e-3, threshold_update=update)
     searcher: PEPSearcher = layer.searcher
     cfg = TrainConfig(optimizer="adam", lr=0.01)
     opts = build_optimizers([_table(layer)], [], cfg, sparse=False, own_groups=searcher.optimizer_groups())
-    assert sorted(g["lr"] for o in opts for g in o.param_groups) == [0.01, 0.2]
-    assert any(isinstance(o, torch.optim.SparseAdam) for o in opts)  # per-row thresholds: sparse updates
+    # rowwise: the searcher trains its thresholds itself, the run's optimizer never sees them
+    expected_lrs = [0.01] if update == "rowwise" else [0.01, 0.2]
+    assert sorted(g["lr"] for o in opts for g in o.param_groups) == expected_lrs
+    assert (searcher.threshold_optimizer is not None) == (update == "rowwise")
     before_s, before_table = searcher.threshold.detach().clone(), _table(layer).detach().clone()
     out = layer(_ids())
     (out.square().sum() + searcher.penalty()).backward()

@@ -69,25 +69,12 @@ def build_optimizers(
         sparse: whether the tables produce sparse gradients.
         lookup: the backend that owns the tables (a fused backend updates them itself).
         own_groups: parameter groups with their own settings (``Searcher.optimizer_groups``), not
-            listed in ``others``; what a group leaves out follows ``cfg``. A group with
-            ``"sparse": True`` has sparse gradients and gets a sparse optimizer of its own.
+            listed in ``others``; what a group leaves out follows ``cfg``.
     """
     emb_lr = cfg.embedding_lr or cfg.lr
     dense_defaults = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     dense_groups = [{"params": others, **dense_defaults}] if others else []
-    own_sparse = []
-    for group in own_groups or ():
-        group = dict(group)
-        if not group["params"]:
-            continue
-        if group.pop("sparse", False):  # sparse gradients: a sparse optimizer of their own
-            own_sparse.append(
-                _sparse_optimizer(
-                    _SPARSE_FORM.get(cfg.optimizer, cfg.optimizer), group["params"], group.get("lr", cfg.lr)
-                )
-            )
-        else:
-            dense_groups.append(dense_defaults | group)
+    dense_groups += [dense_defaults | group for group in own_groups or () if group["params"]]
     out: list[torch.optim.Optimizer | FusedTableOptimizer] = []
     if lookup is not None and cfg.fused:
         owned = {id(p) for p in lookup.parameters()}  # before fusing: fusing may replace them
@@ -97,7 +84,6 @@ def build_optimizers(
                 raise ValueError("train.embedding_weight_decay is not applied by fused tables: set train.fused=false")
             out.append(fused)
             tables = [p for p in tables if id(p) not in owned]
-    out += own_sparse
     if not sparse:
         groups = [{"params": tables, "lr": emb_lr, "weight_decay": cfg.embedding_weight_decay}, *dense_groups]
         groups = [g for g in groups if g["params"]]
@@ -107,10 +93,6 @@ def build_optimizers(
     if tables:
         out.append(_sparse_optimizer(cfg.optimizer, tables, emb_lr))
     return [*out, *([_make(cfg.optimizer, dense_groups, cfg.fused)] if dense_groups else [])]
-
-
-#: the sparse optimizer a searcher's sparse parameter group gets under each train.optimizer
-_SPARSE_FORM = {"adamw": "adam"}  # decoupled decay has no sparse form; such groups train without decay
 
 
 def _sparse_optimizer(name: str, tables: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
