@@ -376,19 +376,28 @@ def test_bad_option_in_a_run_config_names_the_key(tmp_path):
         small_config(tmp_path, "method=pep", "method.threshold_lr=-1")
 
 
-def test_a_search_that_falls_short_retrains_its_final_mask_and_says_so():
+def test_a_search_that_falls_short_completes_its_mask_by_margin_and_says_so():
     layer, initial = _searched_layer()  # reached 0.7 only
-    searcher: PEPSearcher = _layer(targets=[0.7, 0.95]).searcher
-    layer.searcher.masks_.clear()
-    layer.searcher.targets, layer.searcher.retrain_sparsity = searcher.targets, 0.95
+    searcher: PEPSearcher = layer.searcher
+    searcher.masks_.clear()
+    searcher.targets, searcher.retrain_sparsity = [0.7, 0.95], 0.95
+    margins = searcher.margins(layer.lookup)
     with pytest.warns(UserWarning, match="below the retrain target"):
-        layer.searcher.end_stage("search", layer.lookup)
-    reached = max(layer.searcher.masks_)
-    assert 0.7 <= reached < 0.95
+        searcher.end_stage("search", layer.lookup)
+    assert sorted(searcher.masks_) == [0.7, 0.95]
+    mask = searcher.masks_[0.95]
+    assert int(mask.sum()) == round(0.05 * N * DIM)
+    assert margins[mask].min() >= margins[~mask].max()  # the kept entries are those furthest above threshold
+    assert not (mask & ~searcher.masks_[0.7]).any()  # nested in what the search itself kept
     layer.load_state_dict(initial)
-    layer.searcher.begin_stage("retrain", layer.lookup)
-    assert layer.plan().num_params == int(layer.searcher.masks_[reached].sum())
-    assert not layer.searcher.report(layer.lookup)["retrain_target_reached"]
+    searcher.begin_stage("retrain", layer.lookup)
+    report = searcher.report(layer.lookup)
+    assert layer.plan().num_params == int(mask.sum()) and report["final_sparsity"] == pytest.approx(0.95, abs=1e-3)
+    assert not report["retrain_target_reached"] and report["retrain_mask_completed_by_margin"]
+    state = searcher.state_for_checkpoint()
+    fresh = _layer(targets=[0.7, 0.95]).searcher
+    fresh.load_checkpoint_state(state)
+    assert fresh.completed_by_margin_
 
 
 # ---------------------------------------------------------------------- end to end

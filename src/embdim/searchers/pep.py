@@ -41,6 +41,10 @@ What is this project's own design [ours]:
   target is passed between two measurements, the saved mask keeps exactly the target's number of
   entries: those with the largest margin ``|v| - sigmoid(s)`` (the pruned ones closest to their
   threshold are given back), so byte budgets land on the byte.
+  A search that ends (``train.epochs``) before the retrain target prunes by the same rank, the
+  kept entries nearest their thresholds, down to the target; it warns, and ``result.json`` says
+  ``retrain_mask_completed_by_margin``. Thresholds rise at most ``threshold_lr`` per step, so a
+  small data set (few steps per epoch) or a high target may need this.
 - Masks saved at targets are non-persistent state (:meth:`state_for_checkpoint`): the trainer's
   rewinds replace the whole ``state_dict``.
 - Pruned entries stay exactly zero in retraining without any pass over the table: the forward
@@ -258,6 +262,7 @@ class PEPSearcher(Searcher):
         self.search_steps_ = 0
         self.last_sparsity_ = 0.0
         self.history_: list[tuple[int, float]] = []
+        self.completed_by_margin_ = False  # the search fell short and the retrain mask was completed by margin
         self._batch_s: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ thresholds
@@ -402,16 +407,20 @@ class PEPSearcher(Searcher):
     def end_stage(self, stage: str, lookup: Lookup) -> None:
         if stage != "search" or self.retrain_sparsity in self.masks_:
             return
-        # the search ran out of epochs before the retrain target: retrain what it reached, and say so
+        # the search ran out of epochs before the retrain target: prune the entries nearest their
+        # thresholds (smallest margin), the ones the thresholds would have taken next, and say so
         sparsity = self.measure(lookup)
         if self.retrain_sparsity not in self.masks_:
             warnings.warn(
                 f"pep: the search ended at sparsity {sparsity:.4f}, below the retrain target "
-                f"{self.retrain_sparsity:.4f}; retraining its final mask (raise train.epochs or method.threshold_lr)",
+                f"{self.retrain_sparsity:.4f}; the entries nearest their thresholds are pruned to reach it "
+                "(raise train.epochs or method.threshold_lr for a mask the search reaches itself)",
                 stacklevel=2,
             )
-            self.masks_[sparsity] = self.current_mask(lookup).clone()
-            self.reached_at_[sparsity] = self.search_steps_
+            keep = round((1.0 - self.retrain_sparsity) * self.num_rows * self.dim)
+            self.masks_[self.retrain_sparsity] = self._top_mask(self.margins(lookup), keep)
+            self.reached_at_[self.retrain_sparsity] = self.search_steps_
+            self.completed_by_margin_ = True
 
     def _enter_retrain(self) -> None:
         self.phase_ = "retrain"
@@ -439,6 +448,7 @@ class PEPSearcher(Searcher):
             "reached_at": {str(t): s for t, s in self.reached_at_.items()},
             "search_steps": self.search_steps_,
             "history": list(self.history_),
+            "completed_by_margin": self.completed_by_margin_,
         }
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
@@ -446,6 +456,7 @@ class PEPSearcher(Searcher):
         self.reached_at_ = {float(t): int(s) for t, s in state["reached_at"].items()}
         self.search_steps_ = int(state["search_steps"])
         self.history_ = [tuple(x) for x in state["history"]]
+        self.completed_by_margin_ = bool(state.get("completed_by_margin", False))  # absent before 2026-11-30
         if state["phase"] == "retrain":
             self._enter_retrain()
 
@@ -491,7 +502,8 @@ class PEPSearcher(Searcher):
             "targets": self.targets,
             "retrain_sparsity": self.retrain_sparsity,
             "targets_reached_at_step": {str(t): s for t, s in sorted(self.reached_at_.items())},
-            "retrain_target_reached": self.retrain_sparsity in self.masks_,
+            "retrain_target_reached": self.retrain_sparsity in self.masks_ and not self.completed_by_margin_,
+            "retrain_mask_completed_by_margin": self.completed_by_margin_,
             "search_final_sparsity": self.last_sparsity_,
             "final_sparsity": 1.0 - float(self.current_mask(lookup).sum()) / cells,
             "sparsity_history": [[s, round(x, 6)] for s, x in self.history_],
