@@ -172,3 +172,20 @@ def test_a_failing_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert results["status"].to_list() == ["done", "failed"]
     assert "broken on purpose" in results["reason"][1]
     assert "full_b0.5_s1: ValueError: broken on purpose" in write_report(bench_dir(cfg)).read_text()
+
+
+def test_parallel_jobs_give_the_same_table_as_one_at_a_time(tmp_path):
+    """Runs are deterministic on CPU: two worker processes reproduce the sequential sweep row for row."""
+    changes = {"methods": ["full"], "budgets": [0.5, 0.05], "seeds": [1]}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    cfg, base = load_bench(write_bench(tmp_path / "one", **changes))
+    sequential = run_bench(cfg, base)
+    cfg, base = load_bench(write_bench(tmp_path / "two", **changes))
+    parallel = run_bench(cfg, base, jobs=2)
+    assert parallel["run"].to_list() == sequential["run"].to_list()  # plan order, whatever finished first
+    assert parallel["status"].to_list() == ["done", "done", "unreachable"]
+    assert parallel["test_auc"].to_list() == sequential["test_auc"].to_list()
+    assert pl.read_csv(bench_dir(cfg) / "results.csv")["run"].to_list() == parallel["run"].to_list()
+    with pytest.raises(ValueError, match="jobs"):
+        run_bench(cfg, base, jobs=0)

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,47 +205,85 @@ def _flatten(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, int | float | str | bool) or v is None else json.dumps(v) for k, v in result.items()}
 
 
-def run_bench(cfg: BenchConfig, base: Path) -> pl.DataFrame:
-    """Run (or resume) the sweep; writes and returns ``results.csv`` (one row per planned run)."""
+def run_bench(cfg: BenchConfig, base: Path, jobs: int = 1) -> pl.DataFrame:
+    """Run (or resume) the sweep, ``jobs`` runs at a time; writes and returns ``results.csv`` (one row
+    per planned run, in plan order).
+
+    With ``jobs > 1`` every run trains in a worker process of its own, without progress bars, on
+    ``cpu_count // jobs`` threads unless the bench's overrides set ``train.threads``.
+    """
     from tqdm.auto import tqdm
 
-    from embdim.train.run import run_experiment
+    from embdim.train import run as run_module
 
+    if jobs < 1:
+        raise ValueError(f"jobs: need at least 1, got {jobs}")
+    if jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        cfg = cfg.model_copy(update={"overrides": [f"train.threads={threads}", *cfg.overrides, "train.progress=false"]})
     runs = plan_runs(cfg, base)
     folder = bench_dir(cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: dict[int, dict[str, Any]] = {}
+
+    def finish(index: int, outcome: dict[str, Any] | Exception | None) -> None:
+        rows[index] = _result_row(runs[index], outcome)
+        _write_results(folder, [rows[i] for i in sorted(rows)])  # after every run: a killed sweep keeps its table
+
+    todo = [i for i, planned in enumerate(runs) if planned.config is not None]
+    for i, planned in enumerate(runs):
+        if planned.config is None:
+            finish(i, None)
     progress = runs[0].config.train.progress if runs[0].config else True
-    for planned in tqdm(runs, desc=f"bench {cfg.name}", unit="run", disable=not progress):
-        row: dict[str, Any] = {
-            "label": planned.method.tag,
-            "budget": budget_label(planned.budget),
-            "budget_kind": planned.budget.kind,
-            "budget_value": planned.budget.value,
-            "seed": planned.seed,
-            "status": "unreachable" if planned.unreachable else "done",
-            "reason": planned.unreachable or "",
-            "run": planned.run_name,
-        }
-        if planned.config is not None:
-            try:
-                result = run_experiment(planned.config)
-            except Exception as err:  # one broken run is reported, the sweep goes on (a kill still stops it)
-                row |= {"status": "failed", "reason": f"{type(err).__name__}: {err}", "method": planned.method.name}
-                rows.append(row)
-                _write_results(folder, rows)
-                continue
-            target = planned.target_bytes
-            row |= _flatten(result) | {"budget_bytes": target}
-            if planned.budget.kind == "params":
-                got, want = result["embedding_params"], planned.budget.value
-            else:
-                got, want = result["embedding_bytes"], target
-            row["landed"] = abs(got - want) <= LANDING_TOLERANCE * want
-        row["method"] = planned.method.name
-        rows.append(row)
-        _write_results(folder, rows)  # after every run, so an interrupted sweep keeps its table
-    return pl.DataFrame(rows, infer_schema_length=None)
+    bar = tqdm(total=len(todo), desc=f"bench {cfg.name}", unit="run", disable=not progress)
+    if jobs == 1:
+        for i in todo:
+            finish(i, _attempt(run_module.run_experiment, runs[i].config))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_attempt, run_module.run_experiment, runs[i].config): i for i in todo}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+                bar.update()
+    bar.close()
+    return pl.DataFrame([rows[i] for i in sorted(rows)], infer_schema_length=None)
+
+
+def _attempt(train: Any, config: RunConfig) -> dict[str, Any] | Exception:
+    """``train(config)``, or the exception it raised: one broken run is reported and the sweep goes on
+    (a kill, ``KeyboardInterrupt``, still stops it)."""
+    try:
+        return train(config)
+    except Exception as err:
+        return err
+
+
+def _result_row(planned: PlannedRun, outcome: dict[str, Any] | Exception | None) -> dict[str, Any]:
+    """The results.csv row of a run: its ``result.json`` fields, or why it has none (``outcome`` None:
+    unreachable; an exception: failed)."""
+    row: dict[str, Any] = {
+        "label": planned.method.tag,
+        "budget": budget_label(planned.budget),
+        "budget_kind": planned.budget.kind,
+        "budget_value": planned.budget.value,
+        "seed": planned.seed,
+        "status": "unreachable" if planned.unreachable else "done",
+        "reason": planned.unreachable or "",
+        "run": planned.run_name,
+    }
+    if isinstance(outcome, Exception):
+        reason = f"{type(outcome).__name__}: {outcome}"
+        return row | {"status": "failed", "reason": reason, "method": planned.method.name}
+    if outcome is not None:
+        target = planned.target_bytes
+        row |= _flatten(outcome) | {"budget_bytes": target}
+        if planned.budget.kind == "params":
+            got, want = outcome["embedding_params"], planned.budget.value
+        else:
+            got, want = outcome["embedding_bytes"], target
+        row["landed"] = abs(got - want) <= LANDING_TOLERANCE * want
+    return row | {"method": planned.method.name}
 
 
 def _write_results(folder: Path, rows: list[dict[str, Any]]) -> None:

@@ -76,6 +76,9 @@ def bench(
     ] = None,
     report_only: Annotated[bool, typer.Option(help="rewrite the report from results.csv, train nothing")] = False,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="runs trained at once, each in a process of its own (cores / jobs threads)")
+    ] = 1,
 ) -> None:
     """Sweep methods x budgets x seeds (resuming finished runs) and write results.csv + report.md with plots."""
     from embdim.bench import bench_dir, load_bench, run_bench
@@ -86,7 +89,7 @@ def bench(
         if not progress:
             cfg.overrides.append("train.progress=false")
         if not report_only:
-            run_bench(cfg, base)
+            run_bench(cfg, base, jobs=jobs)
         report = write_report(bench_dir(cfg), cfg.name)
     except (ConfigError, DataError) as err:
         _fail(err)
