@@ -9,17 +9,25 @@ each field's table is computed; one JSON line per run goes to ``--out``.
     .venv/bin/python benchmarks/mlet_quality.py --dataset movielens --plan main --seeds 1 2 3 4 5
     # the d x k grid
     .venv/bin/python benchmarks/mlet_quality.py --dataset movielens --plan grid --seeds 1 2 3
-    # tables for BENCHMARKS.md from every line collected so far
+    # the same cells under another optimizer / lr (run names get a suffix, e.g. _adagrad_lr0.01)
+    .venv/bin/python benchmarks/mlet_quality.py --dataset movielens --optimizer adagrad --lr 0.01 --seeds 1 2 3
+    # any other key of the run config (also part of the run name): --override train.batch_size=512
+    # tables for BENCHMARKS.md from every line collected so far, one section per optimizer variant
     .venv/bin/python benchmarks/mlet_quality.py --summarise
 
 Settings are identical between ``full`` and ``mlet`` for a seed (the experiment config
-``configs/experiments/mlet_<dataset>.yaml`` with only method, d and k replaced).
+``configs/experiments/mlet_<dataset>.yaml`` with only method, d and k replaced, plus the same
+``--optimizer`` / ``--lr`` / ``--override`` for every cell of a sweep). Without those flags run names
+are the original ones; with them the names end in a suffix built from them (``_adagrad_lr0.01``),
+so variants never share a run folder, and ``--summarise`` keeps each variant (optimizer, lr,
+overrides; lines from before these flags count as the configs' Adam lr 0.001) in its own section.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -51,13 +59,40 @@ GRID = [
 BUCKETS = (0, 5, 20, 100, 1000)
 
 
-def run_name(dataset: str, method: str, d: int, k: int | None, seed: int) -> str:
-    return f"mlet_q_{dataset}_{method}_d{d}" + (f"_k{k}" if k else "") + f"_s{seed}"
+DEFAULT_VARIANT = "adam lr0.001"  # the experiment configs' optimizer; lines without a "variant" key ran with it
 
 
-def one_run(dataset: str, method: str, d: int, k: int | None, seed: int, threads: int) -> dict:
+def variant_suffix(optimizer: str | None, lr: float | None, overrides: list[str]) -> str:
+    """Run-name suffix of a variant: '' for the configs' own settings, else e.g. ``_adagrad_lr0.01``."""
+    parts = ([optimizer] if optimizer else []) + ([f"lr{lr:g}"] if lr is not None else [])
+    parts += [re.sub(r"[^A-Za-z0-9.=-]+", "-", o).replace("=", "-") for o in overrides]
+    return "".join(f"_{x}" for x in parts)
+
+
+def variant_label(optimizer: str, lr: float, overrides: list[str]) -> str:
+    """How ``--summarise`` names (and separates) a variant: resolved optimizer and lr, then overrides."""
+    return " ".join([optimizer, f"lr{lr:g}", *overrides])
+
+
+def run_name(dataset: str, method: str, d: int, k: int | None, seed: int, suffix: str = "") -> str:
+    return f"mlet_q_{dataset}_{method}_d{d}" + (f"_k{k}" if k else "") + f"_s{seed}" + suffix
+
+
+def one_run(
+    dataset: str,
+    method: str,
+    d: int,
+    k: int | None,
+    seed: int,
+    threads: int,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    extra: list[str] | None = None,
+) -> dict:
+    extra = list(extra or [])
+    suffix = variant_suffix(optimizer, lr, extra)
     overrides = [
-        f"name={run_name(dataset, method, d, k, seed)}",
+        f"name={run_name(dataset, method, d, k, seed, suffix)}",
         f"method={method}",
         f"embedding.dim={d}",
         f"train.seed={seed}",
@@ -66,6 +101,11 @@ def one_run(dataset: str, method: str, d: int, k: int | None, seed: int, threads
     ]
     if k is not None:
         overrides.append(f"method.inner_dim={k}")
+    if optimizer is not None:
+        overrides.append(f"train.optimizer={optimizer}")
+    if lr is not None:
+        overrides.append(f"train.lr={lr}")
+    overrides += extra  # last, so they win
     cfg = load_config(ROOT / "configs" / "experiments" / CONFIGS[dataset], overrides)
     result = run_experiment(cfg)
     data = prepare_dataset(cfg, progress=False)
@@ -83,6 +123,11 @@ def one_run(dataset: str, method: str, d: int, k: int | None, seed: int, threads
         "d": d,
         "k": k,
         "seed": seed,
+        "variant": variant_label(cfg.train.optimizer, cfg.train.lr, extra),
+        "optimizer": cfg.train.optimizer,
+        "lr": cfg.train.lr,
+        "overrides": extra,
+        "run": cfg.name,
         "test_auc": result["test_auc"],
         "test_logloss": result["test_logloss"],
         "valid_auc": result["valid_auc"],
@@ -161,7 +206,35 @@ def _comparison(runs: dict[tuple, dict[int, dict]], k: int) -> list[str]:
 
 
 def summarise(lines: list[dict]) -> str:
-    """Markdown tables: mean ± std per setting, per-seed wins at d=4, frequency buckets, ranks."""
+    """One section per variant (optimizer, lr, overrides), each with :func:`summarise_variant`'s tables."""
+    by_variant: dict[str, list[dict]] = defaultdict(list)
+    for x in lines:
+        by_variant[x.get("variant", DEFAULT_VARIANT)].append(x)
+    order = sorted(by_variant, key=lambda v: (v != DEFAULT_VARIANT, v))
+    out = [
+        "Every variant and setting (mean over seeds; valid AUC is what picks a variant's lr):",
+        "",
+        "| variant | dataset | method | d | k | seeds | valid AUC | test AUC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for variant in order:
+        runs: dict[tuple, dict[int, dict]] = defaultdict(dict)
+        for x in by_variant[variant]:
+            runs[(x["dataset"], x["method"], x["d"], x["k"])][x["seed"]] = x
+        for (ds, m, d, k), by_seed in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][3] or 0)):
+            xs = list(by_seed.values())
+            out.append(
+                f"| {variant} | {ds} | {m} | {d} | {k or '-'} | {len(xs)} | "
+                f"{_ms([x['valid_auc'] for x in xs])} | {_ms([x['test_auc'] for x in xs])} |"
+            )
+    out.append("")
+    for variant in order:
+        out += [f"### Optimizer variant: {variant}", "", summarise_variant(by_variant[variant]), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def summarise_variant(lines: list[dict]) -> str:
+    """Markdown tables of one variant: mean ± std per setting, per-seed wins at d=4, frequency buckets, ranks."""
     runs: dict[tuple, dict[int, dict]] = defaultdict(dict)
     for x in lines:
         runs[(x["dataset"], x["method"], x["d"], x["k"])][x["seed"]] = x  # last line per seed wins
@@ -180,11 +253,13 @@ def summarise(lines: list[dict]) -> str:
     d4_ks = sorted({key[3] for key in runs if key[1] == "mlet" and key[2] == 4})
     for k in d4_ks:
         out += _comparison(runs, k)
-    out += ["", "Effective rank of the exported tables (mean over seeds; d=4 tables have at most 4):", ""]
+    header = ["", "Effective rank of the exported tables (mean over seeds; d=4 tables have at most 4):", ""]
     for ds in sorted({k_[0] for k_ in runs}):
         settings = {"full d=4": runs[(ds, "full", 4, None)], "mlet d=4 k=64": runs[(ds, "mlet", 4, 64)]}
         if not all(settings.values()):
             continue
+        out += header
+        header = []
         names = list(next(iter(settings["full d=4"].values()))["effective_rank"])
         out += [f"| {ds} | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for label, by_seed in settings.items():
@@ -206,11 +281,26 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--cells", nargs="+", help="run only these cells instead of --plan: method:d[:k], e.g. mlet:4:64")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--optimizer", choices=["adam", "adamw", "adagrad", "sgd"], help="train.optimizer for every cell")
+    ap.add_argument("--lr", type=float, help="train.lr for every cell")
+    ap.add_argument(
+        "--override",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="further run-config overrides for every cell (part of the run name), e.g. train.batch_size=512",
+    )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--summarise", action="store_true", help="print tables from --out and exit")
+    ap.add_argument(
+        "--variant", nargs="+", help="with --summarise: only these variants (as the section titles name them)"
+    )
     args = ap.parse_args()
     if args.summarise:
-        print(summarise([json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]))
+        lines = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]
+        if args.variant:
+            lines = [x for x in lines if x.get("variant", DEFAULT_VARIANT) in args.variant]
+        print(summarise(lines))
         return
     if args.dataset is None:
         ap.error("--dataset is required unless --summarise")
@@ -221,10 +311,14 @@ def main() -> None:
         plan = [_cell(c) for c in args.cells]
     for seed in args.seeds:  # seed-major: an interrupted sweep still has whole comparisons
         for method, d, k in plan:
-            line = one_run(args.dataset, method, d, k, seed, args.threads)
+            line = one_run(args.dataset, method, d, k, seed, args.threads, args.optimizer, args.lr, args.override)
             with args.out.open("a") as f:
                 f.write(json.dumps(line) + "\n")
-            print(f"{args.dataset} {method} d={d} k={k} seed={seed}: test AUC {line['test_auc']:.4f}", flush=True)
+            print(
+                f"{args.dataset} [{line['variant']}] {method} d={d} k={k} seed={seed}: "
+                f"valid AUC {line['valid_auc']:.4f} test AUC {line['test_auc']:.4f} ({line['epochs']} epochs)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
