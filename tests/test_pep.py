@@ -300,9 +300,21 @@ def test_search_is_incomplete_and_patience_off_until_the_last_target():
     _raise_thresholds(layer, 0.6)
     searcher.measure(layer.lookup)
     assert not searcher.stage_complete("search", layer.lookup)
-    assert not searcher.early_stopping("search") and searcher.early_stopping("retrain")
+    assert not searcher.early_stopping("search")
     assert searcher.selection("search") == "last" and searcher.selection("retrain") == "best"
     assert searcher.rewinds_before("retrain") and not searcher.rewinds_before("search")
+
+
+def test_patience_may_stop_the_retraining_only_after_its_minimum_epochs():
+    layer = _layer(targets=[0.5], retrain_min_epochs=2)
+    searcher: PEPSearcher = layer.searcher
+    searcher._enter_retrain()
+    for step in range(2 * STEPS_PER_EPOCH):
+        assert not searcher.early_stopping("retrain"), step
+        searcher.on_step(step, layer.lookup)
+    assert searcher.early_stopping("retrain")
+    assert searcher.state_for_checkpoint()["retrain_steps"] == 2 * STEPS_PER_EPOCH
+    assert _layer(retrain_min_epochs=0).searcher.early_stopping("retrain")
 
 
 def test_the_pull_doubles_on_schedule_and_lifts_only_the_looked_up_thresholds():

@@ -144,6 +144,13 @@ class PEPConfig(SearcherConfig):
     retrain_init: Literal["rewind", "random"] = Field(
         "rewind", description="rewind: step-0 table times mask (lottery ticket); random: fresh init times mask"
     )
+    retrain_min_epochs: float = Field(
+        5.0,
+        ge=0,
+        description="retraining epochs before validation patience may stop it: a model rewound to step 0 can "
+        "dip in its first epochs (MovieLens-100K DeepFM at 50 %: valid AUC 0.722, 0.712, 0.700, then 0.767 "
+        "by epoch 5), and patience 2 stopped it there",
+    )
     measure_every_steps: int = Field(
         10, ge=1, description="measure the whole table's sparsity (one pass) every this many search steps"
     )
@@ -260,6 +267,7 @@ class PEPSearcher(Searcher):
         self.masks_: dict[float, torch.Tensor] = {}
         self.reached_at_: dict[float, int] = {}
         self.search_steps_ = 0
+        self.retrain_steps_ = 0
         self.last_sparsity_ = 0.0
         self.history_: list[tuple[int, float]] = []
         self.completed_by_margin_ = False  # the search fell short and the retrain mask was completed by margin
@@ -385,7 +393,11 @@ class PEPSearcher(Searcher):
         return stage == "retrain"
 
     def early_stopping(self, stage: str) -> bool:
-        return stage != "search"
+        if stage == "search":
+            return False  # the search ends at its last target
+        if self.steps_per_epoch is None:
+            return True
+        return self.retrain_steps_ >= self.config.retrain_min_epochs * self.steps_per_epoch
 
     def stage_complete(self, stage: str, lookup: Lookup) -> bool:
         return stage == "search" and all(t in self.masks_ for t in self.targets)
@@ -428,6 +440,7 @@ class PEPSearcher(Searcher):
 
     def on_step(self, step: int, lookup: Lookup) -> None:
         if self.phase_ != "search":
+            self.retrain_steps_ += 1
             return
         self.search_steps_ += 1
         if self.search_steps_ % self.config.measure_every_steps == 0:
@@ -447,6 +460,7 @@ class PEPSearcher(Searcher):
             "masks": {str(t): m.clone() for t, m in self.masks_.items()},
             "reached_at": {str(t): s for t, s in self.reached_at_.items()},
             "search_steps": self.search_steps_,
+            "retrain_steps": self.retrain_steps_,
             "history": list(self.history_),
             "completed_by_margin": self.completed_by_margin_,
         }
@@ -455,6 +469,7 @@ class PEPSearcher(Searcher):
         self.masks_ = {float(t): m for t, m in state["masks"].items()}
         self.reached_at_ = {float(t): int(s) for t, s in state["reached_at"].items()}
         self.search_steps_ = int(state["search_steps"])
+        self.retrain_steps_ = int(state.get("retrain_steps", 0))  # absent before 2026-11-30
         self.history_ = [tuple(x) for x in state["history"]]
         self.completed_by_margin_ = bool(state.get("completed_by_margin", False))  # absent before 2026-11-30
         if state["phase"] == "retrain":
