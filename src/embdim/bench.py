@@ -23,6 +23,7 @@ import json
 import math
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,7 +251,7 @@ def run_bench(cfg: BenchConfig, base: Path, jobs: int = 1) -> pl.DataFrame:
     return pl.DataFrame([rows[i] for i in sorted(rows)], infer_schema_length=None)
 
 
-def _attempt(train: Any, config: RunConfig) -> dict[str, Any] | Exception:
+def _attempt(train: Callable[[RunConfig], dict[str, Any]], config: RunConfig) -> dict[str, Any] | Exception:
     """``train(config)``, or the exception it raised: one broken run is reported and the sweep goes on
     (a kill, ``KeyboardInterrupt``, still stops it)."""
     try:

@@ -289,10 +289,12 @@ class PEPSearcher(Searcher):
             return nn.functional.embedding(rows, s)  # [B, F, 1|d]
         return s.unsqueeze(0)  # global, dimension: [1, 1, 1|d]; field*: [1, F, 1|d]
 
-    def table_thresholds(self) -> torch.Tensor:
-        """Threshold logits of the whole table, broadcastable to ``[n, d]``."""
+    def table_thresholds(self, rows: slice = slice(None)) -> torch.Tensor:
+        """Threshold logits of the table's ``rows`` (all by default), broadcastable to ``[rows, d]``."""
         s = self.threshold
-        return s[self.row_field] if self.config.granularity in ("field", "field_dim") else s
+        if self.config.granularity in ("field", "field_dim"):
+            return s[self.row_field[rows]]
+        return s[rows] if self.config.granularity in ("feature", "feature_dim") else s
 
     # ------------------------------------------------------------------ forward
     def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
@@ -366,17 +368,10 @@ class PEPSearcher(Searcher):
         """Entries that survive the threshold (``margins > 0``), counted in blocks of rows: no ``n x d``
         temporaries, which at 1e6 rows made the scheduled measurement 4x slower."""
         table = lookup.table_weight(TABLE)
-        s = self.threshold
         kept = 0
         for start in range(0, self.num_rows, MEASURE_BLOCK_ROWS):
             rows = slice(start, start + MEASURE_BLOCK_ROWS)
-            if self.config.granularity in ("field", "field_dim"):
-                block_s = s[self.row_field[rows]]
-            elif self.config.granularity in ("feature", "feature_dim"):
-                block_s = s[rows]
-            else:  # global, dimension: one row for all
-                block_s = s
-            kept += int((table[rows].abs() > torch.sigmoid(block_s)).sum())
+            kept += int((table[rows].abs() > torch.sigmoid(self.table_thresholds(rows))).sum())
         return kept
 
     @staticmethod
