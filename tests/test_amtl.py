@@ -174,7 +174,12 @@ def test_ragged_export_equals_the_masked_layer_and_counts_its_bytes(tmp_path):
     lengths = layer.searcher.lengths()
     assert [r.tolist() for r in plan.row_sizes] == [r.tolist() for r in torch.split(lengths, [4, 40, 300])]
     n = sum(f.vocab_size for f in FIELDS)
-    assert plan.num_bytes == int(lengths.sum()) * 4 + (n + 1) * 4 == slim.stored_bytes()
+    # sizes follow frequency and ids are numbered by frequency: one index entry per run of equal sizes
+    runs = sum(int((r[1:] != r[:-1]).sum()) + 1 for r in torch.split(lengths, [4, 40, 300]))
+    assert plan.ragged_index() == "runs" and runs < n / 4
+    per_run_index = (runs + 1) * (4 + 4) + runs * 1  # first row and first value (int32), size (uint8)
+    assert plan.num_bytes == int(lengths.sum()) * 4 + per_run_index == slim.stored_bytes()
+    assert plan.num_bytes / plan.full_bytes == pytest.approx(layer.searcher._class_bytes_ratio())
     assert torch.allclose(slim(ids), expected, atol=1e-6)
     slim.save(tmp_path)
     from embdim.slim import SlimEmbedding

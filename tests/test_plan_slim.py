@@ -62,6 +62,7 @@ def test_ragged_and_csr_groups_equal_masked_table(tmp_path):
     ids = torch.stack([torch.randint(0, 5, (32,), generator=gen), torch.randint(0, 7, (32,), generator=gen)], 1)
     offsets = torch.tensor([0, 5])
     ragged = RaggedGroup.from_dense((0, 1), rows, table, lengths, dim)
+    assert ragged.index_names == ("offsets",)  # random sizes: runs of one row, per-row offsets are smaller
     csr = CsrGroup.from_dense((0, 1), rows, table, elementwise.bool(), dim)
     assert torch.equal(ragged(ids), _masked_reference(table, prefix, ids, offsets))
     assert torch.equal(csr(ids), _masked_reference(table, elementwise, ids, offsets))
@@ -71,6 +72,29 @@ def test_ragged_and_csr_groups_equal_masked_table(tmp_path):
     assert slim.stored_bytes() == plan.num_bytes
     slim.save(tmp_path)
     assert torch.equal(SlimEmbedding.load(tmp_path)(ids), slim(ids))
+
+
+def test_ragged_rows_in_runs_of_one_size_are_indexed_per_run(tmp_path):
+    # field a: 6 rows of size 4, 4 of size 2; field b continues with size 2 (a new run: runs never
+    # cross fields), then 0 and 1
+    rows, dim = (10, 12), 4
+    lengths = torch.tensor([4] * 6 + [2] * 4 + [2] * 6 + [0] * 4 + [1] * 2)
+    table = torch.randn(sum(rows), dim, generator=torch.Generator().manual_seed(1))
+    ragged = RaggedGroup.from_dense((0, 1), rows, table, lengths, dim)
+    assert ragged.index_names == ("run_offsets", "run_rows", "run_sizes")
+    assert ragged.run_rows.tolist() == [0, 6, 10, 16, 20, 22]
+    assert ragged.run_sizes.tolist() == [4, 2, 2, 0, 1]
+    ids = torch.cartesian_prod(torch.arange(10), torch.arange(12))  # every row of both fields
+    prefix = (torch.arange(dim) < lengths[:, None]).float()
+    assert torch.equal(ragged(ids), _masked_reference(table, prefix, ids, torch.tensor([0, 10])))
+    row_sizes = [lengths[:10].numpy(), lengths[10:].numpy()]
+    plan = EmbeddingPlan("x", ["a", "b"], list(rows), dim, [4, 2], storage="ragged", row_sizes=row_sizes)
+    assert plan.ragged_index() == "runs"
+    # 46 values; 6 run starts + 6 first values (int32) + 5 sizes (uint8), instead of 23 int32 row offsets
+    assert plan.num_bytes == 46 * 4 + 6 * 4 + 6 * 4 + 5 == SlimEmbedding(plan, [ragged]).stored_bytes()
+    assert sum(plan.field_bytes()) + 4 + 4 == plan.num_bytes
+    SlimEmbedding(plan, [ragged]).save(tmp_path)
+    assert torch.equal(SlimEmbedding.load(tmp_path)(ids), ragged(ids))
 
 
 def test_slim_embedding_orders_groups_and_zero_fills_dropped_fields():

@@ -3,7 +3,9 @@
 Three storage kinds cover every method:
 
 - ``dense``: field f stores an ``n_f x d_f`` table (full, MDE, DML after the cut, MLET collapsed);
-- ``ragged``: row i of field f stores its first ``k_i`` values (AMTL), plus row offsets;
+- ``ragged``: row i of field f stores its first ``k_i`` values (AMTL), plus an index: one offset
+  per row, or, when rows of equal size come in long runs (AMTL's sizes follow frequency and ids are
+  numbered by frequency), one entry per run (:func:`ragged_index`);
 - ``csr``: row i stores ``nnz_i`` values at arbitrary columns (PEP), plus column indices and offsets.
 
 Rows that store nothing are features dropped entirely; they embed to zeros.
@@ -28,6 +30,31 @@ UINT8_MAX = 255
 def offset_bytes(total: int) -> int:
     """Bytes of one row offset: int32 while the offsets fit, else int64."""
     return 4 if total <= INT32_MAX else 8
+
+
+def size_bytes(dim: int) -> int:
+    """Bytes of one stored row size in ``[0, dim]``: uint8 up to 255, else int16."""
+    return 1 if dim <= UINT8_MAX else 2
+
+
+RaggedIndex = Literal["rows", "runs"]
+
+
+def equal_size_runs(row_sizes: list[np.ndarray]) -> int:
+    """Runs of consecutive rows with the same size, split at field boundaries."""
+    return sum(int(np.count_nonzero(np.diff(r))) + 1 for r in row_sizes if len(r))
+
+
+def ragged_index(num_rows: int, num_values: int, num_runs: int, dim: int) -> tuple[RaggedIndex, int]:
+    """The smaller index of a ragged table, and its bytes (closing entries included).
+
+    ``rows``: offsets ``[num_rows + 1]``. ``runs``: per run of equal-size rows its first row
+    ``[num_runs + 1]``, first value ``[num_runs + 1]`` and row size ``[num_runs]``; row ``i`` of run
+    ``r`` starts at ``first_value[r] + (i - first_row[r]) * size[r]``.
+    """
+    per_row = (num_rows + 1) * offset_bytes(num_values)
+    per_run = (num_runs + 1) * (offset_bytes(num_rows) + offset_bytes(num_values)) + num_runs * size_bytes(dim)
+    return ("runs", per_run) if per_run < per_row else ("rows", per_row)
 
 
 def column_index_bytes(dim: int) -> int:
@@ -101,23 +128,45 @@ class EmbeddingPlan:
         """Parameters of the uniform ``n x d`` tables this plan is compared with."""
         return sum(self.vocab_sizes) * self.dim
 
+    def ragged_index(self) -> RaggedIndex | None:
+        """How a ``ragged`` plan's rows are indexed (see :func:`ragged_index`); ``None`` otherwise."""
+        if self.storage != "ragged":
+            return None
+        return self._index()[0]
+
+    def _index(self) -> tuple[RaggedIndex, int]:
+        assert self.row_sizes is not None
+        runs = equal_size_runs(self.row_sizes)
+        return ragged_index(sum(self.vocab_sizes), sum(self.field_params()), runs, self.dim)
+
     def field_bytes(self) -> list[int]:
-        """Bytes each field's slim storage takes: its values, plus one row offset per row (and one
-        column index per value for ``csr``). Rows of all fields share one offsets array, whose
-        closing entry :attr:`num_bytes` adds once."""
+        """Bytes each field's slim storage takes: its values, plus its share of the row index (and
+        one column index per value for ``csr``). All fields share one index, whose closing entries
+        :attr:`num_bytes` adds once."""
         params = self.field_params()
         values = [p * FLOAT_BYTES for p in params]
         if self.storage == "dense":
             return values
-        per_offset = offset_bytes(sum(params))
+        assert self.row_sizes is not None
+        total = sum(params)
+        if self.storage == "ragged" and self._index()[0] == "runs":
+            per_run = offset_bytes(sum(self.vocab_sizes)) + offset_bytes(total) + size_bytes(self.dim)
+            index = [equal_size_runs([r]) * per_run for r in self.row_sizes]
+        else:
+            index = [n * offset_bytes(total) for n in self.vocab_sizes]
         col = column_index_bytes(self.dim) if self.storage == "csr" else 0
-        return [v + n * per_offset + p * col for v, n, p in zip(values, self.vocab_sizes, params, strict=True)]
+        return [v + i + p * col for v, i, p in zip(values, index, params, strict=True)]
 
     @property
     def num_bytes(self) -> int:
         """Bytes of the slim embedding: tables, their index structures and ``extra_params``."""
-        closing_offset = 0 if self.storage == "dense" else offset_bytes(sum(self.field_params()))
-        return sum(self.field_bytes()) + closing_offset + self.extra_params * FLOAT_BYTES
+        if self.storage == "dense":
+            closing = 0
+        elif self.storage == "ragged" and self._index()[0] == "runs":
+            closing = offset_bytes(sum(self.vocab_sizes)) + offset_bytes(sum(self.field_params()))
+        else:
+            closing = offset_bytes(sum(self.field_params()))
+        return sum(self.field_bytes()) + closing + self.extra_params * FLOAT_BYTES
 
     @property
     def full_bytes(self) -> int:

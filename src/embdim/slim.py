@@ -6,7 +6,8 @@ back to back (row ``offset_f + id``) in one of three layouts:
 
 - :class:`DenseGroup`: a table ``[rows, w]``; shorter rows are zero-padded to ``d``, or projected
   to ``d`` by a per-field matrix ``[w, d]`` (MDE).
-- :class:`RaggedGroup`: row i keeps its first ``k_i`` values: ``values [sum k]`` + ``offsets [rows + 1]``.
+- :class:`RaggedGroup`: row i keeps its first ``k_i`` values: ``values [sum k]`` + ``offsets [rows + 1]``,
+  or, when equal sizes come in long runs of rows, a per-run index (:func:`embdim.plan.ragged_index`).
 - :class:`CsrGroup`: row i keeps ``nnz_i`` values at given columns: ``values``, ``columns`` (uint8
   or int16) and ``offsets [rows + 1]``.
 
@@ -25,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from embdim.plan import EmbeddingPlan
+from embdim.plan import EmbeddingPlan, equal_size_runs, ragged_index
 
 GROUP_KINDS: dict[str, type[SlimGroup]] = {}
 
@@ -131,35 +132,72 @@ class DenseGroup(SlimGroup):
 
 
 class RaggedGroup(SlimGroup):
-    """Row i keeps its first ``k_i`` values: ``values [sum k]``, ``offsets [sum rows + 1]``."""
+    """Row i keeps its first ``k_i`` values ``values [sum k]``, found through one of two indexes.
+
+    - per row: ``offsets [R + 1]`` (R = sum of the group's rows);
+    - per run of consecutive rows with one size (never crossing a field): ``run_rows [runs + 1]``
+      (first row of each run), ``run_offsets [runs + 1]`` (its first value) and ``run_sizes [runs]``.
+      AMTL's sizes follow frequency and the encoder numbers ids by frequency, so its runs are few.
+    """
 
     kind = "ragged"
 
-    def __init__(self, field_ids, rows, values: torch.Tensor, offsets: torch.Tensor, dim: int) -> None:
+    def __init__(self, field_ids, rows, values: torch.Tensor, index: dict[str, torch.Tensor], dim: int) -> None:
         super().__init__(field_ids, rows, dim)
         self.values = nn.Parameter(values.detach().to(torch.float32).clone())
-        self.register_buffer("offsets", offsets.detach().clone())
+        self.index_names = tuple(sorted(index))
+        if self.index_names not in (("offsets",), ("run_offsets", "run_rows", "run_sizes")):
+            raise ValueError(f"a ragged index is 'offsets' or 'run_rows', 'run_offsets', 'run_sizes'; got {index}")
+        for name, tensor in index.items():
+            self.register_buffer(name, tensor.detach().clone())
 
     @classmethod
     def from_dense(cls, field_ids, rows, table: torch.Tensor, lengths: torch.Tensor, dim: int) -> RaggedGroup:
-        """From a table ``[sum rows, d]`` and kept prefix lengths ``[sum rows]``."""
+        """From a table ``[sum rows, d]`` and kept prefix lengths ``[sum rows]``, with the smaller index."""
         keep = torch.arange(table.shape[1]) < lengths.unsqueeze(1)
-        offsets = torch.zeros(len(lengths) + 1, dtype=_offset_dtype(int(lengths.sum())))
-        offsets[1:] = lengths.cumsum(0)
-        return cls(field_ids, rows, table[keep], offsets, dim)
+        total = int(lengths.sum())
+        per_field = [r.numpy() for r in torch.split(lengths.cpu(), list(rows))]
+        layout, _ = ragged_index(len(lengths), total, equal_size_runs(per_field), dim)
+        if layout == "rows":
+            offsets = torch.zeros(len(lengths) + 1, dtype=_offset_dtype(total))
+            offsets[1:] = lengths.cumsum(0)
+            return cls(field_ids, rows, table[keep], {"offsets": offsets}, dim)
+        field_start = torch.zeros(len(lengths), dtype=torch.bool)
+        field_start[torch.tensor([0, *rows[:-1]]).cumsum(0)] = True
+        changes = torch.ones(len(lengths), dtype=torch.bool)
+        changes[1:] = lengths[1:] != lengths[:-1]
+        first_rows = torch.nonzero(changes | field_start).squeeze(1)
+        run_sizes = lengths[first_rows]
+        run_lengths = torch.diff(first_rows, append=torch.tensor([len(lengths)]))
+        run_offsets = torch.zeros(len(first_rows) + 1, dtype=torch.long)
+        run_offsets[1:] = (run_sizes * run_lengths).cumsum(0)
+        index = {
+            "run_rows": torch.cat([first_rows, torch.tensor([len(lengths)])]).to(_offset_dtype(len(lengths))),
+            "run_offsets": run_offsets.to(_offset_dtype(total)),
+            "run_sizes": run_sizes.to(torch.uint8 if dim <= 255 else torch.int16),
+        }
+        return cls(field_ids, rows, table[keep], index, dim)
+
+    def _starts_lengths(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global rows ``[...]`` -> first value position and size of each, int64 ``[...]`` twice."""
+        if "offsets" in self.index_names:
+            starts = self.offsets[g].long()
+            return starts, self.offsets[g + 1].long() - starts
+        run = torch.searchsorted(self.run_rows, g.to(self.run_rows.dtype), right=True) - 1
+        sizes = self.run_sizes[run].long()
+        return self.run_offsets[run].long() + (g - self.run_rows[run].long()) * sizes, sizes
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        g = self.global_rows(ids)
-        starts = self.offsets[g].long()
-        pos, valid = self._ragged_positions(starts, self.offsets[g + 1].long() - starts)
+        pos, valid = self._ragged_positions(*self._starts_lengths(self.global_rows(ids)))
         return torch.where(valid, self.values[pos], 0.0)
 
     def tensors(self):
-        return {"values": self.values.detach(), "offsets": self.offsets}
+        return {"values": self.values.detach(), **{name: getattr(self, name) for name in self.index_names}}
 
     @classmethod
     def from_saved(cls, layout, tensors):
-        return cls(layout["field_ids"], layout["rows"], tensors["values"], tensors["offsets"], layout["dim"])
+        index = {k: v for k, v in tensors.items() if k != "values"}
+        return cls(layout["field_ids"], layout["rows"], tensors["values"], index, layout["dim"])
 
 
 class CsrGroup(SlimGroup):

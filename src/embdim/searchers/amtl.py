@@ -35,7 +35,9 @@ stay within it (:meth:`AMTLSearcher._land`).
 Stages [ours]: ``search`` (mask networks train jointly with everything else), then, with
 ``finetune`` on, ``finetune``: the sizes are frozen at the end of search and the model trains on
 with that fixed mask and ordinary best-validation selection (so selection never undoes a size).
-Slim export: ragged rows ``e_i[:k_i]`` plus int32 offsets (:class:`embdim.slim.RaggedGroup`).
+Slim export: ragged rows ``e_i[:k_i]`` plus a row index (:class:`embdim.slim.RaggedGroup`): since
+sizes follow frequency and ids are numbered by frequency, one entry per run of equal-size rows is
+usually far smaller than one offset per row.
 
 Ablations the paper reports on: ``twins=false`` (one shared mask network) and
 ``straight_through=false`` (the soft mask ``m`` in the forward pass; the hard cut then changes
@@ -55,7 +57,7 @@ from torch import nn
 
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
-from embdim.plan import FLOAT_BYTES, EmbeddingPlan, offset_bytes
+from embdim.plan import FLOAT_BYTES, EmbeddingPlan, ragged_index
 from embdim.registry import SEARCHERS
 from embdim.searchers.base import Budget, Searcher, SearcherConfig
 from embdim.slim import RaggedGroup, SlimEmbedding
@@ -201,6 +203,15 @@ class AMTLSearcher(Searcher):
             "occurrence_weight", torch.from_numpy(np.concatenate(weights).astype(np.float32)), persistent=False
         )
         self.register_buffer("offsets", torch.tensor([0, *np.cumsum(self.vocab_sizes)[:-1]]), persistent=False)
+        # ids in a row with one class form a segment (never crossing a field); sizes change only
+        # between segments, so the ragged index's runs are counted over segments, not ids
+        all_classes = np.concatenate(id_class)
+        field_start = np.zeros(n_total, dtype=bool)
+        field_start[np.asarray(self.offsets)] = True
+        segment = field_start.copy()
+        segment[1:] |= all_classes[1:] != all_classes[:-1]
+        self.register_buffer("segment_class", torch.from_numpy(all_classes[segment].astype(np.int64)), persistent=False)
+        self.register_buffer("segment_field_start", torch.from_numpy(field_start[segment]), persistent=False)
         nets = 2 if config.twins else 1
         groups = self.num_fields if config.per_field else 1
         h = config.hidden
@@ -326,9 +337,11 @@ class AMTLSearcher(Searcher):
         lengths = self.class_lengths() if class_lengths is None else class_lengths
         kept = int((lengths * self.class_size).sum())
         n = sum(self.vocab_sizes)
-        values = kept * FLOAT_BYTES
-        offsets = (n + 1) * offset_bytes(kept)
-        return (values + offsets) / (n * self.dim * FLOAT_BYTES)
+        segment_lengths = lengths[self.segment_class]
+        new_run = self.segment_field_start.clone()
+        new_run[1:] |= segment_lengths[1:] != segment_lengths[:-1]
+        _, index_bytes = ragged_index(n, kept, int(new_run.sum()), self.dim)
+        return (kept * FLOAT_BYTES + index_bytes) / (n * self.dim * FLOAT_BYTES)
 
     def _land(self, before: torch.Tensor, after: torch.Tensor, target: float) -> torch.Tensor:
         """Per-class sizes between two consecutive steps' (``before`` over, ``after`` at or under the target).
@@ -342,11 +355,11 @@ class AMTLSearcher(Searcher):
             return out
         fell = torch.nonzero(before > after).squeeze(1)
         order = fell[torch.argsort(self.class_features[fell, 2], descending=True, stable=True)]
-        n_bytes = sum(self.vocab_sizes) * self.dim * FLOAT_BYTES
         for c in order.tolist():
-            extra = int(before[c] - out[c]) * int(self.class_size[c]) * FLOAT_BYTES / n_bytes
-            if self._class_bytes_ratio(out) + extra <= target:
-                out[c] = before[c]
+            kept = int(out[c])
+            out[c] = before[c]
+            if self._class_bytes_ratio(out) > target:  # exact: a size change can also add or merge runs
+                out[c] = kept
         return out
 
     def _split(self, lengths: torch.Tensor) -> list[np.ndarray]:
