@@ -189,3 +189,41 @@ def test_parallel_jobs_give_the_same_table_as_one_at_a_time(tmp_path):
     assert pl.read_csv(bench_dir(cfg) / "results.csv")["run"].to_list() == parallel["run"].to_list()
     with pytest.raises(ValueError, match="jobs"):
         run_bench(cfg, base, jobs=0)
+
+
+def test_workers_exit_when_the_sweep_process_is_killed(tmp_path):
+    """A sweep killed by SIGKILL leaves no worker training on (they watch their parent)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import multiprocessing, os, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from embdim.bench import exit_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = multiprocessing.get_context('spawn')\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=exit_with_parent, initargs=(os.getpid(),))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 120)\n"
+        "    time.sleep(120)\n"
+    )
+    (tmp_path / "sweep.py").write_text(script)
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "sweep.py")], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        status = Path(f"/proc/{worker}/status")
+        if status.exists() and "\nState:\tZ" in status.read_text():  # exited, not yet reaped by init
+            return
+        time.sleep(0.2)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail("the worker outlived its killed sweep process")

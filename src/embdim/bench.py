@@ -23,6 +23,8 @@ import json
 import math
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ RESULTS_FILE = "results.csv"
 REFERENCE_METHOD = "full"
 REFERENCE_BUDGET = 1.0
 LANDING_TOLERANCE = 0.1  # a run lands on its budget when its slim bytes are within 10 % of it
+PARENT_POLL_SECONDS = 1.0  # how often a worker checks that its sweep process is still alive
 
 
 class MethodEntry(BaseModel):
@@ -242,13 +245,27 @@ def run_bench(cfg: BenchConfig, base: Path, jobs: int = 1) -> pl.DataFrame:
             finish(i, _attempt(run_module.run_experiment, runs[i].config))
             bar.update()
     else:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_attempt, run_module.run_experiment, runs[i].config): i for i in todo}
             for future in as_completed(futures):
                 finish(futures[future], future.result())
                 bar.update()
     bar.close()
     return pl.DataFrame([rows[i] for i in sorted(rows)], infer_schema_length=None)
+
+
+def exit_with_parent(parent: int) -> None:
+    """Worker initializer: exit as soon as the sweep process ``parent`` is gone. A sweep killed by a
+    signal (not Ctrl-C, which reaches the workers too) would otherwise leave its workers training
+    into run folders that nobody collects."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _attempt(train: Callable[[RunConfig], dict[str, Any]], config: RunConfig) -> dict[str, Any] | Exception:
