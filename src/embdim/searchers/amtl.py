@@ -62,6 +62,8 @@ from embdim.registry import SEARCHERS
 from embdim.searchers.base import Budget, Searcher, SearcherConfig
 from embdim.slim import RaggedGroup, SlimEmbedding
 
+NUM_FREQ_FEATURES = 3
+"""Frequency features per value: log count (field-normalised), tied rank, log count (globally normalised)."""
 BUDGET_LOG_STEP_CAP = 1.0
 """The controller's relative error is clipped to [-cap, cap] before it moves log(lambda)."""
 PENALTY_WEIGHT_BOUNDS = (1e-6, 1e4)
@@ -98,12 +100,6 @@ class AMTLConfig(SearcherConfig):
     )
     oov_frequency: Literal["zero", "count"] = Field(
         "zero", description="frequency features of id 0 (OOV): zero, or its training count"
-    )
-    class_size_feature: bool = Field(
-        False,
-        description="a 4th network input: how many values share the class's count (log, normalised), i.e. "
-        "how much memory one size decision moves; tells a shared network a 3-value field from the "
-        "item tail [ours]",
     )
     size_penalty: float = Field(0.0, ge=0, description="lambda of the size penalty (0: off, as in the paper)")
     penalty_weighting: Literal["memory", "occurrence"] = Field(
@@ -161,8 +157,7 @@ class AMTLSearcher(Searcher):
     once per class, so they cost O(classes), not O(vocabulary).
 
     Buffers (not persistent: derived from ``fields`` and rebuilt identically):
-        class_features: float [U, 3] frequency features of each class (classes of all fields back to back),
-            [U, 4] with ``class_size_feature``.
+        class_features: float [U, 3] frequency features of each class (classes of all fields back to back).
         class_alpha: float [U] mixing weight of the high-frequency network (normalised log count).
         class_size: int64 [U] number of ids in each class.
         class_field: int64 [U] the field of each class.
@@ -197,13 +192,9 @@ class AMTLSearcher(Searcher):
             # unbiased per-occurrence weight of a vocabulary average (count 0 never occurs in training)
             weights.append(rows / (np.maximum(f.counts, 1) * n_total))
         features = torch.from_numpy(np.concatenate(feats))
-        sizes = torch.from_numpy(np.concatenate(class_size))
-        self.register_buffer("class_alpha", features[:, 0].clone(), persistent=False)
-        if config.class_size_feature:
-            share = torch.log1p(sizes.double()) / math.log1p(max(int(sizes.max()), 1))
-            features = torch.cat([features, share.float().unsqueeze(1)], dim=1)
         self.register_buffer("class_features", features, persistent=False)
-        self.register_buffer("class_size", sizes, persistent=False)
+        self.register_buffer("class_alpha", features[:, 0].clone(), persistent=False)
+        self.register_buffer("class_size", torch.from_numpy(np.concatenate(class_size)), persistent=False)
         self.register_buffer("id_class", torch.from_numpy(np.concatenate(id_class).astype(np.int64)), persistent=False)
         self.class_start = class_start  # field f owns classes class_start[f] : class_start[f + 1]
         class_field = torch.repeat_interleave(torch.arange(self.num_fields), torch.tensor(np.diff(class_start)))
@@ -224,9 +215,8 @@ class AMTLSearcher(Searcher):
         nets = 2 if config.twins else 1
         groups = self.num_fields if config.per_field else 1
         h = config.hidden
-        inputs = features.shape[1]
-        w1 = torch.empty(nets, groups, inputs, h)
-        nn.init.normal_(w1, std=math.sqrt(2.0 / inputs))  # He init for the ReLU layer
+        w1 = torch.empty(nets, groups, NUM_FREQ_FEATURES, h)
+        nn.init.normal_(w1, std=math.sqrt(2.0 / NUM_FREQ_FEATURES))  # He init for the ReLU layer
         self.w1 = nn.Parameter(w1)
         self.b1 = nn.Parameter(torch.zeros(nets, groups, h))
         self.w2 = nn.Parameter(torch.randn(nets, groups, h, dim) * config.init_out_std)
@@ -260,7 +250,7 @@ class AMTLSearcher(Searcher):
         """
         # centred to [-1, 1]: rare values (features near 0) would otherwise feed ~0 into the ReLU layer
         # and reach the output only through its bias, shared with every other value
-        s = 2.0 * self.class_features[classes] - 1.0  # [N, 3 or 4]
+        s = 2.0 * self.class_features[classes] - 1.0  # [N, 3]
         if self.config.per_field:
             group = self.class_field[classes]
             w1, b1, w2, b2 = (p[:, group] for p in (self.w1, self.b1, self.w2, self.b2))  # [nets, N, ...]
