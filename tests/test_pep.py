@@ -344,6 +344,41 @@ def test_the_pull_doubles_on_schedule_and_lifts_only_the_looked_up_thresholds():
     assert warm.pull_weight() == 0.0 and warm.penalty() is None  # still training the dense model
 
 
+@pytest.mark.parametrize("pull", ["linear", "l2"])
+def test_the_fused_threshold_trains_like_the_eager_ops(pull):
+    """Compiled (``fused_threshold``) and eager forward, pull and backward agree to float rounding."""
+    ids = _ids()
+    runs = {}
+    for fused in (True, False):
+        layer = _layer(fused_threshold=fused, threshold_update="dense", threshold_pull=pull, s0=-2.5)
+        layer.searcher.search_steps_ = STEPS_PER_EPOCH  # past the warm-up: the pull is on
+        out = layer(ids)
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() + layer.searcher.penalty()
+        loss.backward()
+        if fused and layer.searcher._fused is None:
+            pytest.skip("torch.compile cannot build kernels on this machine (the fallback test covers it)")
+        assert (layer.searcher._fused is not None) == fused
+        kept = torch.tensor(float(layer.searcher._count_kept(layer.lookup)))  # the scheduled sparsity count
+        runs[fused] = (out, loss, _table(layer).grad, layer.searcher.threshold.grad, kept)
+    assert 0 < runs[True][-1] < N * DIM
+    for compiled, eager in zip(runs[True], runs[False], strict=True):
+        assert torch.allclose(compiled, eager, rtol=1e-5, atol=1e-7)
+
+
+def test_the_fused_threshold_falls_back_to_eager_ops_where_it_cannot_compile(monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    layer = _layer(fused_threshold=True, s0=-2.5)
+    ids = _ids()
+    with pytest.warns(UserWarning, match="falls back to eager"):
+        out = layer(ids)
+    assert layer.searcher._fused is None and not layer.searcher._fused_ok
+    whole = soft_threshold(_table(layer), layer.searcher.table_thresholds())
+    assert torch.allclose(out, whole[ids + torch.tensor([0, 3, 43])], rtol=0, atol=1e-7)
+
+
 @pytest.mark.parametrize(
     ("options", "key"),
     [

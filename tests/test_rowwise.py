@@ -89,3 +89,13 @@ def test_a_restored_state_continues_exactly():
 def test_bad_settings_fail(options, word):
     with pytest.raises(ValueError, match=word):
         RowwiseAdam(ROWS, DIM, **options)
+
+
+def test_the_sort_free_unique_finds_each_row_once_and_maps_every_position_to_it():
+    opt = RowwiseAdam(1000, 4, lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+    for size in (1, 7, 5000):  # 5000 draws from 1000 rows: many repeats
+        rows = torch.randint(0, 1000, (size,), generator=gen)
+        unique, inverse = opt._unique(rows)
+        assert torch.equal(unique[inverse], rows)
+        assert torch.equal(torch.sort(unique).values, torch.unique(rows))

@@ -48,6 +48,8 @@ class RowwiseAdam(nn.Module):
         self.register_buffer("exp_avg_sq", torch.zeros(num_rows, dim))
         self.register_buffer("last_step", torch.zeros(num_rows, dtype=torch.long))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        # scratch for the sort-free unique of a step's rows (contents never read before written)
+        self.register_buffer("_slot", torch.zeros(num_rows, dtype=torch.int32), persistent=False)
         # autograd calls a Function's backward only when one of its inputs requires a gradient
         self._anchor = torch.zeros((), requires_grad=True)
 
@@ -69,7 +71,7 @@ class RowwiseAdam(nn.Module):
         """
         self.step += 1
         step = int(self.step)
-        unique, inverse = torch.unique(rows, return_inverse=True)  # [U], [N]
+        unique, inverse = self._unique(rows)  # [U], [N]
         g = torch.zeros(unique.numel(), weight.shape[1], dtype=grad.dtype).index_add_(0, inverse, grad)
         lag = (step - self.last_step.index_select(0, unique)).to(g.dtype).unsqueeze(1)  # [U, 1], >= 1
         avg_sq = self.exp_avg_sq.index_select(0, unique).mul_(torch.pow(self.beta2, lag))
@@ -80,6 +82,19 @@ class RowwiseAdam(nn.Module):
         weight.index_copy_(0, unique, new_rows)
         self.exp_avg_sq.index_copy_(0, unique, avg_sq)
         self.last_step.index_fill_(0, unique, step)
+
+    def _unique(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distinct ``rows`` [U] (in no particular order) and each position's index into them [N].
+
+        O(N), no sort (``torch.unique`` sorts): every position writes itself into its row's scratch
+        slot; one write per row lands, and that position represents the row.
+        """
+        positions = torch.arange(rows.numel(), dtype=self._slot.dtype, device=rows.device)
+        self._slot.index_put_((rows,), positions)
+        representative = self._slot[rows].long()  # [N]
+        first = representative == positions  # [N], one True per distinct row
+        compact = first.cumsum(0) - 1  # position -> index among the distinct rows
+        return rows[first], compact[representative]
 
     def extra_repr(self) -> str:
         return f"lr={self.lr}, beta2={self.beta2}, eps={self.eps}"
