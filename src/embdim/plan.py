@@ -130,14 +130,19 @@ class EmbeddingPlan:
 
     def ragged_index(self) -> RaggedIndex | None:
         """How a ``ragged`` plan's rows are indexed (see :func:`ragged_index`); ``None`` otherwise."""
-        if self.storage != "ragged":
-            return None
-        return self._index()[0]
+        return self._index_bytes()[0] if self.storage == "ragged" else None
 
-    def _index(self) -> tuple[RaggedIndex, int]:
+    def _index_bytes(self) -> tuple[RaggedIndex, list[int], int]:
+        """The row index of ``ragged``/``csr`` storage: its layout, each field's share of its bytes,
+        and the bytes of its closing entries (shared by all fields)."""
         assert self.row_sizes is not None
-        runs = equal_size_runs(self.row_sizes)
-        return ragged_index(sum(self.vocab_sizes), sum(self.field_params()), runs, self.dim)
+        rows, values = sum(self.vocab_sizes), sum(self.field_params())
+        if self.storage == "ragged":
+            runs = [equal_size_runs([r]) for r in self.row_sizes]
+            if ragged_index(rows, values, sum(runs), self.dim)[0] == "runs":
+                closing = offset_bytes(rows) + offset_bytes(values)
+                return "runs", [r * (closing + size_bytes(self.dim)) for r in runs], closing
+        return "rows", [n * offset_bytes(values) for n in self.vocab_sizes], offset_bytes(values)
 
     def field_bytes(self) -> list[int]:
         """Bytes each field's slim storage takes: its values, plus its share of the row index (and
@@ -147,25 +152,14 @@ class EmbeddingPlan:
         values = [p * FLOAT_BYTES for p in params]
         if self.storage == "dense":
             return values
-        assert self.row_sizes is not None
-        total = sum(params)
-        if self.storage == "ragged" and self._index()[0] == "runs":
-            per_run = offset_bytes(sum(self.vocab_sizes)) + offset_bytes(total) + size_bytes(self.dim)
-            index = [equal_size_runs([r]) * per_run for r in self.row_sizes]
-        else:
-            index = [n * offset_bytes(total) for n in self.vocab_sizes]
+        index = self._index_bytes()[1]
         col = column_index_bytes(self.dim) if self.storage == "csr" else 0
         return [v + i + p * col for v, i, p in zip(values, index, params, strict=True)]
 
     @property
     def num_bytes(self) -> int:
         """Bytes of the slim embedding: tables, their index structures and ``extra_params``."""
-        if self.storage == "dense":
-            closing = 0
-        elif self.storage == "ragged" and self._index()[0] == "runs":
-            closing = offset_bytes(sum(self.vocab_sizes)) + offset_bytes(sum(self.field_params()))
-        else:
-            closing = offset_bytes(sum(self.field_params()))
+        closing = 0 if self.storage == "dense" else self._index_bytes()[2]
         return sum(self.field_bytes()) + closing + self.extra_params * FLOAT_BYTES
 
     @property

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from embdim.plan import EmbeddingPlan, equal_size_runs, ragged_index
+from embdim.plan import EmbeddingPlan, equal_size_runs, ragged_index, size_bytes
 
 GROUP_KINDS: dict[str, type[SlimGroup]] = {}
 
@@ -174,7 +174,7 @@ class RaggedGroup(SlimGroup):
         index = {
             "run_rows": torch.cat([first_rows, torch.tensor([len(lengths)])]).to(_offset_dtype(len(lengths))),
             "run_offsets": run_offsets.to(_offset_dtype(total)),
-            "run_sizes": run_sizes.to(torch.uint8 if dim <= 255 else torch.int16),
+            "run_sizes": run_sizes.to(torch.uint8 if size_bytes(dim) == 1 else torch.int16),
         }
         return cls(field_ids, rows, table[keep], index, dim)
 
