@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ["frappe", "movielens_100k", "synthetic"]
+DATASETS = ["frappe", "movielens_100k", "synthetic", "synthetic_criteo"]
 METHODS = ["full", "pep"]
 AUC_MARGIN = 0.002  # acceptance: pep test AUC >= full's minus this
 SPARSITY_TARGET = 0.9  # acceptance: at >= 90 % embedding sparsity
