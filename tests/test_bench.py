@@ -116,6 +116,29 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path, monkeypatch):
     assert json.loads(next(iter(finished)).read_text())["test_auc"] in set(results["test_auc"])
 
 
+def test_stale_runs_are_named_and_rerun_on_request(tmp_path):
+    cfg, base = load_bench(write_bench(tmp_path, methods=["full"], budgets=[0.5], seeds=[1]))
+    first = run_bench(cfg, base)
+    assert (first["status"] == "done").all()
+    runs = bench_dir(cfg) / "runs"
+    finished = {p: p.stat().st_mtime_ns for p in runs.glob("*/result.json")}
+
+    changed, _ = load_bench(write_bench(tmp_path, methods=["full"], budgets=[0.5], seeds=[1]), ["train.lr=0.01"])
+    refused = run_bench(changed, base)
+    assert (refused["status"] == "failed").all()
+    assert refused["reason"].str.contains(r"train\.lr: 0\.001 -> 0\.01").all()
+    assert refused["reason"].str.contains("--rerun-stale").all()
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("*/result.json")} == finished  # nothing touched
+
+    rerun = run_bench(changed, base, rerun_stale=True)
+    assert (rerun["status"] == "done").all()
+    for path in finished:
+        assert yaml.safe_load((path.parent / "config.yaml").read_text())["train"]["lr"] == 0.01
+        kept = bench_dir(cfg) / "stale" / path.parent.name
+        assert yaml.safe_load((kept / "config.yaml").read_text())["train"]["lr"] == 0.001
+        assert json.loads((kept / "result.json").read_text())["test_auc"] in set(first["test_auc"])
+
+
 @pytest.mark.parametrize(
     "change, key",
     [({"methods": ["nope"]}, "methods"), ({"budgets": [-0.5]}, "budgets.0.value"), ({"bogus": 1}, "bogus")],

@@ -23,6 +23,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -41,9 +42,11 @@ from embdim.registry import SEARCHERS
 from embdim.searchers.base import Budget, BudgetUnreachable
 
 RESULTS_FILE = "results.csv"
+STALE_DIR = "stale"  # run folders of an earlier config, moved aside by --rerun-stale
 REFERENCE_METHOD = "full"
 REFERENCE_BUDGET = 1.0
 LANDING_TOLERANCE = 0.1  # a run lands on its budget when its slim bytes are within 10 % of it
+STALE_KEYS_SHOWN = 3  # changed keys named in a stale run's row
 PARENT_POLL_SECONDS = 1.0  # how often a worker checks that its sweep process is still alive
 
 
@@ -209,12 +212,16 @@ def _flatten(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, int | float | str | bool) or v is None else json.dumps(v) for k, v in result.items()}
 
 
-def run_bench(cfg: BenchConfig, base: Path, jobs: int = 1) -> pl.DataFrame:
+def run_bench(cfg: BenchConfig, base: Path, jobs: int = 1, rerun_stale: bool = False) -> pl.DataFrame:
     """Run (or resume) the sweep, ``jobs`` runs at a time; writes and returns ``results.csv`` (one row
     per planned run, in plan order).
 
     With ``jobs > 1`` every run trains in a worker process of its own, without progress bars, on
     ``cpu_count // jobs`` threads unless the bench's overrides set ``train.threads``.
+
+    A run folder whose stored config differs from the sweep's (the bench config or a method's
+    options changed since) is stale: its row fails, naming the keys that changed, unless
+    ``rerun_stale`` moves the folder to ``<bench>/stale/`` and trains the run again.
     """
     from tqdm.auto import tqdm
 
@@ -234,10 +241,14 @@ def run_bench(cfg: BenchConfig, base: Path, jobs: int = 1) -> pl.DataFrame:
         rows[index] = _result_row(runs[index], outcome)
         _write_results(folder, [rows[i] for i in sorted(rows)])  # after every run: a killed sweep keeps its table
 
-    todo = [i for i, planned in enumerate(runs) if planned.config is not None]
+    todo = []
     for i, planned in enumerate(runs):
         if planned.config is None:
             finish(i, None)
+        elif (stale := _stale(planned.config, folder, rerun_stale)) is not None:
+            finish(i, stale)
+        else:
+            todo.append(i)
     progress = runs[0].config.train.progress if runs[0].config else True
     bar = tqdm(total=len(todo), desc=f"bench {cfg.name}", unit="run", disable=not progress)
     if jobs == 1:
@@ -266,6 +277,25 @@ def exit_with_parent(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _stale(config: RunConfig, folder: Path, rerun: bool) -> ConfigError | None:
+    """The error of a run whose folder holds another config, or None when it may (re)run; with
+    ``rerun`` such a folder is moved to ``folder/stale/`` (replacing an older copy) instead."""
+    from embdim.train.run import run_dir_for, stored_config_changes
+
+    changes = stored_config_changes(config)
+    if not changes:
+        return None
+    run_dir = run_dir_for(config)
+    if rerun:
+        target = folder / STALE_DIR / run_dir.name
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        run_dir.rename(target)
+        return None
+    shown = "; ".join(changes[:STALE_KEYS_SHOWN]) + ("; ..." if len(changes) > STALE_KEYS_SHOWN else "")
+    return ConfigError(f"{run_dir} holds a different config ({shown}); --rerun-stale trains it again")
 
 
 def _attempt(train: Callable[[RunConfig], dict[str, Any]], config: RunConfig) -> dict[str, Any] | Exception:

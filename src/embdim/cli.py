@@ -79,6 +79,9 @@ def bench(
     jobs: Annotated[
         int, typer.Option(min=1, help="runs trained at once, each in a process of its own (cores / jobs threads)")
     ] = 1,
+    rerun_stale: Annotated[
+        bool, typer.Option(help="train again the runs whose folder holds an older config (moved to <bench>/stale/)")
+    ] = False,
 ) -> None:
     """Sweep methods x budgets x seeds (resuming finished runs) and write results.csv + report.md with plots."""
     from embdim.bench import bench_dir, load_bench, run_bench
@@ -89,7 +92,7 @@ def bench(
         if not progress:
             cfg.overrides.append("train.progress=false")
         if not report_only:
-            run_bench(cfg, base, jobs=jobs)
+            run_bench(cfg, base, jobs=jobs, rerun_stale=rerun_stale)
         report = write_report(bench_dir(cfg), cfg.name)
     except (ConfigError, DataError) as err:
         _fail(err)

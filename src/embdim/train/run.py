@@ -2,7 +2,7 @@
 
 A folder without ``result.json`` is an unfinished run: running the same config again resumes it.
 A folder with ``result.json`` is finished and is not trained again. A different config for an
-existing folder is refused rather than mixed in.
+existing folder is refused rather than mixed in; the error names the keys that differ.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from embdim.train.trainer import Trainer
 
 CONFIG_FILE = "config.yaml"
 RESULT_FILE = "result.json"
+SHOWN_CHANGES = 5  # differing keys named in the error before "and N more"
+_ABSENT = "(absent)"
 
 
 def prepare_dataset(cfg: RunConfig, progress: bool = True) -> PreparedData:
@@ -35,6 +37,34 @@ def run_dir_for(cfg: RunConfig) -> Path:
     return Path(cfg.run_root) / cfg.name
 
 
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out |= _flat(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def config_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ, as ``key: stored -> current`` (``(absent)`` where a side lacks it)."""
+    old, new = _flat(stored), _flat(current)
+    return [
+        f"{key}: {old.get(key, _ABSENT)} -> {new.get(key, _ABSENT)}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+    ]
+
+
+def stored_config_changes(cfg: RunConfig, run_dir: Path | None = None) -> list[str]:
+    """How the config stored in the run folder differs from ``cfg`` (empty: same, or no folder yet)."""
+    config_path = (Path(run_dir) if run_dir else run_dir_for(cfg)) / CONFIG_FILE
+    if not config_path.exists():
+        return []
+    return config_changes(yaml.safe_load(config_path.read_text()), yaml.safe_load(to_yaml(cfg)))
+
+
 def run_experiment(
     cfg: RunConfig, run_dir: Path | None = None, force: bool = False, trainer_cls: type[Trainer] = Trainer
 ) -> dict[str, Any]:
@@ -45,10 +75,13 @@ def run_experiment(
     if run_dir.exists() and force:
         shutil.rmtree(run_dir)
     if config_path.exists():
-        if yaml.safe_load(config_path.read_text()) != yaml.safe_load(resolved):
+        changes = stored_config_changes(cfg, run_dir)
+        if changes:
+            more = f"\n  and {len(changes) - SHOWN_CHANGES} more" if len(changes) > SHOWN_CHANGES else ""
+            shown = "\n".join(f"  {change}" for change in changes[:SHOWN_CHANGES])
             raise ConfigError(
-                f"{run_dir} holds a run with a different config; choose another name (name=...) "
-                f"or pass --force to start it again"
+                f"{run_dir} holds a run with a different config (stored -> now):\n{shown}{more}\n"
+                f"choose another name (name=...) or pass --force to start it again"
             )
         if result_path.exists():
             return json.loads(result_path.read_text())
