@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -15,8 +16,15 @@ from embdim.bench import bench_dir, load_bench, run_bench
 from embdim.config import ConfigError
 from embdim.data.schema import FieldInfo
 from embdim.embedding import EmbeddingLayer
+from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
 from embdim.report.bench import write_report
+from embdim.report.bench_sizes import (
+    frequency_bins,
+    learned_plans,
+    plot_field_sizes_by_budget,
+    plot_sizes_vs_frequency_by_budget,
+)
 from embdim.searchers.base import Budget, BudgetUnreachable
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "quickstart.yaml"
@@ -87,6 +95,8 @@ def test_sweep_writes_results_and_report(tmp_path):
     assert "full at 0.05" in report
     png = bench_dir(cfg) / "pareto.png"
     assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![width per field at each budget](field_sizes.png)" in report  # MDE's widths differ by field
+    assert (bench_dir(cfg) / "field_sizes.png").stat().st_size > 5000
 
 
 def test_interrupted_sweep_resumes_without_retraining(tmp_path, monkeypatch):
@@ -179,6 +189,14 @@ def test_every_method_lands_on_a_budget(tmp_path, method):
     row = results.filter(pl.col("label") == method).row(0, named=True)
     assert row["status"] == "done", row["reason"]
     assert row["landed"], f"{method}: {row['embedding_bytes']} bytes for a target of {row['budget_bytes']:.0f}"
+    cfg, _ = load_bench(path)
+    report = write_report(bench_dir(cfg)).read_text()
+    plan = json.loads((bench_dir(cfg) / "runs" / row["run"] / "plan.json").read_text())
+    value_level = plan["storage"] != "dense"
+    field_level = not value_level and len(set(plan["field_dims"])) > 1
+    assert ("sizes_vs_frequency.png" in report) == value_level
+    assert ("field_sizes.png" in report) == field_level
+    assert (bench_dir(cfg) / "sizes_vs_frequency.png").exists() == value_level
 
 
 def test_a_failing_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch):
@@ -250,3 +268,43 @@ def test_workers_exit_when_the_sweep_process_is_killed(tmp_path):
         time.sleep(0.2)
     os.kill(worker, signal.SIGKILL)
     pytest.fail("the worker outlived its killed sweep process")
+
+
+def test_frequency_bins_average_sizes_per_power_of_two_of_the_count():
+    counts = np.array([0, 0, 1, 2, 3, 4, 7, 8, 100])
+    sizes = np.array([1.0, 3.0, 5.0, 6.0, 8.0, 2.0, 4.0, 9.0, 10.0])
+    edges, means = frequency_bins(counts, sizes)
+    # bins: {0}, [1, 2), [2, 4), [4, 8), [8, 16), [64, 128)
+    assert edges.tolist() == [0.5, 1.0, 2.0, 4.0, 8.0, 64.0]
+    assert means.tolist() == [2.0, 5.0, 7.0, 3.0, 9.0, 10.0]
+
+
+def _plan(method: str, storage: str, field_dims: list[int], rows: list[np.ndarray] | None = None) -> EmbeddingPlan:
+    return EmbeddingPlan(method, [f.name for f in FIELDS], [f.vocab_size for f in FIELDS], 8, field_dims, storage, rows)
+
+
+def test_report_draws_sizes_per_field_and_against_frequency_for_every_budget(tmp_path):
+    fields = [FieldInfo(f.name, f.vocab_size, np.arange(f.vocab_size)[::-1].copy()) for f in FIELDS]
+    rng = np.random.default_rng(0)
+    plans = {
+        ("dml", "0.5"): _plan("dml", "dense", [4, 6, 2]),
+        ("dml", "0.2"): _plan("dml", "dense", [1, 2, 1]),
+        ("full", "0.5"): _plan("full", "dense", [4, 4, 4]),  # uniform: nothing to draw
+        ("pep", "0.5"): _plan("pep", "csr", [8, 8, 8], [rng.integers(0, 9, f.vocab_size) for f in FIELDS]),
+    }
+    rows = []
+    for (label, budget), plan in plans.items():
+        run = f"{label}_b{budget}_s1"
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        plan.save(tmp_path / "runs" / run / "plan.json")
+        rows.append({"label": label, "budget": budget, "seed": 1, "status": "done", "run": run})
+    field_level, value_level = learned_plans(pl.DataFrame(rows), tmp_path / "runs")
+    assert {k: sorted(v) for k, v in field_level.items()} == {"dml": ["0.2", "0.5"]}
+    assert list(value_level) == ["pep"]
+    for path in (
+        plot_field_sizes_by_budget(field_level, tmp_path / "fields.png"),
+        plot_sizes_vs_frequency_by_budget(value_level, fields, tmp_path / "frequency.png"),
+    ):
+        assert path.stat().st_size > 5000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="rows"):
+        plot_sizes_vs_frequency_by_budget(value_level, fields[:2], tmp_path / "bad.png")

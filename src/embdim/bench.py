@@ -42,6 +42,7 @@ from embdim.registry import SEARCHERS
 from embdim.searchers.base import Budget, BudgetUnreachable
 
 RESULTS_FILE = "results.csv"
+RUNS_DIR = "runs"  # the sweep's run folders, under its bench folder
 STALE_DIR = "stale"  # run folders of an earlier config, moved aside by --rerun-stale
 REFERENCE_METHOD = "full"
 REFERENCE_BUDGET = 1.0
@@ -171,7 +172,7 @@ def plan_runs(cfg: BenchConfig, base: Path) -> list[PlannedRun]:
     from embdim.train.run import prepare_dataset
 
     experiment = base / cfg.experiment
-    run_root = str(bench_dir(cfg) / "runs")
+    run_root = str(bench_dir(cfg) / RUNS_DIR)
 
     def config_for(entry: MethodEntry, seed: int, name: str, extra: list[str]) -> RunConfig:
         overrides = [*cfg.overrides, f"method={entry.name}", f"train.seed={seed}", f"name={name}"]

@@ -1,9 +1,9 @@
 """The report of an ``embdim bench`` sweep: a Markdown table and PNG plots a person can open anywhere.
 
 ``write_report(folder)`` reads ``folder/results.csv`` and writes ``report.md``, ``pareto.png``
-(test AUC against embedding bytes, log scale, one line per method with std error bars) and, where
-runs hold them, plots of the learned sizes (per field for field-level methods, against frequency
-for value-level ones).
+(test AUC against embedding bytes, log scale, one line per method with std error bars) and the
+learned sizes at every budget (``report/bench_sizes.py``: per field for field-level methods,
+against training frequency for value-level ones).
 """
 
 from __future__ import annotations
@@ -16,8 +16,19 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import polars as pl
+import yaml
 
-from embdim.bench import RESULTS_FILE, summarise
+from embdim.bench import RESULTS_FILE, RUNS_DIR, summarise
+from embdim.config import ConfigError
+from embdim.data.raw import DataError
+from embdim.data.schema import FieldInfo
+from embdim.report.bench_sizes import (
+    FIELD_SIZES_FILE,
+    SIZES_VS_FREQUENCY_FILE,
+    learned_plans,
+    plot_field_sizes_by_budget,
+    plot_sizes_vs_frequency_by_budget,
+)
 
 PARETO_FILE = "pareto.png"
 REPORT_FILE = "report.md"
@@ -54,6 +65,36 @@ def plot_pareto(summary: pl.DataFrame, path: Path, title: str) -> Path:
     return path
 
 
+def _dataset_fields(results: pl.DataFrame, runs_dir: Path) -> list[FieldInfo]:
+    """The sweep's encoded fields with training counts, from the dataset cache of its first run."""
+    from embdim.config import validate
+    from embdim.train.run import CONFIG_FILE, prepare_dataset
+
+    first = results.filter(pl.col("status") == "done")["run"][0]
+    config = validate(yaml.safe_load((runs_dir / first / CONFIG_FILE).read_text()), source=f"{first}/{CONFIG_FILE}")
+    return prepare_dataset(config, progress=False).schema.fields
+
+
+def _size_plots(results: pl.DataFrame, folder: Path) -> list[str]:
+    """Write the learned-size plots of the sweep; returns the report lines that show them."""
+    runs_dir = folder / RUNS_DIR
+    field_level, value_level = learned_plans(results, runs_dir)
+    lines = []
+    if field_level:
+        plot_field_sizes_by_budget(field_level, folder / FIELD_SIZES_FILE)
+        lines += ["", "## Sizes per field (field-level methods, first seed)", ""]
+        lines += [f"![width per field at each budget]({FIELD_SIZES_FILE})"]
+    if value_level:
+        lines += ["", "## Size against frequency (value-level methods, first seed)", ""]
+        try:
+            fields = _dataset_fields(results, runs_dir)
+        except (ConfigError, DataError, OSError) as err:
+            return [*lines, f"Not drawn: the dataset's training counts could not be loaded ({err})."]
+        plot_sizes_vs_frequency_by_budget(value_level, fields, folder / SIZES_VS_FREQUENCY_FILE)
+        lines += [f"![mean stored size against training count]({SIZES_VS_FREQUENCY_FILE})"]
+    return lines
+
+
 def write_report(folder: str | Path, title: str | None = None) -> Path:
     """Write ``report.md`` and the plots for the sweep in ``folder``; returns the report's path."""
     folder = Path(folder)
@@ -87,6 +128,7 @@ def write_report(folder: str | Path, title: str | None = None) -> Path:
         "Time / full: the reference's samples per second over the method's (medians over seeds), "
         "measured in separate runs on the same machine.",
     ]
+    lines += _size_plots(results, folder)
     report = folder / REPORT_FILE
     report.write_text("\n".join(lines) + "\n")
     return report
