@@ -235,6 +235,63 @@ def test_masks_and_phase_survive_a_checkpoint_round_trip():
     assert torch.equal(fresh(ids), layer(ids))
 
 
+def test_the_drift_raises_every_threshold_alike_on_schedule_and_survives_a_checkpoint():
+    layer = _layer(drift_per_epoch=0.5, pull_doubling_epochs=2, pull_start_epochs=1, drift_start_quantile=None)
+    searcher: PEPSearcher = layer.searcher
+    expected = 0.0
+    for step in range(5 * STEPS_PER_EPOCH):
+        searcher.on_step(step, layer.lookup)
+        pulled = searcher.search_steps_ / STEPS_PER_EPOCH - 1
+        expected += 0.0 if pulled < 0 else 0.5 / STEPS_PER_EPOCH * 2 ** (pulled / 2)
+    assert float(searcher.drift) == pytest.approx(expected, rel=1e-5) and expected > 0
+    assert searcher.penalty() is None  # no loss term: the thresholds' own values stay where they were
+    assert torch.equal(searcher.threshold.detach(), torch.full((N, DIM), -15.0))
+    assert torch.allclose(searcher.table_thresholds(), torch.full((N, DIM), -15.0 + expected))
+    fresh = _layer().searcher
+    fresh.load_checkpoint_state(searcher.state_for_checkpoint())
+    assert float(fresh.drift) == float(searcher.drift)
+
+
+def test_the_drift_starts_where_the_smallest_values_are_whatever_s0():
+    for s0 in (-15.0, -40.0):
+        layer = _layer(s0=s0, pull_start_epochs=1, drift_start_quantile=0.05)
+        searcher: PEPSearcher = layer.searcher
+        for step in range(STEPS_PER_EPOCH - 1):
+            searcher.on_step(step, layer.lookup)
+        assert float(searcher.drift) == 0.0 and searcher.measure(layer.lookup) == 0.0  # warm-up: nothing pruned
+        searcher.on_step(STEPS_PER_EPOCH, layer.lookup)  # the pull starts: 5 % of |v| below the threshold
+        assert searcher.measure(layer.lookup) == pytest.approx(0.05, abs=0.01)
+        assert float(searcher.drift) > -s0 - 5  # sigmoid(s0 + drift) is near the table's small |v| (~0.01)
+
+
+@pytest.mark.parametrize("pull", ["drift", "linear"])
+def test_the_drift_prunes_ids_never_looked_up_and_the_linear_pull_never_does(pull):
+    """Half of every field is never looked up; the loss wants to keep every looked-up value. The drift
+    prunes the unseen half entirely and the loss holds up the seen half; a pull on looked-up thresholds
+    cannot reach the unseen half at all (how linear / l2 prune the frequent ids first)."""
+    # the drift reaches 7.5 logits in 3 epochs (s0 + drift: sigmoid 0.82, above every |v| of this table);
+    # a seen row is in most batches of 512 and moves back up to 0.5 per step, 5 per epoch
+    layer = _layer(threshold_pull=pull, s0=-6.0, threshold_lr=0.5, drift_per_epoch=2.5, pull_doubling_epochs=None)
+    searcher: PEPSearcher = layer.searcher
+    seen = torch.zeros(N, dtype=torch.bool)
+    for offset, field in zip([0, 3, 43], FIELDS, strict=True):
+        seen[offset : offset + (field.vocab_size + 1) // 2] = True
+    gen = torch.Generator().manual_seed(1)
+    for step in range(3 * STEPS_PER_EPOCH):
+        ids = torch.stack([torch.randint(0, (f.vocab_size + 1) // 2, (512,), generator=gen) for f in FIELDS], 1)
+        loss = -layer(ids).abs().sum()  # every looked-up value helps
+        penalty = searcher.penalty()
+        (loss + (penalty if penalty is not None else 0.0)).backward()
+        searcher.on_step(step, layer.lookup)
+    kept = searcher.current_mask(layer.lookup).float().mean(1)
+    assert kept[seen].mean() > 0.9
+    if pull == "drift":
+        assert kept[~seen].max() == 0.0
+    else:
+        assert kept[~seen].mean() > 0.9
+        assert (searcher.threshold.detach()[~seen] == -6.0).all()  # thresholds of ids never looked up never moved
+
+
 # ---------------------------------------------------------------------- slim export
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 @pytest.mark.parametrize("phase", ["search", "retrain"])
@@ -317,8 +374,8 @@ def test_patience_may_stop_the_retraining_only_after_its_minimum_epochs():
     assert _layer(retrain_min_epochs=0).searcher.early_stopping("retrain")
 
 
-def test_the_pull_doubles_on_schedule_and_lifts_only_the_looked_up_thresholds():
-    layer = _layer(threshold_decay=1e-3, pull_doubling_epochs=2)
+def test_the_linear_pull_doubles_on_schedule_and_lifts_only_the_looked_up_thresholds():
+    layer = _layer(threshold_pull="linear", threshold_decay=1e-3, pull_doubling_epochs=2)
     searcher: PEPSearcher = layer.searcher
     searcher.steps_per_epoch = 25
     for step in range(100):
@@ -332,10 +389,10 @@ def test_the_pull_doubles_on_schedule_and_lifts_only_the_looked_up_thresholds():
     looked_up = torch.zeros(N, dtype=torch.bool)
     looked_up[[0, 3, 43]] = True
     assert (rise[looked_up] > 0).all() and (rise[~looked_up] == 0).all()  # the pull raises s, only there
-    constant = _layer(pull_doubling_epochs=None).searcher
+    constant = _layer(threshold_pull="linear", pull_doubling_epochs=None).searcher
     constant.steps_per_epoch = 25
     assert constant.pull_weight() == pytest.approx(1e-3)
-    warm = _layer(pull_start_epochs=2).searcher
+    warm = _layer(threshold_pull="linear", pull_start_epochs=2).searcher
     warm.steps_per_epoch = 10
     for step in range(10):
         warm.on_step(step, layer.lookup)
@@ -344,7 +401,7 @@ def test_the_pull_doubles_on_schedule_and_lifts_only_the_looked_up_thresholds():
     assert warm.pull_weight() == 0.0 and warm.penalty() is None  # still training the dense model
 
 
-@pytest.mark.parametrize("pull", ["linear", "l2"])
+@pytest.mark.parametrize("pull", ["drift", "linear", "l2"])
 def test_the_fused_threshold_trains_like_the_eager_ops(pull):
     """Compiled (``fused_threshold``) and eager forward, pull and backward agree to float rounding."""
     ids = _ids()
@@ -352,8 +409,11 @@ def test_the_fused_threshold_trains_like_the_eager_ops(pull):
     for fused in (True, False):
         layer = _layer(fused_threshold=fused, threshold_update="dense", threshold_pull=pull, s0=-2.5)
         layer.searcher.search_steps_ = STEPS_PER_EPOCH  # past the warm-up: the pull is on
+        layer.searcher.drift.fill_(0.3 if pull == "drift" else 0.0)
         out = layer(ids)
-        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() + layer.searcher.penalty()
+        penalty = layer.searcher.penalty()
+        assert (penalty is None) == (pull == "drift")  # the drift is no loss term
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() + (penalty or 0.0)
         loss.backward()
         if fused and layer.searcher._fused is None:
             pytest.skip("torch.compile cannot build kernels on this machine (the fallback test covers it)")
@@ -399,7 +459,7 @@ def test_bad_options_fail_naming_the_key(options, key):
 @pytest.mark.parametrize("update", ["rowwise", "dense"])
 def test_thresholds_train_at_their_own_learning_rate_whatever_the_model_lr(update):
     """Adam's first step moves each parameter by its lr: s by threshold_lr, the table by train.lr."""
-    layer = _layer(threshold_lr=0.2, threshold_decay=1e-3, threshold_update=update)
+    layer = _layer(threshold_lr=0.2, threshold_pull="linear", threshold_decay=1e-3, threshold_update=update)
     searcher: PEPSearcher = layer.searcher
     cfg = TrainConfig(optimizer="adam", lr=0.01)
     opts = build_optimizers([_table(layer)], [], cfg, sparse=False, own_groups=searcher.optimizer_groups())

@@ -17,12 +17,19 @@ What is this project's own design [ours]:
   ``s`` are plain parameters and only the optimizer's coupled weight decay (dense Adam,
   ``train.weight_decay = train.embedding_weight_decay = 1e-5``) lifts them from ``s0`` (-150
   Criteo/Avazu, -15 MovieLens) by about ``lr`` per step, so pruning starts after hundreds of
-  epochs. ``ours`` adds an explicit upward pull on the looked-up thresholds (``threshold_decay``), a
-  loss term, so it works with any optimizer, sparse or fused, with decoupled or no decay: ``linear``
-  (default) a constant force, ``l2`` the force coupled decay exerts, which levels off as ``s`` nears
-  0. Without weight decay the weights that matter outgrow a fixed pull and pruning levels off (on
-  Frappe near 84 %), so the pull doubles every ``pull_doubling_epochs`` until the last target is
-  reached: the search length is bounded and the pruning order is still set by the loss. The
+  epochs. ``ours`` adds an explicit upward pull, so it works with any optimizer, sparse or fused,
+  with decoupled or no decay. ``drift`` (default) raises every threshold by the same amount per
+  step, looked up or not (one scalar offset added to all ``s``, so it costs nothing per row); the
+  loss moves a looked-up threshold back down where its value matters, by up to ``threshold_lr`` per
+  lookup, so an id seen rarely cannot hold its values and is pruned first, as coupled decay does in
+  the paper (it lifts every threshold each step; the loss resists only on looked-up rows).
+  ``linear`` / ``l2`` are loss terms on the looked-up thresholds (``threshold_decay``: a constant
+  force, or the force coupled decay exerts); they pull an id as often as it is looked up, so they
+  prune the *frequent* ids first and never reach ids absent from training (on Frappe: ids seen once
+  kept all 10 values, the most frequent ones none). Without weight decay the weights that matter
+  outgrow a fixed pull and pruning levels off (on Frappe near 84 %), so the pull doubles every
+  ``pull_doubling_epochs`` until the last target is reached: the search length is bounded and the
+  pruning order is still set by the loss. The
   thresholds get their own learning rate (``threshold_lr``, an optimizer group): Adam moves ``s``
   by about that much per step whatever ``train.lr`` is, so targets are reached in a few epochs,
   not hundreds, and a model trained at a 10x larger lr does not prune at its initialisation.
@@ -84,6 +91,7 @@ TABLE = "all"  # the one n x d table (base Searcher.table_specs)
 ADAM_MOMENTS = 2
 STEP_BYTES = 8 + 4  # RowwiseAdam per row: int64 last-updated step, int32 scratch slot
 MEASURE_BLOCK_ROWS = 16384  # rows per block of the sparsity count: its temporaries stay in cache
+QUANTILE_SAMPLE = 1 << 20  # |v| entries sampled for the drift's starting quantile (torch.quantile's limit is 2^24)
 
 
 class PEPConfig(SearcherConfig):
@@ -92,7 +100,7 @@ class PEPConfig(SearcherConfig):
     mode: Literal["faithful", "ours"] = Field(
         "ours",
         description="faithful: thresholds move only by the optimizer's coupled decay (paper); "
-        "ours: explicit threshold pull (threshold_decay) and learning rate (threshold_lr)",
+        "ours: explicit threshold pull (threshold_pull) and learning rate (threshold_lr)",
     )
     granularity: Granularity = Field("feature_dim", description="threshold granularity (official threshold_type)")
     s0: float = Field(-15.0, description="initial threshold logit; sigmoid(s0) must be far below |init weights|")
@@ -111,7 +119,10 @@ class PEPConfig(SearcherConfig):
         "granularities and mode faithful are always dense",
     )
     threshold_decay: float = Field(
-        1e-3, ge=0, description="weight of the pull on looked-up thresholds, summed per batch row (ours); faithful: 0"
+        1e-3,
+        ge=0,
+        description="threshold_pull=linear|l2: weight of the pull on looked-up thresholds, summed per batch row "
+        "(ours); faithful: 0",
     )
     pull_doubling_epochs: float | None = Field(
         2.0,
@@ -124,10 +135,26 @@ class PEPConfig(SearcherConfig):
         ge=0,
         description="search epochs trained before the pull starts (ours): prune a trained model, not a fresh one",
     )
-    threshold_pull: Literal["linear", "l2"] = Field(
-        "linear",
-        description="linear: penalty -decay * s, a constant upward force (sigmoid(s) can pass 0.5); "
-        "l2: 0.5 * decay * s^2, what coupled decay exerts (levels off as s nears 0, sigmoid(s) near 0.5)",
+    threshold_pull: Literal["drift", "linear", "l2"] = Field(
+        "drift",
+        description="drift: every threshold rises by the same amount per step (drift_per_epoch), looked up or "
+        "not, and the loss pushes back only where a value matters, so rare ids are pruned first; "
+        "linear: penalty -decay * s on the looked-up thresholds, a constant upward force; l2: 0.5 * decay "
+        "* s^2, what coupled decay exerts (levels off as s nears 0). linear and l2 pull an id as often as "
+        "it is looked up, so they prune the frequent ids first",
+    )
+    drift_per_epoch: float = Field(
+        0.5,
+        gt=0,
+        description="threshold_pull=drift: logits every threshold rises per search epoch once the pull "
+        "starts, doubling every pull_doubling_epochs (a looked-up threshold can move threshold_lr per step)",
+    )
+    drift_start_quantile: float | None = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="threshold_pull=drift: when the pull starts, the drift jumps to where sigmoid(s0 + drift) "
+        "is this quantile of the table's |v|, so pruning starts at once whatever s0; null: the drift starts at 0",
     )
     fused_threshold: bool = Field(
         True,
@@ -193,10 +220,12 @@ def pull_sum(s: torch.Tensor, l2: bool) -> torch.Tensor:
     return 0.5 * s.square().sum() if l2 else -s.sum()
 
 
-def threshold_and_pull(v: torch.Tensor, s: torch.Tensor, l2: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``soft_threshold(v, s)`` and ``pull_sum(s, l2)`` in one function, the unit compiled into fused
-    kernels for training (``fused_threshold``)."""
-    return soft_threshold(v, s), pull_sum(s, l2)
+def threshold_and_pull(
+    v: torch.Tensor, s: torch.Tensor, drift: torch.Tensor, l2: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``soft_threshold(v, s + drift)`` and ``pull_sum(s, l2)`` in one function, the unit compiled
+    into fused kernels for training (``fused_threshold``); ``drift`` is a 0-d tensor."""
+    return soft_threshold(v, s + drift), pull_sum(s, l2)
 
 
 def count_kept(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -298,6 +327,10 @@ class PEPSearcher(Searcher):
         self._fused: Any = None  # the compiled threshold_and_pull, built on first training use
         self._fused_count: Any = None  # the compiled count_kept, built with it
         self._fused_ok = config.fused_threshold
+        self.drift_started_ = False  # threshold_pull=drift: the drift has made its start jump
+        # threshold_pull=drift: the offset every threshold has risen by, a 0-d tensor so that the
+        # compiled kernels take it as an input rather than recompiling for each value
+        self.register_buffer("drift", torch.zeros(()), persistent=False)
 
     # ------------------------------------------------------------------ thresholds
     def optimizer_groups(self) -> list[dict[str, Any]]:
@@ -315,12 +348,18 @@ class PEPSearcher(Searcher):
             return nn.functional.embedding(rows, s)  # [B, F, 1|d]
         return s.unsqueeze(0)  # global, dimension: [1, 1, 1|d]; field*: [1, F, 1|d]
 
+    def effective_thresholds(self, s: torch.Tensor) -> torch.Tensor:
+        """Threshold logits ``s`` plus the common drift (``threshold_pull=drift``; zero otherwise)."""
+        return s + self.drift
+
     def table_thresholds(self, rows: slice = slice(None)) -> torch.Tensor:
         """Threshold logits of the table's ``rows`` (all by default), broadcastable to ``[rows, d]``."""
         s = self.threshold
         if self.config.granularity in ("field", "field_dim"):
-            return s[self.row_field[rows]]
-        return s[rows] if self.config.granularity in ("feature", "feature_dim") else s
+            s = s[self.row_field[rows]]
+        elif self.config.granularity in ("feature", "feature_dim"):
+            s = s[rows]
+        return self.effective_thresholds(s)
 
     # ------------------------------------------------------------------ forward
     def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
@@ -332,11 +371,11 @@ class PEPSearcher(Searcher):
         s = self.batch_thresholds(ids)
         self._batch_s = self._batch_pull = None
         if self.training and torch.is_grad_enabled() and self._fused_available(v, s):
-            out, pull = self._fused(v, s, self.config.threshold_pull == "l2")
+            out, pull = self._fused(v, s, self.drift, self.config.threshold_pull == "l2")
             self._batch_pull = pull / s.shape[0]
             return out
         self._batch_s = s if self.training else None
-        return soft_threshold(v, s)
+        return soft_threshold(v, self.effective_thresholds(s))
 
     def _fused_available(self, v: torch.Tensor, s: torch.Tensor) -> bool:
         """Whether the compiled threshold works here; the first call compiles it and runs it, forward
@@ -347,7 +386,7 @@ class PEPSearcher(Searcher):
             fused = torch.compile(threshold_and_pull, dynamic=True)
             probe_v = v[:2].detach().clone().requires_grad_(True)
             probe_s = s[:2].detach().clone().requires_grad_(True)
-            out, pull = fused(probe_v, probe_s, self.config.threshold_pull == "l2")
+            out, pull = fused(probe_v, probe_s, self.drift, self.config.threshold_pull == "l2")
             (out.sum() + pull).backward()
             fused_count = torch.compile(count_kept, dynamic=True)
             with torch.no_grad():
@@ -361,7 +400,7 @@ class PEPSearcher(Searcher):
 
     def penalty(self) -> torch.Tensor | None:
         s, pull, self._batch_s, self._batch_pull = self._batch_s, self._batch_pull, None, None
-        weight = self.pull_weight()
+        weight = 0.0 if self.config.threshold_pull == "drift" else self.pull_weight()
         if self.phase_ != "search" or weight == 0.0:
             return None
         # an upward force on the looked-up thresholds (descent raises s), summed per batch row; s is
@@ -372,16 +411,22 @@ class PEPSearcher(Searcher):
             pull = pull_sum(s, self.config.threshold_pull == "l2") / s.shape[0]
         return weight * pull
 
-    def pull_weight(self) -> float:
-        """Weight of the threshold pull now: ``threshold_decay``, doubled every ``pull_doubling_epochs``."""
+    def pull_growth(self) -> float:
+        """The pull's strength now relative to its start: 0 before ``pull_start_epochs``, then doubling
+        every ``pull_doubling_epochs`` (1 for a constant pull)."""
         if self.steps_per_epoch is None:
             raise RuntimeError("pep: steps_per_epoch is not set (the trainer sets it; set it when stepping by hand)")
         pulled = self.search_steps_ / self.steps_per_epoch - self.config.pull_start_epochs
         if pulled < 0:
             return 0.0
         doubling = self.config.pull_doubling_epochs
-        growth = 1.0 if doubling is None else 2.0 ** (pulled / doubling)
-        return self.config.threshold_decay * growth
+        return 1.0 if doubling is None else 2.0 ** (pulled / doubling)
+
+    def pull_weight(self) -> float:
+        """The pull now: the drift per step (``drift``) or the penalty's weight (``linear``, ``l2``)."""
+        if self.config.threshold_pull == "drift":
+            return self.config.drift_per_epoch / self.steps_per_epoch * self.pull_growth()
+        return self.config.threshold_decay * self.pull_growth()
 
     # ------------------------------------------------------------------ whole-table measures
     @torch.no_grad()
@@ -494,13 +539,34 @@ class PEPSearcher(Searcher):
             self.retrain_steps_ += 1
             return
         self.search_steps_ += 1
+        if self.config.mode == "ours" and self.config.threshold_pull == "drift":
+            step_drift = self.pull_weight()
+            if step_drift > 0 and not self.drift_started_:
+                self._start_drift(lookup)
+            self.drift += step_drift
         if self.search_steps_ % self.config.measure_every_steps == 0:
             self.history_.append((self.search_steps_, self.measure(lookup)))
+
+    @torch.no_grad()
+    def _start_drift(self, lookup: Lookup) -> None:
+        """Jump the drift to where ``sigmoid(s0 + drift)`` cuts ``drift_start_quantile`` of ``|v|``: the
+        steps from ``s0`` up to the weights' scale prune nothing, and their length depends on s0."""
+        self.drift_started_ = True
+        quantile = self.config.drift_start_quantile
+        if quantile is None:
+            return
+        values = lookup.table_weight(TABLE).detach().abs().flatten()
+        if values.numel() > QUANTILE_SAMPLE:
+            gen = torch.Generator().manual_seed(0)
+            values = values[torch.randint(values.numel(), (QUANTILE_SAMPLE,), generator=gen)]
+        cut = float(torch.quantile(values.float(), quantile))
+        start = float(torch.logit(torch.tensor(max(cut, 1e-12)))) - self.config.s0
+        self.drift.fill_(max(float(self.drift), start))
 
     def metrics(self, lookup: Lookup) -> dict[str, float]:
         out = {"sparsity": self.measure(lookup)}
         if self.phase_ == "search":
-            out["threshold_mean"] = float(torch.sigmoid(self.threshold.detach()).mean())
+            out["threshold_mean"] = float(torch.sigmoid(self.effective_thresholds(self.threshold.detach())).mean())
             out["targets_reached"] = float(len(self.masks_))
             out["pull_weight"] = self.pull_weight()
         return out
@@ -514,6 +580,8 @@ class PEPSearcher(Searcher):
             "retrain_steps": self.retrain_steps_,
             "history": list(self.history_),
             "completed_by_margin": self.completed_by_margin_,
+            "drift": float(self.drift),
+            "drift_started": self.drift_started_,
         }
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
@@ -523,6 +591,8 @@ class PEPSearcher(Searcher):
         self.retrain_steps_ = int(state.get("retrain_steps", 0))  # absent before 2026-11-30
         self.history_ = [tuple(x) for x in state["history"]]
         self.completed_by_margin_ = bool(state.get("completed_by_margin", False))  # absent before 2026-11-30
+        self.drift.fill_(float(state.get("drift", 0.0)))  # absent before 2026-12-01
+        self.drift_started_ = bool(state.get("drift_started", False))
         if state["phase"] == "retrain":
             self._enter_retrain()
 
@@ -562,7 +632,10 @@ class PEPSearcher(Searcher):
             "granularity": self.config.granularity,
             "s0": self.config.s0,
             "threshold_lr": self.config.threshold_lr,
+            "threshold_pull": self.config.threshold_pull,
             "threshold_decay": self.config.threshold_decay,
+            "drift_per_epoch": self.config.drift_per_epoch,
+            "final_drift": float(self.drift),
             "threshold_update": "rowwise" if self.threshold_optimizer is not None else "dense",
             "retrain_init": self.config.retrain_init,
             "targets": self.targets,
