@@ -47,7 +47,6 @@ STALE_DIR = "stale"  # run folders of an earlier config, moved aside by --rerun-
 REFERENCE_METHOD = "full"
 REFERENCE_BUDGET = 1.0
 LANDING_TOLERANCE = 0.1  # a run lands on its budget when its slim bytes are within 10 % of it
-STALE_KEYS_SHOWN = 3  # changed keys named in a stale run's row
 PARENT_POLL_SECONDS = 1.0  # how often a worker checks that its sweep process is still alive
 
 
@@ -283,7 +282,7 @@ def exit_with_parent(parent: int) -> None:
 def _stale(config: RunConfig, folder: Path, rerun: bool) -> ConfigError | None:
     """The error of a run whose folder holds another config, or None when it may (re)run; with
     ``rerun`` such a folder is moved to ``folder/stale/`` (replacing an older copy) instead."""
-    from embdim.train.run import run_dir_for, stored_config_changes
+    from embdim.train.run import describe_changes, run_dir_for, stored_config_changes
 
     changes = stored_config_changes(config)
     if not changes:
@@ -295,8 +294,9 @@ def _stale(config: RunConfig, folder: Path, rerun: bool) -> ConfigError | None:
         target.parent.mkdir(parents=True, exist_ok=True)
         run_dir.rename(target)
         return None
-    shown = "; ".join(changes[:STALE_KEYS_SHOWN]) + ("; ..." if len(changes) > STALE_KEYS_SHOWN else "")
-    return ConfigError(f"{run_dir} holds a different config ({shown}); --rerun-stale trains it again")
+    return ConfigError(
+        f"{run_dir} holds a different config ({describe_changes(changes, '; ')}); --rerun-stale trains it again"
+    )
 
 
 def _attempt(train: Callable[[RunConfig], dict[str, Any]], config: RunConfig) -> dict[str, Any] | Exception:

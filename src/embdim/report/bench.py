@@ -24,6 +24,7 @@ from embdim.data.raw import DataError
 from embdim.data.schema import FieldInfo
 from embdim.report.bench_sizes import (
     FIELD_SIZES_FILE,
+    FIGURE_DPI,
     SIZES_VS_FREQUENCY_FILE,
     learned_plans,
     plot_field_sizes_by_budget,
@@ -32,7 +33,6 @@ from embdim.report.bench_sizes import (
 
 PARETO_FILE = "pareto.png"
 REPORT_FILE = "report.md"
-FIGURE_DPI = 110
 
 
 def _pm(mean: float | None, std: float | None, digits: int = 4) -> str:

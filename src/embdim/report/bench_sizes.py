@@ -26,7 +26,6 @@ from embdim.plan import EmbeddingPlan
 
 FIELD_SIZES_FILE = "field_sizes.png"
 SIZES_VS_FREQUENCY_FILE = "sizes_vs_frequency.png"
-PLAN_FILE = "plan.json"
 FIGURE_DPI = 110
 BAR_GROUP_WIDTH = 0.8  # share of a field's slot taken by its bars
 INCH_PER_FIELD = 0.5
@@ -39,6 +38,8 @@ Plans = dict[str, dict[str, EmbeddingPlan]]  # method label -> budget label -> p
 def learned_plans(results: pl.DataFrame, runs_dir: Path) -> tuple[Plans, Plans]:
     """The plans of the sweep's non-uniform runs, first finished seed per (label, budget), split into
     field-level (dense, widths differ by field) and value-level (ragged, csr) ones."""
+    from embdim.train.trainer import PLAN_FILE
+
     done = results.filter((pl.col("status") == "done") & (pl.col("label") != "reference")).sort("seed")
     field_level: Plans = {}
     value_level: Plans = {}

@@ -327,7 +327,6 @@ class PEPSearcher(Searcher):
         self._fused: Any = None  # the compiled threshold_and_pull, built on first training use
         self._fused_count: Any = None  # the compiled count_kept, built with it
         self._fused_ok = config.fused_threshold
-        self.drift_started_ = False  # threshold_pull=drift: the drift has made its start jump
         # threshold_pull=drift: the offset every threshold has risen by, a 0-d tensor so that the
         # compiled kernels take it as an input rather than recompiling for each value
         self.register_buffer("drift", torch.zeros(()), persistent=False)
@@ -541,7 +540,8 @@ class PEPSearcher(Searcher):
         self.search_steps_ += 1
         if self.config.mode == "ours" and self.config.threshold_pull == "drift":
             step_drift = self.pull_weight()
-            if step_drift > 0 and not self.drift_started_:
+            first_pulled = (self.search_steps_ - 1) / self.steps_per_epoch < self.config.pull_start_epochs
+            if step_drift > 0 and first_pulled:
                 self._start_drift(lookup)
             self.drift += step_drift
         if self.search_steps_ % self.config.measure_every_steps == 0:
@@ -551,7 +551,6 @@ class PEPSearcher(Searcher):
     def _start_drift(self, lookup: Lookup) -> None:
         """Jump the drift to where ``sigmoid(s0 + drift)`` cuts ``drift_start_quantile`` of ``|v|``: the
         steps from ``s0`` up to the weights' scale prune nothing, and their length depends on s0."""
-        self.drift_started_ = True
         quantile = self.config.drift_start_quantile
         if quantile is None:
             return
@@ -581,7 +580,6 @@ class PEPSearcher(Searcher):
             "history": list(self.history_),
             "completed_by_margin": self.completed_by_margin_,
             "drift": float(self.drift),
-            "drift_started": self.drift_started_,
         }
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
@@ -592,7 +590,6 @@ class PEPSearcher(Searcher):
         self.history_ = [tuple(x) for x in state["history"]]
         self.completed_by_margin_ = bool(state.get("completed_by_margin", False))  # absent before 2026-11-30
         self.drift.fill_(float(state.get("drift", 0.0)))  # absent before 2026-12-01
-        self.drift_started_ = bool(state.get("drift_started", False))
         if state["phase"] == "retrain":
             self._enter_retrain()
 

@@ -22,7 +22,7 @@ from embdim.train.trainer import Trainer
 
 CONFIG_FILE = "config.yaml"
 RESULT_FILE = "result.json"
-SHOWN_CHANGES = 5  # differing keys named in the error before "and N more"
+SHOWN_CHANGES = 5  # differing keys named in an error before "and N more"
 _ABSENT = "(absent)"
 
 
@@ -65,6 +65,12 @@ def stored_config_changes(cfg: RunConfig, run_dir: Path | None = None) -> list[s
     return config_changes(yaml.safe_load(config_path.read_text()), yaml.safe_load(to_yaml(cfg)))
 
 
+def describe_changes(changes: list[str], separator: str = "\n  ") -> str:
+    """The first ``SHOWN_CHANGES`` of ``config_changes``, then how many more, joined by ``separator``."""
+    more = [f"and {len(changes) - SHOWN_CHANGES} more"] if len(changes) > SHOWN_CHANGES else []
+    return separator.join([*changes[:SHOWN_CHANGES], *more])
+
+
 def run_experiment(
     cfg: RunConfig, run_dir: Path | None = None, force: bool = False, trainer_cls: type[Trainer] = Trainer
 ) -> dict[str, Any]:
@@ -77,10 +83,8 @@ def run_experiment(
     if config_path.exists():
         changes = stored_config_changes(cfg, run_dir)
         if changes:
-            more = f"\n  and {len(changes) - SHOWN_CHANGES} more" if len(changes) > SHOWN_CHANGES else ""
-            shown = "\n".join(f"  {change}" for change in changes[:SHOWN_CHANGES])
             raise ConfigError(
-                f"{run_dir} holds a run with a different config (stored -> now):\n{shown}{more}\n"
+                f"{run_dir} holds a run with a different config (stored -> now):\n  {describe_changes(changes)}\n"
                 f"choose another name (name=...) or pass --force to start it again"
             )
         if result_path.exists():

@@ -30,6 +30,7 @@ from embdim.train.metrics import log_loss, roc_auc
 from embdim.train.optim import recommender_optimizers
 
 EXPORT_CHECK_ROWS = 4096
+PLAN_FILE = "plan.json"  # the run's learned sizes (EmbeddingPlan JSON)
 
 
 @dataclass
@@ -329,7 +330,7 @@ class Trainer:
         valid = {"auc": last["valid_auc"], "logloss": last["valid_logloss"]}
         test = evaluate(self.rec, self.data.splits["test"], self.tc.eval_batch_size)
         plan = self.searcher.plan(self.lookup)
-        plan.save(self.run_dir / "plan.json")
+        plan.save(self.run_dir / PLAN_FILE)
         plot_plan(plan, self.data.schema.fields, self.run_dir)
         widths = self.searcher.model_input_widths()
         if widths is not None:
