@@ -93,6 +93,10 @@ def test_sweep_writes_results_and_report(tmp_path):
     labels = {row.split("|")[1].strip() for row in table_rows}
     assert {"reference", "full", "mde_a04"} <= labels
     assert "full at 0.05" in report
+    # each cell's training minutes are its seeds' train_seconds summed, and the total adds the cells
+    minutes = [float(row.split("|")[9]) for row in table_rows]
+    assert sum(minutes) == pytest.approx(done["train_seconds"].sum() / 60, abs=0.05 * len(minutes) + 1e-9)
+    assert f"{int(done.shape[0])} finished runs" in report
     png = bench_dir(cfg) / "pareto.png"
     assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![width per field at each budget](field_sizes.png)" in report  # MDE's widths differ by field

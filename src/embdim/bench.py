@@ -343,7 +343,10 @@ def _write_results(folder: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def summarise(results: pl.DataFrame) -> pl.DataFrame:
-    """Mean and std over seeds per (label, budget), with size and speed relative to the reference."""
+    """Mean and std over seeds per (label, budget), with size and speed relative to the reference.
+
+    ``train_seconds`` is the sum over the cell's seeds: what the cell cost to train.
+    """
     done = results.filter(pl.col("status") == "done")
     ref = done.filter(pl.col("label") == "reference")
     ref_sps = ref["samples_per_second"].median() if len(ref) else math.nan
@@ -359,6 +362,7 @@ def summarise(results: pl.DataFrame) -> pl.DataFrame:
             pl.col("embedding_bytes").mean().alias("bytes"),
             pl.col("landed").all().alias("landed"),
             pl.col("samples_per_second").median().alias("samples_per_second"),
+            pl.col("train_seconds").sum().alias("train_seconds"),
         )
         .with_columns(
             (pl.col("bytes") / ref_bytes).alias("bytes_ratio"),

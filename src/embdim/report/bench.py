@@ -106,14 +106,15 @@ def write_report(folder: str | Path, title: str | None = None) -> Path:
         plot_pareto(summary, folder / PARETO_FILE, title)
         lines += [f"![AUC against embedding bytes]({PARETO_FILE})", ""]
     lines += [
-        "| method | budget | seeds | test AUC | test logloss | embedding bytes | bytes / full | time / full | landed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | budget | seeds | test AUC | test logloss | embedding bytes | bytes / full | time / full "
+        "| train min | landed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary.iter_rows(named=True):
         lines.append(
             f"| {row['label']} | {row['budget']} | {row['seeds']} | {_pm(row['auc_mean'], row['auc_std'])} "
             f"| {_pm(row['logloss_mean'], row['logloss_std'])} | {row['bytes']:,.0f} | {row['bytes_ratio']:.3f} "
-            f"| {row['time_ratio']:.2f} | {'yes' if row['landed'] else 'no'} |"
+            f"| {row['time_ratio']:.2f} | {row['train_seconds'] / 60:.1f} | {'yes' if row['landed'] else 'no'} |"
         )
     unreachable = results.filter(pl.col("status") == "unreachable").unique(["label", "budget"], maintain_order=True)
     if len(unreachable):
@@ -126,7 +127,9 @@ def write_report(folder: str | Path, title: str | None = None) -> Path:
     lines += [
         "",
         "Time / full: the reference's samples per second over the method's (medians over seeds), "
-        "measured in separate runs on the same machine.",
+        "measured in separate runs on the same machine. Train min: training minutes summed over the seeds.",
+        f"All {len(summary)} cells: {summary['seeds'].sum()} finished runs, "
+        f"{summary['train_seconds'].sum() / 60:.1f} training minutes in total (preprocessing excluded).",
     ]
     lines += _size_plots(results, folder)
     report = folder / REPORT_FILE
