@@ -20,7 +20,7 @@ import torch
 
 from embdim.config import load_config
 from embdim.recommender import build_recommender
-from embdim.train.optim import build_optimizers
+from embdim.train.optim import recommender_optimizers
 from embdim.train.run import prepare_dataset
 from embdim.train.trainer import _to_batch, training_step
 
@@ -48,10 +48,8 @@ def main() -> None:
         )
         if name == "amtl finetune":
             rec.embedding.searcher.begin_stage("finetune", rec.embedding.lookup)
-        tables = rec.table_parameters()
-        others = [p for p in rec.parameters() if all(p is not t for t in tables)]
         rec.train()
-        setups[name] = (rec, build_optimizers(tables, others, cfg.train, False), [])
+        setups[name] = (rec, recommender_optimizers(rec, cfg.train), [])
     bs = cfg.train.batch_size
     rng = np.random.default_rng(0)
     step = 0

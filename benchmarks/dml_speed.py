@@ -30,7 +30,7 @@ from embdim.data.synthetic import criteo_cardinalities
 from embdim.plan import EmbeddingPlan
 from embdim.recommender import Recommender, build_recommender
 from embdim.searchers.dml import DMLSearcher
-from embdim.train.optim import build_optimizers
+from embdim.train.optim import recommender_optimizers
 from embdim.train.trainer import training_step
 
 ZIPF_EXPONENT = 1.1
@@ -54,9 +54,7 @@ def predict_step(rec: Recommender) -> Callable:
 
 
 def optimizers(rec: Recommender) -> list:
-    tables = rec.table_parameters()
-    others = [p for p in rec.parameters() if all(p is not t for t in tables)]
-    return build_optimizers(tables, others, TrainConfig(optimizer="adam"), sparse=False)
+    return recommender_optimizers(rec, TrainConfig(optimizer="adam"))
 
 
 def slim_recommender(fields: list[FieldInfo], dim: int, widths: list[int]) -> Recommender:

@@ -27,7 +27,7 @@ from embdim.config import TrainConfig, load_config
 from embdim.data.schema import FieldInfo
 from embdim.data.synthetic import criteo_cardinalities
 from embdim.recommender import Recommender, build_recommender
-from embdim.train.optim import build_optimizers
+from embdim.train.optim import recommender_optimizers
 from embdim.train.run import prepare_dataset
 from embdim.train.trainer import training_step
 
@@ -64,9 +64,7 @@ def _batches_criteo(vocab: int, batch: int, steps: int, seed: int):
 def _setup(fields, dim: int, method: str, options: dict, sparse: bool, model_options: dict):
     torch.manual_seed(0)
     rec = build_recommender(fields, 0, dim, "deepfm", model_options, method, options, sparse=sparse, init_std=1e-4)
-    tables = rec.table_parameters()
-    others = [p for p in rec.parameters() if all(p is not t for t in tables)]
-    return rec, build_optimizers(tables, others, TrainConfig(optimizer="adam"), sparse)
+    return rec, recommender_optimizers(rec, TrainConfig(optimizer="adam"))
 
 
 def _step(rec: Recommender, opts, ids, labels) -> float:

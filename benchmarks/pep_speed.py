@@ -2,18 +2,19 @@
 
 Three variants of one DeepFM are timed side by side in one process, steps interleaved round-robin
 so machine noise hits all alike; medians are reported. A PEP step includes what its search epoch
-pays: the threshold on the looked-up rows, its pull penalty and the scheduled whole-table sparsity
+pays: the threshold on the looked-up rows, the drift and the scheduled whole-table sparsity
 measurement (every ``measure_every_steps``, amortised).
 
 - ``full``: plain embeddings.
 - ``pep``: this project's PEP with its defaults (threshold on the looked-up rows only; per-row
-  thresholds updated row-wise in the backward pass, ``threshold_update=rowwise``).
+  thresholds updated row-wise in the backward pass).
 - ``pep, eager threshold``: the same with ``fused_threshold=false`` (the soft threshold as separate
   eager ops instead of compiled kernels).
-- ``pep, dense thresholds``: the default with ``threshold_update=dense``: the n x d threshold tensor gets
-  a dense gradient and a dense Adam update every step.
 - ``pep whole-table``: the official code's forward: ``S(V, s)`` over the whole ``n x d`` table every
-  step, then the lookup.
+  step, then the lookup; its thresholds get a dense gradient and the run's Adam, as in that code.
+
+(A fourth variant, dense Adam on per-row thresholds with the looked-up forward, was measured and
+its option removed: BENCHMARKS.md, "Row-wise thresholds".)
 
     flock /tmp/embdim_speed.lock .venv/bin/python -W ignore benchmarks/pep_speed.py --shape criteo --steps 20
     flock /tmp/embdim_speed.lock .venv/bin/python -W ignore benchmarks/pep_speed.py --shape frappe --steps 40
@@ -81,17 +82,19 @@ def build(
     sparse,
     whole_table=False,
     granularity="feature_dim",
-    update="rowwise",
     fused=True,
 ):
     torch.manual_seed(0)
     options = None
-    if method == "pep":  # the official forward indexes the whole threshold tensor: dense gradients
-        update = "dense" if whole_table else update
-        options = {**PEP_OPTIONS, "granularity": granularity, "threshold_update": update, "fused_threshold": fused}
+    if method == "pep":
+        options = {**PEP_OPTIONS, "granularity": granularity, "fused_threshold": fused}
     rec: Recommender = build_recommender(fields, 0, dim, "deepfm", model_options, method, options, sparse=sparse)
-    rec.embedding.searcher.steps_per_epoch = STEPS_PER_EPOCH
-    opts = recommender_optimizers(rec, TrainConfig(optimizer="adam"), sparse)  # as the trainer builds them
+    searcher = rec.embedding.searcher
+    searcher.steps_per_epoch = STEPS_PER_EPOCH
+    if whole_table:  # the official forward indexes the whole threshold tensor: a dense parameter
+        searcher.threshold_optimizer = None
+        searcher.threshold.requires_grad_(True)
+    opts = recommender_optimizers(rec, TrainConfig(optimizer="adam"))  # as the trainer builds them
     embed = WholeTableForward(rec.embedding) if whole_table else rec.embedding
     return rec, embed, opts
 
@@ -137,9 +140,6 @@ def main() -> None:
     variants["pep, eager threshold"] = build(
         fields, dim, model_options, "pep", args.sparse, granularity=args.granularity, fused=False
     )
-    variants["pep, dense thresholds"] = build(
-        fields, dim, model_options, "pep", args.sparse, granularity=args.granularity, update="dense"
-    )
     if args.sparse and not args.no_whole_table:
         print("pep whole-table: skipped, its forward gives the tables dense gradients (no sparse optimizer)")
     if not args.no_whole_table and not args.sparse:
@@ -155,9 +155,6 @@ def main() -> None:
             t0 = time.perf_counter()
             logits = rec.model(embed(ids), None, ids)
             loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
-            penalty = rec.penalty()
-            if penalty is not None:
-                loss = loss + penalty
             for o in opts:
                 o.zero_grad(set_to_none=True)
             loss.backward()

@@ -24,7 +24,7 @@ from embdim.config import TrainConfig
 from embdim.data.schema import FieldInfo
 from embdim.data.synthetic import criteo_cardinalities
 from embdim.recommender import build_recommender
-from embdim.train.optim import build_optimizers
+from embdim.train.optim import recommender_optimizers
 from embdim.train.trainer import training_step
 
 ZIPF_EXPONENT = 1.1
@@ -67,12 +67,10 @@ def main() -> None:
         rec = build_recommender(
             fields, 0, args.dim, model, backend=backend, sparse=sparse, sparse_first_order=sparse_first_order
         )
-        tables = rec.table_parameters()
-        others = [p for p in rec.parameters() if all(p is not t for t in tables)]
         # train.fused also picks torch's fused kernels for the dense part: keep those on everywhere and
         # let only fuse_tables decide whether the lookup fuses the tables' optimizer into backward
         lookup = rec.embedding.lookup if fuse_tables else None
-        opts = build_optimizers(tables, others, TrainConfig(optimizer=opt), sparse, lookup=lookup)
+        opts = recommender_optimizers(rec, TrainConfig(optimizer=opt), lookup)
         setups[name] = (rec, opts, [], [])
     rng = np.random.default_rng(0)
     for step in range(args.steps + WARMUP_STEPS):

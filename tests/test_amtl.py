@@ -102,19 +102,19 @@ def test_forward_mask_is_an_exact_zero_one_prefix():
 def test_gradients_reach_both_twin_networks_and_the_tables():
     layer = _layer(size_penalty=0.1)
     _scramble(layer)
-    out = layer(_ids())
-    (out.square().sum() + layer.penalty()).backward()
+    out, penalty = layer.embed(_ids())
+    (out.square().sum() + penalty).backward()
     s = layer.searcher
     for p in (s.w1, s.b1, s.w2, s.b2):
         assert p.grad is not None
-        for twin in range(2):  # [nets, groups, ...]: both the high- and the low-frequency network learn
+        for twin in range(2):  # [nets, ...]: both the high- and the low-frequency network learn
             assert p.grad[twin].abs().sum() > 0
     assert layer.lookup.tables["all"].weight.grad.abs().sum() > 0
 
 
 def test_shared_network_ablation_has_one_network():
-    layer = _layer(twins=False, per_field=False)
-    assert layer.searcher.w1.shape[:2] == (1, 1)
+    layer = _layer(twins=False)
+    assert layer.searcher.w1.shape[0] == 1
     _scramble(layer)
     out = layer(_ids())
     assert out.shape == (128, 3, DIM)
@@ -199,8 +199,7 @@ def test_penalty_is_an_unbiased_vocabulary_average():
         layer.lookup.tables["all"].weight.zero_()  # the table does not enter the penalty: skip its work
     for _ in range(60):
         ids = _draw(rng, 512)
-        layer(ids)
-        draws.append(float(s.penalty().detach()))
+        draws.append(float(layer.embed(ids).penalty.detach()))
     # exact target: the soft expected length of every seen value, averaged over the whole vocabulary
     with torch.no_grad():
         rows = torch.arange(sum(f.vocab_size for f in FIELDS))
@@ -238,10 +237,10 @@ def test_budget_controller_raises_lambda_until_the_sizes_land():
     start = s.penalty_weight
     for step in range(400):
         ids = _draw(rng, 256)
-        out = layer(ids)
+        out, penalty = layer.embed(ids)
         loss = out.sum() * 0  # no task signal: only the penalty acts
-        if s.penalty() is not None:
-            loss = loss + s.penalty()
+        if penalty is not None:
+            loss = loss + penalty
         opt.zero_grad()
         loss.backward()
         opt.step()

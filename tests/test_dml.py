@@ -84,8 +84,9 @@ def test_penalty_is_lambda_times_the_weighted_kept_share(weights):
     n = np.array([f.vocab_size for f in FIELDS], dtype=float)
     w = n / n.sum() if weights == "memory" else np.full(len(FIELDS), 1 / len(FIELDS))
     expected = 0.3 * float((w * np.array(lengths)).sum()) / DIM
-    assert float(layer.penalty().detach()) == pytest.approx(expected, rel=1e-5)
-    layer.penalty().backward()
+    penalty = layer.embed(_ids()).penalty
+    assert float(penalty.detach()) == pytest.approx(expected, rel=1e-5)
+    penalty.backward()
     assert (layer.searcher.theta.grad > 0).all()  # the penalty pulls every length down
 
 
@@ -99,7 +100,7 @@ def test_cut_and_slim_export_predict_exactly_like_the_masked_layer(tmp_path):
     with torch.no_grad():
         after = layer(ids)
     assert torch.equal(before, after)
-    assert layer.penalty() is None  # lengths are frozen after the cut
+    assert layer.embed(ids).penalty is None  # lengths are frozen after the cut
     slim = layer.export()
     assert torch.allclose(slim(ids), before, atol=1e-6)
     plan = layer.plan()

@@ -133,7 +133,7 @@ def test_sparse_gradient_for_a_dense_for_b_and_a_sparse_step():
     assert layer.searcher.B.grad.abs().sum() > 0
     from embdim.config import TrainConfig
 
-    opts = build_optimizers([a], [layer.searcher.B], TrainConfig(optimizer="adam", fused=False), sparse=True)
+    opts = build_optimizers([], [layer.searcher.B], TrainConfig(optimizer="adam", fused=False), sparse_tables=[a])
     before_a, before_b = a.detach().clone(), layer.searcher.B.detach().clone()
     for o in opts:
         o.step()
@@ -146,15 +146,12 @@ def test_sparse_gradient_for_a_dense_for_b_and_a_sparse_step():
 
 def test_product_decay_penalises_the_collapsed_batch_rows():
     layer = _layer(weight_decay_on="product", product_decay=0.5)
-    assert _layer().penalty() is None
-    out = layer(_ids())
-    penalty = layer.penalty()
+    assert _layer().embed(_ids()).penalty is None
+    out, penalty = layer.embed(_ids())
     assert penalty is not None
     assert torch.allclose(penalty, 0.5 * out.square().sum() / 128)
-    assert layer.penalty() is None  # consumed: one penalty per forward
     layer.eval()
-    layer(_ids())
-    assert layer.penalty() is None  # no penalty from evaluation forwards
+    assert layer.embed(_ids()).penalty is None  # no penalty from evaluation forwards
 
 
 def test_report_has_training_memory_next_to_inference_size_and_ranks():

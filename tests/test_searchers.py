@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from embdim import EmbeddingLayer, FieldInfo, list_searchers
 from embdim.searchers.mde import mde_dims
+from embdim.train.run import run_experiment
+from test_train import small_config
 
 FIELDS = [
     FieldInfo("small", 3, np.array([0, 50, 20])),
@@ -65,3 +69,23 @@ def test_mde_power_law_gives_fewer_dims_to_larger_vocabularies():
     dims = mde_dims([3, 40, 500], dim=16, alpha=0.3, base_dim=16, min_dim=1, pow2=False)
     assert dims[0] == 16 and dims[0] > dims[1] > dims[2] >= 1
     assert mde_dims([3, 40, 500], 16, 0.0, 16, 1, False) == [16, 16, 16]
+
+
+#: The strong recipe's training behaviours, all on at once (plateau schedule, clipping, embedding L2).
+RECIPE = [
+    "train.lr_schedule={kind: plateau, patience: 1}",
+    "train.patience=3",
+    "train.clip_grad_norm=10",
+    "train.embedding_weight_decay=0.01",
+    "train.max_steps=12",
+    "train.eval_every_steps=3",
+]
+
+
+@pytest.mark.parametrize("method", list_searchers())
+def test_every_method_trains_all_its_stages_under_the_recipe(method, tmp_path):
+    result = run_experiment(small_config(tmp_path, f"name={method}", f"method={method}", *RECIPE))
+    assert np.isfinite([result["test_auc"], result["test_logloss"], result["valid_auc"]]).all()
+    lines = [json.loads(x) for x in (tmp_path / "runs" / method / "metrics.jsonl").read_text().splitlines()]
+    assert {line["stage"] for line in lines} == set(result["stages"])
+    assert all(0 < line["lr"] <= 1e-3 for line in lines)

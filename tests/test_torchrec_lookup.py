@@ -15,7 +15,7 @@ from embdim.config import TrainConfig
 from embdim.distributed.torchrec_lookup import TorchRecFusedOptimizer, TorchRecLookup
 from embdim.lookup import FusedTableOptimizer
 from embdim.recommender import build_recommender
-from embdim.train.optim import build_optimizers
+from embdim.train.optim import build_optimizers, recommender_optimizers
 from embdim.train.run import run_experiment
 from test_train import KilledAt, small_config  # tests/ is on sys.path under pytest
 
@@ -115,7 +115,7 @@ def test_fused_update_equals_torch_sparse_update(optimizer, torch_cls, method):
     ref, rec = _pair(method, sparse=True)
     ref_opt = torch_cls(ref.lookup.parameters(), lr=LR)
     opts = build_optimizers(
-        list(rec.lookup.parameters()), [], TrainConfig(optimizer=optimizer, lr=LR), sparse=True, lookup=rec.lookup
+        [], [], TrainConfig(optimizer=optimizer, lr=LR), rec.lookup, sparse_tables=list(rec.lookup.parameters())
     )
     assert len(opts) == 1 and isinstance(opts[0], FusedTableOptimizer)  # the tables left the torch optimizers
     for step in range(3):
@@ -134,7 +134,9 @@ def test_fused_update_equals_torch_sparse_update(optimizer, torch_cls, method):
 
 def test_fused_optimizer_state_round_trips_and_refuses_another_optimizer():
     _, rec = _pair()
-    (fused,) = build_optimizers(list(rec.lookup.parameters()), [], TrainConfig(optimizer="adagrad"), True, rec.lookup)
+    (fused,) = build_optimizers(
+        [], [], TrainConfig(optimizer="adagrad"), rec.lookup, sparse_tables=list(rec.lookup.parameters())
+    )
     _loss(rec, _ids(2)).backward()
     state = fused.state_dict()
     (sums,) = state["state"]["all"]
@@ -156,11 +158,11 @@ def test_fused_adam_and_fused_decay_are_refused_naming_the_keys():
     _, rec = _pair()
     tables = list(rec.lookup.parameters())
     with pytest.raises(ValueError, match=r"train\.optimizer=adam.*train\.fused=false"):
-        build_optimizers(tables, [], TrainConfig(optimizer="adam"), False, rec.lookup)
+        build_optimizers(tables, [], TrainConfig(optimizer="adam"), rec.lookup)
     with pytest.raises(ValueError, match=r"train\.embedding_weight_decay"):
-        build_optimizers(tables, [], TrainConfig(optimizer="sgd", embedding_weight_decay=0.1), False, rec.lookup)
+        build_optimizers(tables, [], TrainConfig(optimizer="sgd", embedding_weight_decay=0.1), rec.lookup)
     # not fused: torch optimizers train the TorchRec tables like any parameter
-    (opt,) = build_optimizers(tables, [], TrainConfig(optimizer="adam", fused=False), False, rec.lookup)
+    (opt,) = build_optimizers(tables, [], TrainConfig(optimizer="adam", fused=False), rec.lookup)
     assert isinstance(opt, torch.optim.Adam)
 
 
@@ -172,10 +174,9 @@ def test_sparse_first_order_table_goes_to_the_sparse_optimizer():
     )
     linear = rec.model.linear.weight.weight
     assert rec.model.linear.sparse
-    assert any(p is linear for p in rec.table_parameters())
-    tables = rec.table_parameters()
-    others = [p for p in rec.parameters() if all(p is not t for t in tables)]
-    opts = build_optimizers(tables, others, TrainConfig(optimizer="adagrad"), True, rec.embedding.lookup)
+    dense_tables, sparse_tables = rec.table_parameters()
+    assert any(p is linear for p in sparse_tables) and all(p is not linear for p in dense_tables)
+    opts = recommender_optimizers(rec, TrainConfig(optimizer="adagrad"), rec.embedding.lookup)
     assert isinstance(opts[0], FusedTableOptimizer)
     assert [p for p in opts[1].param_groups[0]["params"]] == [linear]
     ids = _ids(3)

@@ -5,7 +5,7 @@ A bench config names an experiment (dataset, model, training settings) and sweep
     name: frappe_deepfm
     experiment: ../experiments/quickstart.yaml    # relative to this file
     overrides: [train.epochs=20]                  # applied to every run
-    methods: [full, mde, {name: pep, label: pep_fast, init_threshold: -8}]
+    methods: [full, mde, {name: pep, label: pep_fast, threshold_lr: 0.1}]
     budgets: [0.5, 0.2, 0.1, 0.05]                # fractions of the uniform model's embedding bytes
     seeds: [1, 2, 3]
 

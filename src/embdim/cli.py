@@ -1,4 +1,4 @@
-"""Command line: ``embdim prepare | run | bench | inspect | list``."""
+"""Command line: ``embdim prepare | run | bench | inspect | list | options``."""
 
 from __future__ import annotations
 
@@ -134,6 +134,26 @@ def list_plugins() -> None:
 
     for title, reg in (("readers", READERS), ("models", MODELS), ("methods", SEARCHERS)):
         print(f"{title}: {', '.join(reg.names())}")
+
+
+@app.command()
+def options(name: Annotated[str, typer.Argument(help="a registered method, model or reader (embdim list)")]) -> None:
+    """The options of a method, model or reader: key, default and what it does (set them in a config
+    or as method.KEY=VALUE / model.KEY=VALUE / dataset.options.KEY=VALUE)."""
+    from embdim.registry import MODELS, READERS, SEARCHERS
+
+    kinds = [("method", SEARCHERS, "Config"), ("model", MODELS, "Config"), ("reader", READERS, "Options")]
+    found = [(kind, getattr(reg.get(name), attr)) for kind, reg, attr in kinds if name in reg]
+    if not found:
+        _fail(ConfigError(f"no method, model or reader named {name!r} (embdim list shows them)"))
+    for kind, config_cls in found:
+        table = Table(title=f"{kind} {name}")
+        for column in ("key", "default", "description"):
+            table.add_column(column, overflow="fold")
+        for key, field in config_cls.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            table.add_row(key, json.dumps(default, default=str), field.description or "")
+        Console().print(table)
 
 
 def main() -> None:  # pragma: no cover

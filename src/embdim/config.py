@@ -2,12 +2,16 @@
 
 An experiment YAML names its parts by library config (``dataset: frappe`` reads
 ``configs/datasets/frappe.yaml``, found in the nearest ``datasets/`` folder above the experiment
-file) or writes them inline. Everything is validated before any work starts; a bad key or value
-raises :class:`ConfigError` naming the file and the dotted key.
+file) or writes them inline. Models and methods are registered plug-ins whose options default to
+their classes' (``embdim options NAME`` lists them): ``method: pep`` is PEP with its defaults, and a
+``configs/methods/<name>.yaml`` (or ``models/``), where a project keeps one, replaces those defaults.
+Everything is validated before any work starts; a bad key or value raises :class:`ConfigError`
+naming the file and the dotted key.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -68,12 +72,67 @@ class EmbeddingConfig(Strict):
     init_std: float = Field(0.01, gt=0, description="normal-init std of the tables")
 
 
+class LRScheduleConfig(Strict):
+    """How the learning rate moves within a stage; every stage starts at its base rates.
+
+    ``constant``; ``plateau``: each evaluation without a new best validation score, once ``patience``
+    of them have passed since the last drop or improvement, multiplies every rate by ``factor``
+    (FuxiCTR's ``reduce_lr_on_plateau``: factor 0.1, patience 1); early stopping still counts the
+    evaluations since the last improvement (``train.patience``), so with patience 1 and
+    ``train.patience: 2`` a stage ends after two drops in a row without improvement; ``cosine``: from the
+    base rate to ``min_lr`` over the stage's step limit (``train.epochs`` or ``train.max_steps``);
+    ``step``: times ``factor`` every ``step_epochs`` epochs. No rate goes below ``min_lr`` (or its base
+    rate, if that is lower).
+    """
+
+    kind: Literal["constant", "plateau", "cosine", "step"] = Field("constant", description="schedule")
+    factor: float = Field(0.1, gt=0, lt=1, description="plateau, step: rate multiplier per drop")
+    patience: int = Field(1, ge=1, description="plateau: evaluations without improvement before each drop")
+    min_lr: float = Field(1e-6, ge=0, description="floor of every rate")
+    step_epochs: float = Field(1.0, gt=0, description="step: epochs between drops")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value  # lr_schedule: plateau
+
+    def scale(self, step: int, drops: int, steps_per_epoch: int, stage_steps: int) -> float:
+        """The multiplier of every base rate after ``step`` steps of a stage of at most ``stage_steps``
+        steps, with ``drops`` plateau drops so far (the ``min_lr`` floor is applied per rate, after it)."""
+        if self.kind == "plateau":
+            return self.factor**drops
+        if self.kind == "step":
+            return self.factor ** math.floor(step / (self.step_epochs * steps_per_epoch))
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(step / stage_steps, 1.0)))
+        return 1.0
+
+
 class TrainConfig(Strict):
     optimizer: Literal["adam", "adamw", "adagrad", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
+    clip_grad_norm: float | None = Field(
+        None,
+        gt=0,
+        description="clip the global gradient norm (dense layers and tables with a .grad; fused tables and "
+        "PEP's row-wise thresholds update inside the backward pass and are not clipped)",
+    )
     embedding_lr: float | None = Field(None, gt=0, description="learning rate of the tables; default lr")
-    weight_decay: float = Field(0.0, ge=0, description="decay of dense layers (coupled L2 for adam)")
-    embedding_weight_decay: float = Field(0.0, ge=0, description="decay of the tables (needs dense grads)")
+    weight_decay: float = Field(0.0, ge=0, description="decay of the dense layers (coupled L2 for adam)")
+    embedding_weight_decay: float = Field(
+        0.0,
+        ge=0,
+        description="L2 of every table the model reads (raw tables, first-order table, dense features' "
+        "vectors), in the form embedding_decay says",
+    )
+    embedding_decay: Literal["optimizer", "looked_up"] = Field(
+        "optimizer",
+        description="optimizer: the tables' weight decay, on every row each step (coupled L2 = the "
+        "gradient of lambda/2 |W|^2 for adam/adagrad/sgd, as FuxiCTR's embedding_regularizer; decoupled for "
+        "adamw; needs dense table gradients); looked_up: the loss term lambda/2 sum |w_r|^2 over the "
+        "distinct rows a batch reads, so rows are decayed when looked up (works with sparse and fused tables)",
+    )
     fused: bool = Field(
         True, description="fused optimizer kernels; with backend torchrec also Adagrad/SGD fused into backward"
     )
@@ -106,10 +165,24 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _fusable_torchrec_optimizer(self) -> RunConfig:
-        if self.embedding.backend == "torchrec" and self.train.fused and self.train.optimizer not in FUSABLE:
+        fused_tables = self.embedding.backend == "torchrec" and self.train.fused
+        if fused_tables and self.train.optimizer not in FUSABLE:
             raise ValueError(
                 f"train.optimizer={self.train.optimizer} cannot be fused into TorchRec's backward on CPU: "
                 f"use train.optimizer={' or '.join(FUSABLE)}, or train.fused=false"
+            )
+        t = self.train
+        whole_table_decay = t.embedding_weight_decay > 0 and t.embedding_decay == "optimizer"
+        if whole_table_decay and (fused_tables or self.embedding.sparse):
+            tables = "fused TorchRec tables" if fused_tables else "sparse table gradients (embedding.sparse)"
+            raise ValueError(
+                f"train.embedding_weight_decay: {tables} cannot decay every row each step; "
+                "set train.embedding_decay=looked_up (decay the rows a batch reads)"
+            )
+        if t.lr_schedule.kind == "plateau" and t.lr_schedule.patience >= t.patience:
+            raise ValueError(
+                f"train.lr_schedule.patience={t.lr_schedule.patience} must be below train.patience={t.patience}: "
+                "the stage would stop before the learning rate drops"
             )
         return self
 
@@ -175,6 +248,8 @@ def find_library_config(start: Path, section: str, name: str) -> Path:
 def _expand_section(section: str, value: Any, base: Path) -> dict[str, Any]:
     """A section given by library name or path becomes its mapping; ``name`` defaults to that name."""
     if isinstance(value, str):
+        if section in PLUGIN_SECTIONS and not value.endswith((".yaml", ".yml")):
+            return _over_library(section, {"name": value}, base)  # a plug-in needs no library config
         path = Path(value) if value.endswith((".yaml", ".yml")) else find_library_config(base, section, value)
         if not path.is_absolute() and value.endswith((".yaml", ".yml")):
             path = base / path

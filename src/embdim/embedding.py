@@ -19,7 +19,7 @@ from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, create_lookup
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Searcher, SearcherConfig
+from embdim.searchers.base import Embedded, Searcher, SearcherConfig
 from embdim.slim import SlimEmbedding
 
 
@@ -37,6 +37,13 @@ def create_searcher(
     return cls(fields, dim, config, init_std)
 
 
+def add_penalty(penalty: torch.Tensor | None, term: torch.Tensor | None) -> torch.Tensor | None:
+    """The sum of two optional loss terms (``None`` when both are)."""
+    if penalty is None:
+        return term
+    return penalty if term is None else penalty + term
+
+
 class EmbeddingLayer(nn.Module):
     """The embedding layer every model reads from.
 
@@ -49,7 +56,9 @@ class EmbeddingLayer(nn.Module):
         sparse: sparse gradients for the raw tables.
         init_std: normal-init standard deviation of the raw tables.
 
-    ``forward(ids)``: int64 [B, F] per-field ids -> float [B, F, d].
+    ``forward(ids)``: int64 [B, F] per-field ids -> float [B, F, d]. Training a method with a size
+    penalty (DML, AMTL with a budget) needs it too: :meth:`embed` returns the embeddings and the
+    penalty to add to the loss.
     """
 
     def __init__(
@@ -69,10 +78,17 @@ class EmbeddingLayer(nn.Module):
         self.lookup = create_lookup(backend, self.searcher.table_specs(), len(self.fields), sparse)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.searcher(self.lookup(ids), ids)
+        return self.embed(ids).embeddings
 
-    def penalty(self) -> torch.Tensor | None:
-        return self.searcher.penalty()
+    def embed(self, ids: torch.Tensor, looked_up_l2: float = 0.0) -> Embedded:
+        """Embeddings ``[B, F, d]`` of ``ids`` [B, F] and the batch's penalty: the searcher's, plus
+        (training, ``looked_up_l2 > 0``) ``looked_up_l2 / 2 * sum ||w_r||^2`` over the distinct raw
+        table rows the batch reads (the looked-up form of the embedding L2)."""
+        raw = self.lookup(ids)
+        out = self.searcher(raw, ids)
+        if looked_up_l2 > 0 and self.training:
+            return Embedded(out.embeddings, add_penalty(out.penalty, 0.5 * looked_up_l2 * raw.distinct_row_l2()))
+        return out
 
     def plan(self) -> EmbeddingPlan:
         return self.searcher.plan(self.lookup)

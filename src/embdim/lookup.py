@@ -63,17 +63,36 @@ def group_fields_by_width(
 
 
 class RawEmbeddings:
-    """Looked-up raw vectors, one tensor ``[B, F_t, D_t]`` per table.
+    """Looked-up raw vectors, one tensor ``[B, F_t, D_t]`` per table, and the rows they came from.
 
     ``stacked()`` gives ``[B, F, D]`` when every field has the same raw width (free when a single
-    table holds all fields in order, the common case); ``field(f)`` gives ``[B, D_f]``.
+    table holds all fields in order, the common case); ``field(f)`` gives ``[B, D_f]``. ``rows`` holds
+    each table's looked-up row indices ``[B, F_t]`` (int64), for :meth:`distinct_row_l2`.
     """
 
-    def __init__(self, specs: Sequence[TableSpec], values: Sequence[torch.Tensor], num_fields: int) -> None:
+    def __init__(
+        self,
+        specs: Sequence[TableSpec],
+        values: Sequence[torch.Tensor],
+        num_fields: int,
+        rows: Sequence[torch.Tensor] | None = None,
+    ) -> None:
         self.specs = list(specs)
         self.values = list(values)
         self.num_fields = num_fields
+        self.rows = None if rows is None else list(rows)
         self._where = {f: (t, j) for t, s in enumerate(self.specs) for j, f in enumerate(s.field_ids)}
+
+    def distinct_row_l2(self) -> torch.Tensor:
+        """``sum ||w_r||^2`` over the distinct rows this lookup read (a row looked up k times counts once):
+        a 0-d tensor whose gradient reaches only those rows, through the lookup's own output (so fused
+        tables apply it in their backward)."""
+        if self.rows is None:
+            raise ValueError("these raw embeddings carry no row indices (the lookup backend did not record them)")
+        return sum(
+            (distinct_row_l2(rows, values) for rows, values in zip(self.rows, self.values, strict=True)),
+            torch.zeros(()),
+        )
 
     def field(self, f: int) -> torch.Tensor:
         t, j = self._where[f]
@@ -86,6 +105,15 @@ class RawEmbeddings:
         if len(widths) != 1:
             raise ValueError(f"cannot stack raw embeddings of different widths {sorted(widths)}")
         return torch.stack([self.field(f) for f in range(self.num_fields)], dim=1)
+
+
+def distinct_row_l2(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``sum ||w_r||^2`` over the distinct rows among ``rows`` [...] whose looked-up vectors are ``values``
+    [..., D]: each occurrence is weighted by one over its row's count in the batch."""
+    flat = rows.reshape(-1)
+    _, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+    weight = 1.0 / counts[inverse].to(values.dtype)
+    return (values.reshape(flat.numel(), -1).square().sum(1) * weight).sum()
 
 
 class FusedTableOptimizer(ABC):
@@ -178,10 +206,11 @@ class TorchLookup(Lookup):
     def forward(self, ids: torch.Tensor) -> RawEmbeddings:
         if self._all_in_one:  # fast path: no column gather
             spec = self.specs[0]
-            values = [self.tables[spec.name](ids + self.get_buffer(f"offsets_{spec.name}"))]
+            rows = [ids + self.get_buffer(f"offsets_{spec.name}")]
         else:
-            values = [self.tables[s.name](self.global_rows(s, ids)) for s in self.specs]
-        return RawEmbeddings(self.specs, values, self.num_fields)
+            rows = [self.global_rows(s, ids) for s in self.specs]
+        values = [self.tables[s.name](r) for s, r in zip(self.specs, rows, strict=True)]
+        return RawEmbeddings(self.specs, values, self.num_fields, rows)
 
     def table_weight(self, name: str) -> torch.Tensor:
         return self.tables[name].weight

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from embdim.data.schema import FieldInfo
-from embdim.embedding import EmbeddingLayer
+from embdim.embedding import EmbeddingLayer, add_penalty
 from embdim.lookup import DEFAULT_INIT_STD
 from embdim.models.base import CTRModel, ModelConfig
-from embdim.models.layers import FeaturesLinear
+from embdim.models.layers import FeaturesLinear, FeatureTable
 from embdim.registry import MODELS
 from embdim.slim import SlimEmbedding
 
 EXPORT_FORMAT_VERSION = 1
+
+
+class Scored(NamedTuple):
+    """A training forward's output: logits [B] and the loss term to add (``None`` when there is none)."""
+
+    logits: torch.Tensor
+    penalty: torch.Tensor | None
 
 
 class Recommender(nn.Module):
@@ -37,16 +44,38 @@ class Recommender(nn.Module):
     def forward(self, ids: torch.Tensor, dense: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(self.embedding(ids), dense, ids)
 
-    def penalty(self) -> torch.Tensor | None:
-        return self.embedding.penalty() if isinstance(self.embedding, EmbeddingLayer) else None
+    def training_forward(
+        self, ids: torch.Tensor, dense: torch.Tensor | None = None, looked_up_l2: float = 0.0
+    ) -> Scored:
+        """Logits and the batch's penalty: the searcher's, plus with ``looked_up_l2 > 0`` the looked-up
+        form of the embedding L2, ``looked_up_l2 / 2 * sum ||w_r||^2`` over the distinct rows the batch
+        reads of every table (raw tables, first-order table, dense features' vectors)."""
+        if not isinstance(self.embedding, EmbeddingLayer):  # a slim embedding trains without penalties
+            return Scored(self(ids, dense), None)
+        emb, penalty = self.embedding.embed(ids, looked_up_l2)
+        if looked_up_l2 > 0 and self.training:
+            model_l2 = sum((m.looked_up_l2(ids) for m in self.feature_tables()), torch.zeros(()))
+            penalty = add_penalty(penalty, 0.5 * looked_up_l2 * model_l2)
+        return Scored(self.model(emb, dense, ids), penalty)
 
-    def table_parameters(self) -> list[nn.Parameter]:
-        """The raw embedding tables (what sparse optimizers and embedding decay apply to), plus the
-        models' first-order id tables when those produce sparse gradients (they need the sparse optimizer)."""
+    def feature_tables(self) -> list[FeatureTable]:
+        """The model's layers that hold one row per feature (first-order weights, dense features' vectors)."""
+        return [m for m in self.model.modules() if isinstance(m, FeatureTable)]
+
+    def table_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Every table the model reads, as ``(dense-gradient, sparse-gradient)`` lists: the lookup's raw
+        tables and the model's feature tables. They train at ``train.embedding_lr`` with the embedding L2;
+        sparse ones need a sparse optimizer."""
         if not isinstance(self.embedding, EmbeddingLayer):
-            return []
-        first_order = [m.weight.weight for m in self.model.modules() if isinstance(m, FeaturesLinear) and m.sparse]
-        return [*self.embedding.lookup.parameters(), *first_order]
+            return [], []
+        lookup = self.embedding.lookup
+        raw = list(lookup.parameters())
+        sparse = {id(p) for p in raw} if getattr(lookup, "sparse", False) else set()
+        for m in self.feature_tables():
+            if isinstance(m, FeaturesLinear) and m.sparse:
+                sparse.add(id(m.weight.weight))
+        tables = [*raw, *(p for m in self.feature_tables() for p in m.table_parameters())]
+        return [p for p in tables if id(p) not in sparse], [p for p in tables if id(p) in sparse]
 
 
 def build_recommender(

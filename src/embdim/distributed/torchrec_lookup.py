@@ -236,7 +236,8 @@ class TorchRecLookup(Lookup):
     def forward(self, ids: torch.Tensor) -> RawEmbeddings:
         batch = ids.shape[0]
         cols = ids if self._identity_order else ids[:, self.order]
-        values = (cols + self.row_offsets).t().reshape(-1)  # feature-major [F * B]
+        shifted = cols + self.row_offsets  # [B, F] rows in collection order
+        values = shifted.t().reshape(-1)  # feature-major [F * B]
         n = values.numel()
         kjt = KeyedJaggedTensor(
             keys=self.keys,
@@ -252,7 +253,8 @@ class TorchRecLookup(Lookup):
             table = pooled[:, start : start + span].view(batch, len(spec.field_ids), width)
             out.append(table if width == spec.dim else table[..., : spec.dim])
             start += span
-        return RawEmbeddings(self.specs, out, self.num_fields)
+        rows = torch.split(shifted, [len(spec.field_ids) for spec in self.specs], dim=1)
+        return RawEmbeddings(self.specs, out, self.num_fields, rows)
 
     def table_weight(self, name: str) -> torch.Tensor:
         weight = self.collection.embedding_bags[name].weight

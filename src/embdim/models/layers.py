@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from embdim.lookup import distinct_row_l2
+
 #: Activation names accepted by :class:`MLP`.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -127,7 +129,22 @@ def kept_input_columns(field_widths: Sequence[int], dim: int, extra_fields: int 
     return torch.tensor([f * dim + j for f, w in enumerate(widths) for j in range(w)], dtype=torch.long)
 
 
-class FeaturesLinear(nn.Module):
+class FeatureTable(nn.Module):
+    """A model layer holding one learned row per feature value or dense feature (first-order weights,
+    dense features' vectors). Trainers treat its parameters like the embedding tables: the tables'
+    learning rate and L2 (``train.embedding_lr``, ``train.embedding_weight_decay``)."""
+
+    def table_parameters(self) -> list[nn.Parameter]:
+        """The parameters that hold rows (biases and the like are not tables)."""
+        raise NotImplementedError
+
+    def looked_up_l2(self, ids: torch.Tensor) -> torch.Tensor:
+        """``sum ||w_r||^2`` over the rows a batch with per-field ``ids`` [B, F] reads, each distinct row
+        once (the looked-up form of the embedding L2): a 0-d tensor."""
+        raise NotImplementedError
+
+
+class FeaturesLinear(FeatureTable):
     """First-order (logistic-regression) term over the categorical ids, plus dense values and a bias.
 
     One 1-wide table ``nn.Embedding(sum(vocab_sizes), 1)`` holds a weight per id of every field; field
@@ -173,6 +190,14 @@ class FeaturesLinear(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    def table_parameters(self) -> list[nn.Parameter]:
+        return [self.weight.weight, *([] if self.dense is None else [self.dense.weight])]
+
+    def looked_up_l2(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = ids + self.offsets
+        total = distinct_row_l2(rows, self.weight(rows))  # a second gather of B x F scalars: cheap
+        return total if self.dense is None else total + self.dense.weight.square().sum()
+
     def forward(self, ids: torch.Tensor, dense: torch.Tensor | None = None) -> torch.Tensor:
         """ids: int64 [B, F]; dense: float [B, Dn] or None -> float [B]."""
         out = self.weight(ids + self.offsets).sum(dim=(1, 2))
@@ -183,7 +208,7 @@ class FeaturesLinear(nn.Module):
         return out
 
 
-class DenseAsFields(nn.Module):
+class DenseAsFields(FeatureTable):
     """Turns dense floats into extra "fields": field ``j`` is ``dense[:, j] * v_j`` with a learned ``v_j``.
 
     ``forward(dense [B, Dn]) -> [B, Dn, d]``.
@@ -197,6 +222,12 @@ class DenseAsFields(nn.Module):
     def init_weights(self) -> None:
         """Small normal vectors, like fresh embedding rows."""
         nn.init.normal_(self.weight, std=DENSE_FIELD_INIT_STD)
+
+    def table_parameters(self) -> list[nn.Parameter]:
+        return [self.weight]
+
+    def looked_up_l2(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight.square().sum()  # every batch reads every dense feature's vector
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         """dense: [B, Dn] -> [B, Dn, d]."""

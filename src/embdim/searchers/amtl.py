@@ -13,9 +13,8 @@ Mechanism, per looked-up value ``i`` of field ``f`` (never a pass over the vocab
   (``oov_frequency``).
 - twins [recon]: ``h_i = a_i * AML_h(s_i) + (1 - a_i) * AML_l(s_i)``, ``a_i`` = the normalised log
   count (grows with frequency), each AML a ``3 -> hidden -> d`` ReLU MLP with its own weights, one
-  pair shared by all fields (``per_field`` gives each field its own pair [ours]: under Adam, whose
-  steps ignore gradient scale, a tiny field's own networks follow the size penalty as fast as a big
-  field's and cut values that cost almost no memory); ``h_i`` holds one logit per candidate length.
+  pair shared by all fields (a pair per field was tried and removed: it lost AUC, BENCHMARKS.md,
+  AMTL "every variant"); ``h_i`` holds one logit per candidate length.
 - ``t_hat = softmax(logit_scale * h_i / temperature)``; the forward pass uses the one-hot of the
   argmax with ``t_hat``'s gradient (straight-through), mask ``m_ij = sum_{k >= j} t_ik``: an exact
   0/1 prefix of length ``k_i = argmax + 1``.
@@ -59,7 +58,7 @@ from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan, ragged_index
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, Searcher, SearcherConfig
+from embdim.searchers.base import Budget, Embedded, Searcher, SearcherConfig
 from embdim.slim import RaggedGroup, SlimEmbedding
 
 NUM_FREQ_FEATURES = 3
@@ -79,7 +78,6 @@ class AMTLConfig(SearcherConfig):
     straight_through: bool = Field(
         True, description="forward uses the hard one-hot mask with the soft gradient; false: soft mask (ablation)"
     )
-    per_field: bool = Field(False, description="separate mask-network weights per field [ours]; false: one for all")
     temperature: float = Field(1.0, gt=0, description="softmax temperature T of the length logits")
     logit_scale: float = Field(
         10.0,
@@ -160,7 +158,6 @@ class AMTLSearcher(Searcher):
         class_features: float [U, 3] frequency features of each class (classes of all fields back to back).
         class_alpha: float [U] mixing weight of the high-frequency network (normalised log count).
         class_size: int64 [U] number of ids in each class.
-        class_field: int64 [U] the field of each class.
         id_class: int64 [n] class of every id (fields back to back).
         occurrence_weight: float [n] penalty weight per occurrence, ``N_f / (count_i * n)``.
     """
@@ -197,8 +194,6 @@ class AMTLSearcher(Searcher):
         self.register_buffer("class_size", torch.from_numpy(np.concatenate(class_size)), persistent=False)
         self.register_buffer("id_class", torch.from_numpy(np.concatenate(id_class).astype(np.int64)), persistent=False)
         self.class_start = class_start  # field f owns classes class_start[f] : class_start[f + 1]
-        class_field = torch.repeat_interleave(torch.arange(self.num_fields), torch.tensor(np.diff(class_start)))
-        self.register_buffer("class_field", class_field, persistent=False)
         self.register_buffer(
             "occurrence_weight", torch.from_numpy(np.concatenate(weights).astype(np.float32)), persistent=False
         )
@@ -213,14 +208,13 @@ class AMTLSearcher(Searcher):
         self.register_buffer("segment_class", torch.from_numpy(all_classes[segment].astype(np.int64)), persistent=False)
         self.register_buffer("segment_field_start", torch.from_numpy(field_start[segment]), persistent=False)
         nets = 2 if config.twins else 1
-        groups = self.num_fields if config.per_field else 1
         h = config.hidden
-        w1 = torch.empty(nets, groups, NUM_FREQ_FEATURES, h)
+        w1 = torch.empty(nets, NUM_FREQ_FEATURES, h)
         nn.init.normal_(w1, std=math.sqrt(2.0 / NUM_FREQ_FEATURES))  # He init for the ReLU layer
-        self.w1 = nn.Parameter(w1)
-        self.b1 = nn.Parameter(torch.zeros(nets, groups, h))
-        self.w2 = nn.Parameter(torch.randn(nets, groups, h, dim) * config.init_out_std)
-        b2 = torch.zeros(nets, groups, dim)
+        self.w1 = nn.Parameter(w1)  # [nets, 3, h]
+        self.b1 = nn.Parameter(torch.zeros(nets, h))
+        self.w2 = nn.Parameter(torch.randn(nets, h, dim) * config.init_out_std)  # [nets, h, d]
+        b2 = torch.zeros(nets, dim)
         if config.init_profile == "ramp" and dim > 1:
             b2[...] = torch.linspace(0.0, config.init_margin, dim) / config.logit_scale
         else:
@@ -233,7 +227,6 @@ class AMTLSearcher(Searcher):
         self.frozen_lengths: torch.Tensor | None = None  # [n] once the sizes are frozen
         self.last_bytes_ratio: float | None = None
         self._previous_class_lengths: torch.Tensor | None = None  # sizes before the last step (for landing)
-        self._penalty: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ mask
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -251,14 +244,8 @@ class AMTLSearcher(Searcher):
         # centred to [-1, 1]: rare values (features near 0) would otherwise feed ~0 into the ReLU layer
         # and reach the output only through its bias, shared with every other value
         s = 2.0 * self.class_features[classes] - 1.0  # [N, 3]
-        if self.config.per_field:
-            group = self.class_field[classes]
-            w1, b1, w2, b2 = (p[:, group] for p in (self.w1, self.b1, self.w2, self.b2))  # [nets, N, ...]
-            hidden = torch.relu(torch.einsum("ni,tnih->tnh", s, w1) + b1)
-            out = torch.einsum("tnh,tnhd->tnd", hidden, w2) + b2
-        else:
-            hidden = torch.relu(torch.einsum("ni,tih->tnh", s, self.w1[:, 0]) + self.b1[:, 0].unsqueeze(1))
-            out = torch.einsum("tnh,thd->tnd", hidden, self.w2[:, 0]) + self.b2[:, 0].unsqueeze(1)
+        hidden = torch.relu(torch.einsum("ni,tih->tnh", s, self.w1) + self.b1.unsqueeze(1))
+        out = torch.einsum("tnh,thd->tnd", hidden, self.w2) + self.b2.unsqueeze(1)
         if self.config.twins:  # out: [nets, N, d]
             a = self.class_alpha[classes].unsqueeze(-1)  # grows with the value's normalised frequency
             out = a * out[0] + (1.0 - a) * out[1]
@@ -297,12 +284,12 @@ class AMTLSearcher(Searcher):
         expected = (t_hat * lengths).sum(-1) / self.dim  # [U_b]
         return mask[inverse], expected[inverse]
 
-    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> Embedded:
         mask, expected = self._mask_and_soft(ids)
-        self._penalty = None
+        penalty = None
         if self.training and expected is not None and self.penalty_weight > 0:
-            self._penalty = self.penalty_weight * self._size_estimate(ids, expected)
-        return raw.stacked() * mask
+            penalty = self.penalty_weight * self._size_estimate(ids, expected)
+        return Embedded(raw.stacked() * mask, penalty)
 
     def _size_estimate(self, ids: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
         """Differentiable estimate of the kept fraction ``E[k]/d`` (a scalar) from its values [B, F].
@@ -314,9 +301,6 @@ class AMTLSearcher(Searcher):
             return expected.mean()
         w = self.occurrence_weight[self._rows(ids)]
         return (w * expected).sum() / ids.shape[0]
-
-    def penalty(self) -> torch.Tensor | None:
-        return self._penalty
 
     # ------------------------------------------------------------------ sizes
     @torch.no_grad()
@@ -421,7 +405,6 @@ class AMTLSearcher(Searcher):
         self.stage = stage
         if stage == FINETUNE and self.frozen_lengths is None:
             self.frozen_lengths = self.lengths()
-            self._penalty = None
 
     def early_stopping(self, stage: str) -> bool:
         return not (stage == SEARCH and self.config.budget is not None)

@@ -9,7 +9,8 @@ Lifecycle, as driven by :class:`embdim.train.trainer.Trainer`::
 
     for stage in searcher.stages:          # e.g. ("search", "retrain") for PEP
         searcher.begin_stage(stage, lookup)
-        for each step: loss = task_loss + searcher.penalty(); ...; searcher.on_step(step, lookup)
+        for each step: emb, penalty = searcher(raw, ids); loss = task_loss + penalty; ...
+                       searcher.on_step(step, lookup)
         at each evaluation: searcher.metrics(lookup) is logged
         searcher.end_stage(stage, lookup)
     plan = searcher.plan(lookup); slim = searcher.export(lookup)
@@ -18,7 +19,7 @@ Lifecycle, as driven by :class:`embdim.train.trainer.Trainer`::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -82,6 +83,18 @@ def uniform_dim_for_budget(fields: list[FieldInfo], dim: int, budget: Budget, to
     return best
 
 
+class Embedded(NamedTuple):
+    """What a searcher's forward returns: the embeddings a model reads and the loss term it adds.
+
+    Attributes:
+        embeddings: float [B, F, d], exact zeros where dimensions or elements are pruned.
+        penalty: a 0-d tensor added to the task loss while training (size penalties), or ``None``.
+    """
+
+    embeddings: torch.Tensor
+    penalty: torch.Tensor | None = None
+
+
 class Searcher(nn.Module, ABC):
     """Base class of embedding-size methods.
 
@@ -94,7 +107,8 @@ class Searcher(nn.Module, ABC):
     ``forward(raw, ids)``:
         raw: the looked-up raw vectors of the tables declared by :meth:`table_specs`.
         ids: int64 [B, F], per-field ids (value-level methods index their own state with them).
-        returns: float [B, F, d].
+        returns: :class:`Embedded`: float [B, F, d] and the penalty of this batch (``None`` outside
+        training, or for methods without one).
     """
 
     Config: ClassVar[type[SearcherConfig]] = SearcherConfig
@@ -138,11 +152,7 @@ class Searcher(nn.Module, ABC):
         return [TableSpec("all", tuple(range(self.num_fields)), tuple(self.vocab_sizes), self.dim, self.init_std)]
 
     @abstractmethod
-    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor: ...
-
-    def penalty(self) -> torch.Tensor | None:
-        """Extra loss term added to the task loss (size penalties); ``None`` when there is none."""
-        return None
+    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> Embedded: ...
 
     def optimizer_groups(self) -> list[dict[str, Any]]:
         """Searcher parameters that need their own optimizer settings, as torch param groups

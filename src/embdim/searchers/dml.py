@@ -58,7 +58,7 @@ from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, Searcher, SearcherConfig
+from embdim.searchers.base import Budget, Embedded, Searcher, SearcherConfig
 from embdim.slim import DenseGroup, SlimEmbedding
 
 #: The soft mask's midpoint sits half a position past the length, so the 0.5 crossing is round(N).
@@ -254,13 +254,12 @@ class DMLSearcher(Searcher):
         hard = (margin >= 0).float()
         return hard + (soft - soft.detach())
 
-    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
-        return raw.stacked() * self.mask()
+    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> Embedded:
+        return Embedded(raw.stacked() * self.mask(), self.size_penalty() if self.training else None)
 
-    def penalty(self) -> torch.Tensor | None:
-        if self.is_cut or self.warming_up:
-            return None
-        if self.lam == 0.0:
+    def size_penalty(self) -> torch.Tensor | None:
+        """``lambda * sum_f w_f N_f / d`` while searching (``None`` once cut, while warming up, or at lambda 0)."""
+        if self.is_cut or self.warming_up or self.lam == 0.0:
             return None
         return self.lam * (self.penalty_weight * self.lengths()).sum() / self.dim
 

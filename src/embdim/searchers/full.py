@@ -8,7 +8,7 @@ from embdim.data.schema import FieldInfo
 from embdim.lookup import Lookup, RawEmbeddings
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, Searcher, SearcherConfig, uniform_dim_for_budget
+from embdim.searchers.base import Budget, Embedded, Searcher, SearcherConfig, uniform_dim_for_budget
 
 
 class FullConfig(SearcherConfig):
@@ -28,8 +28,8 @@ class FullSearcher(Searcher):
         """The uniform baseline meets a budget by its width alone."""
         return uniform_dim_for_budget(fields, dim, budget), config
 
-    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
-        return raw.stacked()
+    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> Embedded:
+        return Embedded(raw.stacked())
 
     def plan(self, lookup: Lookup) -> EmbeddingPlan:
         return self._plan([self.dim] * self.num_fields)

@@ -19,7 +19,7 @@ from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec, group_fields_by_width
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, BudgetUnreachable, Searcher, SearcherConfig
+from embdim.searchers.base import Budget, BudgetUnreachable, Embedded, Searcher, SearcherConfig
 from embdim.slim import DenseGroup, SlimEmbedding, project_fields
 
 BUDGET_TOLERANCE = 0.1  # relative distance to a budget that counts as landing on it
@@ -96,10 +96,9 @@ class MDESearcher(Searcher):
     def _projection(self, spec: TableSpec) -> torch.Tensor | None:
         return self.projections.get(spec.name)
 
-    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> Embedded:
         parts = [project_fields(v, self._projection(s), self.dim) for s, v in zip(raw.specs, raw.values, strict=True)]
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return out if len(parts) == 1 else out[:, self.gather]
+        return Embedded(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)[:, self.gather])
 
     def plan(self, lookup: Lookup) -> EmbeddingPlan:
         extra = sum(p.numel() for p in self.projections.values())

@@ -44,7 +44,7 @@ from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, Searcher, SearcherConfig, uniform_dim_for_budget
+from embdim.searchers.base import Budget, Embedded, Searcher, SearcherConfig, uniform_dim_for_budget
 from embdim.slim import DenseGroup, SlimEmbedding
 
 TABLE_NAME = "a"
@@ -106,26 +106,19 @@ class MLETSearcher(Searcher):
             else:
                 nn.init.normal_(b_f, std=1.0 / math.sqrt(k))
         self.B = nn.Parameter(b)  # [F, k, d]
-        self._batch_rows: torch.Tensor | None = None  # last forward's output, for the product penalty
 
     def table_specs(self) -> list[TableSpec]:
         return [
             TableSpec(TABLE_NAME, tuple(range(self.num_fields)), tuple(self.vocab_sizes), self.inner_dim, self.init_std)
         ]
 
-    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> Embedded:
         a_rows = raw.stacked()  # [B, F, k]
         # per field: [B, k] @ [k, d]; as a batched matmul over fields [F, B, k] @ [F, k, d]
         out = torch.bmm(a_rows.transpose(0, 1), self.B).transpose(0, 1)  # [B, F, d]
-        if self.config.weight_decay_on == "product" and self.training:
-            self._batch_rows = out
-        return out
-
-    def penalty(self) -> torch.Tensor | None:
-        if self.config.weight_decay_on != "product" or self._batch_rows is None:
-            return None
-        rows, self._batch_rows = self._batch_rows, None  # one penalty per forward
-        return self.config.product_decay * rows.square().sum() / rows.shape[0]
+        if self.config.weight_decay_on != "product" or not self.training:
+            return Embedded(out)
+        return Embedded(out, self.config.product_decay * out.square().sum() / out.shape[0])
 
     # ------------------------------------------------------------------ collapse
     @torch.no_grad()

@@ -17,32 +17,29 @@ What is this project's own design [ours]:
   ``s`` are plain parameters and only the optimizer's coupled weight decay (dense Adam,
   ``train.weight_decay = train.embedding_weight_decay = 1e-5``) lifts them from ``s0`` (-150
   Criteo/Avazu, -15 MovieLens) by about ``lr`` per step, so pruning starts after hundreds of
-  epochs. ``ours`` adds an explicit upward pull, so it works with any optimizer, sparse or fused,
-  with decoupled or no decay. ``drift`` (default) raises every threshold by the same amount per
-  step, looked up or not (one scalar offset added to all ``s``, so it costs nothing per row); the
-  loss moves a looked-up threshold back down where its value matters, by up to ``threshold_lr`` per
-  lookup, so an id seen rarely cannot hold its values and is pruned first, as coupled decay does in
-  the paper (it lifts every threshold each step; the loss resists only on looked-up rows).
-  ``linear`` / ``l2`` are loss terms on the looked-up thresholds (``threshold_decay``: a constant
-  force, or the force coupled decay exerts); they pull an id as often as it is looked up, so they
-  prune the *frequent* ids first and never reach ids absent from training (on Frappe: ids seen once
-  kept all 10 values, the most frequent ones none). Without weight decay the weights that matter
-  outgrow a fixed pull and pruning levels off (on Frappe near 84 %), so the pull doubles every
-  ``pull_doubling_epochs`` until the last target is reached: the search length is bounded and the
-  pruning order is still set by the loss. The
-  thresholds get their own learning rate (``threshold_lr``, an optimizer group): Adam moves ``s``
-  by about that much per step whatever ``train.lr`` is, so targets are reached in a few epochs,
-  not hundreds, and a model trained at a 10x larger lr does not prune at its initialisation.
-  ``pull_start_epochs`` trains the model before the pull starts, so masks come from a trained model
-  (on Frappe FM at 50 % of the bytes: test AUC 0.9534 without, 0.9682 after 10 epochs with a
-  4x slower threshold). Both schedules count epochs, so they mean the same on any data size.
+  epochs. ``ours`` raises every threshold by the same drift per step, looked up or not (one scalar
+  offset added to all ``s``, so it costs nothing per row), so it works with any optimizer, sparse
+  or fused, with decoupled or no decay. The loss moves a looked-up threshold back down where its
+  value matters, by up to ``threshold_lr`` per lookup, so an id seen rarely cannot hold its values
+  and is pruned first, as coupled decay does in the paper (it lifts every threshold each step; the
+  loss resists only on looked-up rows). A pull on the looked-up thresholds only (a loss term) was
+  tried and removed: it pulls an id as often as it is looked up, so it pruned the frequent ids
+  first and never reached ids absent from training (BENCHMARKS.md, "Drift pull"). Without weight
+  decay the weights that matter outgrow a fixed drift and pruning levels off, so the drift doubles
+  every ``pull_doubling_epochs`` until the last target is reached: the search length is bounded
+  and the pruning order is still set by the loss. The thresholds get their own learning rate
+  (``threshold_lr``, an optimizer group): Adam moves ``s`` by about that much per step whatever
+  ``train.lr`` is, so targets are reached in a few epochs, not hundreds, and a model trained at a
+  larger lr does not prune at its initialisation. ``pull_start_epochs`` trains the model before the
+  drift starts, so masks come from a trained model (BENCHMARKS.md, "Schedule fix"). Both schedules
+  count epochs, so they mean the same on any data size.
 - Per-row thresholds (``feature``, ``feature_dim``; mode ``ours``) are updated row-wise inside the
-  lookup's backward pass (``threshold_update: rowwise``, :class:`~embdim.rowwise.RowwiseAdam`): Adam
-  without momentum, which moves every row exactly as a dense Adam with ``beta1 = 0`` would, but a
-  step costs the batch's rows instead of a dense ``n x d`` gradient and update (at 1e6 rows those
-  two passes made the search 1.4x slower than ``full``). A rare row moves as far per lookup as
-  under dense Adam with momentum; lazy momentum Adam (``SparseAdam``) moved it 10x less, so
-  long-tailed tables fell short of their targets.
+  lookup's backward pass (:class:`~embdim.rowwise.RowwiseAdam`): Adam without momentum, which moves
+  every row exactly as a dense Adam with ``beta1 = 0`` would, but a step costs the batch's rows
+  instead of a dense ``n x d`` gradient and update (the dense update was the slower alternative at
+  equal quality, BENCHMARKS.md, "Row-wise thresholds"). A rare row moves as far per lookup as under
+  dense Adam with momentum; lazy momentum Adam (``SparseAdam``) moves it much less, so long-tailed
+  tables fell short of their targets.
 - Targets are sparsity ratios, or a :class:`~embdim.searchers.base.Budget` mapped to the sparsity
   whose CSR bytes (values, uint8/int16 column indices, row offsets) equal the budget. When a
   target is passed between two measurements, the saved mask keeps exactly the target's number of
@@ -63,7 +60,7 @@ What is this project's own design [ours]:
 
 Training memory [ours, reported by :meth:`report`]: the ``feature_dim`` threshold is as large as
 the table (n x d floats), plus its optimizer state: one n x d average and an int64 step per row
-(row-wise), or Adam's two n x d moments (dense); each saved mask is n x d bytes.
+(row-wise, mode ours), or Adam's two n x d moments (faithful); each saved mask is n x d bytes.
 """
 
 from __future__ import annotations
@@ -82,7 +79,7 @@ from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan, column_index_bytes, offset_bytes
 from embdim.registry import SEARCHERS
 from embdim.rowwise import RowwiseAdam
-from embdim.searchers.base import Budget, BudgetUnreachable, Searcher, SearcherConfig
+from embdim.searchers.base import Budget, BudgetUnreachable, Embedded, Searcher, SearcherConfig
 from embdim.slim import CsrGroup, SlimEmbedding
 
 Granularity = Literal["global", "dimension", "feature", "field", "feature_dim", "field_dim"]
@@ -100,7 +97,7 @@ class PEPConfig(SearcherConfig):
     mode: Literal["faithful", "ours"] = Field(
         "ours",
         description="faithful: thresholds move only by the optimizer's coupled decay (paper); "
-        "ours: explicit threshold pull (threshold_pull) and learning rate (threshold_lr)",
+        "ours: a drift raises every threshold, and they train at their own rate (threshold_lr)",
     )
     granularity: Granularity = Field("feature_dim", description="threshold granularity (official threshold_type)")
     s0: float = Field(-15.0, description="initial threshold logit; sigmoid(s0) must be far below |init weights|")
@@ -110,57 +107,35 @@ class PEPConfig(SearcherConfig):
         description="learning rate of the thresholds s (ours): Adam moves s by about this much per step, "
         "whatever train.lr; faithful: null (train.lr, as the paper)",
     )
-    threshold_update: Literal["rowwise", "dense"] = Field(
-        "rowwise",
-        description="per-row granularities (feature, feature_dim), mode ours: rowwise updates the looked-up "
-        "rows' thresholds inside the backward pass (Adam without momentum, exactly dense Adam's steps for "
-        "every row; see embdim.rowwise), so a step costs the batch, not n x d; dense trains them as a "
-        "parameter with the run's optimizer (a dense n x d gradient and update every step). Other "
-        "granularities and mode faithful are always dense",
-    )
-    threshold_decay: float = Field(
-        1e-3,
-        ge=0,
-        description="threshold_pull=linear|l2: weight of the pull on looked-up thresholds, summed per batch row "
-        "(ours); faithful: 0",
-    )
     pull_doubling_epochs: float | None = Field(
         2.0,
         gt=0,
-        description="the pull doubles every this many search epochs (ours), so every target is reached; "
-        "null: constant pull (pruning may level off, as weights outgrow a fixed pull)",
+        description="the drift doubles every this many search epochs (ours), so every target is reached; "
+        "null: constant drift (pruning may level off, as weights outgrow a fixed drift)",
     )
     pull_start_epochs: float = Field(
         10.0,
         ge=0,
-        description="search epochs trained before the pull starts (ours): prune a trained model, not a fresh one",
-    )
-    threshold_pull: Literal["drift", "linear", "l2"] = Field(
-        "drift",
-        description="drift: every threshold rises by the same amount per step (drift_per_epoch), looked up or "
-        "not, and the loss pushes back only where a value matters, so rare ids are pruned first; "
-        "linear: penalty -decay * s on the looked-up thresholds, a constant upward force; l2: 0.5 * decay "
-        "* s^2, what coupled decay exerts (levels off as s nears 0). linear and l2 pull an id as often as "
-        "it is looked up, so they prune the frequent ids first",
+        description="search epochs trained before the drift starts (ours): prune a trained model, not a fresh one",
     )
     drift_per_epoch: float = Field(
         0.5,
         gt=0,
-        description="threshold_pull=drift: logits every threshold rises per search epoch once the pull "
-        "starts, doubling every pull_doubling_epochs (a looked-up threshold can move threshold_lr per step)",
+        description="logits every threshold rises per search epoch once the drift starts (ours), doubling "
+        "every pull_doubling_epochs (a looked-up threshold can move threshold_lr per step)",
     )
     drift_start_quantile: float | None = Field(
         0.01,
         gt=0,
         lt=1,
-        description="threshold_pull=drift: when the pull starts, the drift jumps to where sigmoid(s0 + drift) "
-        "is this quantile of the table's |v|, so pruning starts at once whatever s0; null: the drift starts at 0",
+        description="when the drift starts (ours), it jumps to where sigmoid(s0 + drift) is this quantile of "
+        "the table's |v|, so pruning starts at once whatever s0; null: the drift starts at 0",
     )
     fused_threshold: bool = Field(
         True,
-        description="training: compile the soft threshold with the pull's sum, and the scheduled sparsity "
-        "count, into fused kernels (torch.compile; 2-3x less time than eager ops); falls back to eager "
-        "ops, with a warning, where it cannot compile [ours]",
+        description="training: compile the soft threshold and the scheduled sparsity count into fused "
+        "kernels (torch.compile, faster than eager ops); falls back to eager ops, with a warning, where it "
+        "cannot compile [ours]",
     )
     targets: list[float] = Field(
         default_factory=lambda: [0.5, 0.8, 0.9],
@@ -181,8 +156,7 @@ class PEPConfig(SearcherConfig):
         5.0,
         ge=0,
         description="retraining epochs before validation patience may stop it: a model rewound to step 0 can "
-        "dip in its first epochs (MovieLens-100K DeepFM at 50 %: valid AUC 0.722, 0.712, 0.700, then 0.767 "
-        "by epoch 5), and patience 2 stopped it there",
+        "dip in its first epochs (BENCHMARKS.md, PEP section), and patience would stop it there",
     )
     measure_every_steps: int = Field(
         10, ge=1, description="measure the whole table's sparsity (one pass) every this many search steps"
@@ -194,20 +168,19 @@ class PEPConfig(SearcherConfig):
             raise ValueError(f"targets: every sparsity target must lie in (0, 1), got {self.targets}")
         if not self.targets and self.budget is None:
             raise ValueError("targets: give at least one sparsity target or a budget")
-        if self.mode == "faithful" and (self.threshold_lr is not None or self.threshold_decay != 0.0):
+        if self.mode == "faithful" and self.threshold_lr is not None:
             raise ValueError(
                 "mode=faithful moves thresholds by the optimizer's coupled decay at train.lr only: "
-                "set threshold_lr=null and threshold_decay=0 (or mode=ours)"
+                "set threshold_lr=null (or mode=ours)"
             )
-        if self.rowwise_thresholds and self.threshold_lr is None:
-            raise ValueError("threshold_lr: threshold_update=rowwise trains the thresholds itself and needs their lr")
+        if self.mode == "ours" and self.threshold_lr is None:
+            raise ValueError("threshold_lr: mode=ours trains the thresholds at their own rate; give it")
         return self
 
     @property
     def rowwise_thresholds(self) -> bool:
         """Whether the thresholds are updated row-wise in the backward pass (per-row granularity, mode ours)."""
-        per_row = self.granularity in ("feature", "feature_dim")
-        return per_row and self.mode == "ours" and self.threshold_update == "rowwise"
+        return self.granularity in ("feature", "feature_dim") and self.mode == "ours"
 
 
 def soft_threshold(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -215,17 +188,10 @@ def soft_threshold(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return torch.sign(v) * torch.relu(v.abs() - torch.sigmoid(s))
 
 
-def pull_sum(s: torch.Tensor, l2: bool) -> torch.Tensor:
-    """The threshold pull summed over ``s``: ``-sum(s)`` (linear) or ``sum(s^2) / 2`` (l2); a scalar."""
-    return 0.5 * s.square().sum() if l2 else -s.sum()
-
-
-def threshold_and_pull(
-    v: torch.Tensor, s: torch.Tensor, drift: torch.Tensor, l2: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``soft_threshold(v, s + drift)`` and ``pull_sum(s, l2)`` in one function, the unit compiled
-    into fused kernels for training (``fused_threshold``); ``drift`` is a 0-d tensor."""
-    return soft_threshold(v, s + drift), pull_sum(s, l2)
+def drifted_threshold(v: torch.Tensor, s: torch.Tensor, drift: torch.Tensor) -> torch.Tensor:
+    """``soft_threshold(v, s + drift)``, the unit compiled into fused kernels for training
+    (``fused_threshold``); ``drift`` is a 0-d tensor."""
+    return soft_threshold(v, s + drift)
 
 
 def count_kept(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -322,12 +288,10 @@ class PEPSearcher(Searcher):
         self.last_sparsity_ = 0.0
         self.history_: list[tuple[int, float]] = []
         self.completed_by_margin_ = False  # the search fell short and the retrain mask was completed by margin
-        self._batch_s: torch.Tensor | None = None  # eager path: the batch's thresholds, for the pull
-        self._batch_pull: torch.Tensor | None = None  # fused path: the pull's sum per batch row
-        self._fused: Any = None  # the compiled threshold_and_pull, built on first training use
+        self._fused: Any = None  # the compiled drifted_threshold, built on first training use
         self._fused_count: Any = None  # the compiled count_kept, built with it
         self._fused_ok = config.fused_threshold
-        # threshold_pull=drift: the offset every threshold has risen by, a 0-d tensor so that the
+        # mode ours: the offset every threshold has risen by, a 0-d tensor so that the
         # compiled kernels take it as an input rather than recompiling for each value
         self.register_buffer("drift", torch.zeros(()), persistent=False)
 
@@ -348,7 +312,7 @@ class PEPSearcher(Searcher):
         return s.unsqueeze(0)  # global, dimension: [1, 1, 1|d]; field*: [1, F, 1|d]
 
     def effective_thresholds(self, s: torch.Tensor) -> torch.Tensor:
-        """Threshold logits ``s`` plus the common drift (``threshold_pull=drift``; zero otherwise)."""
+        """Threshold logits ``s`` plus the common drift (mode ours; zero in mode faithful)."""
         return s + self.drift
 
     def table_thresholds(self, rows: slice = slice(None)) -> torch.Tensor:
@@ -361,20 +325,16 @@ class PEPSearcher(Searcher):
         return self.effective_thresholds(s)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> Embedded:
         v = raw.stacked()  # [B, F, d]
         if self.phase_ == "retrain":
             mask = self._retrain_mask()
             # zero gradient on pruned entries: their weights (zero) never change
-            return torch.where(mask[ids + self.row_offsets], v, 0.0)
+            return Embedded(torch.where(mask[ids + self.row_offsets], v, 0.0))
         s = self.batch_thresholds(ids)
-        self._batch_s = self._batch_pull = None
         if self.training and torch.is_grad_enabled() and self._fused_available(v, s):
-            out, pull = self._fused(v, s, self.drift, self.config.threshold_pull == "l2")
-            self._batch_pull = pull / s.shape[0]
-            return out
-        self._batch_s = s if self.training else None
-        return soft_threshold(v, self.effective_thresholds(s))
+            return Embedded(self._fused(v, s, self.drift))
+        return Embedded(soft_threshold(v, self.effective_thresholds(s)))
 
     def _fused_available(self, v: torch.Tensor, s: torch.Tensor) -> bool:
         """Whether the compiled threshold works here; the first call compiles it and runs it, forward
@@ -382,11 +342,10 @@ class PEPSearcher(Searcher):
         if not self._fused_ok or self._fused is not None:
             return self._fused_ok
         try:
-            fused = torch.compile(threshold_and_pull, dynamic=True)
+            fused = torch.compile(drifted_threshold, dynamic=True)
             probe_v = v[:2].detach().clone().requires_grad_(True)
             probe_s = s[:2].detach().clone().requires_grad_(True)
-            out, pull = fused(probe_v, probe_s, self.drift, self.config.threshold_pull == "l2")
-            (out.sum() + pull).backward()
+            fused(probe_v, probe_s, self.drift).sum().backward()
             fused_count = torch.compile(count_kept, dynamic=True)
             with torch.no_grad():
                 fused_count(probe_v, probe_s)
@@ -397,22 +356,9 @@ class PEPSearcher(Searcher):
         self._fused, self._fused_count = fused, fused_count
         return True
 
-    def penalty(self) -> torch.Tensor | None:
-        s, pull, self._batch_s, self._batch_pull = self._batch_s, self._batch_pull, None, None
-        weight = 0.0 if self.config.threshold_pull == "drift" else self.pull_weight()
-        if self.phase_ != "search" or weight == 0.0:
-            return None
-        # an upward force on the looked-up thresholds (descent raises s), summed per batch row; s is
-        # [B, F, 1|d] (per-row granularities) or [1, F|1, 1|d] (shared by every row): mean over rows
-        if pull is None:
-            if s is None:
-                return None
-            pull = pull_sum(s, self.config.threshold_pull == "l2") / s.shape[0]
-        return weight * pull
-
     def pull_growth(self) -> float:
-        """The pull's strength now relative to its start: 0 before ``pull_start_epochs``, then doubling
-        every ``pull_doubling_epochs`` (1 for a constant pull)."""
+        """The drift's rate now relative to its start: 0 before ``pull_start_epochs``, then doubling
+        every ``pull_doubling_epochs`` (1 for a constant drift)."""
         if self.steps_per_epoch is None:
             raise RuntimeError("pep: steps_per_epoch is not set (the trainer sets it; set it when stepping by hand)")
         pulled = self.search_steps_ / self.steps_per_epoch - self.config.pull_start_epochs
@@ -422,10 +368,8 @@ class PEPSearcher(Searcher):
         return 1.0 if doubling is None else 2.0 ** (pulled / doubling)
 
     def pull_weight(self) -> float:
-        """The pull now: the drift per step (``drift``) or the penalty's weight (``linear``, ``l2``)."""
-        if self.config.threshold_pull == "drift":
-            return self.config.drift_per_epoch / self.steps_per_epoch * self.pull_growth()
-        return self.config.threshold_decay * self.pull_growth()
+        """The drift per step now (logits every threshold rises by)."""
+        return self.config.drift_per_epoch / self.steps_per_epoch * self.pull_growth()
 
     # ------------------------------------------------------------------ whole-table measures
     @torch.no_grad()
@@ -465,7 +409,7 @@ class PEPSearcher(Searcher):
     @torch.no_grad()
     def _count_kept(self, lookup: Lookup) -> int:
         """Entries that survive the threshold (``margins > 0``), counted in blocks of rows: no ``n x d``
-        temporaries, which at 1e6 rows made the scheduled measurement 4x slower."""
+        temporaries, which at 1e6 rows made the scheduled measurement much slower."""
         table = lookup.table_weight(TABLE)
         count = count_kept if self._fused_count is None else self._fused_count
         kept = 0
@@ -538,7 +482,7 @@ class PEPSearcher(Searcher):
             self.retrain_steps_ += 1
             return
         self.search_steps_ += 1
-        if self.config.mode == "ours" and self.config.threshold_pull == "drift":
+        if self.config.mode == "ours":
             step_drift = self.pull_weight()
             first_pulled = (self.search_steps_ - 1) / self.steps_per_epoch < self.config.pull_start_epochs
             if step_drift > 0 and first_pulled:
@@ -629,8 +573,6 @@ class PEPSearcher(Searcher):
             "granularity": self.config.granularity,
             "s0": self.config.s0,
             "threshold_lr": self.config.threshold_lr,
-            "threshold_pull": self.config.threshold_pull,
-            "threshold_decay": self.config.threshold_decay,
             "drift_per_epoch": self.config.drift_per_epoch,
             "final_drift": float(self.drift),
             "threshold_update": "rowwise" if self.threshold_optimizer is not None else "dense",

@@ -27,7 +27,7 @@ from embdim.report.frequency import frequency_report
 from embdim.report.plots import plot_plan
 from embdim.train.checkpoint import load_torch, load_weights, save_torch, save_weights, warm_start
 from embdim.train.metrics import log_loss, roc_auc
-from embdim.train.optim import recommender_optimizers
+from embdim.train.optim import clip_gradients, recommender_optimizers, set_lr_scale
 
 EXPORT_CHECK_ROWS = 4096
 PLAN_FILE = "plan.json"  # the run's learned sizes (EmbeddingPlan JSON)
@@ -52,6 +52,8 @@ class Progress:
     train_samples: int = 0
     stopped: bool = False
     start_valid_auc: float | None = None  # valid AUC of the state the stage started from (stages after the first)
+    lr_drops: int = 0  # plateau schedule: drops so far in this stage
+    evals_since_drop: int = 0  # plateau schedule: evaluations without improvement since the last drop
 
 
 def _to_batch(split: SplitArrays, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -82,17 +84,23 @@ def training_step(
     dense: torch.Tensor | None,
     labels: torch.Tensor,
     step: int,
+    looked_up_l2: float = 0.0,
+    clip_grad_norm: float | None = None,
 ) -> torch.Tensor:
-    """One optimizer step on a batch (task loss + the searcher's penalty), then the searcher's ``on_step``.
+    """One optimizer step on a batch (task loss + the batch's penalty), then the searcher's ``on_step``.
 
-    ids: int64 [B, F]; dense: float [B, Dn] or ``None``; labels: float [B]. Returns the task loss (detached).
+    ids: int64 [B, F]; dense: float [B, Dn] or ``None``; labels: float [B]. ``looked_up_l2`` weighs the
+    looked-up form of the embedding L2 (:meth:`Recommender.training_forward`); ``clip_grad_norm`` bounds
+    the global gradient norm. Returns the task loss (detached).
     """
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(rec(ids, dense), labels)
-    penalty = rec.penalty()
+    logits, penalty = rec.training_forward(ids, dense, looked_up_l2)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
     total = loss if penalty is None else loss + penalty
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     total.backward()
+    if clip_grad_norm is not None:
+        clip_gradients([p for p in rec.parameters() if p.grad is not None], clip_grad_norm)
     for opt in optimizers:
         opt.step()
     if isinstance(rec.embedding, EmbeddingLayer):  # a slim embedding (trained after export) has no searcher
@@ -118,6 +126,7 @@ class Trainer:
         self.best_path = self.run_dir / "best.safetensors"
         self.initial_path = self.run_dir / "initial.safetensors"
         self.stage_results: dict[str, dict[str, float]] = {}  # summaries of finished stages (kept in checkpoints)
+        self.steps_per_epoch = (len(data.splits["train"]) + cfg.train.batch_size - 1) // cfg.train.batch_size
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
@@ -146,7 +155,30 @@ class Trainer:
         self._new_optimizers()
 
     def _new_optimizers(self) -> None:
-        self.optimizers = recommender_optimizers(self.rec, self.tc, self.cfg.embedding.sparse, lookup=self.lookup)
+        self.optimizers = recommender_optimizers(self.rec, self.tc, lookup=self.lookup)
+
+    # ------------------------------------------------------------------ learning-rate schedule
+    def _lr_scale(self, p: Progress) -> float:
+        """The schedule's multiplier of every base rate at ``p`` (see :class:`~embdim.config.LRScheduleConfig`)."""
+        stage_steps = self.tc.epochs * self.steps_per_epoch
+        if self.tc.max_steps is not None:
+            stage_steps = min(stage_steps, self.tc.max_steps)
+        return self.tc.lr_schedule.scale(p.step, p.lr_drops, self.steps_per_epoch, stage_steps)
+
+    def _apply_lr(self, p: Progress) -> None:
+        if self.tc.lr_schedule.kind != "constant":
+            set_lr_scale(self.optimizers, self._lr_scale(p), self.tc.lr_schedule.min_lr)
+
+    def _plateau(self, p: Progress, improved: bool, stage: str) -> None:
+        """After an evaluation: count it towards the next plateau drop and drop the rates when due. Only
+        in stages that validation may end (a search the method ends itself keeps its rates)."""
+        sched = self.tc.lr_schedule
+        if sched.kind != "plateau" or not self.searcher.early_stopping(stage):
+            return
+        p.evals_since_drop = 0 if improved else p.evals_since_drop + 1
+        if p.evals_since_drop >= sched.patience:
+            p.lr_drops, p.evals_since_drop = p.lr_drops + 1, 0
+            self._apply_lr(p)
 
     def _save_checkpoint(self, p: Progress) -> None:
         save_torch(
@@ -194,6 +226,7 @@ class Trainer:
             save_weights(self.best_path, self.rec)
         else:
             p.bad_evals += 1
+        self._plateau(p, improved, stage)
         elapsed = max(time.perf_counter() - interval_start, 1e-9)
         record = {
             "stage": stage,
@@ -203,6 +236,7 @@ class Trainer:
             "valid_auc": valid["auc"],
             "valid_logloss": valid["logloss"],
             "best": improved,
+            "lr": self._current_lr(p),
             "samples_per_second": interval_samples / elapsed,
             **self.searcher.metrics(self.lookup),
         }
@@ -213,6 +247,11 @@ class Trainer:
         if self.searcher.stage_complete(stage, self.lookup):
             p.stopped = True
         return valid
+
+    def _current_lr(self, p: Progress) -> float:
+        """``train.lr`` as the schedule has scaled it at ``p`` (other groups scale alike)."""
+        lr, sched = self.tc.lr, self.tc.lr_schedule
+        return max(lr * self._lr_scale(p), min(sched.min_lr, lr))
 
     def _train_stage(self, p: Progress, stage: str) -> None:
         train = self.data.splits["train"]
@@ -233,6 +272,7 @@ class Trainer:
             interval_start, interval_samples = time.perf_counter(), 0
             while p.batch < batches_per_epoch and not p.stopped:
                 ids, dense, labels = _to_batch(train, order[p.batch * bs : (p.batch + 1) * bs])
+                self._apply_lr(p)
                 t0 = time.perf_counter()
                 loss = self._step(ids, dense, labels, p)
                 p.train_seconds += time.perf_counter() - t0
@@ -262,7 +302,11 @@ class Trainer:
             bar.close()
 
     def _step(self, ids: torch.Tensor, dense: torch.Tensor | None, labels: torch.Tensor, p: Progress) -> float:
-        return float(training_step(self.rec, self.optimizers, ids, dense, labels, p.step))
+        tc = self.tc
+        looked_up_l2 = tc.embedding_weight_decay if tc.embedding_decay == "looked_up" else 0.0
+        return float(
+            training_step(self.rec, self.optimizers, ids, dense, labels, p.step, looked_up_l2, tc.clip_grad_norm)
+        )
 
     def after_step(self, p: Progress) -> None:
         """Hook after each step's bookkeeping (tests use it to simulate a kill)."""
