@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
+import math
+import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from embdim.config import ConfigError, load_config
-from embdim.data.raw import DataError
+from embdim.config import load_config
+from embdim.errors import ConfigError, EmbdimError, shorten
 
 app = typer.Typer(
     help="Learn embedding sizes for CTR models and export slim models.",
@@ -36,12 +44,76 @@ RESULT_KEYS = (
 )
 
 
-def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}")
-    raise typer.Exit(code=2)
+DEBUG_ENV = "EMBDIM_DEBUG"  # set to 1 to see the traceback of an unexpected error
+EXIT_ERROR = 2  # a user-facing error (config, data, divergence, damaged files, disk)
+EXIT_INTERNAL = 3  # a bug: the message asks for EMBDIM_DEBUG=1
+EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM
+MAX_LINE_CHARS = 500  # error lines are cut to this length (a bad value can be megabytes long)
+OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free space there (a run needs room for its checkpoint and model)",
+    errno.EROFS: "the file system is read-only: choose another run_root / cache_root",
+    errno.EACCES: "permission denied: choose a folder you can write to",
+    errno.EDQUOT: "disk quota exceeded: free space there",
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _print_error(message: str) -> None:
+    lines = [shorten(line, MAX_LINE_CHARS) for line in str(message).splitlines() or [""]]
+    console.print("[bold red]error:[/] " + escape("\n".join(lines)), soft_wrap=True)
+
+
+def _fail(err: Exception | str, code: int = EXIT_ERROR) -> None:
+    _print_error(str(err))
+    raise typer.Exit(code=code)
+
+
+def _os_message(err: OSError) -> str:
+    where = f"{err.filename}: " if err.filename else ""
+    hint = OS_HINTS.get(err.errno or 0)
+    return f"{where}{err.strerror or err}" + (f" ({hint})" if hint else "")
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def user_errors(command: F) -> F:
+    """Turn every failure of ``command`` into one ``error:`` line and an exit code, never a traceback:
+    embdim's own errors and OS errors as they are, an interrupt (SIGINT, and SIGTERM likewise) as
+    "interrupted", anything else as an internal error (``EMBDIM_DEBUG=1`` re-raises it)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
+            raise
+        except EmbdimError as err:
+            _fail(err)
+        except OSError as err:
+            _fail(_os_message(err))
+        except KeyboardInterrupt:
+            _fail("interrupted; run the same command again to resume where it stopped", EXIT_INTERRUPTED)
+        except Exception as err:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            _fail(f"internal error ({type(err).__name__}: {err}); {DEBUG_ENV}=1 shows the traceback", EXIT_INTERNAL)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _strict_json(data: dict[str, Any]) -> str:
+    """JSON with non-finite floats written as ``null`` (``NaN`` is not JSON)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
+    return json.dumps(clean, allow_nan=False)
 
 
 @app.command()
+@user_errors
 def run(
     config: ConfigArg,
     overrides: OverridesArg = None,
@@ -51,11 +123,8 @@ def run(
     """Train (or resume) the experiment; prints result.json and writes runs/<name>/."""
     from embdim.train.run import run_dir_for, run_experiment
 
-    try:
-        cfg = load_config(config, [*(overrides or []), *([] if progress else ["train.progress=false"])])
-        result = run_experiment(cfg, force=force)
-    except (ConfigError, DataError) as err:
-        _fail(err)
+    cfg = load_config(config, [*(overrides or []), *([] if progress else ["train.progress=false"])])
+    result = run_experiment(cfg, force=force)
     table = Table(title=f"{cfg.name}: {cfg.model.name} + {cfg.method.name} on {cfg.dataset.name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -64,10 +133,11 @@ def run(
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
     console.print(table)
     console.print(f"run folder: {run_dir_for(cfg)}")
-    print(json.dumps({k: result.get(k) for k in RESULT_KEYS}))
+    print(_strict_json({k: result.get(k) for k in RESULT_KEYS}))
 
 
 @app.command()
+@user_errors
 def bench(
     config: Annotated[Path, typer.Argument(help="bench YAML (configs/bench/...)")],
     overrides: Annotated[
@@ -87,47 +157,42 @@ def bench(
     from embdim.bench import bench_dir, load_bench, run_bench
     from embdim.report.bench import write_report
 
+    cfg, base = load_bench(config, overrides or [])
+    if not progress:
+        cfg.overrides.append("train.progress=false")
+    if not report_only:
+        run_bench(cfg, base, jobs=jobs, rerun_stale=rerun_stale)
     try:
-        cfg, base = load_bench(config, overrides or [])
-        if not progress:
-            cfg.overrides.append("train.progress=false")
-        if not report_only:
-            run_bench(cfg, base, jobs=jobs, rerun_stale=rerun_stale)
         report = write_report(bench_dir(cfg), cfg.name)
-    except (ConfigError, DataError) as err:
-        _fail(err)
     except FileNotFoundError as err:
-        _fail(ConfigError(f"nothing to report yet: {err.filename}"))
+        raise ConfigError(f"nothing to report yet: {err.filename} (run the sweep first)") from None
     console.print(f"report: {report}")
     print(report.read_text())
 
 
 @app.command()
+@user_errors
 def prepare(config: ConfigArg, overrides: OverridesArg = None) -> None:
     """Read, split, encode and cache the experiment's dataset."""
     from embdim.train.run import prepare_dataset
 
-    try:
-        data = prepare_dataset(load_config(config, overrides or []))
-    except (ConfigError, DataError) as err:
-        _fail(err)
+    data = prepare_dataset(load_config(config, overrides or []))
     console.print(f"cached in {data.cache_dir}: " + ", ".join(f"{k} {len(v):,} rows" for k, v in data.splits.items()))
 
 
 @app.command()
+@user_errors
 def inspect(config: ConfigArg, overrides: OverridesArg = None) -> None:
     """Dataset statistics: rows, fields, vocabulary sizes, OOV share, frequency skew."""
     from embdim.data.stats import dataset_stats, format_stats
     from embdim.train.run import prepare_dataset
 
-    try:
-        data = prepare_dataset(load_config(config, overrides or []))
-    except (ConfigError, DataError) as err:
-        _fail(err)
+    data = prepare_dataset(load_config(config, overrides or []))
     Console().print(format_stats(dataset_stats(data)))
 
 
 @app.command(name="list")
+@user_errors
 def list_plugins() -> None:
     """Registered readers, models and methods."""
     from embdim.registry import MODELS, READERS, SEARCHERS
@@ -137,6 +202,7 @@ def list_plugins() -> None:
 
 
 @app.command()
+@user_errors
 def options(name: Annotated[str, typer.Argument(help="a registered method, model or reader (embdim list)")]) -> None:
     """The options of a method, model or reader: key, default and what it does (set them in a config
     or as method.KEY=VALUE / model.KEY=VALUE / dataset.options.KEY=VALUE)."""

@@ -20,16 +20,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from embdim.data.prepare import PreprocessConfig
+from embdim.errors import ConfigError, shorten
 from embdim.registry import MODELS, READERS, SEARCHERS
 
 DEFAULT_DATA_ROOT = Path("..") / "shared" / "datasets"
 FUSABLE = ("adagrad", "sgd")  # optimizers TorchRec fuses into the backward pass on CPU
 SECTION_FOLDERS = {"dataset": "datasets", "model": "models", "method": "methods"}
 PLUGIN_SECTIONS = ("model", "method")  # registered plug-ins whose mappings extend their library config
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the file and the key."""
 
 
 class Strict(BaseModel):
@@ -199,13 +196,18 @@ class RunConfig(Strict):
 
 
 # ---------------------------------------------------------------------- loading
-def parse_value(text: str) -> Any:
+def parse_value(text: str, key: str = "value") -> Any:
     """A CLI override value, read as YAML (``3``, ``1e-3``, ``[64, 32]``, ``true``, ``deepfm``)."""
-    return yaml.safe_load(text) if text != "" else ""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem", None) or "cannot parse it"
+        raise ConfigError(f"override {key}={shorten(text)}: not valid YAML ({where})") from None
 
 
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Set ``a.b.c=value`` in a nested dict (creating levels as needed)."""
+def apply_override(data: dict[str, Any], assignment: str, shown_key: str | None = None) -> None:
+    """Set ``a.b.c=value`` in a nested dict (creating levels as needed); errors name ``shown_key``
+    (the key as the user wrote it) when given."""
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} must look like key=value")
     key, value = assignment.split("=", 1)
@@ -219,7 +221,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             child = {} if child is None else child
             node[part] = child
         node = child
-    node[parts[-1]] = parse_value(value)
+    node[parts[-1]] = parse_value(value, shown_key or key.strip())
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -292,7 +294,7 @@ def compose(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> di
     for assignment in overrides:
         key, _, value = assignment.partition("=")
         if key.strip() in SECTION_FOLDERS and "=" in assignment:
-            data[key.strip()] = parse_value(value)
+            data[key.strip()] = parse_value(value, key.strip())
     for section in SECTION_FOLDERS:
         if section in data:
             data[section] = _expand_section(section, data[section], base)
@@ -306,7 +308,7 @@ def compose(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> di
         parts = key.split(".")
         if parts[0] in ("model", "method") and len(parts) > 1 and parts[1] not in ("name", "options"):
             assignment = ".".join([parts[0], "options", *parts[1:]]) + "=" + assignment.partition("=")[2]
-        apply_override(data, assignment)
+        apply_override(data, assignment, key)
     return data
 
 

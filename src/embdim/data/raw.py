@@ -7,6 +7,10 @@ from pathlib import Path
 
 import polars as pl
 
+from embdim.errors import DataError
+
+__all__ = ["LABEL", "DataError", "RawData"]
+
 LABEL = "label"
 
 
@@ -35,5 +39,3 @@ class RawData:
     sources: list[Path] = field(default_factory=list)
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file and line (or the config key)."""
