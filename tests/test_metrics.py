@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
-from embdim.train.metrics import log_loss, roc_auc
+from embdim.train.metrics import NonFiniteScores, log_loss, roc_auc
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -23,3 +23,13 @@ def test_auc_and_logloss_match_sklearn(seed):
 
 def test_auc_single_class_is_nan():
     assert np.isnan(roc_auc(np.ones(5), np.arange(5)))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_metrics_refuse_non_finite_scores_instead_of_ranking_them(bad):
+    labels = np.array([0, 1, 0, 1])
+    scores = np.array([0.1, bad, 0.3, 0.4])
+    with pytest.raises(NonFiniteScores, match="1 of 4 scores"):
+        roc_auc(labels, scores)
+    with pytest.raises(NonFiniteScores):
+        log_loss(labels, scores)

@@ -161,7 +161,7 @@ def test_init_from_rejects_missing_or_mismatched_weights(tmp_path):
     from embdim.train.checkpoint import warm_start
 
     run_experiment(small_config(tmp_path, "name=src"))
-    with pytest.raises(FileNotFoundError, match="init_from"):
+    with pytest.raises(ConfigError, match="init_from"):
         run_experiment(small_config(tmp_path, "name=a", f"train.init_from={tmp_path / 'nowhere'}"))
     assert not (tmp_path / "runs" / "a").exists()
     other = small_config(tmp_path, "name=b", "embedding.dim=4")

@@ -34,9 +34,11 @@ from typing import Any
 
 import polars as pl
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from embdim.config import ConfigError, RunConfig, _format_errors, load_config
+from embdim.config import ConfigError, RunConfig, _format_errors, check_folder_name, load_config
+from embdim.errors import DivergedError
+from embdim.options import Options
 from embdim.plan import FLOAT_BYTES
 from embdim.registry import SEARCHERS
 from embdim.searchers.base import Budget, BudgetUnreachable
@@ -50,10 +52,8 @@ LANDING_TOLERANCE = 0.1  # a run lands on its budget when its slim bytes are wit
 PARENT_POLL_SECONDS = 1.0  # how often a worker checks that its sweep process is still alive
 
 
-class MethodEntry(BaseModel):
+class MethodEntry(Options):
     """One method of the sweep: a registered name, a label for reports, and its options."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str
     label: str | None = None
@@ -64,10 +64,8 @@ class MethodEntry(BaseModel):
         return self.label or self.name
 
 
-class BenchConfig(BaseModel):
+class BenchConfig(Options):
     """A sweep of methods x budgets x seeds over one experiment."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="bench name: folder <bench_root>/<name>")
     experiment: str = Field(description="experiment YAML (dataset, model, training), relative to the bench file")
@@ -76,6 +74,11 @@ class BenchConfig(BaseModel):
     budgets: list[Budget] = Field(min_length=1, description="memory budgets (a number is a fraction)")
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1, description="training seeds")
     bench_root: str = Field("runs/bench", description="where bench folders go")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return check_folder_name(name)
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -322,11 +325,12 @@ def _result_row(planned: PlannedRun, outcome: dict[str, Any] | Exception | None)
         "run": planned.run_name,
     }
     if isinstance(outcome, Exception):
+        status = "diverged" if isinstance(outcome, DivergedError) else "failed"
         reason = f"{type(outcome).__name__}: {outcome}"
-        return row | {"status": "failed", "reason": reason, "method": planned.method.name}
+        return row | {"status": status, "reason": reason, "method": planned.method.name}
     if outcome is not None:
         target = planned.target_bytes
-        row |= _flatten(outcome) | {"budget_bytes": target}
+        row |= _flatten({k: v for k, v in outcome.items() if k != "status"}) | {"budget_bytes": target}
         if planned.budget.kind == "params":
             got, want = outcome["embedding_params"], planned.budget.value
         else:

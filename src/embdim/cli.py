@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
-import math
+import logging
 import os
 import signal
 import sys
@@ -75,6 +75,17 @@ def _os_message(err: OSError) -> str:
     return f"{where}{err.strerror or err}" + (f" ({hint})" if hint else "")
 
 
+def _log_warnings_to_stderr() -> None:
+    """embdim's warnings (``logging.getLogger("embdim")``) as ``warning: ...`` lines on stderr, once."""
+    logger = logging.getLogger("embdim")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
@@ -86,6 +97,7 @@ def user_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _log_warnings_to_stderr()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
@@ -106,12 +118,6 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _strict_json(data: dict[str, Any]) -> str:
-    """JSON with non-finite floats written as ``null`` (``NaN`` is not JSON)."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
-    return json.dumps(clean, allow_nan=False)
-
-
 @app.command()
 @user_errors
 def run(
@@ -121,6 +127,7 @@ def run(
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
     """Train (or resume) the experiment; prints result.json and writes runs/<name>/."""
+    from embdim.train.checkpoint import strict_json
     from embdim.train.run import run_dir_for, run_experiment
 
     cfg = load_config(config, [*(overrides or []), *([] if progress else ["train.progress=false"])])
@@ -133,7 +140,7 @@ def run(
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
     console.print(table)
     console.print(f"run folder: {run_dir_for(cfg)}")
-    print(_strict_json({k: result.get(k) for k in RESULT_KEYS}))
+    print(strict_json({k: result.get(k) for k in RESULT_KEYS}))
 
 
 @app.command()

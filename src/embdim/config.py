@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from embdim.data.prepare import PreprocessConfig
 from embdim.errors import ConfigError, shorten
+from embdim.options import Options
 from embdim.registry import MODELS, READERS, SEARCHERS
 
 DEFAULT_DATA_ROOT = Path("..") / "shared" / "datasets"
@@ -29,8 +31,8 @@ SECTION_FOLDERS = {"dataset": "datasets", "model": "models", "method": "methods"
 PLUGIN_SECTIONS = ("model", "method")  # registered plug-ins whose mappings extend their library config
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Strict(Options):
+    """A config section: unknown keys and bools given for numbers are errors naming the key."""
 
 
 class DatasetConfig(Strict):
@@ -140,13 +142,27 @@ class TrainConfig(Strict):
     eval_every_steps: int | None = Field(None, ge=1, description="evaluate every N steps; default each epoch")
     patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
     monitor: Literal["auc", "logloss"] = Field("auc", description="validation metric for selection")
-    seed: int = 2026
+    seed: int = Field(2026, ge=0, description="seed of the initialisation, shuffles and dropout")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default torch's choice")
     checkpoint_every_steps: int = Field(1000, ge=1, description="also checkpoint between evaluations")
     progress: bool = Field(True, description="show progress bars")
     init_from: str | None = Field(
         None, description="run folder (or .safetensors file) whose weights start this run (hot start)"
     )
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+"""Run names: one folder name, no path separators and no ``..`` (a run stays inside its run_root)."""
+
+
+def check_folder_name(name: str, what: str = "name") -> str:
+    """``name`` if it is a safe single folder name (:data:`RUN_NAME`, at most 200 characters), else ValueError."""
+    if not RUN_NAME.fullmatch(name) or ".." in name or len(name) > 200:
+        raise ValueError(
+            f"{what} {shorten(repr(name))} must be one folder name: letters, digits and _.+- "
+            "(starting with a letter or digit, no '/' or '..')"
+        )
+    return name
 
 
 class RunConfig(Strict):
@@ -159,6 +175,11 @@ class RunConfig(Strict):
     run_root: str = Field("runs", description="where run folders go")
     cache_root: str = Field("cache", description="where prepared datasets are cached")
     data_root: str | None = Field(None, description="root of relative data paths; default $EMBDIM_DATA_ROOT")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return check_folder_name(name)
 
     @model_validator(mode="after")
     def _fusable_torchrec_optimizer(self) -> RunConfig:

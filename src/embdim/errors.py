@@ -28,6 +28,10 @@ class DivergedError(EmbdimError):
     """Training produced a non-finite loss, gradient or weight: there is no result to report."""
 
 
+class UnreadableFile(EmbdimError):
+    """A run-state file (checkpoint, weights) that exists but cannot be read back."""
+
+
 class ModelFileError(EmbdimError, ValueError):
     """A model folder that is damaged, tampered with or of an unknown format; names the file and field."""
 

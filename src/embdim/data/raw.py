@@ -37,5 +37,3 @@ class RawData:
     label: str = LABEL
     skipped: dict[str, int] = field(default_factory=dict)
     sources: list[Path] = field(default_factory=list)
-
-

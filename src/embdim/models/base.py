@@ -7,17 +7,16 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field, NonNegativeInt, SerializerFunctionWrapHandler, model_serializer
 from torch import nn
 
 from embdim.data.schema import FieldInfo
 from embdim.models.layers import MLP, kept_input_columns
+from embdim.options import Options
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(Options):
     """Base of every model's options; unknown keys are an error that names the key."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class MLPInputConfig(ModelConfig):

@@ -120,6 +120,10 @@ def write_report(folder: str | Path, title: str | None = None) -> Path:
     if len(unreachable):
         lines += ["", "Budgets a method cannot reach (not substituted):", ""]
         lines += [f"- {r['label']} at {r['budget']}: {r['reason']}" for r in unreachable.iter_rows(named=True)]
+    diverged = results.filter(pl.col("status") == "diverged")
+    if len(diverged):
+        lines += ["", "Runs that diverged (no result; their cells leave these seeds out):", ""]
+        lines += [f"- {r['run']}: {r['reason']}" for r in diverged.iter_rows(named=True)]
     failed = results.filter(pl.col("status") == "failed")
     if len(failed):
         lines += ["", "Runs that failed (see their run folders):", ""]

@@ -22,32 +22,38 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec
+from embdim.options import Options
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan
 from embdim.slim import DenseGroup, SlimEmbedding
 
 
-class SearcherConfig(BaseModel):
+class SearcherConfig(Options):
     """Base of every searcher's options; unknown keys are an error that names the key."""
 
-    model_config = ConfigDict(extra="forbid")
 
-
-class Budget(BaseModel):
+class Budget(Options):
     """A memory target for the slim embedding, shared by every method that can aim at one.
 
     ``kind``: ``fraction`` of the uniform model's embedding bytes, absolute ``bytes``, or
     embedding ``params``.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     kind: Literal["fraction", "bytes", "params"] = Field("fraction", description="what value measures")
     value: float = Field(gt=0, description="the target: a fraction in (0, 1], or a count of bytes / parameters")
+
+    @model_validator(mode="after")
+    def _fraction_at_most_one(self) -> Budget:
+        if self.kind == "fraction" and self.value > 1:
+            raise ValueError(
+                f"a fraction of the uniform model's bytes lies in (0, 1], got {self.value:g} "
+                "(a larger model is no budget; use kind: bytes or params for absolute targets)"
+            )
+        return self
 
     def target_bytes(self, full_bytes: int, bytes_per_param: float = 4.0) -> float:
         """The target in bytes, given the uniform model's bytes (params count ``bytes_per_param`` each)."""

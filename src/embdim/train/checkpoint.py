@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from embdim.errors import ConfigError, UnreadableFile, shorten
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -27,30 +33,104 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def finite_or_null(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_or_null(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite_or_null(v) for v in data]
+    return data
+
+
+def strict_json(data: Any, **kwargs: Any) -> str:
+    """Standard JSON: non-finite floats become ``null``."""
+    return json.dumps(finite_or_null(data), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False))
+    atomic_write_text(path, strict_json(data, indent=2, sort_keys=False))
+
+
+TEMP_SUFFIX = ".tmp"  # temporary files are ".<name>.tmp" next to their target
+
+
+def temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TEMP_SUFFIX}")
+
+
+def _replace_through_temp(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file, then rename it over ``path``; the temporary is removed on any failure
+    (a full disk leaves the old file and nothing else)."""
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_temp_files(folder: Path) -> None:
+    """Temporaries a killed process left behind in ``folder`` (never read: the renamed files are whole)."""
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+
+
+LOW_DISK_BYTES = 1 << 20  # a failed write with less free space than this was the disk filling up
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save``, whose writer reports a full disk as a ``RuntimeError``: raised as the ``OSError``
+    it is (``ENOSPC`` when the disk is nearly full), naming the file."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as err:
+        full = shutil.disk_usage(path.parent).free < LOW_DISK_BYTES
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, os.strerror(code) if full else f"write failed ({shorten(str(err))})", str(path)) from err
 
 
 def save_torch(path: Path, obj: Any) -> None:
     """``torch.save`` through a temporary file and a rename (a kill mid-write leaves the old file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _replace_through_temp(path, lambda tmp: _torch_save(obj, tmp))
 
 
 def load_torch(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint written by :func:`save_torch` (tensors and plain types only: no code runs)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, empty, garbage, or not a checkpoint at all
+        raise UnreadableFile(f"{path}: cannot be read ({type(err).__name__}: {shorten(str(err))})") from None
 
 
 def save_weights(path: Path, module: torch.nn.Module) -> None:
     """A module's state dict as safetensors (atomically)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    _replace_through_temp(path, lambda tmp: save_file(state, str(tmp)))
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a damaged file is an :class:`UnreadableFile` naming it."""
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise UnreadableFile(f"{path}: cannot be read ({type(err).__name__}: {shorten(str(err))})") from None
 
 
 def load_weights(path: Path, module: torch.nn.Module) -> None:
-    module.load_state_dict(load_file(str(path)))
+    module.load_state_dict(read_weights(path))
+
+
+def init_weights_path(source: Path) -> Path:
+    """The weights ``train.init_from`` names: a run folder's ``best.safetensors`` or a ``.safetensors`` file;
+    a :class:`ConfigError` when there are none (checked before any data is prepared)."""
+    source = Path(source)
+    path = source / "best.safetensors" if source.is_dir() else source
+    if not path.is_file():
+        raise ConfigError(f"train.init_from: no weights at {path} (expected a run folder or a .safetensors file)")
+    return path
 
 
 def warm_start(source: Path, module: torch.nn.Module) -> list[str]:
@@ -60,16 +140,17 @@ def warm_start(source: Path, module: torch.nn.Module) -> list[str]:
     ``full`` model); a source key the module lacks, or one of another shape, is an error naming the key.
     Returns the keys left as initialised.
     """
-    path = source / "best.safetensors" if source.is_dir() else source
-    if not path.is_file():
-        raise FileNotFoundError(f"train.init_from: no weights at {path} (expected a run folder or a .safetensors file)")
-    weights = load_file(str(path))
+    path = init_weights_path(source)
+    try:
+        weights = read_weights(path)
+    except UnreadableFile as err:
+        raise ConfigError(f"train.init_from: {err}") from None
     own = module.state_dict()
     for key, value in weights.items():
         if key not in own:
-            raise ValueError(f"train.init_from: {path} has {key!r}, which this model does not have")
+            raise ConfigError(f"train.init_from: {path} has {key!r}, which this model does not have")
         if own[key].shape != value.shape:
-            raise ValueError(
+            raise ConfigError(
                 f"train.init_from: {key!r} has shape {tuple(value.shape)} in {path}, {tuple(own[key].shape)} here"
             )
     module.load_state_dict(weights, strict=False)

@@ -16,9 +16,10 @@ import yaml
 
 from embdim.config import ConfigError, RunConfig, to_yaml
 from embdim.data.prepare import PreparedData, prepare
+from embdim.errors import DivergedError
 from embdim.registry import READERS
-from embdim.train.checkpoint import atomic_write_json, atomic_write_text
-from embdim.train.trainer import Trainer
+from embdim.train.checkpoint import atomic_write_json, atomic_write_text, init_weights_path
+from embdim.train.trainer import DIVERGED, Trainer
 
 CONFIG_FILE = "config.yaml"
 RESULT_FILE = "result.json"
@@ -71,15 +72,43 @@ def describe_changes(changes: list[str], separator: str = "\n  ") -> str:
     return separator.join([*changes[:SHOWN_CHANGES], *more])
 
 
+def remove_run_folder(run_dir: Path) -> None:
+    """Delete one run's folder (``--force``): only a folder that holds a run (its ``config.yaml``) or
+    nothing, never a link, and never one that holds other runs (a bench folder, a run root)."""
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        raise ConfigError(f"--force: {run_dir} is not a run folder (a link or a file); remove it yourself")
+    inner_runs = [p.parent for p in run_dir.glob(f"*/**/{CONFIG_FILE}")]
+    if inner_runs or not ((run_dir / CONFIG_FILE).is_file() or not any(run_dir.iterdir())):
+        raise ConfigError(
+            f"--force: {run_dir} is not a single run's folder (it has no {CONFIG_FILE}, or holds other runs); "
+            "nothing was deleted"
+        )
+    shutil.rmtree(run_dir)
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Checks that need no data, run before any is prepared (the config itself is validated on load)."""
+    if cfg.train.init_from:
+        init_weights_path(Path(cfg.train.init_from))
+
+
 def run_experiment(
     cfg: RunConfig, run_dir: Path | None = None, force: bool = False, trainer_cls: type[Trainer] = Trainer
 ) -> dict[str, Any]:
-    """Train (or resume, or return the finished result of) the run described by ``cfg``."""
+    """Train (or resume, or return the finished result of) the run described by ``cfg``.
+
+    A run that diverged keeps its folder (last good checkpoint, best weights) and a ``result.json``
+    with ``"status": "diverged"`` and no metrics; running it again raises the same
+    :class:`~embdim.errors.DivergedError` (``force`` trains it from scratch).
+    """
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
     resolved = to_yaml(cfg)
     config_path, result_path = run_dir / CONFIG_FILE, run_dir / RESULT_FILE
-    if run_dir.exists() and force:
-        shutil.rmtree(run_dir)
+    preflight(cfg)
+    if force:
+        remove_run_folder(run_dir)
     if config_path.exists():
         changes = stored_config_changes(cfg, run_dir)
         if changes:
@@ -88,13 +117,19 @@ def run_experiment(
                 f"choose another name (name=...) or pass --force to start it again"
             )
         if result_path.exists():
-            return json.loads(result_path.read_text())
+            result = json.loads(result_path.read_text())
+            if result.get("status") == DIVERGED:
+                raise DivergedError(result["error"])
+            return result
     data = prepare_dataset(cfg, progress=cfg.train.progress)
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(config_path, resolved)
         result = trainer_cls(cfg, data, run_dir).fit()
+    except DivergedError as err:
+        atomic_write_json(result_path, {"status": DIVERGED, "name": cfg.name, "error": str(err)})
+        raise
     except BaseException:
         # a run that never reached its first checkpoint leaves nothing behind; later ones stay resumable
         if created and not (run_dir / "checkpoint.pt").exists():

@@ -9,7 +9,8 @@ atomically), ``initial.safetensors`` (step-0 weights, for lottery-ticket rewinds
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,15 +23,30 @@ from tqdm.auto import tqdm
 from embdim.config import RunConfig
 from embdim.data.prepare import PreparedData, SplitArrays
 from embdim.embedding import EmbeddingLayer
+from embdim.errors import DivergedError, UnreadableFile, shorten
 from embdim.recommender import Recommender, build_recommender, export_model, load_model
 from embdim.report.frequency import frequency_report
 from embdim.report.plots import plot_plan
-from embdim.train.checkpoint import load_torch, load_weights, save_torch, save_weights, warm_start
-from embdim.train.metrics import log_loss, roc_auc
+from embdim.train.checkpoint import (
+    load_torch,
+    load_weights,
+    read_weights,
+    remove_temp_files,
+    save_torch,
+    save_weights,
+    strict_json,
+    warm_start,
+)
+from embdim.train.metrics import NonFiniteScores, log_loss, roc_auc
 from embdim.train.optim import clip_gradients, recommender_optimizers, set_lr_scale
 
 EXPORT_CHECK_ROWS = 4096
 PLAN_FILE = "plan.json"  # the run's learned sizes (EmbeddingPlan JSON)
+COMPLETED, DIVERGED = "completed", "diverged"  # result.json's status
+CORRUPT_SUFFIX = ".corrupt"  # an unreadable run-state file is moved aside to <name>.corrupt
+EXPLODED_WEIGHT = 1e8  # |w| beyond this, next to a non-finite loss, points at the learning rate
+
+log = logging.getLogger("embdim")
 
 
 @dataclass
@@ -127,6 +143,7 @@ class Trainer:
         self.initial_path = self.run_dir / "initial.safetensors"
         self.stage_results: dict[str, dict[str, float]] = {}  # summaries of finished stages (kept in checkpoints)
         self.steps_per_epoch = (len(data.splits["train"]) + cfg.train.batch_size - 1) // cfg.train.batch_size
+        self.warnings: list[str] = []  # what the run should say next to its result
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
@@ -181,6 +198,8 @@ class Trainer:
             self._apply_lr(p)
 
     def _save_checkpoint(self, p: Progress) -> None:
+        """Save the resumable state; never a diverged one (the last good checkpoint stays)."""
+        self._check_weights(p, self.searcher.stages[min(p.stage_index, len(self.searcher.stages) - 1)])
         save_torch(
             self.checkpoint_path,
             {
@@ -195,6 +214,9 @@ class Trainer:
 
     def _load_checkpoint(self) -> Progress:
         state = load_torch(self.checkpoint_path)
+        for path in (self.initial_path, self.best_path):  # read before anything is restored from them
+            if path.exists():
+                read_weights(path)
         self.rec.load_state_dict(state["model"])
         self.searcher.load_checkpoint_state(state["searcher"])
         p = Progress(**state["progress"])
@@ -212,13 +234,21 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _log(self, p: Progress, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json(record) + "\n")
         p.metrics_lines += 1
+
+    def _evaluate(self, split: str, p: Progress, stage: str) -> dict[str, float]:
+        """AUC and logloss on a split; non-finite scores (a diverged model) raise :class:`DivergedError`."""
+        try:
+            return evaluate(self.rec, self.data.splits[split], self.tc.eval_batch_size)
+        except NonFiniteScores as err:
+            raise self._diverged(p, stage, f"the {split} scores: {err}") from None
 
     def _evaluate_and_select(
         self, p: Progress, stage: str, interval_start: float, interval_samples: int
     ) -> dict[str, float]:
-        valid = evaluate(self.rec, self.data.splits["valid"], self.tc.eval_batch_size)
+        self._check_weights(p, stage)
+        valid = self._evaluate("valid", p, stage)
         score = valid["auc"] if self.tc.monitor == "auc" else -valid["logloss"]
         improved = p.best_score is None or score > p.best_score
         if improved:
@@ -248,6 +278,42 @@ class Trainer:
             p.stopped = True
         return valid
 
+    # ------------------------------------------------------------------ divergence
+    def _check_weights(self, p: Progress, stage: str) -> None:
+        """Raise :class:`DivergedError` when a weight or buffer of the model is NaN or infinite."""
+        for name, tensor in self.rec.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise self._diverged(p, stage, f"the weight {name!r} holds non-finite values")
+
+    def _diverged(self, p: Progress, stage: str, what: str, dense: torch.Tensor | None = None) -> DivergedError:
+        """The error of a run that produced a non-finite value, naming where and the likely cause."""
+        tc, emb = self.tc, self.cfg.embedding
+        if dense is not None and not bool(torch.isfinite(dense).all()):
+            cause = "the input: the batch's dense features hold non-finite values (check the data)"
+        elif p.stage_index == 0 and p.step <= 1:
+            cause = (
+                f"the initial weights (embedding.init_std={emb.init_std:g}) or the first update "
+                f"(train.lr={tc.lr:g}): training was not finite from its first step"
+            )
+        else:
+            largest = max(
+                (
+                    float(t.abs().nan_to_num(posinf=math.inf).max())
+                    for t in self.rec.state_dict().values()
+                    if t.is_floating_point() and t.numel()
+                ),
+                default=0.0,
+            )
+            cause = f"the learning rate (train.lr={tc.lr:g}, {tc.optimizer}) is too large for this model"
+            if largest > EXPLODED_WEIGHT:
+                cause += f": weights grew to |w| = {largest:.3g}"
+            cause += "; lower train.lr or set train.clip_grad_norm"
+        return DivergedError(
+            f"training diverged at step {p.step} of stage {stage!r} (epoch {p.epoch + 1}): {what}. Likely cause: "
+            f"{cause}. Kept in {self.run_dir}: the last good checkpoint and the best weights so far; no result "
+            "was written. Change the config and run again under another name= or with --force"
+        )
+
     def _current_lr(self, p: Progress) -> float:
         """``train.lr`` as the schedule has scaled it at ``p`` (other groups scale alike)."""
         lr, sched = self.tc.lr, self.tc.lr_schedule
@@ -275,6 +341,8 @@ class Trainer:
                 self._apply_lr(p)
                 t0 = time.perf_counter()
                 loss = self._step(ids, dense, labels, p)
+                if not math.isfinite(loss):
+                    raise self._diverged(p, stage, f"the training loss is {loss}", dense)
                 p.train_seconds += time.perf_counter() - t0
                 p.train_samples += len(labels)
                 interval_samples += len(labels)
@@ -312,14 +380,39 @@ class Trainer:
         """Hook after each step's bookkeeping (tests use it to simulate a kill)."""
 
     # ------------------------------------------------------------------ driver
+    def _resume_or_start(self) -> Progress:
+        """Resume from ``checkpoint.pt``; a checkpoint (or weights file) that cannot be read or does not fit
+        this model is moved aside to ``<name>.corrupt`` with a warning, and training starts from step 0."""
+        remove_temp_files(self.run_dir)
+        if self.checkpoint_path.exists():
+            try:
+                return self._load_checkpoint()
+            except (UnreadableFile, RuntimeError, KeyError, ValueError, TypeError) as err:
+                bad = next(
+                    (path for path in (self.initial_path, self.best_path) if path.name in str(err)),
+                    self.checkpoint_path,
+                )
+                aside = bad.with_name(bad.name + CORRUPT_SUFFIX)
+                bad.replace(aside)
+                self.checkpoint_path.unlink(missing_ok=True)
+                self.warn(
+                    f"{bad} cannot be resumed from ({type(err).__name__}: {shorten(str(err))}); "
+                    f"moved to {aside.name}, training starts again from step 0"
+                )
+                self._build()  # a partial restore may have changed weights
+        p = Progress()
+        self.metrics_path.write_text("")
+        save_weights(self.initial_path, self.rec)
+        return p
+
+    def warn(self, message: str) -> None:
+        """A warning for the log (stderr) and for ``result.json``'s ``warnings``."""
+        log.warning(message)
+        self.warnings.append(message)
+
     def fit(self) -> dict[str, Any]:
         self._build()
-        if self.checkpoint_path.exists():
-            p = self._load_checkpoint()
-        else:
-            p = Progress()
-            self.metrics_path.write_text("")
-            save_weights(self.initial_path, self.rec)
+        p = self._resume_or_start()
         stages = self.searcher.stages
         stage_results = self.stage_results
         while p.stage_index < len(stages):
@@ -352,7 +445,7 @@ class Trainer:
     def _stage_summary(self, p: Progress, final: bool) -> dict[str, float]:
         """Valid metrics of the weights the stage hands on; earlier stages also report test (e.g. AUC before
         retraining), the final stage leaves test to :meth:`_finish`."""
-        valid = evaluate(self.rec, self.data.splits["valid"], self.tc.eval_batch_size)
+        valid = self._evaluate("valid", p, self.searcher.stages[p.stage_index])
         summary = {
             "valid_auc": valid["auc"],
             "valid_logloss": valid["logloss"],
@@ -364,7 +457,7 @@ class Trainer:
         if p.start_valid_auc is not None:
             summary["valid_auc_at_start"] = p.start_valid_auc
         if not final:
-            test = evaluate(self.rec, self.data.splits["test"], self.tc.eval_batch_size)
+            test = self._evaluate("test", p, self.searcher.stages[p.stage_index])
             summary |= {"test_auc": test["auc"], "test_logloss": test["logloss"]}
         return summary
 
@@ -372,7 +465,7 @@ class Trainer:
         # the last stage's summary already evaluated valid on these (selected) weights
         last = stage_results[self.searcher.stages[-1]]
         valid = {"auc": last["valid_auc"], "logloss": last["valid_logloss"]}
-        test = evaluate(self.rec, self.data.splits["test"], self.tc.eval_batch_size)
+        test = self._evaluate("test", p, self.searcher.stages[-1])
         plan = self.searcher.plan(self.lookup)
         plan.save(self.run_dir / PLAN_FILE)
         plot_plan(plan, self.data.schema.fields, self.run_dir)
@@ -383,6 +476,7 @@ class Trainer:
         model_dir = self.run_dir / "model"
         export_model(self.rec, model_dir, {"dataset": self.cfg.dataset.name, "method": self.cfg.method.name})
         return {
+            "status": COMPLETED,
             "name": self.cfg.name,
             "dataset": self.cfg.dataset.name,
             "model": self.cfg.model.name,
@@ -401,6 +495,7 @@ class Trainer:
             "stages": stage_results,
             "searcher": self.searcher.report(self.lookup),
             "export_max_abs_logit_diff": self._export_check(model_dir),
+            "warnings": self.warnings,
         }
 
     def _export_check(self, model_dir: Path) -> float:

@@ -1,0 +1,192 @@
+"""Trustworthy runs: divergence is an error, run folders stay in their root, damaged checkpoints recover."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import REPO_ROOT, TINY_SYNTHETIC
+from embdim.cli import app
+from embdim.config import ConfigError
+from embdim.train.run import run_experiment
+from test_train import KilledAt, small_config
+
+QUICKSTART = str(REPO_ROOT / "configs" / "experiments" / "quickstart.yaml")
+
+
+def _cli_args(tmp_path: Path, *overrides: str) -> list[str]:
+    """``embdim run`` on the tiny synthetic set, folders in ``tmp_path``."""
+    base = [
+        f"run_root={tmp_path / 'runs'}",
+        f"cache_root={tmp_path / 'cache'}",
+        *TINY_SYNTHETIC,
+        "model.hidden=[16]",
+        "embedding.dim=4",
+        "train.batch_size=512",
+        "train.epochs=2",
+    ]
+    return ["run", QUICKSTART, *base, *overrides, "--no-progress"]
+
+
+def _run_cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    assert "Traceback" not in result.output and "internal error" not in result.output, result.output
+    return result
+
+
+# ---------------------------------------------------------------------- divergence
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.optimizer=sgd", "train.lr=1e30"],
+        ["train.optimizer=adagrad", "train.lr=1e38"],
+        ["embedding.init_std=1e30"],
+    ],
+    ids=["sgd-lr", "adagrad-lr", "init"],
+)
+def test_a_diverged_run_ends_in_an_error_and_leaves_no_result_that_looks_like_one(tmp_path, overrides):
+    result = _run_cli(*_cli_args(tmp_path, "name=div", *overrides))
+    assert result.exit_code == 2, result.output
+    assert "error: training diverged at step" in result.output and "Likely cause" in result.output
+    cause = "init_std" if "init_std" in overrides[0] else "train.lr"
+    assert cause in result.output
+    assert "test_auc" not in result.output  # no metrics on stdout
+    run = tmp_path / "runs" / "div"
+    stored = json.loads((run / "result.json").read_text())
+    assert stored["status"] == "diverged" and "test_auc" not in stored and "valid_auc" not in stored
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)  # the last good one is kept
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+    assert not (run / "model").exists()
+    again = _run_cli(*_cli_args(tmp_path, "name=div", *overrides))  # a rerun does not pretend either
+    assert again.exit_code == 2 and "training diverged" in again.output
+
+
+def test_a_non_finite_learning_rate_is_a_config_error(tmp_path):
+    result = _run_cli(*_cli_args(tmp_path, "name=x", "train.lr=.inf"))
+    assert result.exit_code == 2 and "train.lr" in result.output and "finite" in result.output
+
+
+def test_the_bench_reports_a_diverged_cell_as_diverged(tmp_path):
+    from embdim.bench import load_bench, run_bench
+
+    bench = tmp_path / "bench.yaml"
+    bench.write_text(
+        "name: div\n"
+        f"experiment: {QUICKSTART}\n"
+        f"bench_root: {tmp_path / 'bench'}\n"
+        f"overrides: {json.dumps([*_cli_args(tmp_path)[2:-1], 'train.optimizer=sgd', 'train.lr=1e30'])}\n"
+        "methods: [full]\nbudgets: [0.5]\nseeds: [1]\n"
+    )
+    results = run_bench(*load_bench(bench))
+    assert set(results["status"]) == {"diverged"}
+    assert results["reason"].str.contains("training diverged").all()
+
+
+# ---------------------------------------------------------------------- run folders stay in their root
+@pytest.mark.parametrize("name", ["../x", "/abs/path", "a/b", "..", ".hidden", "a b", ""])
+def test_a_run_name_that_is_not_one_folder_name_is_refused(tmp_path, name):
+    result = _run_cli(*_cli_args(tmp_path, f"name={name}"))
+    assert result.exit_code == 2 and "name" in result.output and "one folder name" in result.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
+
+
+def test_force_removes_only_its_own_run_folder(tmp_path):
+    cfg = small_config(tmp_path, "name=keep")
+    run_experiment(cfg)
+    sibling = tmp_path / "runs" / "other"
+    sibling.mkdir(parents=True)
+    (sibling / "notes.txt").write_text("not a run")
+    with pytest.raises(ConfigError, match="not a single run's folder"):
+        run_experiment(small_config(tmp_path, "name=other"), force=True)
+    assert (sibling / "notes.txt").exists()
+    # a folder holding other runs (a bench folder) is never a run folder
+    nested = tmp_path / "runs" / "bench"
+    (nested / "runs" / "r1").mkdir(parents=True)
+    (nested / "runs" / "r1" / "config.yaml").write_text("name: r1\n")
+    (nested / "config.yaml").write_text("name: bench\n")
+    with pytest.raises(ConfigError, match="nothing was deleted"):
+        run_experiment(small_config(tmp_path, "name=bench"), force=True)
+    assert (nested / "runs" / "r1" / "config.yaml").exists()
+    again = run_experiment(cfg, force=True)  # its own folder: retrained from scratch
+    assert again["status"] == "completed" and (tmp_path / "runs" / "keep" / "result.json").exists()
+
+
+# ---------------------------------------------------------------------- damaged checkpoints
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_a_damaged_checkpoint_is_moved_aside_and_the_run_starts_again(tmp_path, damage):
+    reference = run_experiment(small_config(tmp_path, "name=ref"))
+    cfg = small_config(tmp_path, "name=hurt")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, trainer_cls=KilledAt)
+    checkpoint = tmp_path / "runs" / "hurt" / "checkpoint.pt"
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": os.urandom(4096)}[damage])
+    (checkpoint.parent / ".checkpoint.pt.tmp").write_bytes(b"left by a kill")
+    result = run_experiment(cfg)
+    assert result["test_auc"] == reference["test_auc"]  # from step 0, deterministic
+    assert any("moved to checkpoint.pt.corrupt" in w and "from step 0" in w for w in result["warnings"])
+    assert (checkpoint.parent / "checkpoint.pt.corrupt").exists()
+    assert not (checkpoint.parent / ".checkpoint.pt.tmp").exists()
+
+
+def test_a_full_disk_gives_a_clean_error_and_a_resumable_folder(tmp_path, monkeypatch):
+    cfg = small_config(tmp_path, "name=full")
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save(obj, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # a later checkpoint: the folder already holds a good one
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OSError, match="No space left"):
+        run_experiment(cfg)
+    run = tmp_path / "runs" / "full"
+    assert not list(run.glob(".*.tmp")) and (run / "checkpoint.pt").exists()
+    monkeypatch.setattr(torch, "save", real_save)
+    assert run_experiment(cfg)["status"] == "completed"
+
+
+def test_a_full_tmpfs_is_an_error_line_naming_the_file_and_the_fix(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        result = _run_cli(*_cli_args(tmp_path, "name=tiny", f"run_root={mount}"))
+        assert result.exit_code == 2, result.output
+        assert "No space left on device" in result.output and "disk is full" in result.output
+        assert not list(mount.glob("*/.*.tmp"))
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path):
+    args = _cli_args(tmp_path, "name=term", "train.epochs=30", "train.checkpoint_every_steps=2")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embdim", *args], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
+    checkpoint = tmp_path / "runs" / "term" / "checkpoint.pt"
+    deadline = time.time() + 60
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not list(checkpoint.parent.glob(".*.tmp"))
+    assert _run_cli(*args).exit_code == 0
