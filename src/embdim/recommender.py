@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from embdim.data.schema import FieldInfo
 from embdim.embedding import EmbeddingLayer, add_penalty
+from embdim.errors import ModelFileError, shorten
 from embdim.lookup import DEFAULT_INIT_STD
 from embdim.models.base import CTRModel, ModelConfig
 from embdim.models.layers import FeaturesLinear, FeatureTable
 from embdim.registry import MODELS
-from embdim.slim import SlimEmbedding
+from embdim.slim import EMBEDDING_JSON, EMBEDDING_TENSORS, SlimEmbedding, read_json, read_safetensors
 
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # 2: model.json records the SHA-256 of every file
+MODEL_JSON = "model.json"
+MODEL_TENSORS = "model.safetensors"
+MODEL_FILES = frozenset({MODEL_JSON, MODEL_TENSORS, EMBEDDING_JSON, EMBEDDING_TENSORS})
+SELF_HASH = "sha256"  # model.json's own hash (of its other fields)
+HASH_BLOCK = 1 << 20
 
 
 class Scored(NamedTuple):
@@ -110,36 +118,118 @@ def build_recommender(
 
 
 def export_model(rec: Recommender, folder: str | Path, extra: dict[str, Any] | None = None) -> SlimEmbedding:
-    """Write the slim model: ``embedding.*`` (slim tables), ``model.safetensors`` and ``model.json``."""
+    """Write the slim model: ``embedding.*`` (slim tables), ``model.safetensors`` and ``model.json``.
+
+    ``model.json`` records the SHA-256 of every other file and of its own content, which
+    :func:`load_model` verifies. The folder is written next to its place and renamed into it, so a
+    failure never leaves a half-written model.
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     slim = rec.embedding.export() if isinstance(rec.embedding, EmbeddingLayer) else rec.embedding
-    slim.save(folder)
-    state = {k: v.detach().contiguous() for k, v in rec.model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    model = rec.model
-    meta = {
-        "format_version": EXPORT_FORMAT_VERSION,
-        "model": rec.model_name,
-        "model_config": model.config.model_dump(mode="json"),
-        "fields": [
-            {"name": n, "vocab_size": v} for n, v in zip(slim.plan.field_names, slim.plan.vocab_sizes, strict=True)
-        ],
-        "dim": slim.dim,
-        "num_dense": model.num_dense,
-        **(extra or {}),
-    }
-    (folder / "model.json").write_text(json.dumps(meta, indent=2))
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        slim.save(tmp)
+        state = {k: v.detach().contiguous() for k, v in rec.model.state_dict().items()}
+        save_file(state, str(tmp / MODEL_TENSORS))
+        model = rec.model
+        meta = {
+            "format_version": EXPORT_FORMAT_VERSION,
+            "model": rec.model_name,
+            "model_config": model.config.model_dump(mode="json"),
+            "fields": [
+                {"name": n, "vocab_size": v} for n, v in zip(slim.plan.field_names, slim.plan.vocab_sizes, strict=True)
+            ],
+            "dim": slim.dim,
+            "num_dense": model.num_dense,
+            **(extra or {}),
+            "files": {name: file_sha256(tmp / name) for name in (MODEL_TENSORS, EMBEDDING_JSON, EMBEDDING_TENSORS)},
+        }
+        meta[SELF_HASH] = content_sha256(meta)
+        (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return slim
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_sha256(meta: dict[str, Any]) -> str:
+    """SHA-256 of a JSON object without its own hash field (keys sorted)."""
+    body = {k: v for k, v in meta.items() if k != SELF_HASH}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def verify_model_folder(folder: Path) -> dict[str, Any]:
+    """``model.json`` of a model folder whose files are exactly the expected ones, in the known format, and
+    unchanged since export (every SHA-256 matches); anything else is a :class:`ModelFileError` naming the
+    file and field. Nothing in the folder is executed: only JSON and safetensors are read."""
+    if not folder.is_dir():
+        raise ModelFileError(f"{folder}: no model folder there")
+    present = {p.name for p in folder.iterdir()}
+    if unexpected := sorted(present - MODEL_FILES):
+        raise ModelFileError(
+            f"{folder}: unexpected file(s) {', '.join(unexpected)}; a model folder holds only "
+            f"{', '.join(sorted(MODEL_FILES))} and is refused with anything else in it"
+        )
+    if missing := sorted(MODEL_FILES - present):
+        raise ModelFileError(f"{folder}: missing {', '.join(missing)}")
+    where = folder / MODEL_JSON
+    meta = read_json(where)
+    version = meta.get("format_version")
+    if version != EXPORT_FORMAT_VERSION:
+        raise ModelFileError(
+            f"{where}: field 'format_version' is {version!r}; this embdim reads version {EXPORT_FORMAT_VERSION}"
+        )
+    if meta.get(SELF_HASH) != content_sha256(meta):
+        raise ModelFileError(f"{where}: field '{SELF_HASH}' does not match the file's content (it was edited)")
+    files = meta.get("files")
+    if not isinstance(files, dict) or set(files) != MODEL_FILES - {MODEL_JSON}:
+        raise ModelFileError(f"{where}: field 'files' must list the SHA-256 of the other three files")
+    for name, digest in files.items():
+        if file_sha256(folder / name) != digest:
+            raise ModelFileError(
+                f"{folder / name}: content differs from its SHA-256 in model.json (changed or damaged)"
+            )
+    return meta
+
+
 def load_model(folder: str | Path) -> Recommender:
-    """Load an exported slim model (safetensors + JSON only, no pickle), in eval mode."""
+    """Load an exported slim model (safetensors + JSON only, no pickle), in eval mode, after checking it
+    (:func:`verify_model_folder`, then every tensor's name, dtype and shape against the plan)."""
     folder = Path(folder)
-    meta = json.loads((folder / "model.json").read_text())
-    fields = [FieldInfo(f["name"], f["vocab_size"]) for f in meta["fields"]]
-    model_cls = MODELS.get(meta["model"])
-    model = model_cls(fields, meta["dim"], meta["num_dense"], model_cls.Config(**meta["model_config"]))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    rec = Recommender(SlimEmbedding.load(folder), model, meta["model"])
+    meta = verify_model_folder(folder)
+    where = folder / MODEL_JSON
+    try:
+        fields = [FieldInfo(str(f["name"]), int(f["vocab_size"])) for f in meta["fields"]]
+        model_cls = MODELS.get(meta["model"])
+        model = model_cls(fields, int(meta["dim"]), int(meta["num_dense"]), model_cls.Config(**meta["model_config"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{where}: {shorten(str(err))}") from None
+    slim = SlimEmbedding.load(folder)
+    if slim.plan.vocab_sizes != [f.vocab_size for f in fields] or slim.dim != model.dim:
+        raise ModelFileError(f"{where}: field 'fields' / 'dim' disagree with {EMBEDDING_JSON}'s plan")
+    state = read_safetensors(folder / MODEL_TENSORS)
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and (value.shape != own[key].shape or value.dtype != own[key].dtype):
+            got, need = (f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}" for t in (value, own[key]))
+            raise ModelFileError(f"{folder / MODEL_TENSORS}: {key!r} is {got}, the model needs {need}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ModelFileError(f"{folder / MODEL_TENSORS}: {shorten(str(err))}") from None
+    rec = Recommender(slim, model, meta["model"])
     return rec.eval()

@@ -26,9 +26,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from embdim.errors import ModelFileError, shorten
 from embdim.plan import EmbeddingPlan, equal_size_runs, ragged_index, size_bytes
 
 GROUP_KINDS: dict[str, type[SlimGroup]] = {}
+EMBEDDING_TENSORS = "embedding.safetensors"
+EMBEDDING_JSON = "embedding.json"
 
 
 def project_fields(raw: torch.Tensor, projection: torch.Tensor | None, dim: int) -> torch.Tensor:
@@ -92,6 +95,16 @@ class SlimGroup(nn.Module, ABC):
     @abstractmethod
     def from_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SlimGroup: ...
 
+    @abstractmethod
+    def stored_sizes(self) -> torch.Tensor:
+        """Values stored for each of the group's rows, int64 [sum rows] (fields back to back)."""
+
+    @classmethod
+    @abstractmethod
+    def check_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """Raise ``ValueError`` naming the tensor when ``tensors`` are not a valid group of ``layout``
+        (names, dtypes, shapes, index arrays): what :meth:`SlimEmbedding.load` runs before any use."""
+
     def _ragged_positions(self, starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For rows with ``starts``/``lengths`` [...]: flat positions [..., d] and their validity."""
         j = torch.arange(self.dim, device=starts.device)
@@ -129,6 +142,22 @@ class DenseGroup(SlimGroup):
     @classmethod
     def from_saved(cls, layout, tensors):
         return cls(layout["field_ids"], layout["rows"], tensors["weight"], tensors.get("projection"), layout["dim"])
+
+    def stored_sizes(self) -> torch.Tensor:
+        return torch.full((self.weight.shape[0],), self.weight.shape[1], dtype=torch.long)
+
+    @classmethod
+    def check_saved(cls, layout, tensors):
+        _expect_names(tensors, {"weight"}, {"projection"})
+        dim, rows = layout["dim"], sum(layout["rows"])
+        weight = _expect_tensor(tensors, "weight", FLOAT_DTYPES, 2)
+        if weight.shape[0] != rows or not 1 <= weight.shape[1] <= dim:
+            raise ValueError(f"weight: shape {tuple(weight.shape)}, expected [{rows}, 1..{dim}]")
+        if "projection" in tensors:
+            proj = _expect_tensor(tensors, "projection", FLOAT_DTYPES, 3)
+            want = (len(layout["field_ids"]), weight.shape[1], dim)
+            if tuple(proj.shape) != want:
+                raise ValueError(f"projection: shape {tuple(proj.shape)}, expected {list(want)}")
 
 
 class RaggedGroup(SlimGroup):
@@ -199,6 +228,30 @@ class RaggedGroup(SlimGroup):
         index = {k: v for k, v in tensors.items() if k != "values"}
         return cls(layout["field_ids"], layout["rows"], tensors["values"], index, layout["dim"])
 
+    def stored_sizes(self) -> torch.Tensor:
+        return self._starts_lengths(torch.arange(sum(self.rows)))[1]
+
+    @classmethod
+    def check_saved(cls, layout, tensors):
+        dim, rows = layout["dim"], sum(layout["rows"])
+        values = _expect_tensor(tensors, "values", FLOAT_DTYPES, 1)
+        if "offsets" in tensors:
+            _expect_names(tensors, {"values", "offsets"})
+            _check_offsets(tensors, "offsets", rows, len(values), dim)
+            return
+        _expect_names(tensors, {"values", "run_rows", "run_offsets", "run_sizes"})
+        run_rows = _expect_tensor(tensors, "run_rows", INDEX_DTYPES, 1).long()
+        runs = len(run_rows) - 1
+        if runs < 0 or run_rows[0] != 0 or run_rows[-1] != rows or bool((torch.diff(run_rows) <= 0).any()):
+            raise ValueError(f"run_rows: must rise from 0 to {rows} (the group's rows) in {runs} runs")
+        sizes = _expect_tensor(tensors, "run_sizes", SIZE_DTYPES, 1).long()
+        if len(sizes) != runs or bool(((sizes < 0) | (sizes > dim)).any()):
+            raise ValueError(f"run_sizes: need {runs} sizes in [0, {dim}]")
+        offsets = _expect_tensor(tensors, "run_offsets", INDEX_DTYPES, 1).long()
+        expected = torch.cat([torch.zeros(1, dtype=torch.long), (sizes * torch.diff(run_rows)).cumsum(0)])
+        if len(offsets) != runs + 1 or not torch.equal(offsets, expected) or expected[-1] != len(values):
+            raise ValueError(f"run_offsets: do not match run_rows, run_sizes and the {len(values)} values")
+
 
 class CsrGroup(SlimGroup):
     """Row i keeps values at given columns: ``values [nnz]``, ``columns [nnz]``, ``offsets [sum rows + 1]``."""
@@ -244,6 +297,61 @@ class CsrGroup(SlimGroup):
             tensors["offsets"],
             layout["dim"],
         )
+
+    def stored_sizes(self) -> torch.Tensor:
+        return torch.diff(self.offsets.long())
+
+    @classmethod
+    def check_saved(cls, layout, tensors):
+        _expect_names(tensors, {"values", "columns", "offsets"})
+        dim, rows = layout["dim"], sum(layout["rows"])
+        values = _expect_tensor(tensors, "values", FLOAT_DTYPES, 1)
+        columns = _expect_tensor(tensors, "columns", SIZE_DTYPES, 1).long()
+        if len(columns) != len(values) or bool(((columns < 0) | (columns >= dim)).any()):
+            raise ValueError(f"columns: need {len(values)} column indices in [0, {dim})")
+        offsets = _check_offsets(tensors, "offsets", rows, len(values), dim)
+        # within a row the columns rise (each value has its own column); across rows they start again
+        rises = torch.diff(columns) > 0
+        row_starts = offsets[1:-1][(offsets[1:-1] > 0) & (offsets[1:-1] < len(columns))] - 1
+        rises[row_starts] = True
+        if not bool(rises.all()):
+            raise ValueError("columns: a row repeats or reorders its column indices")
+
+
+FLOAT_DTYPES = (torch.float32,)
+INDEX_DTYPES = (torch.int32, torch.int64)
+SIZE_DTYPES = (torch.uint8, torch.int16)
+
+
+def _expect_names(tensors: dict[str, torch.Tensor], required: set[str], optional: set[str] = frozenset()) -> None:
+    names = set(tensors)
+    if missing := required - names:
+        raise ValueError(f"missing tensors {sorted(missing)}")
+    if extra := names - required - optional:
+        raise ValueError(f"unexpected tensors {sorted(extra)}")
+
+
+def _expect_tensor(
+    tensors: dict[str, torch.Tensor], name: str, dtypes: tuple[torch.dtype, ...], ndim: int
+) -> torch.Tensor:
+    tensor = tensors[name]
+    if tensor.dtype not in dtypes or tensor.ndim != ndim:
+        shown = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise ValueError(
+            f"{name}: {str(tensor.dtype).removeprefix('torch.')} with {tensor.ndim} dims, expected {shown} with {ndim}"
+        )
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name}: holds non-finite values")
+    return tensor
+
+
+def _check_offsets(tensors: dict[str, torch.Tensor], name: str, rows: int, total: int, dim: int) -> torch.Tensor:
+    """Row offsets ``[rows + 1]`` from 0 to ``total``, each row at most ``dim`` long; returns them as int64."""
+    offsets = _expect_tensor(tensors, name, INDEX_DTYPES, 1).long()
+    steps = torch.diff(offsets)
+    if len(offsets) != rows + 1 or offsets[0] != 0 or offsets[-1] != total or bool(((steps < 0) | (steps > dim)).any()):
+        raise ValueError(f"{name}: need {rows + 1} offsets rising from 0 to {total}, at most {dim} apart")
+    return offsets
 
 
 def _offset_dtype(total: int) -> torch.dtype:
@@ -306,17 +414,103 @@ class SlimEmbedding(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"g{i}.{k}": v.contiguous() for i, g in enumerate(self.groups) for k, v in g.tensors().items()}
-        save_file(tensors, str(folder / "embedding.safetensors"))
+        save_file(tensors, str(folder / EMBEDDING_TENSORS))
         meta = {"plan": self.plan.to_dict(), "groups": [g.layout() for g in self.groups]}
-        (folder / "embedding.json").write_text(json.dumps(meta))
+        (folder / EMBEDDING_JSON).write_text(json.dumps(meta))
 
     @classmethod
     def load(cls, folder: str | Path) -> SlimEmbedding:
+        """Read ``embedding.json`` + ``embedding.safetensors`` (no pickle), checking every group against
+        the plan before use; a damaged or edited file is a :class:`~embdim.errors.ModelFileError` naming
+        the file and the field."""
         folder = Path(folder)
-        meta = json.loads((folder / "embedding.json").read_text())
-        tensors = load_file(str(folder / "embedding.safetensors"))
-        groups = []
-        for i, layout in enumerate(meta["groups"]):
+        meta = read_json(folder / EMBEDDING_JSON)
+        where = folder / EMBEDDING_JSON
+        try:
+            plan = EmbeddingPlan.from_dict(meta["plan"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelFileError(f"{where}: field 'plan': {shorten(str(err))}") from None
+        layouts = meta.get("groups")
+        if not isinstance(layouts, list) or (not layouts and plan.num_params > plan.extra_params):
+            raise ModelFileError(
+                f"{where}: field 'groups': expected a list of group layouts, got {shorten(repr(layouts))}"
+            )
+        tensors = read_safetensors(folder / EMBEDDING_TENSORS)
+        groups, held = [], set()
+        for i, layout in enumerate(layouts):
+            field = f"groups[{i}]"
+            _check_layout(layout, plan, held, f"{where}: field '{field}'")
             mine = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"g{i}.")}
-            groups.append(GROUP_KINDS[layout["kind"]].from_saved(layout, mine))
-        return cls(EmbeddingPlan.from_dict(meta["plan"]), groups)
+            kind = GROUP_KINDS[layout["kind"]]
+            try:
+                kind.check_saved(layout, mine)
+            except ValueError as err:
+                raise ModelFileError(f"{folder / EMBEDDING_TENSORS}: group g{i} ({layout['kind']}): {err}") from None
+            groups.append(kind.from_saved(layout, mine))
+        strays = sorted(k for k in tensors if not k.startswith(tuple(f"g{i}." for i in range(len(layouts)))))
+        if strays:
+            raise ModelFileError(f"{folder / EMBEDDING_TENSORS}: tensors of no group: {shorten(str(strays))}")
+        _check_sizes_match_plan(groups, plan, where)
+        return cls(plan, groups)
+
+
+def _check_sizes_match_plan(groups: list[SlimGroup], plan: EmbeddingPlan, where: Path) -> None:
+    """Every field the plan keeps is stored, with exactly the per-field widths or per-row sizes it records."""
+    stored: dict[int, torch.Tensor] = {}
+    for group in groups:
+        for f, sizes in zip(group.field_ids, torch.split(group.stored_sizes(), list(group.rows)), strict=True):
+            stored[f] = sizes
+    for f, name in enumerate(plan.field_names):
+        if plan.row_sizes is not None:
+            want = torch.as_tensor(plan.row_sizes[f], dtype=torch.long)
+        else:
+            want = torch.full((plan.vocab_sizes[f],), plan.field_dims[f], dtype=torch.long)
+        got = stored.get(f, torch.zeros_like(want))
+        if not torch.equal(got, want):
+            raise ModelFileError(f"{where}: field {name!r}: the stored sizes differ from the plan's")
+
+
+def _check_layout(layout: Any, plan: EmbeddingPlan, held: set[int], where: str) -> None:
+    """A group layout's kind, fields, rows and width against the plan (fields may be held once)."""
+    if not isinstance(layout, dict) or layout.get("kind") not in GROUP_KINDS:
+        raise ModelFileError(f"{where}: 'kind' must be one of {sorted(GROUP_KINDS)}")
+    fields, rows = layout.get("field_ids"), layout.get("rows")
+    valid = (
+        isinstance(fields, list)
+        and isinstance(rows, list)
+        and len(fields) == len(rows) > 0
+        and all(isinstance(f, int) and 0 <= f < plan.num_fields for f in fields)
+    )
+    if not valid:
+        raise ModelFileError(f"{where}: 'field_ids' and 'rows' must be equal-length lists of fields of the plan")
+    if held & set(fields) or len(set(fields)) != len(fields):
+        raise ModelFileError(f"{where}: 'field_ids': a field is stored by more than one group")
+    held.update(fields)
+    want = [plan.vocab_sizes[f] for f in fields]
+    if rows != want:
+        raise ModelFileError(f"{where}: 'rows' {shorten(str(rows))} differ from the plan's vocabulary sizes {want}")
+    if layout.get("dim") != plan.dim:
+        raise ModelFileError(f"{where}: 'dim' {layout.get('dim')!r} differs from the plan's {plan.dim}")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A model file's JSON object; missing or unparsable is a :class:`ModelFileError` naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A model file's tensors (safetensors: no code runs); a damaged file is a :class:`ModelFileError`."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for every kind of damage
+        raise ModelFileError(f"{path}: not a readable safetensors file ({shorten(str(err))})") from None
