@@ -10,7 +10,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from embdim.data.encoder import LOG_BUCKET_PREFIX, MISSING_TOKEN, OOV_ID, Encoder, discretize_expr
+from embdim.data.encoder import (
+    FLOAT32_MAX,
+    LOG_BUCKET_PREFIX,
+    MISSING_TOKEN,
+    OOV_ID,
+    Encoder,
+    discretize_expr,
+    usable_number,
+)
 from embdim.data.raw import DataError
 
 
@@ -88,6 +96,11 @@ def test_missing_unseen_in_train_maps_to_oov():
         (None, None),
         (float("nan"), None),
         (float("inf"), None),
+        (-float("inf"), None),
+        (1e39, None),  # beyond float32
+        (-1e19, None),  # integer part below int64
+        (9.3e18, None),  # integer part above int64, although it would be log-bucketed
+        (-(2.0**63), str(-(2**63))),  # the smallest int64 still fits
     ],
 )
 def test_criteo_discretisation_rule(x, expected):
@@ -113,6 +126,41 @@ def test_dense_missing_is_zero_and_log1p_clips_negatives():
     logged = Encoder(numeric="dense", dense_transform="log1p").fit(df, [], ["x"]).transform(df)[1]
     assert logged.dtype == np.float32
     np.testing.assert_allclose(logged[:, 0], [0.0, 0.0, 0.0, 1.0, 0.0], rtol=1e-6)
+
+
+UNUSABLE = [float("nan"), float("inf"), -float("inf"), 1e39, -1e300, 3.5e38]
+"""Missing in every mode: non-finite or beyond float32."""
+BEYOND_INT64 = [-1e19, 9.3e18, -9.3e18]
+"""Usable as float32 features, missing once discretised."""
+
+
+def test_usable_number_is_the_documented_rule():
+    values = [1.5, FLOAT32_MAX, -FLOAT32_MAX, *UNUSABLE, *BEYOND_INT64, None]
+    frame_ = pl.DataFrame({"x": pl.Series(values, dtype=pl.Float64)})
+    as_float = frame_.select(usable_number(pl.col("x"))).to_series().to_list()
+    assert as_float == [1.5, FLOAT32_MAX, -FLOAT32_MAX, *[None] * len(UNUSABLE), *BEYOND_INT64, None]
+    as_integer = frame_.select(usable_number(pl.col("x"), integer=True)).to_series().to_list()
+    assert as_integer == [1.5, *[None] * (len(values) - 1)]  # float32's maximum is far beyond int64
+
+
+@pytest.mark.parametrize("mode", ["dense", "discretize", "both"])
+def test_non_finite_and_out_of_range_numbers_are_missing_in_every_mode(mode):
+    odd = [*UNUSABLE, *BEYOND_INT64]
+    train = frame(x=[1.0, 5.0, None, *odd])
+    enc = Encoder(numeric=mode).fit(train, [], ["x"])
+    ids, dense = enc.transform(train)
+    missing = slice(2, None)  # the null and every odd value
+    if enc.keeps_dense:
+        expected = [1.0, 5.0, 0.0, *[0.0] * len(UNUSABLE), *BEYOND_INT64]
+        np.testing.assert_array_equal(dense[:, 0], np.asarray(expected, dtype=np.float32))
+        assert np.isfinite(dense).all()
+        logged = Encoder(numeric=mode, dense_transform="log1p").fit(train, [], ["x"]).transform(train)[1]
+        assert np.isfinite(logged).all() and (logged[2 : 2 + 1 + len(UNUSABLE), 0] == 0).all()
+    if enc.discretizes:
+        # the odd values are counted as missing in training, the most frequent value here
+        assert list(enc.vocab_["x"]) == [MISSING_TOKEN, "1", LOG_BUCKET_PREFIX + "2"]
+        assert enc.counts_["x"].tolist() == [0, 1 + len(odd), 1, 1]
+        assert (ids[missing, 0] == enc.vocab_["x"][MISSING_TOKEN]).all()
 
 
 def test_both_mode_orders_fields_categorical_then_numeric():

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from embdim.data.encoder import OOV_ID
+from embdim.data.cache import load_prepared
+from embdim.data.encoder import MISSING_TOKEN, OOV_ID
 from embdim.data.prepare import LABEL_SKIP_REASON, PreprocessConfig, prepare
 from embdim.data.raw import DataError, RawData
 from embdim.data.split import split_frames, split_indices
@@ -148,3 +152,137 @@ def test_dataset_stats_and_table(tmp_path):
     assert set(field) >= {"train_oov_share", "top1pct_share", "gini", "zipf_exponent"}
     table = format_stats(stats)
     assert "train" in table and "oov valid" in table and "\nc " in table
+
+
+# ---------------------------------------------------------------------- unusable numbers
+@pytest.mark.parametrize("mode", ["dense", "discretize", "both"])
+def test_non_finite_and_out_of_range_numbers_reach_the_cache_as_missing(tmp_path, mode):
+    unusable = [np.inf, -np.inf, np.nan, 1e39, -1e300]  # missing in every mode
+    beyond_int64 = [-1e19, 9.3e18]  # float32 features, but missing once discretised
+    n, per_value = 300, 20
+    odd = np.repeat([*unusable, *beyond_int64], per_value)
+    x = np.concatenate([odd, np.arange(n - len(odd)) % 7]).astype(np.float64)
+    kind = ["unusable"] * (len(unusable) * per_value) + ["beyond"] * (len(beyond_int64) * per_value)
+    kind += ["plain"] * (n - len(odd))
+    df = pl.DataFrame({"kind": kind, "x": x, "label": (np.arange(n) % 2).astype(np.float32)})
+    data = prepare(RawData({"all": df}, ["kind"], ["x"]), {"numeric": mode}, tmp_path, "odd", progress=False)
+    encoder, train = data.encoder(), data["train"]
+    kinds = {name: train.ids[:, 0] == encoder.vocab_["kind"][name] for name in ("unusable", "beyond", "plain")}
+    for split in data.splits.values():
+        assert np.isfinite(split.dense).all()
+    if mode != "discretize":
+        dense = np.asarray(train.dense[:, 0])
+        assert (dense[kinds["unusable"]] == 0).all()
+        assert set(dense[kinds["beyond"]]) == {np.float32(-1e19), np.float32(9.3e18)}
+        assert set(dense[kinds["plain"]]) <= set(map(float, range(7)))
+    if mode != "dense":
+        ids = np.asarray(train.ids[:, data.schema.field_names.index("x")])
+        missing = encoder.vocab_["x"][MISSING_TOKEN]
+        assert (ids[kinds["unusable"] | kinds["beyond"]] == missing).all()
+        assert (ids[kinds["plain"]] != missing).all()
+        assert set(encoder.vocab_["x"]) == {MISSING_TOKEN, "0", "1", "2", "log:1", "log:2", "log:3"}
+
+
+# ---------------------------------------------------------------------- degenerate splits
+def test_split_ratios_need_a_train_and_a_valid_share():
+    for ratios in ([1, 0, 0], [0.9, 0, 0.1], [0, 0.5, 0.5], [float("nan"), 0.1, 0.1], [1e308, 1e308, 1e308]):
+        with pytest.raises(ValidationError, match="selection on validation needs rows"):
+            PreprocessConfig.model_validate({"split": {"ratios": ratios}})
+    assert PreprocessConfig.model_validate({"split": {"ratios": [0.9, 0.1, 0]}}).split.ratios == [0.9, 0.1, 0]
+
+
+def test_a_bad_ratio_in_a_config_file_names_its_key(tmp_path):
+    from embdim.config import load_config
+    from embdim.errors import ConfigError
+
+    path = tmp_path / "x.yaml"
+    path.write_text(
+        "name: x\nmodel: fm\ndataset: {name: d, reader: criteo, options: {path: a.txt}, "
+        "preprocess: {split: {ratios: [1, 0, 0]}}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"dataset\.preprocess\.split\.ratios: .*valid > 0"):
+        load_config(path)
+
+
+def test_an_empty_valid_split_is_an_error_naming_the_ratios_and_leaves_no_cache(tmp_path):
+    tiny = RawData({"all": pool(5).drop("row")}, ["c"], ["x"])
+    with pytest.raises(DataError, match=r"valid split is empty: split\.ratios \[0\.8, 0\.1, 0\.1\] .* 5 rows"):
+        prepare(tiny, None, tmp_path / "cache", "tiny", progress=False)
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def test_given_files_without_valid_need_a_valid_ratio(tmp_path):
+    given = RawData({"train": pool(50).drop("row"), "test": pool(20, 1).drop("row")}, ["c"], ["x"])
+    with pytest.raises(DataError, match=r"no valid split: no valid file is given and split\.valid_ratio 0\.0"):
+        prepare(given, {"split": {"valid_ratio": 0}}, tmp_path, "given", progress=False)
+    three = RawData({"train": pool(3).drop("row")}, ["c"], ["x"])
+    with pytest.raises(DataError, match=r"valid_ratio 0\.1 of the 3 train rows rounds to none"):
+        prepare(three, None, tmp_path, "three", progress=False)
+    no_labels = pool(30).drop("row").with_columns(pl.lit(None, dtype=pl.Float32).alias("label"))
+    with pytest.raises(DataError, match=r"the given valid file has no rows with a 0/1 label"):
+        prepare(
+            RawData({"train": pool(50).drop("row"), "valid": no_labels}, ["c"]), None, tmp_path, "v", progress=False
+        )
+
+
+def test_a_reader_that_gives_no_train_split_names_the_option():
+    with pytest.raises(DataError, match=r"dataset\.options\.files\.train"):
+        split_frames({"valid": pool(5), "test": pool(5)})
+
+
+def labels_raw(train: list[float], valid: list[float], test: list[float] | None) -> RawData:
+    def frame(labels: list[float]) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"c": [f"v{i % 3}" for i in range(len(labels))], "label": pl.Series(labels, dtype=pl.Float32)}
+        )
+
+    splits = {"train": frame(train), "valid": frame(valid)}
+    if test is not None:
+        splits["test"] = frame(test)
+    return RawData(splits, ["c"])
+
+
+def test_warnings_say_what_makes_the_metrics_doubtful(tmp_path):
+    balanced = [0.0, 1.0] * 100
+    data = prepare(labels_raw(balanced, balanced, balanced), None, tmp_path, "fine", progress=False)
+    assert data.warnings == []
+
+    one_label = labels_raw([1.0] * 50, [0.0] * 30 + [1.0] * 5, None)
+    data = prepare(one_label, None, tmp_path, "odd", progress=False)
+    assert data.warnings == [
+        "train split: every one of its 50 labels is 1; the model cannot learn to rank",
+        "test split is absent: there will be no test metrics",
+        "valid split has 35 rows (fewer than 100): its metrics are noisy",
+        "valid split has 5 positives (fewer than 10): its AUC is unreliable",
+    ]
+    assert json.loads(json.dumps(data.warnings)) == data.warnings
+    # computed from the cached labels: a cache opened again (or written before warnings existed) has them too
+    assert load_prepared(data.cache_dir).warnings == data.warnings
+
+    empty_test = labels_raw(balanced, balanced, [])
+    data = prepare(empty_test, None, tmp_path, "empty", progress=False)
+    assert data.warnings == ["test split is empty: there will be no test metrics"]
+    no_negatives = labels_raw(balanced, balanced, [1.0] * 150)
+    assert prepare(no_negatives, None, tmp_path, "pos", progress=False).warnings == [
+        "test split has no negatives: its AUC is undefined"
+    ]
+
+
+# ---------------------------------------------------------------------- missing sources
+def test_a_missing_source_names_the_data_root_and_how_to_set_it(tmp_path):
+    from embdim.data.readers.criteo import CriteoOptions, CriteoReader
+
+    hint = r"\(\$EMBDIM_DATA_ROOT or the config key data_root sets it\)"
+    absent_root = CriteoReader(CriteoOptions(path="criteo/a.txt"), tmp_path / "nowhere")
+    with pytest.raises(DataError, match=rf"the data root \S*nowhere does not exist; .*'criteo/a.txt' .*{hint}"):
+        prepare(absent_root, None, tmp_path / "cache", "c", progress=False)
+    absent_file = CriteoReader(CriteoOptions(path="criteo/a.txt"), tmp_path)
+    with pytest.raises(DataError, match=rf"criteo/a.txt: file not found below the data root {tmp_path} {hint}"):
+        prepare(absent_file, None, tmp_path / "cache", "c", progress=False)
+    relative_root = CriteoReader(CriteoOptions(path="a.txt"), Path("no/such/root"))
+    with pytest.raises(DataError, match=r"data root no/such/root \(= /\S+/no/such/root\) does not exist"):
+        prepare(relative_root, None, tmp_path / "cache", "c", progress=False)
+    absolute = CriteoReader(CriteoOptions(path=str(tmp_path / "abs.txt")), tmp_path / "nowhere")
+    with pytest.raises(DataError, match=rf"^{tmp_path}/abs.txt: file not found$"):
+        prepare(absolute, None, tmp_path / "cache", "c", progress=False)
+    assert not (tmp_path / "cache").exists()

@@ -505,7 +505,7 @@ def test_frappe_builder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="used all 1 items"):
         FrappeReader(FrappeOptions(path="full.zip"), tmp_path).read()
     write_frappe_zip(tmp_path / "other.zip", [f"u1\ti1\t1\t{context}"], member="frappe.csv")
-    with pytest.raises(DataError, match=r"other.zip: no member 'Mobile_Frappe/frappe/frappe.csv'; members: frappe.csv"):
+    with pytest.raises(DataError, match=r"other.zip: no member 'Mobile_Frappe/frappe/frappe.csv'; members: 'frappe"):
         FrappeReader(FrappeOptions(path="other.zip"), tmp_path).read()
     write_frappe_zip(tmp_path / "short.zip", [f"u1\ti1\t1\t{context}", "u2\ti2\t1\tmorning\n"])
     with pytest.raises(DataError, match=r"short.zip:Mobile_Frappe/frappe/frappe.csv line 3: expected 11 tab-sep"):
@@ -670,9 +670,9 @@ def test_table_quoted_csv_and_parquet(tmp_path: Path) -> None:
         (
             "a,b,y\n1,2,1\n",
             {"categorical": ["a", "zz"]},
-            r"t.csv: categorical column 'zz' not found; available columns: 'a', 'b', 'y'",
+            r"t.csv line 1 \(the header\): categorical column 'zz' not found; available columns: 'a', 'b', 'y'",
         ),
-        ("a,b,y\n1,2,1\n", {"label": "click"}, r"t.csv: label column 'click' not found"),
+        ("a,b,y\n1,2,1\n", {"label": "click"}, r"t.csv line 1 \(the header\): label column 'click' not found"),
         ("a,b,y\n1,2,1\n1,2,3\n", {}, r"t.csv line 3: label column 'y' value 3.0 is not 0 or 1"),
         ("a,b,y\n1,2,1\n1,2,\n", {}, r"t.csv line 3: label column 'y' is empty"),
         ("a,b,y\n1,2,1\n1,x,0\n", {"numeric": ["b"]}, r"t.csv line 3: column 'b' value 'x' is not a number"),
@@ -698,3 +698,95 @@ def test_table_ignores_a_utf8_byte_order_mark(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_bytes(b"\xef\xbb\xbfk,y\nx,1\n")
     raw = TableReader(TableOptions(path="t.csv", categorical=["k"], label="y"), tmp_path).read()
     assert raw.splits["all"].rows() == [("x", 1.0)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# odd bytes, line ends, archives
+
+
+def test_cr_only_crlf_and_lf_line_ends_read_alike(tmp_path: Path) -> None:
+    text = "".join(criteo_line(str(i % 2), I1=str(i)) for i in range(6))
+    frames = {}
+    for name, end in (("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")):
+        frames[name] = read_criteo(write_text(tmp_path / f"{name}.txt", text.replace("\n", end))).splits["all"]
+    assert frames["cr"].equals(frames["lf"]) and frames["crlf"].equals(frames["lf"])
+    (tmp_path / "cr.gz").write_bytes(gzip.compress(text.replace("\n", "\r").encode()))
+    limited = CriteoReader(CriteoOptions(path="cr.gz", nrows=4), tmp_path).read().splits["all"]
+    assert limited["I1"].to_list() == [0.0, 1.0, 2.0, 3.0]  # nrows counts CR-ended lines too
+
+
+def test_nul_bytes_are_rejected_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "nul.txt"
+    path.write_bytes((criteo_line() * 2 + criteo_line(C4="a\x00b")).encode())
+    with pytest.raises(DataError, match=r"nul.txt line 3: holds a NUL byte"):
+        read_criteo(path)
+
+
+def test_a_utf8_bom_before_latin1_text_is_dropped(tmp_path: Path) -> None:
+    (tmp_path / "u.user").write_bytes(b"\xef\xbb\xbf1|24|M|technician|85711\n2|53|F|\xe9crivain|94043\n")
+    users = MovieLens100KReader(MovieLens100KOptions(), tmp_path).read_users(tmp_path / "u.user")
+    assert users["user_id"].to_list() == ["1", "2"] and users["occupation"][1] == "écrivain"
+
+
+def test_quoted_empty_fields_are_null_and_stray_quotes_are_text(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text('k,note,y\n"",x,1\nb,"",0\nc,A"B,1\n"d","say ""hi""",0\n')
+    raw = TableReader(TableOptions(path="t.csv", categorical=["k", "note"], label="y"), tmp_path).read()
+    check_contract(raw)
+    assert raw.splits["all"].rows() == [(None, "x", 1.0), ("b", None, 0.0), ("c", 'A"B', 1.0), ("d", 'say "hi"', 0.0)]
+
+
+def test_an_unclosed_quote_names_the_line_it_opens_on(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text('k,y\na,1\n"b,0\nc,1\nd,0\n')
+    with pytest.raises(DataError, match=r"t.csv line 3: .*a quoted field opened here is not closed"):
+        TableReader(TableOptions(path="t.csv", categorical=["k"], label="y"), tmp_path).read()
+
+
+def test_a_quoted_field_of_a_megabyte_is_read(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text(f'k,y\n"{"x" * 1_000_000}",1\n"b, c",0\n')
+    frame = TableReader(TableOptions(path="t.csv", categorical=["k"], label="y"), tmp_path).read().splits["all"]
+    assert frame["k"].str.len_chars().to_list() == [1_000_000, 4]
+
+
+def test_parquet_columns_that_are_lists_structs_or_binary_name_the_option(tmp_path: Path) -> None:
+    frame = pl.DataFrame(
+        {"k": [[1, 2], [3]], "s": [{"a": 1}, {"a": 2}], "b": [b"x", b"y"], "c": ["u", "v"], "y": [0, 1]}
+    )
+    frame.write_parquet(tmp_path / "t.parquet")
+    for column, role, kind in (("k", "categorical", "List"), ("s", "numeric", "Struct"), ("b", "categorical", "Bin")):
+        options = {"categorical": [column]} if role == "categorical" else {"categorical": ["c"], "numeric": [column]}
+        expected = rf"t.parquet: column '{column}' \(dataset.options.{role}\) has type {kind}"
+        with pytest.raises(DataError, match=expected):
+            TableReader(TableOptions(path="t.parquet", label="y", **options), tmp_path).read()
+
+
+def test_a_repeated_header_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("k,y\na,1\nk,y\nb,0\n")
+    with pytest.raises(DataError, match=r"t.csv line 3: repeats the header"):
+        TableReader(TableOptions(path="t.csv", categorical=["k"], label="y"), tmp_path).read()
+
+
+def test_featindex_with_a_huge_sparse_index(tmp_path: Path) -> None:
+    write_gz(tmp_path / "featindex.txt.gz", "a:x\t0\na:z\t999999999999\nb:y\t5\n")
+    write_gz(tmp_path / "train.txt.gz", "0 999999999999:1 5:1\n1 0:1 5:1\n")
+    options = IPinYouOptions(files={"train": "train.txt.gz"}, featindex="featindex.txt.gz")
+    assert IPinYouReader(options, tmp_path).read().splits["train"].rows() == [("z", "y", 0.0), ("x", "y", 1.0)]
+
+
+def test_archive_problems_are_named(tmp_path: Path) -> None:
+    data = criteo_line().encode() * 3
+    packed = gzip.compress(data)
+    broken = bytearray(packed)
+    broken[-6] ^= 0xFF  # the CRC
+    (tmp_path / "crc.gz").write_bytes(bytes(broken))
+    with pytest.raises(DataError, match=r"crc.gz: corrupt gzip data \(CRC check failed\)"):
+        read_criteo(tmp_path / "crc.gz")
+    (tmp_path / "two.gz").write_bytes(gzip.compress(data[:50]) + gzip.compress(data[50:]))
+    assert read_criteo(tmp_path / "two.gz").splits["all"].height == 3
+    with zipfile.ZipFile(tmp_path / "two.zip", "w") as archive:
+        archive.writestr("a.txt", data)
+        archive.writestr("b.txt", data)
+    with pytest.raises(DataError, match=r"two.zip: a .zip source must hold exactly one file, this one holds 2: 'a"):
+        read_criteo(tmp_path / "two.zip")
+    zipfile.ZipFile(tmp_path / "none.zip", "w").close()
+    with pytest.raises(DataError, match=r"none.zip: .* holds 0: none"):
+        read_criteo(tmp_path / "none.zip")

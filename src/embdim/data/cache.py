@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -46,6 +47,7 @@ import numpy as np
 
 from embdim.data.encoder import Encoder
 from embdim.data.schema import DatasetSchema
+from embdim.data.split import split_warnings
 
 CACHE_FORMAT = 1
 """Bump when the layout changes; it is part of every key, so old folders are simply not found."""
@@ -107,6 +109,13 @@ class PreparedData:
 
     def __getitem__(self, split: str) -> SplitArrays:
         return self.splits[split]
+
+    @cached_property
+    def warnings(self) -> list[str]:
+        """What makes metrics on this data doubtful, as sentences (JSON-able; see
+        :func:`~embdim.data.split.split_warnings`). Computed from the labels, so caches written before
+        this existed have them too."""
+        return split_warnings({name: arrays.labels for name, arrays in self.splits.items()})
 
     def encoder(self) -> Encoder:
         """The fitted encoder (loaded from ``encoder.json`` in the cache folder)."""

@@ -13,9 +13,14 @@ FuxiCTR-style rules, one vocabulary per field:
   and folding it into OOV would mix it with the rare values. When missing never occurs in training,
   a missing value at transform time maps to OOV like any other unseen value. A real value spelled
   exactly like the token is merged with missing (choose another ``missing_token`` if that matters).
+* **Unusable numbers are missing, in every mode.** A numeric value is treated exactly like a null
+  when it is NaN, +-inf, or larger in magnitude than the float32 maximum (about 3.4e38, so that
+  it could not be stored as a float32 feature); under ``"discretize"`` (and the discretised half
+  of ``"both"``) also when its integer part does not fit int64, i.e. outside ``[-2**63, 2**63)``.
+  No such value ever reaches the cache as a number. See :func:`usable_number`.
 * **Numeric columns** (``numeric=``):
 
-  - ``"dense"``: kept as float32 features; missing (null or NaN) -> 0 after the transform.
+  - ``"dense"``: kept as float32 features; missing -> 0 after the transform.
     ``dense_transform="log1p"`` maps ``x -> log(1 + max(x, 0))`` (the usual choice for Criteo's
     count features, which span 0..1e5 and would otherwise swamp the other inputs; negative values
     become 0); ``"none"`` keeps ``x``.
@@ -23,7 +28,7 @@ FuxiCTR-style rules, one vocabulary per field:
     bucket ``floor(log(x)^2)``, otherwise the integer value ``floor(x)`` itself is the category.
     Buckets are spelled with the prefix :data:`LOG_BUCKET_PREFIX` (``3 -> "log:1"``) and raw
     values without (``1 -> "1"``, ``-1 -> "-1"``), so bucket 1 never collides with the raw value 1.
-    Missing, NaN and infinite values become the missing category.
+    Missing values (by the rule above) become the missing category.
   - ``"both"``: both of the above.
 
 The output field order is: categorical columns, then discretised numeric columns (named like their
@@ -58,6 +63,10 @@ DISCRETIZE_RAW_MAX = 2.0
 """Criteo rule: values ``<= 2`` are kept as their integer value, larger ones are log-bucketed."""
 ENCODER_FORMAT = 1
 """Version of :meth:`Encoder.to_dict`'s layout."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Numeric values larger in magnitude than this are missing (they have no float32 value)."""
+INT64_LOW, INT64_HIGH = -(2.0**63), 2.0**63
+"""Under discretisation a value must lie in ``[INT64_LOW, INT64_HIGH)``: its integer part becomes an int64."""
 
 NumericMode = Literal["dense", "discretize", "both"]
 DenseTransform = Literal["none", "log1p"]
@@ -101,15 +110,26 @@ class Vocabulary(Mapping[str, int]):
         return ids.to_numpy()
 
 
+def usable_number(x: pl.Expr, integer: bool = False) -> pl.Expr:
+    """Polars expression: Float64 ``x`` where it is usable, else null (the module's missing rule).
+
+    Null are NaN, +-inf and ``|x| > FLOAT32_MAX``; with ``integer`` also values outside
+    ``[INT64_LOW, INT64_HIGH)``, whose integer part does not fit int64.
+    """
+    usable = x.is_finite() & (x.abs() <= FLOAT32_MAX)
+    if integer:
+        usable = usable & (x >= INT64_LOW) & (x < INT64_HIGH)
+    return pl.when(usable.fill_null(False)).then(x).otherwise(None)
+
+
 def discretize_expr(column: str) -> pl.Expr:
     """Polars expression: the Criteo discretisation of a Float64 column as Utf8 (null = missing).
 
-    ``x > 2`` -> ``"log:" + str(floor(log(x)^2))``; ``x <= 2`` -> ``str(floor(x))``; null, NaN and
-    infinities -> null. Examples: 0 -> "0", 2 -> "2", 2.5 -> "log:0", 3 -> "log:1", 100 -> "log:21".
+    ``x > 2`` -> ``"log:" + str(floor(log(x)^2))``; ``x <= 2`` -> ``str(floor(x))``; null and
+    unusable values (see :func:`usable_number`) -> null. Examples: 0 -> "0", 2 -> "2",
+    2.5 -> "log:0", 3 -> "log:1", 100 -> "log:21".
     """
-    x = pl.col(column).cast(pl.Float64)
-    finite = x.is_finite().fill_null(False)
-    x = pl.when(finite).then(x).otherwise(None)
+    x = usable_number(pl.col(column).cast(pl.Float64), integer=True)
     bucket = pl.lit(LOG_BUCKET_PREFIX) + (x.log() ** 2).floor().cast(pl.Int64).cast(pl.Utf8)
     raw = x.floor().cast(pl.Int64).cast(pl.Utf8)
     return pl.when(x > DISCRETIZE_RAW_MAX).then(bucket).otherwise(raw).alias(column)
@@ -185,11 +205,11 @@ class Encoder:
             raise DataError(f"columns {missing} not in the data (columns: {df.columns})")
 
     def _keys(self, df: pl.DataFrame, name: str, numeric: bool) -> pl.Series:
-        """Keys of one id field [N]: Utf8 (categorical) or finite Float64 (numeric); null = missing."""
+        """Keys of one id field [N]: Utf8 (categorical) or usable Float64 (numeric); null = missing."""
         if not numeric:
             return df.get_column(name).cast(pl.Utf8).rename(_VALUE)
-        x = pl.col(name).cast(pl.Float64)
-        return df.select(pl.when(x.is_finite()).then(x).otherwise(None)).to_series().rename(_VALUE)
+        x = usable_number(pl.col(name).cast(pl.Float64), integer=True)
+        return df.select(x).to_series().rename(_VALUE)
 
     def _values(self, keys: pl.Series, numeric: bool) -> pl.Series:
         """Value strings [len(keys)] of raw keys: discretised if numeric, null -> the missing token."""
@@ -261,14 +281,14 @@ class Encoder:
         return ids, self.transform_dense(df)
 
     def transform_dense(self, df: pl.DataFrame) -> np.ndarray:
-        """float32 [N, Dn]: the dense features (transform applied, missing -> 0)."""
+        """float32 [N, Dn]: the dense features (transform applied, missing and unusable values -> 0)."""
         self._check_fitted()
         dense = np.zeros((df.height, len(self.dense_names_)), dtype=np.float32)
         if not self.dense_names_:
             return dense
         exprs = []
         for c in self.dense_names_:
-            x = pl.col(c).cast(pl.Float64).fill_nan(None)
+            x = usable_number(pl.col(c).cast(pl.Float64))
             if self.dense_transform == "log1p":
                 x = x.clip(lower_bound=0.0).log1p()
             exprs.append(x.fill_null(0.0).cast(pl.Float32))

@@ -18,6 +18,7 @@ are fingerprinted; when it has none (built in memory), a hash of its content is 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,8 +43,10 @@ from embdim.data.cache import (
 )
 from embdim.data.encoder import DenseTransform, Encoder, NumericMode
 from embdim.data.raw import DataError, RawData
+from embdim.data.readers._common import SplitFileReader
 from embdim.data.readers.base import Reader
-from embdim.data.split import DEFAULT_RATIOS, DEFAULT_VALID_RATIO, SPLIT_NAMES, split_frames
+from embdim.data.split import DEFAULT_RATIOS, DEFAULT_VALID_RATIO, POOL, SPLIT_NAMES, split_frames
+from embdim.errors import ConfigError, shorten
 
 LABEL_SKIP_REASON = "label missing or not 0/1 (prepare)"
 """Key in ``schema.skipped`` for rows dropped here because their label is null or not 0/1."""
@@ -62,7 +65,7 @@ class SplitConfig(BaseModel):
         default=list(DEFAULT_RATIOS),
         min_length=len(SPLIT_NAMES),
         max_length=len(SPLIT_NAMES),
-        description="train/valid/test weights when the reader gives one pool of rows (normalised).",
+        description="train/valid/test weights when the reader gives one pool of rows (normalised; train, valid > 0).",
     )
     seed: int = Field(default=0, description="seed of the shuffle; the same seed gives the same split.")
     valid_ratio: float = Field(
@@ -75,8 +78,12 @@ class SplitConfig(BaseModel):
     @field_validator("ratios")
     @classmethod
     def _check_ratios(cls, v: list[float]) -> list[float]:
-        if any(r < 0 for r in v) or v[0] <= 0:
-            raise ValueError(f"ratios must be non-negative with train > 0, got {v}")
+        # valid > 0 as well: the checkpoint is selected on the validation split, which needs rows
+        if not all(math.isfinite(r) and r >= 0 for r in v) or not math.isfinite(sum(v)) or v[0] <= 0 or v[1] <= 0:
+            raise ValueError(
+                f"ratios must be finite and non-negative with train > 0 and valid > 0 "
+                f"(selection on validation needs rows), got {v}"
+            )
         return v
 
 
@@ -138,6 +145,49 @@ def _validate_raw(raw: RawData) -> None:
             raise DataError(f"split {split!r} lacks columns {missing} (has {df.columns})")
 
 
+def _split_sources(source: RawData | Reader) -> dict[str, str]:
+    """Split name -> the file it was read from, where the source says (for error messages)."""
+    if isinstance(source, SplitFileReader):
+        return {name: source.display(path) for name, path in source.split_paths().items()}
+    return {}
+
+
+def _require_rows(
+    frames: dict[str, pl.DataFrame], given: dict[str, int], split: SplitConfig, files: dict[str, str]
+) -> None:
+    """Raise :class:`DataError` when the split left ``train`` or ``valid`` without rows.
+
+    Args:
+        frames: the splits after :func:`split_frames`.
+        given: rows per reader split (``{"all": n}`` or the given files), after dropping bad labels.
+        split: the split config, named in the message.
+        files: split name -> source file, where known.
+    """
+
+    def file_of(name: str) -> str:
+        return f" ({files[name]})" if name in files else ""
+
+    for name in ("train", "valid"):
+        if name in frames and frames[name].height > 0:
+            continue
+        need = "training needs rows" if name == "train" else "selection on validation needs rows"
+        if POOL in given:
+            ratio = f"split.ratios {list(split.ratios)}"
+            raise DataError(
+                f"the {name} split is empty: {ratio} give it none of the {given[POOL]:,} rows{file_of(POOL)}; "
+                f"{need} (use more rows or a larger {name} ratio)"
+            )
+        if name in given:  # always so for train: split_frames requires a train file
+            raise DataError(f"the given {name} file{file_of(name)} has no rows with a 0/1 label; {need}")
+        carved = f"split.valid_ratio {split.valid_ratio}"
+        if split.valid_ratio == 0:
+            raise DataError(f"no valid split: no valid file is given and {carved} carves none out of train; {need}")
+        raise DataError(
+            f"the valid split is empty: {carved} of the {given.get('train', 0):,} train rows{file_of('train')} "
+            f"rounds to none; {need} (give a valid file or a larger valid_ratio)"
+        )
+
+
 def _drop_bad_labels(raw: RawData) -> tuple[dict[str, pl.DataFrame], int]:
     """Frames with the label cast to Float32 and rows whose label is null or not 0/1 removed."""
     label = pl.col(raw.label).cast(pl.Float32)
@@ -170,11 +220,21 @@ def prepare(
 
     Returns:
         :class:`PreparedData` with memory-mapped arrays; ``schema.skipped`` holds the reader's
-        skipped rows plus rows dropped here for a bad label; ``schema.meta`` records the key inputs.
+        skipped rows plus rows dropped here for a bad label; ``schema.meta`` records the key inputs;
+        ``warnings`` lists what makes its metrics doubtful (see :func:`embdim.data.split.split_warnings`).
+
+    Raises:
+        DataError: a missing source (naming the data root), bad input (naming file and line), or a
+            split that leaves train or valid without rows. Nothing is left in ``cache_root`` then.
+        ConfigError: a dataset name that cannot be a folder name.
     """
     cfg = PreprocessConfig.model_validate(config or {}) if not isinstance(config, PreprocessConfig) else config
     if not NAME_PATTERN.fullmatch(name):
-        raise ValueError(f"dataset name {name!r} must match {NAME_PATTERN.pattern}")
+        raise ConfigError(
+            f"dataset.name: {shorten(repr(name))} must match {NAME_PATTERN.pattern} (it becomes a folder name)"
+        )
+    if isinstance(source, Reader):
+        source.check_sources()  # before fingerprinting them, to name the data root when one is missing
     payload = key_payload(source, cfg)
     key = cache_key(payload)
     final = cache_dir_for(cache_root, name, key)
@@ -193,7 +253,9 @@ def prepare(
         bar.update()
 
         bar.set_postfix_str("split")
+        given = {split: df.height for split, df in frames.items()}
         frames = split_frames(frames, cfg.split.ratios, cfg.split.seed, cfg.split.valid_ratio)
+        _require_rows(frames, given, cfg.split, _split_sources(source))
         bar.total = len(frames) + _FIXED_STEPS
         bar.update()
 

@@ -10,11 +10,14 @@ Two cases, decided by the keys of ``RawData.splits``:
 
 Within each split the rows keep their source order (the permutation only decides membership), so
 the same seed always gives the same frames.
+
+:func:`split_warnings` says, from the labels of the finished splits, what makes a run's metrics
+doubtful (a training split with one label, a missing or small test split, few positives in valid).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -25,6 +28,11 @@ SPLIT_NAMES: tuple[str, ...] = ("train", "valid", "test")
 POOL = "all"
 DEFAULT_RATIOS: tuple[float, float, float] = (0.8, 0.1, 0.1)
 DEFAULT_VALID_RATIO = 0.1
+MIN_EVAL_ROWS = 100
+"""A valid or test split with fewer rows gets a warning: its AUC moves a lot from row to row."""
+MIN_EVAL_LABEL_ROWS = 10
+"""A valid or test split with fewer positives (or negatives) than this gets a warning."""
+EVAL_SPLITS = ("valid", "test")
 
 
 def split_indices(n: int, ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 0) -> dict[str, np.ndarray]:
@@ -74,7 +82,10 @@ def split_frames(
         return {name: pool[idx] for name, idx in split_indices(pool.height, ratios, seed).items()}
     unknown = keys - set(SPLIT_NAMES)
     if unknown or "train" not in keys:
-        raise DataError(f"splits must be {{'{POOL}'}} or include 'train' among {SPLIT_NAMES}; got {sorted(keys)}")
+        raise DataError(
+            f"the reader gives the splits {sorted(keys)}: give one pool of rows (dataset.options.path) or a train "
+            f"file among {', '.join(SPLIT_NAMES)} (dataset.options.files.train)"
+        )
     if not 0 <= valid_ratio < 1:
         raise ValueError(f"valid_ratio must be in [0, 1), got {valid_ratio}")
     out = {name: splits[name] for name in SPLIT_NAMES if name in splits}
@@ -83,3 +94,46 @@ def split_frames(
         parts = split_indices(train.height, (1 - valid_ratio, valid_ratio, 0.0), seed)
         out["train"], out["valid"] = train[parts["train"]], train[parts["valid"]]
     return {name: out[name] for name in SPLIT_NAMES if name in out}
+
+
+def split_warnings(labels: Mapping[str, np.ndarray]) -> list[str]:
+    """What makes metrics on these splits doubtful, one sentence each (JSON-able, in split order).
+
+    Args:
+        labels: split name -> float [N] 0/1 labels (memory-mapped arrays are fine; read once).
+
+    Returns:
+        Warnings for: a training split whose labels are all one value; a test split that is absent
+        or empty; a valid or test split with fewer than :data:`MIN_EVAL_ROWS` rows or fewer than
+        :data:`MIN_EVAL_LABEL_ROWS` rows of either label. An absent or empty valid split is not
+        warned about here: :func:`embdim.data.prepare.prepare` refuses it.
+    """
+    out: list[str] = []
+    counts = {}
+    for name, values in labels.items():
+        n = len(values)
+        positives = int(np.count_nonzero(np.asarray(values) == 1.0))
+        counts[name] = (n, positives, n - positives)
+    if "train" in counts:
+        n, positives, negatives = counts["train"]
+        if n and (positives == 0 or negatives == 0):
+            value = 1 if positives else 0
+            out.append(f"train split: every one of its {n:,} labels is {value}; the model cannot learn to rank")
+    if counts.get("test", (0, 0, 0))[0] == 0:
+        state = "empty" if "test" in counts else "absent"
+        out.append(f"test split is {state}: there will be no test metrics")
+    for name in EVAL_SPLITS:
+        n, positives, negatives = counts.get(name, (0, 0, 0))
+        if n == 0:
+            continue
+        if n < MIN_EVAL_ROWS:
+            rows = "row" if n == 1 else "rows"
+            out.append(f"{name} split has {n:,} {rows} (fewer than {MIN_EVAL_ROWS}): its metrics are noisy")
+        for count, what in ((positives, "positives"), (negatives, "negatives")):
+            if count == 0:
+                out.append(f"{name} split has no {what}: its AUC is undefined")
+            elif count < MIN_EVAL_LABEL_ROWS:
+                out.append(
+                    f"{name} split has {count:,} {what} (fewer than {MIN_EVAL_LABEL_ROWS}): its AUC is unreliable"
+                )
+    return out

@@ -11,7 +11,8 @@ import gzip
 import io
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic import PositiveInt, model_validator
 
 from embdim.data.raw import DataError
 from embdim.data.readers.base import Reader, ReaderOptions
+from embdim.errors import shorten
 
 ALL_SPLIT = "all"
 """Split key of a single pool of rows that the caller splits at random."""
@@ -36,8 +38,14 @@ SUBSTITUTE_SEPARATOR = "\x1f"
 """Single-byte stand-in for a multi-character separator such as MovieLens-1M's ``::``."""
 GZIP_SUFFIX = ".gz"
 ZIP_SUFFIX = ".zip"
+GZIP_MAGIC = b"\x1f\x8b"
 UTF8 = "utf-8"
 UTF8_BOM = b"\xef\xbb\xbf"
+NUL = b"\x00"
+LF = b"\n"
+CR = b"\r"
+ZIP_ENCRYPTED_FLAG = 0x1
+"""Bit of a zip entry's general purpose flags that marks it encrypted."""
 MAX_SHOWN_COLUMNS = 50
 """Error messages list at most this many available column names."""
 
@@ -147,11 +155,18 @@ def read_file_bytes(path: Path, display: str, *, member: str | None = None, max_
     except PermissionError as error:
         raise DataError(f"{display}: cannot read the file: permission denied") from error
     except gzip.BadGzipFile as error:
-        raise DataError(f"{display}: not a gzip file although named .gz ({error})") from error
+        if not _starts_with(path, GZIP_MAGIC):
+            raise DataError(f"{display}: not a gzip file although named .gz ({error})") from error
+        # a gzip start followed by a bad checksum, length or trailing bytes: the file is damaged
+        raise DataError(f"{display}: corrupt gzip data ({error})") from error
     except (EOFError, zlib.error) as error:
         raise DataError(f"{display}: corrupt or truncated compressed data ({error})") from error
     except zipfile.BadZipFile as error:
+        if _starts_with(path, b"PK"):
+            raise DataError(f"{display}: corrupt zip archive ({error})") from error
         raise DataError(f"{display}: not a zip file although named .zip ({error})") from error
+    except NotImplementedError as error:  # zipfile: a compression method it cannot decode
+        raise DataError(f"{display}: cannot decompress: {error}") from error
     except OSError as error:
         raise DataError(f"{display}: cannot read the file: {error}") from error
     if not data:
@@ -159,15 +174,31 @@ def read_file_bytes(path: Path, display: str, *, member: str | None = None, max_
     return data
 
 
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with path.open("rb") as stream:
+        return stream.read(len(magic)) == magic
+
+
+def _member_list(names: Sequence[str]) -> str:
+    return shorten(", ".join(repr(name) for name in names)) if names else "none"
+
+
 def _read_zip_member(path: Path, display: str, member: str | None, max_lines: int | None) -> bytes:
     with zipfile.ZipFile(path) as archive:
-        names = [info.filename for info in archive.infolist() if not info.is_dir()]
+        infos = {info.filename: info for info in archive.infolist() if not info.is_dir()}
+        names = list(infos)
         if member is None:
             if len(names) != 1:
-                raise DataError(f"{display}: holds {len(names)} files; name the member to read: {', '.join(names)}")
+                # these readers have no option naming a member, so the archive must hold exactly one file
+                raise DataError(
+                    f"{display}: a .zip source must hold exactly one file, this one holds {len(names)}: "
+                    f"{_member_list(names)}"
+                )
             member = names[0]
-        if member not in names:
-            raise DataError(f"{display}: no member {member!r}; members: {', '.join(names)}")
+        if member not in infos:
+            raise DataError(f"{display}: no member {member!r}; members: {_member_list(names)}")
+        if infos[member].flag_bits & ZIP_ENCRYPTED_FLAG:
+            raise DataError(f"{display}: member {member!r} is encrypted; unpack it first")
         with archive.open(member) as stream:
             return stream.read() if max_lines is None else b"".join(islice(stream, max_lines))
 
@@ -244,8 +275,24 @@ def load_text(
     member: str | None = None,
     max_lines: int | None = None,
 ) -> TextFile:
-    """Read a text file (plain, ``.gz`` or a zip member) as UTF-8, transcoding from ``encoding``."""
+    """Read a text file (plain, ``.gz`` or a zip member) as UTF-8, transcoding from ``encoding``.
+
+    A UTF-8 byte order mark is dropped (before transcoding, so a latin-1 file does not start with
+    three odd characters). A file without any LF whose lines end in CR (classic Mac text) is read
+    as if its lines ended in LF; CRLF and LF may be mixed freely.
+
+    Messages about the file call it ``display``; those about its text (and the returned
+    :class:`TextFile`) call a zip ``member`` ``display:member``.
+
+    Raises:
+        DataError: unreadable or empty (see :func:`read_file_bytes`), a NUL byte (binary or damaged
+            data; the line is named), text that is not valid in ``encoding``.
+    """
     data = read_file_bytes(path, display, member=member, max_lines=max_lines)
+    if member is not None:
+        display = f"{display}:{member}"
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM) :]
     if encoding.lower().replace("_", "-") not in (UTF8, "utf8"):
         try:
             data = data.decode(encoding).encode(UTF8)
@@ -253,9 +300,15 @@ def load_text(
             line = data.count(b"\n", 0, error.start) + 1
             raise DataError(f"{display} line {line}: not valid {encoding} text") from error
         except LookupError as error:
-            raise DataError(f"{display}: unknown text encoding {encoding!r}") from error
-    if data.startswith(UTF8_BOM):
-        data = data[len(UTF8_BOM) :]
+            raise DataError(f"{display}: unknown text encoding {shorten(repr(encoding))}") from error
+    nul = data.find(NUL)  # checked on UTF-8: in UTF-16 source text NUL bytes are ordinary
+    if nul >= 0:
+        line = data.count(LF, 0, nul) + 1
+        raise DataError(f"{display} line {line}: holds a NUL byte (0x00); the file looks binary or damaged")
+    if LF not in data and CR in data:
+        data = data.replace(CR, LF)
+        if max_lines is not None:  # the line limit above counted LF only
+            data = TextFile(display, data).head(max_lines).data
     return TextFile(display, data)
 
 
@@ -264,7 +317,10 @@ def expect_header(text: TextFile, columns: Sequence[str], separator: str) -> Tex
     found = text.first_line_text().decode(UTF8, errors="replace")
     expected = separator.join(columns)
     if found != expected:
-        raise DataError(f"{text.display} line {text.first_line}: expected the header {expected!r}, found {found!r}")
+        raise DataError(
+            f"{text.display} line {text.first_line}: expected the header {shorten(repr(expected))}, "
+            f"found {shorten(repr(found))}"
+        )
     return text.without_first_line()
 
 
@@ -309,6 +365,35 @@ def _column_count_message(display: str, line: int, separator: str, expected: int
     )
 
 
+@contextmanager
+def _csv_fields_up_to(size: int) -> Iterator[None]:
+    """Let the csv module read fields of ``size`` characters (it refuses 128 KiB by default, the unquoted
+    path has no such limit)."""
+    limit = csv.field_size_limit(max(csv.field_size_limit(), size))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_records(decoded: str, separator: str, quote_char: str) -> Iterator[list[str]]:
+    return csv.reader(io.StringIO(decoded, newline=""), delimiter=separator, quotechar=quote_char, strict=True)
+
+
+def _requoted(text: TextFile, separator: str, quote_char: str) -> bytes:
+    """The records as the csv module reads them, written back with every quote inside a field doubled.
+
+    Polars refuses what the csv module reads as text, such as a quote inside an unquoted field
+    (``A"B``); the rewritten text parses alike in both.
+    """
+    decoded = text.data.decode(UTF8)
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=separator, quotechar=quote_char, lineterminator="\n")
+    with _csv_fields_up_to(len(decoded)):
+        writer.writerows(_csv_records(decoded, separator, quote_char))
+    return out.getvalue().encode(UTF8)
+
+
 def _quoted_row_lines(text: TextFile, separator: str, quote_char: str, n_columns: int, hint: str) -> np.ndarray:
     """Check quoted CSV with the ``csv`` module; return the line each record starts on."""
     try:
@@ -316,18 +401,23 @@ def _quoted_row_lines(text: TextFile, separator: str, quote_char: str, n_columns
     except UnicodeDecodeError as error:
         line = text.first_line + text.data.count(b"\n", 0, error.start)
         raise DataError(f"{text.display} line {line}: not valid UTF-8") from error
-    reader = csv.reader(io.StringIO(decoded, newline=""), delimiter=separator, quotechar=quote_char, strict=True)
+    reader = _csv_records(decoded, separator, quote_char)
     starts: list[int] = []
     lines_read = 0
     try:
-        for record in reader:
-            start = text.first_line + lines_read
-            if len(record) != n_columns:
-                raise DataError(_column_count_message(text.display, start, separator, n_columns, len(record), hint))
-            starts.append(start)
-            lines_read = reader.line_num
+        with _csv_fields_up_to(len(decoded)):
+            for record in reader:
+                start = text.first_line + lines_read
+                if len(record) != n_columns:
+                    message = _column_count_message(text.display, start, separator, n_columns, len(record), hint)
+                    raise DataError(message)
+                starts.append(start)
+                lines_read = reader.line_num
     except csv.Error as error:
-        raise DataError(f"{text.display} line {text.first_line + reader.line_num - 1}: {error}") from error
+        # the record that failed starts after the last one read; an unclosed quote runs to the end of the file
+        start = text.first_line + lines_read
+        unclosed = " (a quoted field opened here is not closed)" if "end of data" in str(error) else ""
+        raise DataError(f"{text.display} line {start}: {error}{unclosed}") from error
     return np.asarray(starts, dtype=np.int64)
 
 
@@ -360,8 +450,12 @@ def split_columns(
     text.data = _trim_trailing_blank_lines(text.data)
     parse_separator = separator
     if len(separator) > 1:
-        if SUBSTITUTE_SEPARATOR.encode() in text.data:
-            raise DataError(f"{text.display}: holds the control byte 0x1f, which this reader uses internally")
+        at = text.data.find(SUBSTITUTE_SEPARATOR.encode())
+        if at >= 0:
+            line = text.first_line + text.data.count(LF, 0, at)
+            raise DataError(
+                f"{text.display} line {line}: holds the control byte 0x1f, which this reader uses internally"
+            )
         text.data = text.data.replace(separator.encode(), SUBSTITUTE_SEPARATOR.encode())
         parse_separator = SUBSTITUTE_SEPARATOR
     quoted = quote_char is not None and quote_char.encode() in text.data
@@ -377,19 +471,34 @@ def split_columns(
         text.row_lines = _quoted_row_lines(text, parse_separator, quote_char or "", n_columns, hint)
     elif text.data.count(parse_separator.encode()) != (n_columns - 1) * n_lines:
         raise malformed(f"{text.display}: rows do not all have {n_columns} columns")
-    try:
-        frame = pl.read_csv(
-            io.BytesIO(text.data),
+    expected_rows = len(text.row_lines) if text.row_lines is not None else n_lines
+
+    def parse(data: bytes) -> pl.DataFrame:
+        return pl.read_csv(
+            io.BytesIO(data),
             has_header=False,
             schema=dict.fromkeys(columns, pl.Utf8),
             separator=parse_separator,
             quote_char=quote_char if quoted else None,
         )
+
+    frame: pl.DataFrame | None
+    try:
+        frame = parse(text.data)
     except pl.exceptions.PolarsError as error:
-        raise malformed(f"{text.display}: cannot parse: {error}") from error
-    expected_rows = len(text.row_lines) if text.row_lines is not None else n_lines
+        if not quoted:
+            raise malformed(f"{text.display}: cannot parse: {error}") from error
+        frame = None
+    if frame is None or (quoted and frame.height != expected_rows):
+        # the csv module accepted every record above; where polars reads them otherwise, take its reading
+        try:
+            frame = parse(_requoted(text, parse_separator, quote_char or ""))
+        except pl.exceptions.PolarsError as error:
+            raise DataError(f"{text.display}: cannot parse: {shorten(str(error).splitlines()[0])}") from error
     if frame.height != expected_rows:
         raise DataError(f"{text.display}: parsed {frame.height} rows, expected {expected_rows}")
+    if quoted:  # a quoted empty field ("") is empty too, as an unquoted one is
+        frame = frame.with_columns([pl.when(pl.col(c).str.len_bytes() > 0).then(pl.col(c)).alias(c) for c in columns])
     return frame
 
 
@@ -399,24 +508,50 @@ def parse_header(text: TextFile, separator: str, quote_char: str | None) -> list
     if quote_char is None:
         names = line.split(separator)
     else:
-        names = next(csv.reader([line], delimiter=separator, quotechar=quote_char))
+        try:
+            with _csv_fields_up_to(len(line)):
+                names = next(csv.reader([line], delimiter=separator, quotechar=quote_char), [])
+        except csv.Error as error:
+            raise DataError(f"{text.display} line {text.first_line}: cannot read the header: {error}") from error
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise DataError(f"{text.display} line {text.first_line}: the header names column {name!r} twice")
+            shown = shorten(repr(name))
+            raise DataError(f"{text.display} line {text.first_line}: the header names column {shown} twice")
         seen.add(name)
     return names
 
 
+def reject_repeated_header(frame: pl.DataFrame, locator: RowLocator, header: Sequence[str] | None = None) -> None:
+    """Raise at the first data row that repeats the header (files joined with ``cat`` keep theirs).
+
+    ``header`` is the header's names in column order (default: the frame's column names).
+    """
+    if not frame.width or frame.height == 0:
+        return
+    names = list(header if header is not None else frame.columns)
+    same = pl.all_horizontal(
+        [(pl.col(column) == name).fill_null(False) for column, name in zip(frame.columns, names, strict=True)]
+    )
+    row = first_true(frame.select(same).to_series())
+    if row is not None:
+        raise DataError(f"{locator.where(row)}: repeats the header (were files joined with their headers?)")
+
+
 def require_columns(display: str, wanted: dict[str, Sequence[str]], available: Sequence[str]) -> None:
-    """Raise naming the first wanted column (by role, e.g. ``numeric``) that the file lacks."""
+    """Raise naming the first wanted column (by role, e.g. ``numeric``) that the file lacks.
+
+    ``display`` is where the names come from: ``"t.csv line 1"`` for a header, the file for Parquet.
+    """
     present = set(available)
     for role, names in wanted.items():
         for name in names:
             if name not in present:
-                shown = ", ".join(repr(column) for column in list(available)[:MAX_SHOWN_COLUMNS])
+                shown = shorten(", ".join(repr(column) for column in list(available)[:MAX_SHOWN_COLUMNS]))
                 more = " ..." if len(available) > MAX_SHOWN_COLUMNS else ""
-                raise DataError(f"{display}: {role} column {name!r} not found; available columns: {shown}{more}")
+                raise DataError(
+                    f"{display}: {role} column {shorten(repr(name))} not found; available columns: {shown}{more}"
+                )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -452,7 +587,8 @@ def parse_numeric(frame: pl.DataFrame, columns: Sequence[str], locator: RowLocat
         row = first_true(bad.select(pl.any_horizontal(pl.all())).to_series())
         if row is not None:
             column = next(name for name in text_columns if bad[name][row])
-            raise DataError(f"{locator.where(row)}: column {column!r} value {frame[column][row]!r} is not a number")
+            value = shorten(repr(frame[column][row]))
+            raise DataError(f"{locator.where(row)}: column {column!r} value {value} is not a number")
     return frame.with_columns(
         [
             (_stripped_float(name) if name in text_columns else pl.col(name).cast(pl.Float64)).fill_nan(None)
@@ -474,7 +610,7 @@ def binary_label(
     row = first_true(~frame[column].is_in(allowed).fill_null(False))
     if row is not None:
         value = frame[column][row]
-        shown = "empty" if value is None else repr(value)
+        shown = "empty" if value is None else shorten(repr(value))
         raise DataError(f"{locator.where(row)}: label {shown} is not one of {', '.join(allowed)}")
     return frame[column].is_in(list(positive)).cast(pl.Float32).alias(column)
 
@@ -483,12 +619,17 @@ def threshold_label(frame: pl.DataFrame, column: str, threshold: float | None, l
     """A numeric label column as ``Float32``: ``value >= threshold``, or values already 0/1 when ``None``.
 
     Raises:
-        DataError: an empty or non-numeric label, or (without threshold) a value other than 0 or 1.
+        DataError: an empty, non-numeric or non-finite (``nan``, ``inf``) label, or (without
+            threshold) a value other than 0 or 1.
     """
     values = parse_numeric(frame.select(column), [column], locator)[column]
-    row = first_true(values.is_null())
+    row = first_true(values.is_null() | values.is_infinite())
     if row is not None:
-        raise DataError(f"{locator.where(row)}: label column {column!r} is empty")
+        original = frame[column][row]
+        if original is None or (isinstance(original, str) and not original.strip()):
+            raise DataError(f"{locator.where(row)}: label column {column!r} is empty")
+        shown = shorten(repr(original))
+        raise DataError(f"{locator.where(row)}: label column {column!r} value {shown} is not a finite number")
     if threshold is not None:
         return (values >= threshold).cast(pl.Float32).alias(column)
     row = first_true(~values.is_in([0.0, 1.0]))
@@ -504,4 +645,4 @@ def check_unique(frame: pl.DataFrame, column: str, locator: RowLocator) -> None:
     """Raise at the first repeated key of a side table (a join would duplicate rows)."""
     row = first_true(frame[column].is_duplicated() & ~frame[column].is_first_distinct())
     if row is not None:
-        raise DataError(f"{locator.where(row)}: {column} {frame[column][row]!r} appears a second time")
+        raise DataError(f"{locator.where(row)}: {column} {shorten(repr(frame[column][row]))} appears a second time")

@@ -18,6 +18,7 @@ from embdim.data.readers._common import (
     load_text,
     split_columns,
 )
+from embdim.errors import shorten
 from embdim.registry import READERS
 
 AVAZU_COLUMNS = [
@@ -99,7 +100,7 @@ def split_hour(hour: pl.Series, text: TextFile) -> list[pl.Series]:
     bad = hour.is_null() | (hour.str.len_bytes() != HOUR_LENGTH) | date.is_null() | ~hour_of_day.is_in(HOURS_OF_DAY)
     row = first_true(bad)
     if row is not None:
-        raise DataError(f"{text.where(row)}: hour {hour[row]!r} is not YYMMDDHH")
+        raise DataError(f"{text.where(row)}: hour {shorten(repr(hour[row]))} is not YYMMDDHH")
     return [
         hour_of_day.alias("hour_of_day"),
         date.dt.strftime("%A").alias("weekday"),

@@ -8,7 +8,10 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from embdim.data.raw import RawData
+from embdim.data.raw import DataError, RawData
+
+DATA_ROOT_HINT = "$EMBDIM_DATA_ROOT or the config key data_root sets it"
+"""How a user changes the data root, quoted in every message about a missing source."""
 
 
 class ReaderOptions(BaseModel):
@@ -38,6 +41,30 @@ class Reader(ABC):
     @abstractmethod
     def sources(self) -> list[Path]:
         """The files :meth:`read` will read, resolved (they key the cache; no reading here)."""
+
+    def check_sources(self) -> None:
+        """Raise :class:`DataError` for the first source that does not exist, naming the data root in use.
+
+        Relative paths in the options are read below the data root, so a missing file there most often
+        means the root is not the folder that holds the datasets; the message says which root was used
+        and how to set it.
+        """
+        for path in self.sources():
+            if path.exists():
+                continue
+            if not path.is_relative_to(self.root):
+                raise DataError(f"{path}: file not found")
+            root = str(self.root)
+            resolved = self.root.resolve()
+            if str(resolved) != root:
+                root = f"{root} (= {resolved})"
+            shown = path.relative_to(self.root).as_posix()
+            if not self.root.is_dir():
+                raise DataError(
+                    f"the data root {root} does not exist; relative data paths such as {shown!r} are read "
+                    f"below it ({DATA_ROOT_HINT})"
+                )
+            raise DataError(f"{shown}: file not found below the data root {root} ({DATA_ROOT_HINT})")
 
     @abstractmethod
     def read(self) -> RawData:

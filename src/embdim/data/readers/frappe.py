@@ -17,15 +17,18 @@ from pydantic import NonNegativeInt
 from embdim.data.raw import LABEL, DataError, RawData
 from embdim.data.readers._common import (
     ALL_SPLIT,
+    RowLocator,
     TextFile,
     display_name,
     load_text,
     parse_header,
+    reject_repeated_header,
     require_columns,
     split_columns,
 )
 from embdim.data.readers.base import Reader, ReaderOptions
 from embdim.data.readers.libfm import FRAPPE_FIELDS
+from embdim.errors import shorten
 from embdim.registry import READERS
 
 FRAPPE_SEPARATOR = "\t"
@@ -65,8 +68,8 @@ class FrappeReader(Reader):
         return [self.path(self.options.path)]
 
     def read(self) -> RawData:
-        positives = self.read_log()
-        negatives = sample_negatives(positives, self.options.negatives_per_positive, self.options.seed)
+        positives, text = self.read_log()
+        negatives = sample_negatives(positives, self.options.negatives_per_positive, self.options.seed, text)
         frame = pl.concat(
             [
                 positives.with_columns(pl.lit(1.0, dtype=pl.Float32).alias(LABEL)),
@@ -75,18 +78,18 @@ class FrappeReader(Reader):
         )
         return RawData(splits={ALL_SPLIT: frame}, categorical=list(FRAPPE_FIELDS), sources=self.sources())
 
-    def read_log(self) -> pl.DataFrame:
-        """The log's rows over the 10 fields (``cnt`` dropped), all as strings."""
+    def read_log(self) -> tuple[pl.DataFrame, TextFile]:
+        """The log's rows over the 10 fields (``cnt`` dropped), all as strings, and the text they came from."""
         path = self.path(self.options.path)
         display = display_name(path, self.root)
         member = self.options.member if path.suffix == ".zip" else None
         text = load_text(path, display, member=member)
-        if member is not None:
-            text = TextFile(f"{display}:{member}", text.data)
         header = parse_header(text, FRAPPE_SEPARATOR, None)
-        require_columns(text.display, {"field": FRAPPE_FIELDS}, header)
-        frame = split_columns(text.without_first_line(), header, FRAPPE_SEPARATOR)
-        return frame.select(FRAPPE_FIELDS)
+        require_columns(f"{text.display} line {text.first_line}", {"field": FRAPPE_FIELDS}, header)
+        rows = text.without_first_line()
+        frame = split_columns(rows, header, FRAPPE_SEPARATOR)
+        reject_repeated_header(frame, rows)
+        return frame.select(FRAPPE_FIELDS), rows
 
 
 def _dense_codes(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
@@ -101,14 +104,17 @@ def _is_member(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return sorted_keys[position] == queries
 
 
-def sample_negatives(positives: pl.DataFrame, per_positive: int, seed: int) -> pl.DataFrame:
+def sample_negatives(
+    positives: pl.DataFrame, per_positive: int, seed: int, locator: RowLocator | None = None
+) -> pl.DataFrame:
     """``per_positive`` negatives for every positive row: same user and context, an unused item.
 
     Items are drawn uniformly from the distinct items of ``positives``; a draw that hits a positive
     (user, context, item) tuple is redrawn, all collisions of a round at once.
 
     Raises:
-        DataError: a (user, context) group has used every item, so no negative exists for it.
+        DataError: a (user, context) group has used every item, so no negative exists for it; the
+            message names the group's first row through ``locator`` when given.
     """
     if per_positive == 0 or positives.height == 0:
         return positives.clear()
@@ -119,8 +125,15 @@ def sample_negatives(positives: pl.DataFrame, per_positive: int, seed: int) -> p
     group = group.reshape(-1).astype(np.int64)
     positive_keys = np.unique(group * n_items + item_code)
     used_items_per_group = np.bincount(positive_keys // n_items)
-    if (used_items_per_group >= n_items).any():
-        raise DataError(f"a (user, context) group has used all {n_items} items; no negative can be drawn for it")
+    full = np.flatnonzero(used_items_per_group[group] >= n_items)
+    if full.size:
+        row = int(full[0])
+        where = f"{locator.where(row)}: " if locator is not None else ""
+        user = shorten(repr(positives[USER][row]))
+        raise DataError(
+            f"{where}user {user} has used all {n_items} items of the log in this row's context, so no negative "
+            "can be drawn for it (a larger log, or negatives_per_positive: 0)"
+        )
 
     rng = np.random.default_rng(seed)
     source_row = np.repeat(np.arange(positives.height), per_positive)

@@ -24,6 +24,7 @@ from embdim.data.readers._common import (
     split_columns,
 )
 from embdim.data.readers.libfm import LibFMRows, read_libfm_file
+from embdim.errors import shorten
 from embdim.registry import READERS
 
 FEATINDEX_SEPARATOR = "\t"
@@ -34,9 +35,18 @@ NO_FIELD = -1
 
 @dataclass
 class FeatureIndex:
-    """Decoded ``featindex``: for every index up to the largest, its field code and value."""
+    """Decoded ``featindex``, sorted by index (not a dense table: indices may be large and sparse).
+
+    Attributes:
+        fields: field names in order of first appearance.
+        index: int64 [K] the defined indices, ascending.
+        field_code: int64 [K] the field (position in ``fields``) of each index.
+        value: Utf8 [K] the value of each index.
+        display: the file's name in error messages.
+    """
 
     fields: list[str]
+    index: np.ndarray
     field_code: np.ndarray
     value: pl.Series
     display: str
@@ -51,8 +61,9 @@ class FeatureIndex:
         columns = []
         for position, (field, index) in enumerate(zip(self.fields, rows.indices, strict=True), start=1):
             indices = index.to_numpy()
-            known = indices < len(self.field_code)
-            codes = np.where(known, self.field_code[np.minimum(indices, len(self.field_code) - 1)], NO_FIELD)
+            position_in_map = np.minimum(np.searchsorted(self.index, indices), len(self.index) - 1)
+            known = self.index[position_in_map] == indices
+            codes = np.where(known, self.field_code[position_in_map], NO_FIELD)
             row = first_true(pl.Series(codes == NO_FIELD))
             if row is not None:
                 raise DataError(
@@ -64,7 +75,7 @@ class FeatureIndex:
                     f"{rows.text.where(row)}: index {indices[row]} (pair {position}) belongs to field "
                     f"{self.fields[codes[row]]!r}, expected {field!r}"
                 )
-            columns.append(self.value.gather(indices).alias(field))
+            columns.append(self.value.gather(position_in_map).alias(field))
         return columns
 
 
@@ -80,23 +91,27 @@ def read_featindex(path: Path, display: str) -> FeatureIndex:
     field, value = parts.to_series(0), parts.to_series(1)
     row = first_true(value.is_null() | (field.str.len_bytes() == 0).fill_null(True))
     if row is not None:
-        raise DataError(f"{text.where(row)}: {frame['feature'][row]!r} is not 'field:value'")
+        raise DataError(f"{text.where(row)}: {shorten(repr(frame['feature'][row]))} is not 'field:value'")
     index = frame["index"].str.strip_chars().cast(pl.Int64, strict=False)
     row = first_true(index.is_null() | (index < 0))
     if row is not None:
-        raise DataError(f"{text.where(row)}: index {frame['index'][row]!r} is not a non-negative integer")
+        shown = shorten(repr(frame["index"][row]))
+        raise DataError(f"{text.where(row)}: index {shown} is not a non-negative integer")
     row = first_true(index.is_duplicated() & ~index.is_first_distinct())
     if row is not None:
         raise DataError(f"{text.where(row)}: index {index[row]} is defined a second time")
     fields = field.unique(maintain_order=True).to_list()
     code_of_field = {name: code for code, name in enumerate(fields)}
-    size = int(index.max()) + 1  # type: ignore[arg-type]
-    field_code = np.full(size, NO_FIELD, dtype=np.int64)
-    field_code[index.to_numpy()] = field.replace_strict(code_of_field, return_dtype=pl.Int64).to_numpy()
-    table = pl.DataFrame({"index": np.arange(size)}).join(
-        pl.DataFrame({"index": index, "value": value}), on="index", how="left"
+    table = pl.DataFrame(
+        {"index": index, "code": field.replace_strict(code_of_field, return_dtype=pl.Int64), "value": value}
+    ).sort("index")
+    return FeatureIndex(
+        fields=fields,
+        index=table["index"].to_numpy(),
+        field_code=table["code"].to_numpy(),
+        value=table["value"],
+        display=display,
     )
-    return FeatureIndex(fields=fields, field_code=field_code, value=table.sort("index")["value"], display=display)
 
 
 class IPinYouOptions(SplitFileOptions):

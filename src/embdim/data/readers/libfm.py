@@ -24,6 +24,7 @@ from embdim.data.readers._common import (
     load_text,
     split_columns,
 )
+from embdim.errors import shorten
 from embdim.registry import READERS
 
 LIBFM_SEPARATOR = " "
@@ -83,7 +84,7 @@ def parse_libfm(text: TextFile, n_pairs: int) -> LibFMRows:
         row = first_true(bad)
         if row is not None:
             raise DataError(
-                f"{text.where(row)}: pair {position} is {frame[column][row]!r}, expected '<index>:1' "
+                f"{text.where(row)}: pair {position} is {shorten(repr(frame[column][row]))}, expected '<index>:1' "
                 "with a non-negative integer index"
             )
         indices.append(index.alias(column))

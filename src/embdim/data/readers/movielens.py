@@ -26,10 +26,12 @@ from embdim.data.readers._common import (
     expect_header,
     first_true,
     load_text,
+    reject_repeated_header,
     split_columns,
     threshold_label,
 )
 from embdim.data.readers.base import Reader, ReaderOptions
+from embdim.errors import shorten
 from embdim.registry import READERS
 
 USER_ID = "user_id"
@@ -174,7 +176,8 @@ class MovieLens100KReader(MovieLensReader):
         row = first_true(bad.to_series())
         if row is not None:
             column = next(name for name in ML100K_GENRES if frame[name][row] not in ("0", "1"))
-            raise DataError(f"{text.where(row)}: genre flag {column!r} is {frame[column][row]!r}, expected 0 or 1")
+            value = shorten(repr(frame[column][row]))
+            raise DataError(f"{text.where(row)}: genre flag {column!r} is {value}, expected 0 or 1")
         genres = pl.concat_str(
             [pl.when(pl.col(name) == "1").then(pl.lit(name)) for name in ML100K_GENRES],
             separator=GENRE_SEPARATOR,
@@ -259,8 +262,10 @@ class MovieLensLatestReader(MovieLensReader):
         return frame.select(USER_ID, ITEM_ID, self.rating_label(frame, text))
 
     def read_movies(self, path: Path) -> pl.DataFrame:
-        text = expect_header(load_text(path, self.display(path)), ["movieId", "title", "genres"], ",")
+        header = ["movieId", "title", "genres"]
+        text = expect_header(load_text(path, self.display(path)), header, ",")
         frame = split_columns(text, [ITEM_ID, "title", "genres"], ",", quote_char='"')
+        reject_repeated_header(frame, text, header)
         check_unique(frame, ITEM_ID, text)
         genres = pl.col("genres")
         return frame.select(

@@ -18,10 +18,12 @@ from embdim.data.readers._common import (
     load_text,
     parse_header,
     parse_numeric,
+    reject_repeated_header,
     require_columns,
     split_columns,
     threshold_label,
 )
+from embdim.errors import shorten
 from embdim.registry import READERS
 
 TableFormat = Literal["csv", "tsv", "parquet"]
@@ -34,6 +36,21 @@ FORMAT_OF_SUFFIX: dict[str, TableFormat] = {
     ".pq": "parquet",
 }
 DEFAULT_SEPARATOR = {"csv": ",", "tsv": "\t"}
+SCALAR_KINDS = {
+    "categorical": "a string, number, boolean, date or time",
+    "numeric": "a number, boolean or numeric string",
+    "label": "a number, boolean or numeric string",
+}
+"""What a Parquet column of each role must hold (named in the error for any other type)."""
+
+
+def _parquet_type_fits(role: str, dtype: pl.DataType) -> bool:
+    """Whether a Parquet column of ``dtype`` can be read in ``role`` (nested and binary types never)."""
+    if dtype == pl.Null or dtype == pl.Boolean or dtype.is_numeric() or dtype == pl.Utf8:
+        return True
+    if role == "categorical":
+        return dtype.is_temporal() or isinstance(dtype, pl.Categorical | pl.Enum)
+    return False
 
 
 class TableOptions(SplitFileOptions):
@@ -111,7 +128,10 @@ class TableReader(SplitFileReader):
             suffixes = suffixes[:-1]
         found = FORMAT_OF_SUFFIX.get(suffixes[-1].lower()) if suffixes else None
         if found is None:
-            raise DataError(f"{self.display(path)}: cannot tell the format from the name; set 'format'")
+            raise DataError(
+                f"{self.display(path)}: cannot tell the format from the name; set dataset.options.format "
+                f"to one of {', '.join(DEFAULT_SEPARATOR)}, parquet"
+            )
         return found
 
     def read_file(self, path: Path) -> pl.DataFrame:
@@ -138,24 +158,41 @@ class TableReader(SplitFileReader):
         text = load_text(path, self.display(path), encoding=options.encoding, max_lines=max_lines)
         if options.has_header:
             names = parse_header(text, separator, options.quote_char)
+            where = f"{text.display} line {text.first_line} (the header)"
             text = text.without_first_line()
         else:
             names = list(options.columns or [])
-        require_columns(text.display, self._wanted(), names)
+            where = f"{text.display} (dataset.options.columns)"
+        require_columns(where, self._wanted(), names)
         frame = split_columns(text, names, separator, quote_char=options.quote_char)
+        if options.has_header:
+            reject_repeated_header(frame, text)
         return frame, text
 
     def _read_parquet(self, path: Path) -> tuple[pl.DataFrame, RowLocator]:
         display = self.display(path)
-        if not path.is_file():
+        if not path.exists():
             raise DataError(f"{display}: file not found ({path})")
+        if not path.is_file():
+            raise DataError(f"{display}: not a file ({path})")
         try:
-            names = list(pl.scan_parquet(path).collect_schema())
-            require_columns(display, self._wanted(), names)
+            schema = pl.scan_parquet(path).collect_schema()
+            require_columns(display, self._wanted(), list(schema))
+            self._check_parquet_types(display, schema)
             wanted = [*self.options.categorical, *self.options.numeric, self.options.label]
             frame = pl.read_parquet(path, columns=wanted, n_rows=self.options.nrows)
         except (OSError, pl.exceptions.PolarsError) as error:
-            raise DataError(f"{display}: cannot read as Parquet: {error}") from error
+            raise DataError(f"{display}: cannot read as Parquet: {shorten(str(error).splitlines()[0])}") from error
         if frame.height == 0:
             raise DataError(f"{display}: no data rows")
         return frame, ParquetRows(display)
+
+    def _check_parquet_types(self, display: str, schema: pl.Schema) -> None:
+        """Raise naming the first wanted column whose type cannot be read in its role (list, struct, binary)."""
+        for role, names in self._wanted().items():
+            for name in names:
+                if not _parquet_type_fits(role, schema[name]):
+                    raise DataError(
+                        f"{display}: column {shorten(repr(name))} (dataset.options.{role}) has type {schema[name]}; "
+                        f"a {role} column must hold {SCALAR_KINDS[role]}"
+                    )
