@@ -183,6 +183,7 @@ SHORT_SCHEDULES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(SEARCHERS.names()))
 def test_every_method_lands_on_a_budget(tmp_path, method):
     """Each registered method aims at half the uniform bytes its own way and lands within 10 %."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import polars as pl
@@ -206,14 +205,16 @@ def test_errors_name_the_problem():
 
 
 @pytest.mark.slow
-def test_encoding_a_million_rows_is_fast():
-    """1e6 rows x 26 fields: fit + transform in a few seconds (the budget here is generous)."""
+def test_a_million_rows_encode_to_frequency_ranked_ids_within_each_vocabulary():
+    """1e6 rows x 26 fields (the speed is measured in benchmarks/preprocess.py, not asserted here)."""
     rows, fields, vocab = 1_000_000, 26, 100_000
     rng = np.random.default_rng(0)
     values = pl.Series([f"{i:x}" for i in range(vocab)])
     df = pl.DataFrame({f"C{f}": values.gather(rng.zipf(1.2, rows) % vocab) for f in range(fields)})
-    start = time.perf_counter()
-    ids, _ = Encoder(min_count=2).fit_transform(df, df.columns)
-    elapsed = time.perf_counter() - start
+    encoder = Encoder(min_count=2)
+    ids, _ = encoder.fit_transform(df, df.columns)
     assert ids.shape == (rows, fields)
-    assert elapsed < 20.0, f"encoding took {elapsed:.1f} s"
+    for f, info in enumerate(encoder.schema().fields):
+        assert ids[:, f].min() >= 0 and ids[:, f].max() < info.vocab_size
+        counts = np.bincount(ids[:, f], minlength=info.vocab_size)
+        assert (np.diff(counts[1:]) <= 0).all()  # id k is the k-th most frequent kept value

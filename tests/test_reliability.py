@@ -190,3 +190,16 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path):
     assert "interrupted" in err and "Traceback" not in err
     assert not list(checkpoint.parent.glob(".*.tmp"))
     assert _run_cli(*args).exit_code == 0
+
+
+# ---------------------------------------------------------------------- degenerate splits
+def test_a_run_without_test_rows_completes_and_says_why_it_has_no_test_metrics(tmp_path):
+    result = run_experiment(small_config(tmp_path, "name=notest", "dataset.preprocess.split.ratios=[0.9, 0.1, 0.0]"))
+    assert result["status"] == "completed" and result["test_auc"] is None and result["test_by_frequency"] is None
+    assert any("test split is" in w for w in result["warnings"])
+    assert json.loads((tmp_path / "runs" / "notest" / "result.json").read_text())["test_auc"] is None
+
+
+def test_a_tiny_valid_split_is_warned_about_in_the_result(tmp_path):
+    result = run_experiment(small_config(tmp_path, "name=tiny", "dataset.preprocess.split.ratios=[0.985, 0.01, 0.005]"))
+    assert any("valid split has" in w and "noisy" in w for w in result["warnings"])

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from embdim.config import RunConfig
 from embdim.data.prepare import PreparedData, SplitArrays
 from embdim.embedding import EmbeddingLayer
-from embdim.errors import DivergedError, UnreadableFile, shorten
+from embdim.errors import DataError, DivergedError, UnreadableFile, shorten
 from embdim.recommender import Recommender, build_recommender, export_model, load_model
 from embdim.report.frequency import frequency_report
 from embdim.report.plots import plot_plan
@@ -144,6 +144,7 @@ class Trainer:
         self.stage_results: dict[str, dict[str, float]] = {}  # summaries of finished stages (kept in checkpoints)
         self.steps_per_epoch = (len(data.splits["train"]) + cfg.train.batch_size - 1) // cfg.train.batch_size
         self.warnings: list[str] = []  # what the run should say next to its result
+        self._has_test = "test" in data.splits and len(data.splits["test"]) > 0
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
@@ -237,8 +238,11 @@ class Trainer:
             f.write(strict_json(record) + "\n")
         p.metrics_lines += 1
 
-    def _evaluate(self, split: str, p: Progress, stage: str) -> dict[str, float]:
-        """AUC and logloss on a split; non-finite scores (a diverged model) raise :class:`DivergedError`."""
+    def _evaluate(self, split: str, p: Progress, stage: str) -> dict[str, float | None]:
+        """AUC and logloss on a split (``None`` for a test split that is absent or empty); non-finite scores
+        (a diverged model) raise :class:`DivergedError`."""
+        if split == "test" and not self._has_test:
+            return {"auc": None, "logloss": None}
         try:
             return evaluate(self.rec, self.data.splits[split], self.tc.eval_batch_size)
         except NonFiniteScores as err:
@@ -410,7 +414,20 @@ class Trainer:
         log.warning(message)
         self.warnings.append(message)
 
+    def _check_data(self) -> None:
+        """The data's warnings go to the log and the result; a valid split AUC cannot select on is an error."""
+        for warning in self.data.warnings:
+            self.warn(warning)
+        labels = np.asarray(self.data.splits["valid"].labels)
+        if self.tc.monitor == "auc" and len(np.unique(labels)) < 2:
+            raise DataError(
+                f"the valid split's {len(labels):,} labels are all {int(labels[0]) if len(labels) else '-'}: "
+                "its AUC is undefined and cannot select a checkpoint; use train.monitor=logloss, or change "
+                "dataset.preprocess.split"
+            )
+
     def fit(self) -> dict[str, Any]:
+        self._check_data()
         self._build()
         p = self._resume_or_start()
         stages = self.searcher.stages
@@ -491,16 +508,21 @@ class Trainer:
             "field_dims": plan.summary()["field_dims"],
             "train_seconds": p.train_seconds,
             "samples_per_second": p.train_samples / max(p.train_seconds, 1e-9),
-            "test_by_frequency": frequency_report(self.rec, self.data.splits["test"], self.data.schema.fields),
+            "test_by_frequency": self._test_by_frequency(),
             "stages": stage_results,
             "searcher": self.searcher.report(self.lookup),
             "export_max_abs_logit_diff": self._export_check(model_dir),
             "warnings": self.warnings,
         }
 
+    def _test_by_frequency(self) -> dict[str, Any] | None:
+        if not self._has_test:
+            return None
+        return frequency_report(self.rec, self.data.splits["test"], self.data.schema.fields)
+
     def _export_check(self, model_dir: Path) -> float:
         """Largest |logit| difference between the exported slim model and the trained one on test rows."""
-        test = self.data.splits["test"]
+        test = self.data.splits["test" if self._has_test else "valid"]
         rows = min(len(test), EXPORT_CHECK_ROWS)
         ids, dense, _ = _to_batch(test, np.arange(rows))
         slim = load_model(model_dir)
