@@ -171,7 +171,7 @@ def test_a_full_tmpfs_is_an_error_line_naming_the_file_and_the_fix(tmp_path):
         assert "No space left on device" in result.output and "disk is full" in result.output
         assert not list(mount.glob("*/.*.tmp"))
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path):
@@ -203,3 +203,56 @@ def test_a_run_without_test_rows_completes_and_says_why_it_has_no_test_metrics(t
 def test_a_tiny_valid_split_is_warned_about_in_the_result(tmp_path):
     result = run_experiment(small_config(tmp_path, "name=tiny", "dataset.preprocess.split.ratios=[0.985, 0.01, 0.005]"))
     assert any("valid split has" in w and "noisy" in w for w in result["warnings"])
+
+
+# ---------------------------------------------------------------------- pre-flight memory
+def test_a_run_far_larger_than_the_machine_is_refused_before_anything_is_built(tmp_path):
+    result = _run_cli(*_cli_args(tmp_path, "name=huge", "embedding.dim=3000000"))
+    assert result.exit_code == 2, result.output
+    assert "this run needs about" in result.output and "GiB are free" in result.output
+    assert "--no-memory-check" in result.output
+    assert not (tmp_path / "runs" / "huge").exists()
+
+
+def test_the_estimate_counts_optimizer_state_per_slot_and_method_extras(tmp_path):
+    from embdim.train.memory import estimate_training_memory
+    from embdim.train.run import prepare_dataset
+
+    cfg = small_config(tmp_path, "name=m")
+    schema = prepare_dataset(cfg, progress=False).schema
+    adam = estimate_training_memory(cfg, schema)
+    sgd = estimate_training_memory(small_config(tmp_path, "name=m", "train.optimizer=sgd"), schema)
+    trained = adam.parts["tables"] + adam.parts["model and method parameters"]
+    assert adam.total - sgd.total == 2 * trained  # Adam's two moments
+    rows = sum(f.vocab_size for f in schema.fields)
+    assert adam.parts["tables"] == rows * 8 * 4 + rows * 4  # d=8 table + the first-order table
+    pep = estimate_training_memory(small_config(tmp_path, "name=m", "method=pep"), schema)
+    assert pep.parts["method state"] > rows * 8 * 4  # thresholds, their state and the masks
+    sparse = estimate_training_memory(
+        small_config(tmp_path, "name=m", "embedding.sparse=true", "train.embedding_decay=looked_up"), schema
+    )
+    assert sparse.parts["gradients"] == adam.parts["gradients"] - rows * 8 * 4  # no dense table gradient
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "pep", "dml", "amtl", "mlet", "mde"])
+def test_kill_9_at_a_random_moment_resumes_to_the_same_result(tmp_path, method):
+    import random
+
+    args = _cli_args(tmp_path, f"method={method}", "train.epochs=6", "train.checkpoint_every_steps=3")
+    reference = _run_cli(*_cli_args(tmp_path, "name=ref", f"method={method}", "train.epochs=6"))
+    assert reference.exit_code == 0, reference.output
+    expected = json.loads(reference.output.strip().splitlines()[-1])
+    run = tmp_path / "runs" / "quickstart"
+    proc = subprocess.Popen([sys.executable, "-m", "embdim", *args], stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.time() + 60
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(method).uniform(0.0, 2.0))
+    proc.kill()
+    proc.wait()
+    resumed = _run_cli(*args)
+    assert resumed.exit_code == 0, resumed.output
+    got = json.loads(resumed.output.strip().splitlines()[-1])
+    for key in ("test_auc", "test_logloss", "valid_auc"):
+        assert got[key] == expected[key], key

@@ -11,6 +11,7 @@ import torch
 from embdim import EmbeddingLayer, FieldInfo, list_searchers
 from embdim.searchers.mde import mde_dims
 from embdim.train.run import run_experiment
+from embdim.train.trainer import Trainer
 from test_train import small_config
 
 FIELDS = [
@@ -89,3 +90,35 @@ def test_every_method_trains_all_its_stages_under_the_recipe(method, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "runs" / method / "metrics.jsonl").read_text().splitlines()]
     assert {line["stage"] for line in lines} == set(result["stages"])
     assert all(0 < line["lr"] <= 1e-3 for line in lines)
+
+
+class _KilledInStage(Trainer):
+    """Raises (like a kill) at ``step`` of stage ``stage``; everything on disk is what a kill -9 leaves."""
+
+    stage = 0
+    step = 7
+
+    def after_step(self, p):
+        if p.stage_index == self.stage and p.step == self.step:
+            raise KeyboardInterrupt("simulated kill")
+
+
+@pytest.mark.parametrize("method", list_searchers())
+def test_every_method_resumes_bit_identically_after_a_kill_in_any_stage(method, tmp_path):
+    reference = run_experiment(small_config(tmp_path, "name=ref", f"method={method}", *RECIPE))
+    stages = list(reference["stages"])
+    for index in range(len(stages)):
+        cfg = small_config(tmp_path, f"name=killed{index}", f"method={method}", *RECIPE)
+        killer = type("Killer", (_KilledInStage,), {"stage": index})
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(cfg, trainer_cls=killer)
+        resumed = run_experiment(cfg)
+        for key in ("test_auc", "test_logloss", "valid_auc", "valid_logloss", "embedding_bytes"):
+            assert resumed[key] == reference[key], (stages[index], key)
+        lines = [
+            {k: v for k, v in json.loads(x).items() if k != "samples_per_second"}
+            for run in ("ref", f"killed{index}")
+            for x in (tmp_path / "runs" / run / "metrics.jsonl").read_text().splitlines()
+        ]
+        half = len(lines) // 2
+        assert lines[:half] == lines[half:], stages[index]

@@ -125,13 +125,16 @@ def run(
     overrides: OverridesArg = None,
     force: Annotated[bool, typer.Option(help="delete an existing run folder of this name first")] = False,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
+    memory_check: Annotated[
+        bool, typer.Option(help="refuse a run whose memory estimate exceeds the free memory")
+    ] = True,
 ) -> None:
     """Train (or resume) the experiment; prints result.json and writes runs/<name>/."""
     from embdim.train.checkpoint import strict_json
     from embdim.train.run import run_dir_for, run_experiment
 
     cfg = load_config(config, [*(overrides or []), *([] if progress else ["train.progress=false"])])
-    result = run_experiment(cfg, force=force)
+    result = run_experiment(cfg, force=force, memory_check=memory_check)
     table = Table(title=f"{cfg.name}: {cfg.model.name} + {cfg.method.name} on {cfg.dataset.name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -184,6 +187,8 @@ def prepare(config: ConfigArg, overrides: OverridesArg = None) -> None:
     from embdim.train.run import prepare_dataset
 
     data = prepare_dataset(load_config(config, overrides or []))
+    for warning in data.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     console.print(f"cached in {data.cache_dir}: " + ", ".join(f"{k} {len(v):,} rows" for k, v in data.splits.items()))
 
 

@@ -18,6 +18,8 @@ def _admits_bool(annotation: Any) -> bool:
     """Whether a field's type takes a bool as it is (``bool``, ``Any``, or a union or container of them)."""
     if annotation is bool or annotation is Any:
         return True
+    if annotation is type(None):
+        return False
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         return _admits_bool(typing.get_args(annotation)[0])

@@ -58,7 +58,7 @@ from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan, ragged_index
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, Embedded, Searcher, SearcherConfig
+from embdim.searchers.base import Budget, Embedded, MethodMemory, Searcher, SearcherConfig
 from embdim.slim import RaggedGroup, SlimEmbedding
 
 NUM_FREQ_FEATURES = 3
@@ -163,6 +163,13 @@ class AMTLSearcher(Searcher):
     """
 
     Config = AMTLConfig
+
+    @classmethod
+    def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:
+        """The table, and per id: its class (int64), penalty weight (float32), frozen length and the
+        lengths computed over the vocabulary (int64 each); the mask networks are negligible."""
+        n = sum(f.vocab_size for f in fields)
+        return MethodMemory(tables=n * dim * FLOAT_BYTES, state=n * (8 + FLOAT_BYTES + 8 + 8))
 
     def __init__(
         self, fields: list[FieldInfo], dim: int, config: AMTLConfig, init_std: float = DEFAULT_INIT_STD

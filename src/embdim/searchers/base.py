@@ -19,6 +19,7 @@ Lifecycle, as driven by :class:`embdim.train.trainer.Trainer`::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
@@ -101,6 +102,22 @@ class Embedded(NamedTuple):
     penalty: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class MethodMemory:
+    """Bytes a method holds while training, by how a trainer treats them (for the pre-flight estimate).
+
+    Attributes:
+        tables: the raw tables it declares (trained like tables: gradients and table optimizer state).
+        parameters: its own trainable parameters outside the tables (trained by the dense optimizer).
+        state: what it keeps besides (per-row buffers, saved masks, row-wise optimizer state), and the
+            largest temporary it builds over the whole vocabulary (a mask, a collapse).
+    """
+
+    tables: int
+    parameters: int = 0
+    state: int = 0
+
+
 class Searcher(nn.Module, ABC):
     """Base class of embedding-size methods.
 
@@ -152,6 +169,12 @@ class Searcher(nn.Module, ABC):
         if "budget" in type(config).model_fields:
             return dim, config.model_copy(update={"budget": budget})
         raise BudgetUnreachable(f"{cls.registered_name} has no way to aim at a memory budget")
+
+    @classmethod
+    def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:
+        """What training this method holds in memory, computed without building it (so a run too large
+        for the machine is refused before it allocates). Default: one ``n x d`` float32 table."""
+        return MethodMemory(tables=sum(f.vocab_size for f in fields) * dim * FLOAT_BYTES)
 
     def table_specs(self) -> list[TableSpec]:
         """Raw tables this method trains; default: one ``n x d`` table holding every field."""

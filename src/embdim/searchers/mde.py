@@ -17,9 +17,9 @@ from torch import nn
 
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec, group_fields_by_width
-from embdim.plan import EmbeddingPlan
+from embdim.plan import FLOAT_BYTES, EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, BudgetUnreachable, Embedded, Searcher, SearcherConfig
+from embdim.searchers.base import Budget, BudgetUnreachable, Embedded, MethodMemory, Searcher, SearcherConfig
 from embdim.slim import DenseGroup, SlimEmbedding, project_fields
 
 BUDGET_TOLERANCE = 0.1  # relative distance to a budget that counts as landing on it
@@ -55,7 +55,7 @@ class MDESearcher(Searcher):
     ) -> tuple[int, SearcherConfig]:
         """Scale the power law (``base_dim``, alpha fixed) to the budget; the plan's bytes count projections."""
         assert isinstance(config, MDEConfig)
-        full_bytes = sum(f.vocab_size for f in fields) * dim * 4
+        full_bytes = sum(f.vocab_size for f in fields) * dim * FLOAT_BYTES
         target = budget.target_bytes(full_bytes)
         sizes = [f.vocab_size for f in fields]
         # widths are clipped to dim, so a base above dim still scales the large-vocabulary fields
@@ -89,6 +89,19 @@ class MDESearcher(Searcher):
                 self.projections[spec.name] = nn.Parameter(proj)
         order = [f for spec in self.specs for f in spec.field_ids]
         self.register_buffer("gather", torch.tensor([order.index(f) for f in range(self.num_fields)]), persistent=False)
+
+    @classmethod
+    def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:
+        assert isinstance(config, MDEConfig)
+        sizes = [f.vocab_size for f in fields]
+        widths = mde_dims(
+            sizes, dim, config.alpha, config.base_dim or dim, config.min_dim, config.round_to_power_of_two
+        )
+        projections = sum(w * dim for w in widths if w < dim)
+        return MethodMemory(
+            tables=sum(n * w for n, w in zip(sizes, widths, strict=True)) * FLOAT_BYTES,
+            parameters=projections * FLOAT_BYTES,
+        )
 
     def table_specs(self) -> list[TableSpec]:
         return self.specs

@@ -44,10 +44,18 @@ from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, Embedded, Searcher, SearcherConfig, uniform_dim_for_budget
+from embdim.searchers.base import (
+    Budget,
+    Embedded,
+    MethodMemory,
+    Searcher,
+    SearcherConfig,
+    uniform_dim_for_budget,
+)
 from embdim.slim import DenseGroup, SlimEmbedding
 
 TABLE_NAME = "a"
+FLOAT64_BYTES = 8  # the collapse W = A @ B is computed in float64
 
 
 class MLETConfig(SearcherConfig):
@@ -106,6 +114,15 @@ class MLETSearcher(Searcher):
             else:
                 nn.init.normal_(b_f, std=1.0 / math.sqrt(k))
         self.B = nn.Parameter(b)  # [F, k, d]
+
+    @classmethod
+    def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:
+        """A (``n x k``) and B (``F x k x d``); the collapse at export builds ``n x d`` in float64."""
+        assert isinstance(config, MLETConfig)
+        n, k = sum(f.vocab_size for f in fields), config.resolve_inner_dim(dim)
+        return MethodMemory(
+            tables=n * k * FLOAT_BYTES, parameters=len(fields) * k * dim * FLOAT_BYTES, state=n * dim * FLOAT64_BYTES
+        )
 
     def table_specs(self) -> list[TableSpec]:
         return [

@@ -79,7 +79,7 @@ from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan, column_index_bytes, offset_bytes
 from embdim.registry import SEARCHERS
 from embdim.rowwise import RowwiseAdam
-from embdim.searchers.base import Budget, BudgetUnreachable, Embedded, Searcher, SearcherConfig
+from embdim.searchers.base import Budget, BudgetUnreachable, Embedded, MethodMemory, Searcher, SearcherConfig
 from embdim.slim import CsrGroup, SlimEmbedding
 
 Granularity = Literal["global", "dimension", "feature", "field", "feature_dim", "field_dim"]
@@ -252,6 +252,25 @@ class PEPSearcher(Searcher):
         except ValueError as err:
             raise BudgetUnreachable(f"pep: {err}") from None
         return super().for_budget(fields, dim, config, budget)
+
+    @classmethod
+    def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:
+        """The table, the thresholds (and their row-wise state, or as a parameter of the run's optimizer),
+        a bool mask per sparsity target, the int64 field of each row, and the margins and top-k mask of a
+        target's measurement (float32 and bool over the whole table)."""
+        assert isinstance(config, PEPConfig)
+        n = sum(f.vocab_size for f in fields)
+        rows, width = threshold_shape(config.granularity, n, len(fields), dim)
+        thresholds = rows * width * FLOAT_BYTES
+        rowwise_state = rows * width * FLOAT_BYTES + rows * STEP_BYTES if config.rowwise_thresholds else 0
+        masks = (len(config.targets) + 1) * n * dim
+        measuring = n * dim * (FLOAT_BYTES + 1)
+        per_row = n * 8
+        return MethodMemory(
+            tables=n * dim * FLOAT_BYTES,
+            parameters=0 if config.rowwise_thresholds else thresholds,
+            state=(thresholds if config.rowwise_thresholds else 0) + rowwise_state + masks + measuring + per_row,
+        )
 
     def __init__(self, fields: list[FieldInfo], dim: int, config: PEPConfig, init_std: float = DEFAULT_INIT_STD):
         super().__init__(fields, dim, config, init_std)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from embdim.errors import ConfigError, UnreadableFile, shorten
@@ -130,6 +131,11 @@ def init_weights_path(source: Path) -> Path:
     path = source / "best.safetensors" if source.is_dir() else source
     if not path.is_file():
         raise ConfigError(f"train.init_from: no weights at {path} (expected a run folder or a .safetensors file)")
+    try:
+        with safe_open(str(path), framework="pt"):  # reads the header only
+            pass
+    except Exception as err:
+        raise ConfigError(f"train.init_from: {path} is not a safetensors file ({shorten(str(err))})") from None
     return path
 
 

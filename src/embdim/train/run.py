@@ -95,13 +95,18 @@ def preflight(cfg: RunConfig) -> None:
 
 
 def run_experiment(
-    cfg: RunConfig, run_dir: Path | None = None, force: bool = False, trainer_cls: type[Trainer] = Trainer
+    cfg: RunConfig,
+    run_dir: Path | None = None,
+    force: bool = False,
+    trainer_cls: type[Trainer] = Trainer,
+    memory_check: bool = True,
 ) -> dict[str, Any]:
     """Train (or resume, or return the finished result of) the run described by ``cfg``.
 
     A run that diverged keeps its folder (last good checkpoint, best weights) and a ``result.json``
     with ``"status": "diverged"`` and no metrics; running it again raises the same
-    :class:`~embdim.errors.DivergedError` (``force`` trains it from scratch).
+    :class:`~embdim.errors.DivergedError` (``force`` trains it from scratch). ``memory_check`` refuses a
+    run whose memory estimate exceeds the free memory (:mod:`embdim.train.memory`).
     """
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
     resolved = to_yaml(cfg)
@@ -126,7 +131,7 @@ def run_experiment(
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(config_path, resolved)
-        result = trainer_cls(cfg, data, run_dir).fit()
+        result = trainer_cls(cfg, data, run_dir, memory_check=memory_check).fit()
     except DivergedError as err:
         atomic_write_json(result_path, {"status": DIVERGED, "name": cfg.name, "error": str(err)})
         raise

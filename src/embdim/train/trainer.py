@@ -37,6 +37,7 @@ from embdim.train.checkpoint import (
     strict_json,
     warm_start,
 )
+from embdim.train.memory import check_memory, estimate_training_memory
 from embdim.train.metrics import NonFiniteScores, log_loss, roc_auc
 from embdim.train.optim import clip_gradients, recommender_optimizers, set_lr_scale
 
@@ -132,7 +133,7 @@ def evaluate(rec: torch.nn.Module, split: SplitArrays, batch_size: int) -> dict[
 class Trainer:
     """Trains ``cfg``'s model on ``data`` inside ``run_dir``; :meth:`fit` returns the result dict."""
 
-    def __init__(self, cfg: RunConfig, data: PreparedData, run_dir: Path) -> None:
+    def __init__(self, cfg: RunConfig, data: PreparedData, run_dir: Path, memory_check: bool = True) -> None:
         self.cfg = cfg
         self.data = data
         self.run_dir = Path(run_dir)
@@ -145,6 +146,8 @@ class Trainer:
         self.steps_per_epoch = (len(data.splits["train"]) + cfg.train.batch_size - 1) // cfg.train.batch_size
         self.warnings: list[str] = []  # what the run should say next to its result
         self._has_test = "test" in data.splits and len(data.splits["test"]) > 0
+        self.memory_check = memory_check
+        self.memory = estimate_training_memory(cfg, data.schema, data.cache_dir)
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
@@ -428,6 +431,9 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         self._check_data()
+        log.info("memory estimate: %s", self.memory.describe())
+        if self.memory_check:
+            check_memory(self.memory)
         self._build()
         p = self._resume_or_start()
         stages = self.searcher.stages
@@ -512,6 +518,7 @@ class Trainer:
             "stages": stage_results,
             "searcher": self.searcher.report(self.lookup),
             "export_max_abs_logit_diff": self._export_check(model_dir),
+            "memory_estimate_bytes": self.memory.total,
             "warnings": self.warnings,
         }
 

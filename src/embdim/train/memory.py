@@ -1,0 +1,134 @@
+"""The pre-flight memory estimate: what a run will hold, computed before anything is built.
+
+Counted, in bytes: the method's tables and own state (:meth:`Searcher.training_memory`), the model's
+parameters (its first-order table grows with the vocabulary), gradients (tables with dense gradients
+only; sparse gradients cover a batch, fused tables have none), the optimizer's state (Adam two
+slots per value, Adagrad one, SGD none), one copy of every weight while ``best.safetensors`` is
+written, a batch's activations, and the Python and torch runtime. The dataset cache is memory-mapped:
+its pages count in a process's resident set once touched, but the kernel can drop them, so they are
+reported next to the estimate and not held against the machine's free memory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from embdim.config import RunConfig
+from embdim.data.schema import DatasetSchema, FieldInfo
+from embdim.errors import EmbdimError
+from embdim.models.layers import FeaturesLinear
+from embdim.plan import FLOAT_BYTES
+from embdim.registry import MODELS, SEARCHERS
+
+#: Optimizer state per trained value (Adam: first and second moment; Adagrad: the sum of squares).
+STATE_SLOTS = {"adam": 2, "adamw": 2, "adagrad": 1, "sgd": 0}
+#: Resident set of the interpreter with torch, polars and embdim imported (torchrec adds the second).
+RUNTIME_BYTES = 320 << 20
+TORCHREC_RUNTIME_BYTES = 110 << 20
+#: Activations kept for the backward pass per batch row and model input value (layers, copies, grads).
+ACTIVATION_COPIES = 8
+GIB = 1 << 30
+
+
+class InsufficientMemory(EmbdimError):
+    """The estimate exceeds the memory this machine has free; the message shows the estimate."""
+
+
+@dataclass
+class MemoryEstimate:
+    """A run's expected memory, by part (bytes), and the mapped cache pages it may touch."""
+
+    parts: dict[str, int]
+    mapped_cache: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name} {value / GIB:.2f}" for name, value in self.parts.items() if value)
+        return f"{self.total / GIB:.2f} GiB ({parts}; plus up to {self.mapped_cache / GIB:.2f} GiB of mapped cache)"
+
+
+def estimate_training_memory(cfg: RunConfig, schema: DatasetSchema, cache_dir: Path | None = None) -> MemoryEstimate:
+    """The memory a run of ``cfg`` on data with ``schema`` will hold at its peak (see the module docstring);
+    ``cache_dir``, the prepared data's folder, sizes the mapped cache."""
+    tc, emb = cfg.train, cfg.embedding
+    fields = schema.fields
+    method = SEARCHERS.get(cfg.method.name).training_memory(fields, emb.dim, cfg.method_options())
+    model_params, id_table_rows = _model_size(cfg, fields, schema.num_dense)
+    slots = STATE_SLOTS[tc.optimizer]
+    fused = emb.backend == "torchrec" and tc.fused
+    tables = method.tables + id_table_rows * FLOAT_BYTES  # the first-order table trains like a table
+    dense_grad_tables = 0 if (fused or emb.sparse) else method.tables
+    if not (emb.sparse and emb.sparse_first_order):
+        dense_grad_tables += id_table_rows * FLOAT_BYTES
+    others = model_params * FLOAT_BYTES + method.parameters
+    batch_values = tc.batch_size * (len(fields) + schema.num_dense) * emb.dim
+    parts = {
+        "tables": tables,
+        "model and method parameters": others,
+        "gradients": dense_grad_tables + others,
+        "optimizer state": slots * (tables + others),
+        "method state": method.state,
+        "weights copied for best.safetensors": tables + others,
+        "activations": ACTIVATION_COPIES * batch_values * FLOAT_BYTES,
+        "runtime": RUNTIME_BYTES + (TORCHREC_RUNTIME_BYTES if emb.backend == "torchrec" else 0),
+    }
+    cache = sum(p.stat().st_size for p in Path(cache_dir).glob("*/*.npy")) if cache_dir else 0
+    return MemoryEstimate(parts, mapped_cache=cache)
+
+
+def _model_size(cfg: RunConfig, fields: list[FieldInfo], num_dense: int) -> tuple[int, int]:
+    """The model's parameter count without its id tables, and the rows of those (built on one-row fields,
+    so a vocabulary of any size costs nothing here)."""
+    tiny = [FieldInfo(f.name, 1) for f in fields]
+    model = MODELS.get(cfg.model.name)(tiny, cfg.embedding.dim, num_dense, cfg.model_options())
+    with torch.no_grad():
+        id_tables = [m for m in model.modules() if isinstance(m, FeaturesLinear)]
+        small = sum(p.numel() for p in model.parameters()) - sum(m.weight.weight.numel() for m in id_tables)
+    return small, len(id_tables) * sum(f.vocab_size for f in fields)
+
+
+def available_memory() -> int:
+    """Bytes this process may still allocate: the kernel's ``MemAvailable``, or less under a cgroup limit."""
+    available = _meminfo_available()
+    limit, usage = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and usage is not None:
+        available = min(available, max(limit - usage, 0))
+    return available
+
+
+def _meminfo_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max": no limit
+
+
+def check_memory(estimate: MemoryEstimate, available: int | None = None) -> None:
+    """Refuse a run whose estimate exceeds the free memory, showing both and how to go on anyway."""
+    available = available_memory() if available is None else available
+    if estimate.total > available:
+        raise InsufficientMemory(
+            f"this run needs about {estimate.describe()}, but only {available / GIB:.2f} GiB are free. "
+            "Use a smaller embedding.dim or vocabulary (dataset.preprocess.min_count), sparse or fused tables "
+            "(embedding.sparse=true, embedding.backend=torchrec), a lighter optimizer (train.optimizer=adagrad), "
+            "or run anyway with --no-memory-check"
+        )
