@@ -96,6 +96,8 @@ def _corpus() -> list[Case]:
             "split-ratios-negative", "dataset.preprocess.split.ratios", ("dataset.preprocess.split.ratios=[1, -1, 1]",)
         ),
         Case("negative-seed", "train.seed", ("train.seed=-1",)),
+        Case("negative-split-seed", "dataset.preprocess.split.seed", ("dataset.preprocess.split.seed=-1",)),
+        Case("negative-reader-seed", "dataset.options.seed", ("dataset.options.seed=-1",)),
         Case("epochs-bool", "train.epochs", ("train.epochs=true",)),
         Case("lr-inf", "train.lr", ("train.lr=.inf",)),
         Case("lr-nan", "train.lr", ("train.lr=.nan",)),
@@ -179,3 +181,16 @@ def test_a_sample_of_bad_configs_each_gives_one_error_naming_the_key(case, tmp_p
 @pytest.mark.parametrize("case", CORPUS, ids=[c.id for c in CORPUS])
 def test_every_bad_config_gives_one_error_naming_the_key(case, tmp_path):
     _check(case, tmp_path)
+
+
+def test_an_error_in_a_yaml_file_names_its_file_and_line(tmp_path):
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "frappe.yaml").write_text((REPO_ROOT / "configs/datasets/frappe.yaml").read_text())
+    config = experiments / "e.yaml"
+    config.write_text("name: x\ndataset: frappe\nmodel:\n  name: deepfm\n  hiddn: [3]\ntrain:\n  lr: 0.1\n")
+    result = CliRunner().invoke(app, ["run", str(config)])
+    assert result.exit_code == 2 and f"model.hiddn: unknown key ({config}:5)" in result.output
+    overridden = CliRunner().invoke(app, ["run", str(config), "model.hiddn=[4]"])
+    assert "model.hiddn: unknown key" in overridden.output and f"{config}:5" not in overridden.output

@@ -333,21 +333,57 @@ def compose(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> di
     return data
 
 
-def _format_errors(err: ValidationError, prefix: str = "") -> str:
-    lines = []
+def key_lines(path: Path, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> ``file:line`` of every key in a YAML file (for errors that point into the file)."""
+    try:
+        root = yaml.compose(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    out: dict[str, str] = {}
+
+    def walk(node: yaml.Node, at: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                dotted = f"{at}.{key.value}" if at else str(key.value)
+                out[dotted] = f"{path}:{key.start_mark.line + 1}"
+                walk(value, dotted)
+
+    if root is not None:
+        walk(root, prefix)
+    return out
+
+
+def _format_errors(err: ValidationError, prefix: str = "", lines: dict[str, str] | None = None) -> str:
+    out = []
     for e in err.errors():
         loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+        msg = "unknown key" if e["type"] == "extra_forbidden" else shorten(e["msg"])
+        where = (lines or {}).get(loc) or (lines or {}).get(loc.replace(".options.", ".", 1))
+        out.append(f"  {loc}: {msg}" + (f" ({where})" if where else ""))
+    return "\n".join(out)
 
 
-def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
-    """Validate a composed config, plug-in options included; errors name each bad key."""
+def _config_lines(path: Path, overrides: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Where each key of an experiment came from: its file and line, or its dataset library config's;
+    keys set on the command line point nowhere (their line would mislead)."""
+    lines = key_lines(path)
+    try:
+        dataset = yaml.safe_load(path.read_text()).get("dataset")
+        if isinstance(dataset, str) and not dataset.endswith((".yaml", ".yml")):
+            lines |= key_lines(find_library_config(path.resolve().parent, "dataset", dataset), "dataset")
+    except (OSError, AttributeError, yaml.YAMLError, ConfigError):
+        pass
+    overridden = [a.partition("=")[0].strip() for a in overrides]
+    return {k: v for k, v in lines.items() if not any(k == o or k.startswith(o + ".") for o in overridden)}
+
+
+def validate(data: dict[str, Any], source: str = "config", lines: dict[str, str] | None = None) -> RunConfig:
+    """Validate a composed config, plug-in options included; errors name each bad key (and, with
+    ``lines`` from :func:`key_lines`, the file and line it was written on)."""
     try:
         cfg = RunConfig(**data)
     except ValidationError as err:
-        raise ConfigError(f"{source}: invalid configuration\n{_format_errors(err)}") from None
+        raise ConfigError(f"{source}: invalid configuration\n{_format_errors(err, lines=lines)}") from None
     checks = [
         ("model", lambda: cfg.model_options(), "model"),
         ("method", lambda: cfg.method_options(), "method"),
@@ -357,7 +393,7 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
         try:
             check()
         except ValidationError as err:
-            raise ConfigError(f"{source}: invalid {what}\n{_format_errors(err, prefix)}") from None
+            raise ConfigError(f"{source}: invalid {what}\n{_format_errors(err, prefix, lines)}") from None
         except KeyError as err:
             raise ConfigError(f"{source}: {err.args[0]}") from None
     return cfg
@@ -365,7 +401,7 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Compose and validate an experiment config."""
-    return validate(compose(path, overrides), source=str(path))
+    return validate(compose(path, overrides), source=str(path), lines=_config_lines(Path(path), overrides))
 
 
 def to_yaml(cfg: RunConfig) -> str:

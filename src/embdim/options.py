@@ -43,4 +43,7 @@ class Options(BaseModel):
             annotation = cls.model_fields[info.field_name].annotation
             if not _admits_bool(annotation):
                 raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        name = info.field_name or ""
+        if (name == "seed" or name.endswith("_seed")) and isinstance(value, int) and value < 0:
+            raise ValueError(f"a seed is a non-negative integer, got {value}")  # numpy refuses negative seeds
         return value

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
 from embdim.data.cache import (
@@ -47,6 +47,7 @@ from embdim.data.readers._common import SplitFileReader
 from embdim.data.readers.base import Reader
 from embdim.data.split import DEFAULT_RATIOS, DEFAULT_VALID_RATIO, POOL, SPLIT_NAMES, split_frames
 from embdim.errors import ConfigError, shorten
+from embdim.options import Options
 
 LABEL_SKIP_REASON = "label missing or not 0/1 (prepare)"
 """Key in ``schema.skipped`` for rows dropped here because their label is null or not 0/1."""
@@ -56,10 +57,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _CONTENT_HASH_SEED = 0
 
 
-class SplitConfig(BaseModel):
+class SplitConfig(Options):
     """How rows are divided into train / valid / test (see :mod:`embdim.data.split`)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     ratios: list[float] = Field(
         default=list(DEFAULT_RATIOS),
@@ -87,10 +86,8 @@ class SplitConfig(BaseModel):
         return v
 
 
-class PreprocessConfig(BaseModel):
+class PreprocessConfig(Options):
     """Preprocessing options; every field is part of the cache key."""
-
-    model_config = ConfigDict(extra="forbid")
 
     min_count: int = Field(
         default=1, ge=1, description="values seen fewer times in training share the OOV id 0 of their field."

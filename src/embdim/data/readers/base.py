@@ -6,18 +6,15 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
-
 from embdim.data.raw import DataError, RawData
+from embdim.options import Options
 
 DATA_ROOT_HINT = "$EMBDIM_DATA_ROOT or the config key data_root sets it"
 """How a user changes the data root, quoted in every message about a missing source."""
 
 
-class ReaderOptions(BaseModel):
+class ReaderOptions(Options):
     """Base of every reader's options; unknown keys are an error that names the key."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class Reader(ABC):
