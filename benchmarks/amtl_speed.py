@@ -20,9 +20,10 @@ import torch
 
 from embdim.config import load_config
 from embdim.recommender import build_recommender
+from embdim.train.evaluate import batch_tensors
 from embdim.train.optim import recommender_optimizers
 from embdim.train.run import prepare_dataset
-from embdim.train.trainer import _to_batch, training_step
+from embdim.train.trainer import training_step
 
 WARMUP_STEPS = 3
 BUDGET = {"kind": "fraction", "value": 0.45}
@@ -56,7 +57,7 @@ def main() -> None:
     for _ in range(args.epochs):
         order = rng.permutation(len(train))
         for start in range(0, len(train), bs):
-            ids, dense, labels = _to_batch(train, order[start : start + bs])
+            ids, dense, labels = batch_tensors(train, order[start : start + bs])
             names = list(setups)
             names = names[step % len(names) :] + names[: step % len(names)]  # rotate who goes first
             for name in names:

@@ -35,8 +35,9 @@ from pathlib import Path
 import torch
 
 from embdim.config import load_config
+from embdim.measures import effective_rank
 from embdim.recommender import load_model
-from embdim.report.frequency import effective_rank, frequency_report
+from embdim.train.evaluate import frequency_report
 from embdim.train.run import prepare_dataset, run_dir_for, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]

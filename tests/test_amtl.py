@@ -12,9 +12,10 @@ import torch
 
 from embdim import EmbeddingLayer, FieldInfo
 from embdim.config import ConfigError, compose, validate
+from embdim.measures import spearman
 from embdim.plan import EmbeddingPlan
 from embdim.recommender import build_recommender, export_model, load_model
-from embdim.searchers.amtl import AMTLSearcher, frequency_features, spearman
+from embdim.searchers.amtl import AMTLSearcher, frequency_features
 from embdim.train.checkpoint import save_weights, warm_start
 from embdim.train.run import run_experiment
 

@@ -11,9 +11,10 @@ import torch
 
 from embdim import EmbeddingLayer, FieldInfo
 from embdim.config import ConfigError
+from embdim.measures import effective_rank, singular_values
 from embdim.recommender import build_recommender, export_model, load_model
-from embdim.report.frequency import effective_rank, group_by_frequency, row_frequencies, singular_values
 from embdim.searchers.mlet import MLETConfig
+from embdim.train.evaluate import group_by_frequency, row_frequencies
 from embdim.train.optim import build_optimizers
 from embdim.train.run import run_experiment
 from test_train import small_config  # tests/ is on sys.path under pytest

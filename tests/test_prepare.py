@@ -186,7 +186,7 @@ def test_non_finite_and_out_of_range_numbers_reach_the_cache_as_missing(tmp_path
 # ---------------------------------------------------------------------- degenerate splits
 def test_split_ratios_need_a_train_and_a_valid_share():
     for ratios in ([1, 0, 0], [0.9, 0, 0.1], [0, 0.5, 0.5], [float("nan"), 0.1, 0.1], [1e308, 1e308, 1e308]):
-        with pytest.raises(ValidationError, match="selection on validation needs rows|finite number"):
+        with pytest.raises(ValidationError, match=r"selection on validation needs rows|finite number"):
             PreprocessConfig.model_validate({"split": {"ratios": ratios}})
     assert PreprocessConfig.model_validate({"split": {"ratios": [0.9, 0.1, 0]}}).split.ratios == [0.9, 0.1, 0]
 

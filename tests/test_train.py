@@ -141,8 +141,8 @@ def test_epoch_limit_and_per_epoch_shuffle(tmp_path):
 def test_init_from_a_run_starts_from_its_weights(tmp_path):
     """Hot start: a new run begins with the finished run's selected weights (its step-0 logits match)."""
     from embdim.train.checkpoint import warm_start
+    from embdim.train.evaluate import predict_logits
     from embdim.train.run import prepare_dataset
-    from embdim.train.trainer import predict_logits
 
     source = small_config(tmp_path, "name=src")
     run_experiment(source)

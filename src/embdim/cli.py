@@ -135,6 +135,10 @@ def run(
 
     cfg = load_config(config, [*(overrides or []), *([] if progress else ["train.progress=false"])])
     result = run_experiment(cfg, force=force, memory_check=memory_check)
+    from embdim.report.plots import plot_run
+    from embdim.train.run import prepare_dataset
+
+    plot_run(run_dir_for(cfg), prepare_dataset(cfg, progress=False).schema.fields)  # sizes per field / vs frequency
     table = Table(title=f"{cfg.name}: {cfg.model.name} + {cfg.method.name} on {cfg.dataset.name}")
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -22,11 +22,11 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from embdim.data.prepare import PreprocessConfig
 from embdim.errors import ConfigError, shorten
+from embdim.lookup import FUSABLE_OPTIMIZERS
 from embdim.options import Options
 from embdim.registry import MODELS, READERS, SEARCHERS
 
 DEFAULT_DATA_ROOT = Path("..") / "shared" / "datasets"
-FUSABLE = ("adagrad", "sgd")  # optimizers TorchRec fuses into the backward pass on CPU
 SECTION_FOLDERS = {"dataset": "datasets", "model": "models", "method": "methods"}
 PLUGIN_SECTIONS = ("model", "method")  # registered plug-ins whose mappings extend their library config
 
@@ -184,10 +184,10 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _fusable_torchrec_optimizer(self) -> RunConfig:
         fused_tables = self.embedding.backend == "torchrec" and self.train.fused
-        if fused_tables and self.train.optimizer not in FUSABLE:
+        if fused_tables and self.train.optimizer not in FUSABLE_OPTIMIZERS:
             raise ValueError(
                 f"train.optimizer={self.train.optimizer} cannot be fused into TorchRec's backward on CPU: "
-                f"use train.optimizer={' or '.join(FUSABLE)}, or train.fused=false"
+                f"use train.optimizer={' or '.join(FUSABLE_OPTIMIZERS)}, or train.fused=false"
             )
         t = self.train
         whole_table_decay = t.embedding_weight_decay > 0 and t.embedding_decay == "optimizer"

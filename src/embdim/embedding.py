@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from embdim.backends import create_lookup
 from embdim.data.schema import FieldInfo
-from embdim.lookup import DEFAULT_INIT_STD, create_lookup
+from embdim.lookup import DEFAULT_INIT_STD
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
 from embdim.searchers.base import Embedded, Searcher, SearcherConfig

@@ -1,7 +1,8 @@
 """Lookup backends: the physical embedding tables and the id -> raw vector gather.
 
 A searcher declares the raw tables it needs as :class:`TableSpec`; a backend (plain torch here,
-TorchRec in :mod:`embdim.distributed.torchrec_lookup`) owns them and returns :class:`RawEmbeddings`.
+TorchRec in :mod:`embdim.distributed.torchrec_lookup`, both created by name in :mod:`embdim.backends`)
+owns them and returns :class:`RawEmbeddings`.
 A backend may also update its tables inside the backward pass (:meth:`Lookup.fuse_optimizer`). Models and
 searchers never touch a backend's internals, so one backend can replace another.
 """
@@ -9,7 +10,7 @@ searchers never touch a backend's internals, so one backend can replace another.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 DEFAULT_INIT_STD = 0.01
+#: Optimizers a backend can fuse into its backward pass (fbgemm's CPU kernels: no Adam), by train.optimizer name.
+FUSABLE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
 
 
 @dataclass(frozen=True)
@@ -214,22 +217,3 @@ class TorchLookup(Lookup):
 
     def table_weight(self, name: str) -> torch.Tensor:
         return self.tables[name].weight
-
-
-LookupFactory = Callable[[Sequence[TableSpec], int, bool], Lookup]
-BACKENDS: dict[str, LookupFactory] = {"torch": TorchLookup}
-
-
-def create_lookup(backend: str, specs: Sequence[TableSpec], num_fields: int, sparse: bool = False) -> Lookup:
-    if backend == "torchrec" and backend not in BACKENDS:
-        try:
-            import embdim.distributed.torchrec_lookup  # noqa: F401  (registers the backend)
-        except ImportError as err:
-            raise ImportError(
-                f"embedding.backend=torchrec needs torchrec and fbgemm-gpu-cpu ({err}); scripts/setup.sh installs them"
-            ) from err
-    try:
-        factory = BACKENDS[backend]
-    except KeyError:
-        raise KeyError(f"unknown lookup backend {backend!r}; available: {', '.join(sorted(BACKENDS))}") from None
-    return factory(specs, num_fields, sparse)

@@ -47,10 +47,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from embdim.lookup import BACKENDS, FusedTableOptimizer, Lookup, RawEmbeddings, TableSpec
-
-#: Optimizers fbgemm can fuse into the backward pass on CPU (train.optimizer name -> torch class).
-FUSABLE: dict[str, type[torch.optim.Optimizer]] = {"adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+from embdim.lookup import FUSABLE_OPTIMIZERS, FusedTableOptimizer, Lookup, RawEmbeddings, TableSpec
 
 #: torch.optim.Adagrad's default eps; fbgemm's default (1e-8) would make fused and torch Adagrad differ.
 TORCH_ADAGRAD_EPS = 1e-10
@@ -181,7 +178,9 @@ class TorchRecLookup(Lookup):
             kwargs["eps"] = TORCH_ADAGRAD_EPS
         with _rng_untouched():  # the weights are copied in: fusing must not shift later random draws
             return FusedEmbeddingBagCollection(
-                tables=bag_configs(self.specs, pad=True), optimizer_type=FUSABLE[name], optimizer_kwargs=kwargs
+                tables=bag_configs(self.specs, pad=True),
+                optimizer_type=FUSABLE_OPTIMIZERS[name],
+                optimizer_kwargs=kwargs,
             )
 
     def fuse_optimizer(self, name: str, lr: float) -> FusedTableOptimizer:
@@ -190,10 +189,10 @@ class TorchRecLookup(Lookup):
         Called again (next stage), it resets the state like a new torch optimizer would, keeping the
         same parameter objects.
         """
-        if name not in FUSABLE:
+        if name not in FUSABLE_OPTIMIZERS:
             raise ValueError(
                 f"train.optimizer={name} cannot be fused into TorchRec's backward on CPU (fbgemm has no CPU "
-                f"Adam): use train.optimizer={' or '.join(FUSABLE)}, or train.fused=false to train the "
+                f"Adam): use train.optimizer={' or '.join(FUSABLE_OPTIMIZERS)}, or train.fused=false to train the "
                 "TorchRec tables with torch optimizers"
             )
         if self.fused_name != name:
@@ -290,6 +289,3 @@ def _public_state_dict(module: TorchRecLookup, state: dict[str, Any], prefix: st
         state[f"{prefix}tables.{spec.name}.weight"] = (
             value if value.shape[1] == spec.dim else value[:, : spec.dim].contiguous()
         )
-
-
-BACKENDS["torchrec"] = TorchRecLookup

@@ -68,7 +68,8 @@ def plot_pareto(summary: pl.DataFrame, path: Path, title: str) -> Path:
 def _dataset_fields(results: pl.DataFrame, runs_dir: Path) -> list[FieldInfo]:
     """The sweep's encoded fields with training counts, from the dataset cache of its first run."""
     from embdim.config import validate
-    from embdim.train.run import CONFIG_FILE, prepare_dataset
+    from embdim.train.layout import CONFIG_FILE
+    from embdim.train.run import prepare_dataset
 
     first = results.filter(pl.col("status") == "done")["run"][0]
     config = validate(yaml.safe_load((runs_dir / first / CONFIG_FILE).read_text()), source=f"{first}/{CONFIG_FILE}")

@@ -38,7 +38,7 @@ Plans = dict[str, dict[str, EmbeddingPlan]]  # method label -> budget label -> p
 def learned_plans(results: pl.DataFrame, runs_dir: Path) -> tuple[Plans, Plans]:
     """The plans of the sweep's non-uniform runs, first finished seed per (label, budget), split into
     field-level (dense, widths differ by field) and value-level (ragged, csr) ones."""
-    from embdim.train.trainer import PLAN_FILE
+    from embdim.train.layout import PLAN_FILE
 
     done = results.filter((pl.col("status") == "done") & (pl.col("label") != "reference")).sort("seed")
     field_level: Plans = {}

@@ -12,6 +12,14 @@ SIZE_VS_FREQUENCY_FILE = "sizes_vs_frequency.png"
 SIZE_DISTRIBUTION_FILE = "size_distribution.png"
 
 
+def plot_run(run_dir: Path, fields: list[FieldInfo]) -> list[Path]:
+    """The plots of a finished run folder's plan (``plan.json``), written into the folder."""
+    from embdim.train.layout import RunFolder
+
+    folder = RunFolder(Path(run_dir))
+    return plot_plan(EmbeddingPlan.load(folder.plan), fields, folder.root)
+
+
 def plot_plan(plan: EmbeddingPlan, fields: list[FieldInfo], folder: Path) -> list[Path]:
     """Write the plots that show ``plan``'s learned sizes into ``folder``; returns their paths.
 

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from embdim.data.schema import FieldInfo
+from embdim.measures import spearman
 from embdim.plan import EmbeddingPlan
 
 PANEL_INCHES = (3.2, 2.6)
@@ -42,7 +43,6 @@ def _grid(panels: int) -> tuple[plt.Figure, np.ndarray]:
 def plot_size_vs_frequency(plan: EmbeddingPlan, fields: list[FieldInfo], path: Path) -> Path:
     """One panel per field: each id's stored size against its training count (log x), with the
     Spearman rank correlation in the title. Ids never seen in training are drawn at count 0.5."""
-    from embdim.searchers.amtl import spearman
 
     sizes = _row_sizes(plan)
     if len(fields) != plan.num_fields:

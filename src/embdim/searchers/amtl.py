@@ -51,11 +51,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import Field
-from scipy.stats import spearmanr
 from torch import nn
 
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
+from embdim.measures import spearman
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan, ragged_index
 from embdim.registry import SEARCHERS
 from embdim.searchers.base import Budget, Embedded, MethodMemory, Searcher, SearcherConfig
@@ -137,13 +137,6 @@ def frequency_features(counts: np.ndarray, oov_count: bool, global_max: float | 
     rank_norm[c == 0] = 0.0  # unseen values are the least frequent whatever their position
     log_global = np.log1p(c) / math.log1p(max(global_max or c_max, c_max))
     return np.stack([log_norm, rank_norm, log_global], axis=1).astype(np.float32)
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation; 0 when either side is constant (undefined)."""
-    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
-        return 0.0
-    return float(spearmanr(x, y).statistic)
 
 
 @SEARCHERS.register("amtl")

@@ -42,6 +42,7 @@ from torch import nn
 
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec
+from embdim.measures import effective_rank
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan
 from embdim.registry import SEARCHERS
 from embdim.searchers.base import (
@@ -171,8 +172,6 @@ class MLETSearcher(Searcher):
 
     def report(self, lookup: Lookup) -> dict[str, Any]:
         """Training-time table memory next to inference size, and the effective rank of each collapsed table."""
-        from embdim.report.frequency import effective_rank
-
         inference = sum(self.vocab_sizes) * self.dim
         ranks = {f.name: effective_rank(w) for f, w in zip(self.fields, self.collapsed_fields(lookup), strict=True)}
         return {

@@ -19,10 +19,9 @@ from embdim.data.prepare import PreparedData, prepare
 from embdim.errors import DivergedError
 from embdim.registry import READERS
 from embdim.train.checkpoint import atomic_write_json, atomic_write_text, init_weights_path
-from embdim.train.trainer import DIVERGED, Trainer
+from embdim.train.layout import CHECKPOINT_FILE, CONFIG_FILE, DIVERGED, RESULT_FILE
+from embdim.train.trainer import Trainer
 
-CONFIG_FILE = "config.yaml"
-RESULT_FILE = "result.json"
 SHOWN_CHANGES = 5  # differing keys named in an error before "and N more"
 _ABSENT = "(absent)"
 
@@ -137,7 +136,7 @@ def run_experiment(
         raise
     except BaseException:
         # a run that never reached its first checkpoint leaves nothing behind; later ones stay resumable
-        if created and not (run_dir / "checkpoint.pt").exists():
+        if created and not (run_dir / CHECKPOINT_FILE).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     atomic_write_json(result_path, result)

@@ -21,12 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from embdim.config import RunConfig
-from embdim.data.prepare import PreparedData, SplitArrays
+from embdim.data.prepare import PreparedData
 from embdim.embedding import EmbeddingLayer
 from embdim.errors import DataError, DivergedError, UnreadableFile, shorten
 from embdim.recommender import Recommender, build_recommender, export_model, load_model
-from embdim.report.frequency import frequency_report
-from embdim.report.plots import plot_plan
 from embdim.train.checkpoint import (
     load_torch,
     load_weights,
@@ -37,14 +35,13 @@ from embdim.train.checkpoint import (
     strict_json,
     warm_start,
 )
+from embdim.train.evaluate import batch_tensors, evaluate, frequency_report
+from embdim.train.layout import COMPLETED, CORRUPT_SUFFIX, RunFolder
 from embdim.train.memory import check_memory, estimate_training_memory
-from embdim.train.metrics import NonFiniteScores, log_loss, roc_auc
+from embdim.train.metrics import NonFiniteScores
 from embdim.train.optim import clip_gradients, recommender_optimizers, set_lr_scale
 
 EXPORT_CHECK_ROWS = 4096
-PLAN_FILE = "plan.json"  # the run's learned sizes (EmbeddingPlan JSON)
-COMPLETED, DIVERGED = "completed", "diverged"  # result.json's status
-CORRUPT_SUFFIX = ".corrupt"  # an unreadable run-state file is moved aside to <name>.corrupt
 EXPLODED_WEIGHT = 1e8  # |w| beyond this, next to a non-finite loss, points at the learning rate
 
 log = logging.getLogger("embdim")
@@ -71,27 +68,6 @@ class Progress:
     start_valid_auc: float | None = None  # valid AUC of the state the stage started from (stages after the first)
     lr_drops: int = 0  # plateau schedule: drops so far in this stage
     evals_since_drop: int = 0  # plateau schedule: evaluations without improvement since the last drop
-
-
-def _to_batch(split: SplitArrays, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    ids = torch.from_numpy(np.take(split.ids, idx, axis=0).astype(np.int64))
-    dense = torch.from_numpy(np.take(split.dense, idx, axis=0)) if split.dense.shape[1] else None
-    labels = torch.from_numpy(np.take(split.labels, idx, axis=0))
-    return ids, dense, labels
-
-
-@torch.no_grad()
-def predict_logits(rec: torch.nn.Module, split: SplitArrays, batch_size: int) -> np.ndarray:
-    """Logits [N] for a whole split, in row order."""
-    was_training = rec.training
-    rec.eval()
-    out = []
-    for start in range(0, len(split), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(split)))
-        ids, dense, _ = _to_batch(split, idx)
-        out.append(rec(ids, dense).float().numpy())
-    rec.train(was_training)
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 def training_step(
@@ -125,11 +101,6 @@ def training_step(
     return loss.detach()
 
 
-def evaluate(rec: torch.nn.Module, split: SplitArrays, batch_size: int) -> dict[str, float]:
-    logits = predict_logits(rec, split, batch_size)
-    return {"auc": roc_auc(split.labels, logits), "logloss": log_loss(split.labels, logits)}
-
-
 class Trainer:
     """Trains ``cfg``'s model on ``data`` inside ``run_dir``; :meth:`fit` returns the result dict."""
 
@@ -138,10 +109,11 @@ class Trainer:
         self.data = data
         self.run_dir = Path(run_dir)
         self.tc = cfg.train
-        self.checkpoint_path = self.run_dir / "checkpoint.pt"
-        self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.best_path = self.run_dir / "best.safetensors"
-        self.initial_path = self.run_dir / "initial.safetensors"
+        self.folder = RunFolder(self.run_dir)
+        self.checkpoint_path = self.folder.checkpoint
+        self.metrics_path = self.folder.metrics
+        self.best_path = self.folder.best
+        self.initial_path = self.folder.initial
         self.stage_results: dict[str, dict[str, float]] = {}  # summaries of finished stages (kept in checkpoints)
         self.steps_per_epoch = (len(data.splits["train"]) + cfg.train.batch_size - 1) // cfg.train.batch_size
         self.warnings: list[str] = []  # what the run should say next to its result
@@ -344,7 +316,7 @@ class Trainer:
             )
             interval_start, interval_samples = time.perf_counter(), 0
             while p.batch < batches_per_epoch and not p.stopped:
-                ids, dense, labels = _to_batch(train, order[p.batch * bs : (p.batch + 1) * bs])
+                ids, dense, labels = batch_tensors(train, order[p.batch * bs : (p.batch + 1) * bs])
                 self._apply_lr(p)
                 t0 = time.perf_counter()
                 loss = self._step(ids, dense, labels, p)
@@ -490,13 +462,12 @@ class Trainer:
         valid = {"auc": last["valid_auc"], "logloss": last["valid_logloss"]}
         test = self._evaluate("test", p, self.searcher.stages[-1])
         plan = self.searcher.plan(self.lookup)
-        plan.save(self.run_dir / PLAN_FILE)
-        plot_plan(plan, self.data.schema.fields, self.run_dir)
+        plan.save(self.folder.plan)
         widths = self.searcher.model_input_widths()
         if widths is not None:
             with contextlib.suppress(NotImplementedError):  # FM, DLRM: no concatenated MLP input
                 self.rec.model.compact_inputs(widths)  # same logits, a smaller first MLP layer in the export
-        model_dir = self.run_dir / "model"
+        model_dir = self.folder.model
         export_model(self.rec, model_dir, {"dataset": self.cfg.dataset.name, "method": self.cfg.method.name})
         return {
             "status": COMPLETED,
@@ -531,7 +502,7 @@ class Trainer:
         """Largest |logit| difference between the exported slim model and the trained one on test rows."""
         test = self.data.splits["test" if self._has_test else "valid"]
         rows = min(len(test), EXPORT_CHECK_ROWS)
-        ids, dense, _ = _to_batch(test, np.arange(rows))
+        ids, dense, _ = batch_tensors(test, np.arange(rows))
         slim = load_model(model_dir)
         self.rec.eval()
         with torch.no_grad():

@@ -1,16 +1,10 @@
-"""Embedding quality by id frequency, and the effective rank of a table.
+"""Scoring a model on a split: logits, global AUC and logloss, and the same grouped by id frequency.
 
 :func:`frequency_report` scores any trained model (a :class:`~embdim.recommender.Recommender`,
-factorised, masked or slim) on test rows grouped by how often their ids occurred in training:
-rows whose id (in one field, or the rarest over all fields) was seen rarely fall in the low
-buckets. The MLET 2023 paper claims rare ids gain most from factorised training; this is the
-measurement.
-
-:func:`effective_rank` is Roy & Vetterli's effective rank (2007): ``exp(H(p))`` with
-``p_i = s_i / sum(s)`` the normalised singular values and ``H`` their Shannon entropy (natural
-log). It lies in ``[1, min(n, d)]``: 1 for a rank-1 table, ``min(n, d)`` when every singular value
-is equal. The MLET papers explain the method's gain by the higher effective rank of tables
-trained as products.
+factorised, masked or slim) on rows grouped by how often their ids occurred in training: rows
+whose id (in one field, or the rarest over all fields) was seen rarely fall in the low buckets.
+The MLET 2023 paper claims rare ids gain most from factorised training; this is the measurement.
+Reports may import this module; it imports nothing above ``train/``.
 """
 
 from __future__ import annotations
@@ -26,35 +20,34 @@ from embdim.data.schema import FieldInfo
 from embdim.train.metrics import log_loss, roc_auc
 
 DEFAULT_BUCKET_EDGES = (0, 5, 20, 100, 1000)
-GRAM_CHUNK_ROWS = 65536  # rows per float64 chunk when accumulating W^T W
 
 
-def singular_values(table: torch.Tensor | np.ndarray, chunk_rows: int = GRAM_CHUNK_ROWS) -> torch.Tensor:
-    """Singular values of ``table`` ``[n, d]`` (float64, descending).
-
-    Tall tables go through the ``d x d`` Gram matrix accumulated over row chunks in float64, so a
-    table of millions of rows is never copied whole into float64; ``s = sqrt(eig(W^T W))``."""
-    w = torch.as_tensor(table).detach()
-    n, d = w.shape
-    if n <= d:
-        return torch.linalg.svdvals(w.double())
-    gram = torch.zeros(d, d, dtype=torch.float64)
-    for start in range(0, n, chunk_rows):
-        part = w[start : start + chunk_rows].double()
-        gram += part.T @ part
-    return torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(0)
+def batch_tensors(split: SplitArrays, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Rows ``idx`` [B] of a split as tensors: ids int64 [B, F], dense float32 [B, Dn] (``None`` without
+    dense features), labels float32 [B]."""
+    ids = torch.from_numpy(np.take(split.ids, idx, axis=0).astype(np.int64))
+    dense = torch.from_numpy(np.take(split.dense, idx, axis=0)) if split.dense.shape[1] else None
+    labels = torch.from_numpy(np.take(split.labels, idx, axis=0))
+    return ids, dense, labels
 
 
-def effective_rank(table: torch.Tensor | np.ndarray) -> float:
-    """Roy & Vetterli's effective rank of ``table`` ``[n, d]``: ``exp`` of the entropy of its
-    normalised singular values; 0.0 for an all-zero table."""
-    s = singular_values(table)
-    total = s.sum()
-    if total <= 0:
-        return 0.0
-    p = s / total
-    p = p[p > 0]  # 0 * log 0 = 0
-    return float(torch.exp(-(p * p.log()).sum()))
+@torch.no_grad()
+def predict_logits(rec: torch.nn.Module, split: SplitArrays, batch_size: int) -> np.ndarray:
+    """Logits [N] for a whole split, in row order."""
+    was_training = rec.training
+    rec.eval()
+    out = []
+    for start in range(0, len(split), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(split)))
+        ids, dense, _ = batch_tensors(split, idx)
+        out.append(rec(ids, dense).float().numpy())
+    rec.train(was_training)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def evaluate(rec: torch.nn.Module, split: SplitArrays, batch_size: int) -> dict[str, float]:
+    logits = predict_logits(rec, split, batch_size)
+    return {"auc": roc_auc(split.labels, logits), "logloss": log_loss(split.labels, logits)}
 
 
 def row_frequencies(ids: np.ndarray, fields: Sequence[FieldInfo], field: int | str | None = None) -> np.ndarray:
@@ -121,8 +114,6 @@ def frequency_report(
 ) -> list[dict[str, Any]]:
     """Score ``rec`` on ``split`` (usually test) grouped by the training frequency of its rows' ids
     (see :func:`row_frequencies` for ``field``, :func:`group_by_frequency` for the output)."""
-    from embdim.train.trainer import predict_logits  # the trainer imports reports, not the reverse
-
     logits = predict_logits(rec, split, batch_size)
     freq = row_frequencies(np.asarray(split.ids), fields, field)
     return group_by_frequency(np.asarray(split.labels), logits, freq, edges)

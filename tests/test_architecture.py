@@ -1,0 +1,100 @@
+"""Dependencies run one way: no module imports one of a higher layer (module-level or inside a function)."""
+
+from __future__ import annotations
+
+import ast
+
+from conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "src" / "embdim"
+
+#: From the ground up. A module may import its own layer and those below, never one above.
+LAYERS: list[tuple[str, ...]] = [
+    ("errors", "options", "measures", "registry"),
+    ("data", "plan", "lookup", "rowwise", "slim", "distributed"),
+    ("backends", "searchers", "models"),
+    ("embedding", "recommender", "config"),
+    ("train",),
+    ("bench",),
+    ("report",),
+    ("cli", "__main__", "__init__"),
+]
+
+#: The deliberate exceptions: the registry imports the built-in plug-ins lazily, on first lookup.
+ALLOWED_UPWARD = {("registry", "data"), ("registry", "models"), ("registry", "searchers")}
+
+
+def _layer(module: str) -> int:
+    head = module.split(".")[0]
+    for level, names in enumerate(LAYERS):
+        if head in names:
+            return level
+    raise AssertionError(f"embdim.{module} is in no layer of tests/test_architecture.py: place it")
+
+
+MODULES = {".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in PACKAGE.rglob("*.py")}
+
+
+def _imports() -> list[tuple[str, str, int]]:
+    """(importing module, imported module, line) for every ``embdim.*`` import in the package
+    (``from embdim.x import y`` names ``x.y`` when ``y`` is a module)."""
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("embdim."):
+                base = node.module.removeprefix("embdim.")
+                subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
+                targets = [f"embdim.{t}" for t in subs] or [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("embdim.")]
+            else:
+                continue
+            out += [(module, t.removeprefix("embdim."), node.lineno) for t in targets]
+    return out
+
+
+def test_every_module_is_placed_in_a_layer():
+    for path in PACKAGE.rglob("*.py"):
+        _layer(".".join(path.relative_to(PACKAGE).with_suffix("").parts))
+
+
+def test_no_module_imports_one_of_a_higher_layer():
+    upward = [
+        f"embdim.{src} (layer {_layer(src)}) imports embdim.{dst} (layer {_layer(dst)}) at line {line}"
+        for src, dst, line in _imports()
+        if _layer(dst) > _layer(src) and (src.split(".")[0], dst.split(".")[0]) not in ALLOWED_UPWARD
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_the_ground_floor_imports_nothing_above_itself():
+    ground = {m for m in LAYERS[0] if m != "registry"}
+    assert not [(s, d) for s, d, _ in _imports() if s in ground and _layer(d) > 0]
+
+
+def test_there_is_no_import_cycle_besides_the_registrys_lazy_loading():
+    graph: dict[str, set[str]] = {}
+
+    def resolve(target: str) -> str:  # "data.readers" names data/readers/__init__.py
+        return target if target in MODULES else f"{target}.__init__"
+
+    for src, dst, _ in _imports():
+        if (src.split(".")[0], dst.split(".")[0]) not in ALLOWED_UPWARD:
+            graph.setdefault(src, set()).add(resolve(dst))
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "\n".join(cycles)
