@@ -48,7 +48,8 @@ def main() -> None:
             schema.fields, schema.num_dense, cfg.embedding.dim, cfg.model.name, cfg.model_options(), method, options
         )
         if name == "amtl finetune":
-            rec.embedding.searcher.begin_stage("finetune", rec.embedding.lookup)
+            searcher = rec.embedding.searcher
+            searcher.start_stage(next(s for s in searcher.stages() if s.name == "finetune"), rec.embedding.lookup)
         rec.train()
         setups[name] = (rec, recommender_optimizers(rec, cfg.train), [])
     bs = cfg.train.batch_size

@@ -44,6 +44,11 @@ SMALL_MODELS = {  # small widths so that every model trains in a second or two
 }
 
 
+def _stage(searcher, name: str):
+    """The searcher's stage record of that name."""
+    return next(stage for stage in searcher.stages() if stage.name == name)
+
+
 def model_config(tmp_path: Path, model: str, *overrides: str):
     """``small_config`` (synthetic data, d=8) with any of the four models."""
     base = [
@@ -126,7 +131,7 @@ def test_soft_mask_ablation_is_not_binary_and_freezing_makes_it_exact():
     _scramble(layer)
     mask = layer.searcher.mask(_ids())
     assert ((mask > 0) & (mask < 1)).any()
-    layer.searcher.begin_stage("finetune", layer.lookup)
+    layer.searcher.start_stage(_stage(layer.searcher, "finetune"), layer.lookup)
     ids = _ids(seed=2)
     with torch.no_grad():
         assert torch.allclose(layer.export()(ids), layer(ids), atol=1e-6)
@@ -219,7 +224,7 @@ def test_frozen_sizes_survive_a_weight_reload_and_a_checkpoint_round_trip():
     layer = _layer()
     _scramble(layer)
     s = layer.searcher
-    s.begin_stage("finetune", layer.lookup)
+    s.start_stage(_stage(s, "finetune"), layer.lookup)
     frozen = s.lengths()
     state = s.state_for_checkpoint()
     layer.load_state_dict(_layer().state_dict())  # a rewind / best reload: mask nets back to full length
@@ -232,10 +237,11 @@ def test_frozen_sizes_survive_a_weight_reload_and_a_checkpoint_round_trip():
 def test_budget_controller_raises_lambda_until_the_sizes_land():
     layer = _layer(budget={"kind": "fraction", "value": 0.4}, budget_interval=1)
     s = layer.searcher
-    assert s.selection("search") == "last" and not s.early_stopping("search")
+    search = _stage(s, "search")
+    assert search.selection == "last" and not search.patience
     opt = torch.optim.Adam([s.w1, s.b1, s.w2, s.b2], lr=1e-2)
     rng = np.random.default_rng(0)
-    start = s.penalty_weight
+    start = s.controller.lam
     for step in range(400):
         ids = _draw(rng, 256)
         out, penalty = layer.embed(ids)
@@ -246,13 +252,13 @@ def test_budget_controller_raises_lambda_until_the_sizes_land():
         loss.backward()
         opt.step()
         s.on_step(step, layer.lookup)
-        if s.stage_complete("search", layer.lookup):
+        if s.stage_done(search):
             break
-    assert s.stage_complete("search", layer.lookup), "the budget was never reached"
-    assert s.penalty_weight > start
+    assert s.stage_done(search), "the budget was never reached"
+    assert s.controller.lam > start
     assert layer.plan().num_bytes <= 0.4 * 1.02 * layer.plan().full_bytes
     frozen = s.lengths()
-    s.begin_stage("finetune", layer.lookup)  # the sizes frozen on landing are the ones fine-tuned
+    s.start_stage(_stage(s, "finetune"), layer.lookup)  # the sizes frozen on landing are the ones fine-tuned
     assert torch.equal(s.lengths(), frozen)
 
 

@@ -13,6 +13,7 @@ import yaml
 import embdim.train.run as run_module
 from conftest import TINY_SYNTHETIC
 from embdim.bench import bench_dir, load_bench, run_bench
+from embdim.budget import Budget, BudgetUnreachable
 from embdim.config import ConfigError
 from embdim.data.schema import FieldInfo
 from embdim.embedding import EmbeddingLayer
@@ -25,7 +26,6 @@ from embdim.report.bench_sizes import (
     plot_field_sizes_by_budget,
     plot_sizes_vs_frequency_by_budget,
 )
-from embdim.searchers.base import Budget, BudgetUnreachable
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "quickstart.yaml"
 FIELDS = [FieldInfo("a", 30), FieldInfo("b", 400), FieldInfo("c", 2000)]

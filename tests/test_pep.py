@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from embdim import EmbeddingLayer, FieldInfo
+from embdim.budget import Budget
 from embdim.config import ConfigError, TrainConfig
 from embdim.recommender import build_recommender, export_model, load_model
-from embdim.searchers.base import Budget
 from embdim.searchers.pep import PEPSearcher, budget_sparsity, soft_threshold, threshold_shape
 from embdim.train.optim import build_optimizers
 from embdim.train.run import run_experiment
@@ -54,6 +54,11 @@ def _layer(**options) -> EmbeddingLayer:
     layer = EmbeddingLayer(FIELDS, DIM, method="pep", method_config=FAST_SCHEDULE | options, init_std=0.1)
     layer.searcher.steps_per_epoch = STEPS_PER_EPOCH  # what the trainer sets
     return layer
+
+
+def _stage(searcher, name: str):
+    """The searcher's stage record of that name."""
+    return next(stage for stage in searcher.stages() if stage.name == name)
 
 
 def _table(layer: EmbeddingLayer) -> torch.Tensor:
@@ -184,7 +189,7 @@ def test_retraining_starts_from_step0_times_mask_and_pruned_entries_stay_exactly
     searcher: PEPSearcher = layer.searcher
     mask = searcher.masks_[0.7].clone()
     layer.load_state_dict(initial)  # what the trainer's rewind does (state_dict only)
-    searcher.begin_stage("retrain", layer.lookup)
+    searcher.start_stage(_stage(searcher, "retrain"), layer.lookup)
     table = _table(layer)
     assert torch.equal(table.detach(), initial["lookup.tables.all.weight"] * mask)
     assert not searcher.threshold.requires_grad
@@ -215,7 +220,7 @@ def test_random_reinit_keeps_the_mask_but_not_the_step0_values():
     layer, initial = _searched_layer(retrain_init="random")
     layer.load_state_dict(initial)
     mask = layer.searcher.masks_[0.7]
-    layer.searcher.begin_stage("retrain", layer.lookup)
+    layer.searcher.start_stage(_stage(layer.searcher, "retrain"), layer.lookup)
     table = _table(layer).detach()
     assert torch.count_nonzero(table[~mask]) == 0
     assert not torch.equal(table[mask], initial["lookup.tables.all.weight"][mask])
@@ -224,7 +229,7 @@ def test_random_reinit_keeps_the_mask_but_not_the_step0_values():
 def test_masks_and_phase_survive_a_checkpoint_round_trip():
     layer, initial = _searched_layer()
     layer.load_state_dict(initial)
-    layer.searcher.begin_stage("retrain", layer.lookup)
+    layer.searcher.start_stage(_stage(layer.searcher, "retrain"), layer.lookup)
     state = layer.searcher.state_for_checkpoint()
     fresh = _layer(targets=[0.7])
     fresh.load_state_dict(layer.state_dict())
@@ -292,7 +297,7 @@ def test_slim_csr_export_equals_the_masked_layer(granularity, phase, tmp_path):
     layer, initial = _searched_layer(granularity=granularity)
     if phase == "retrain":
         layer.load_state_dict(initial)
-        layer.searcher.begin_stage("retrain", layer.lookup)
+        layer.searcher.start_stage(_stage(layer.searcher, "retrain"), layer.lookup)
     ids = _ids(256, seed=3)
     with torch.no_grad():
         expected = layer(ids)
@@ -317,7 +322,7 @@ def test_every_model_exports_slim_logits_equal_to_the_masked_models(model, tmp_p
     layer = rec.embedding
     _raise_thresholds(layer, 0.75)
     layer.searcher.measure(layer.lookup)
-    layer.searcher.begin_stage("retrain", layer.lookup)
+    layer.searcher.start_stage(_stage(layer.searcher, "retrain"), layer.lookup)
     rec.eval()
     ids, dense = _ids(128, seed=5), torch.randn(128, 2)
     export_model(rec, tmp_path)
@@ -336,9 +341,9 @@ def test_budget_maps_to_a_sparsity_whose_retrained_plan_lands_on_it(budget):
     initial = {k: v.clone() for k, v in layer.state_dict().items()}
     _raise_thresholds(layer, min(0.99, target + 0.05))  # overshoot between two measurements
     searcher.measure(layer.lookup)
-    assert searcher.stage_complete("search", layer.lookup)
+    assert searcher.stage_done(_stage(searcher, "search"))
     layer.load_state_dict(initial)
-    searcher.begin_stage("retrain", layer.lookup)
+    searcher.start_stage(_stage(searcher, "retrain"), layer.lookup)
     plan = layer.plan()
     assert Budget(**budget).landed(plan, tolerance=0.01)
     assert plan.num_bytes == layer.export().stored_bytes()
@@ -349,22 +354,17 @@ def test_search_is_incomplete_and_patience_off_until_the_last_target():
     searcher: PEPSearcher = layer.searcher
     _raise_thresholds(layer, 0.6)
     searcher.measure(layer.lookup)
-    assert not searcher.stage_complete("search", layer.lookup)
-    assert not searcher.early_stopping("search")
-    assert searcher.selection("search") == "last" and searcher.selection("retrain") == "best"
-    assert searcher.rewinds_before("retrain") and not searcher.rewinds_before("search")
+    search, retrain = searcher.stages()
+    assert not searcher.stage_done(search)
+    assert not search.patience
+    assert search.selection == "last" and retrain.selection == "best"
+    assert retrain.rewind and not search.rewind
 
 
 def test_patience_may_stop_the_retraining_only_after_its_minimum_epochs():
-    layer = _layer(targets=[0.5], retrain_min_epochs=2)
-    searcher: PEPSearcher = layer.searcher
-    searcher._enter_retrain()
-    for step in range(2 * STEPS_PER_EPOCH):
-        assert not searcher.early_stopping("retrain"), step
-        searcher.on_step(step, layer.lookup)
-    assert searcher.early_stopping("retrain")
-    assert searcher.state_for_checkpoint()["retrain_steps"] == 2 * STEPS_PER_EPOCH
-    assert _layer(retrain_min_epochs=0).searcher.early_stopping("retrain")
+    _, retrain = _layer(targets=[0.5], retrain_min_epochs=2).searcher.stages()
+    assert retrain.patience and retrain.patience_after_epochs == 2  # the trainer counts (tests/test_train.py)
+    assert _layer(retrain_min_epochs=0).searcher.stages()[1].patience_after_epochs == 0
 
 
 def test_the_drift_rate_is_zero_in_the_warm_up_then_doubles_or_stays_constant():
@@ -475,14 +475,14 @@ def test_a_search_that_falls_short_completes_its_mask_by_margin_and_says_so():
     searcher.targets, searcher.retrain_sparsity = [0.7, 0.95], 0.95
     margins = searcher.margins(layer.lookup)
     with pytest.warns(UserWarning, match="below the retrain target"):
-        searcher.end_stage("search", layer.lookup)
+        searcher.end_stage(_stage(searcher, "search"), layer.lookup)
     assert sorted(searcher.masks_) == [0.7, 0.95]
     mask = searcher.masks_[0.95]
     assert int(mask.sum()) == round(0.05 * N * DIM)
     assert margins[mask].min() >= margins[~mask].max()  # the kept entries are those furthest above threshold
     assert not (mask & ~searcher.masks_[0.7]).any()  # nested in what the search itself kept
     layer.load_state_dict(initial)
-    searcher.begin_stage("retrain", layer.lookup)
+    searcher.start_stage(_stage(searcher, "retrain"), layer.lookup)
     report = searcher.report(layer.lookup)
     assert layer.plan().num_params == int(mask.sum()) and report["final_sparsity"] == pytest.approx(0.95, abs=1e-3)
     assert not report["retrain_target_reached"] and report["retrain_mask_completed_by_margin"]
@@ -545,8 +545,8 @@ def test_a_run_killed_in_retraining_resumes_with_its_mask_to_the_same_result(tmp
 
 
 def test_a_budget_below_the_csr_offsets_is_unreachable_before_training():
+    from embdim.budget import Budget, BudgetUnreachable
     from embdim.registry import SEARCHERS
-    from embdim.searchers.base import Budget, BudgetUnreachable
 
     fields = [FieldInfo("a", 100), FieldInfo("b", 1000)]
     pep = SEARCHERS.get("pep")

@@ -190,3 +190,18 @@ def test_a_plugin_mapping_extends_its_library_config(tmp_path):
     assert as_options["threshold_lr"] == 0.123 and as_options["s0"] == -9.0
     (library / "methods" / "pep.yaml").unlink()  # no library config: the mapping stands alone
     assert compose(experiment)["method"]["options"] == {"s0": -8.0}
+
+
+def test_patience_counts_only_in_stages_that_allow_it_and_after_their_minimum_epochs(tmp_path):
+    from embdim.searchers.base import Stage
+    from embdim.train.run import prepare_dataset
+    from embdim.train.trainer import Progress
+
+    cfg = small_config(tmp_path, "name=p")
+    trainer = Trainer(cfg, prepare_dataset(cfg, progress=False), tmp_path / "p")
+    spe = trainer.steps_per_epoch
+    later = Stage("retrain", patience_after_epochs=2)
+    assert not trainer._patience_counts(Progress(step=2 * spe - 1), later)
+    assert trainer._patience_counts(Progress(step=2 * spe), later)
+    assert not trainer._patience_counts(Progress(step=10 * spe), Stage("search", patience=False))
+    assert trainer._max_steps(Stage("s", max_steps=7)) == 7

@@ -36,19 +36,17 @@ import polars as pl
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from embdim.budget import LANDING_TOLERANCE, Budget, BudgetUnreachable, uniform_bytes
 from embdim.config import ConfigError, RunConfig, _format_errors, check_folder_name, load_config
 from embdim.errors import DivergedError
 from embdim.options import Options
-from embdim.plan import FLOAT_BYTES
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, BudgetUnreachable
 
 RESULTS_FILE = "results.csv"
 RUNS_DIR = "runs"  # the sweep's run folders, under its bench folder
 STALE_DIR = "stale"  # run folders of an earlier config, moved aside by --rerun-stale
 REFERENCE_METHOD = "full"
 REFERENCE_BUDGET = 1.0
-LANDING_TOLERANCE = 0.1  # a run lands on its budget when its slim bytes are within 10 % of it
 PARENT_POLL_SECONDS = 1.0  # how often a worker checks that its sweep process is still alive
 
 
@@ -185,7 +183,7 @@ def plan_runs(cfg: BenchConfig, base: Path) -> list[PlannedRun]:
     reference = MethodEntry(name=REFERENCE_METHOD, label="reference")
     first = config_for(reference, cfg.seeds[0], "probe", [])
     fields = prepare_dataset(first, progress=first.train.progress).schema.fields
-    full_bytes = sum(f.vocab_size for f in fields) * first.embedding.dim * FLOAT_BYTES
+    full_bytes = uniform_bytes(fields, first.embedding.dim)
     runs: list[PlannedRun] = []
     for seed in cfg.seeds:
         ref = PlannedRun(reference, Budget(value=REFERENCE_BUDGET), seed, None, target_bytes=full_bytes)

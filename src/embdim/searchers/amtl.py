@@ -53,12 +53,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from embdim.budget import Budget, PenaltyController
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
 from embdim.measures import spearman
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan, ragged_index
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, Embedded, MethodMemory, Searcher, SearcherConfig
+from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig, Stage
 from embdim.slim import RaggedGroup, SlimEmbedding
 
 NUM_FREQ_FEATURES = 3
@@ -222,8 +223,14 @@ class AMTLSearcher(Searcher):
         # argmax = full length d at init, whatever the frequency: a hot start keeps every embedding intact
         self.b2 = nn.Parameter(b2)
         self.stage = SEARCH
-        self.stages = (SEARCH, FINETUNE) if config.finetune else (SEARCH,)  # type: ignore[misc]
-        self.penalty_weight = config.size_penalty if config.budget is None else config.budget_initial_penalty
+        # lambda of the size penalty: fixed, or steered by the budget controller (multiplicative, positive)
+        self.controller = PenaltyController(
+            config.size_penalty if config.budget is None else config.budget_initial_penalty,
+            "log",
+            kp=config.budget_rate,
+            bounds=PENALTY_WEIGHT_BOUNDS,
+            error_cap=BUDGET_LOG_STEP_CAP,
+        )
         self.frozen_lengths: torch.Tensor | None = None  # [n] once the sizes are frozen
         self.last_bytes_ratio: float | None = None
         self._previous_class_lengths: torch.Tensor | None = None  # sizes before the last step (for landing)
@@ -287,8 +294,8 @@ class AMTLSearcher(Searcher):
     def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> Embedded:
         mask, expected = self._mask_and_soft(ids)
         penalty = None
-        if self.training and expected is not None and self.penalty_weight > 0:
-            penalty = self.penalty_weight * self._size_estimate(ids, expected)
+        if self.training and expected is not None and self.controller.lam > 0:
+            penalty = self.controller.lam * self._size_estimate(ids, expected)
         return Embedded(raw.stacked() * mask, penalty)
 
     def _size_estimate(self, ids: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
@@ -376,7 +383,7 @@ class AMTLSearcher(Searcher):
             "twins": self.config.twins,
             "straight_through": self.config.straight_through,
             "frozen": self.frozen_lengths is not None,
-            "penalty_weight": self.penalty_weight,
+            "penalty_weight": self.controller.lam,
             "mean_length": float(lengths.float().mean()),
             "spearman_size_frequency": self.frequency_correlation(lengths),
         }
@@ -396,25 +403,23 @@ class AMTLSearcher(Searcher):
         return self.config.budget is not None or self.config.size_penalty > 0
 
     def _target_ratio(self) -> float | None:
-        if self.config.budget is None:
-            return None
-        full = sum(self.vocab_sizes) * self.dim * 4
-        return self.config.budget.target_bytes(full) / full
+        return None if self.config.budget is None else self.config.budget.share(self.fields, self.dim)
 
-    def begin_stage(self, stage: str, lookup: Lookup) -> None:
-        self.stage = stage
-        if stage == FINETUNE and self.frozen_lengths is None:
+    def stages(self) -> tuple[Stage, ...]:
+        """The search (a budget search ends when its sizes land, and hands on its last state whenever a
+        penalty or budget drives the sizes), then, with ``finetune``, training with the sizes frozen."""
+        budget = self.config.budget is not None
+        search = Stage(SEARCH, patience=not budget, selection="last" if self._driven() else "best")
+        return (search, Stage(FINETUNE)) if self.config.finetune else (search,)
+
+    def start_stage(self, stage: Stage, lookup: Lookup) -> None:
+        self.stage = stage.name
+        if stage.name == FINETUNE and self.frozen_lengths is None:
             self.frozen_lengths = self.lengths()
 
-    def early_stopping(self, stage: str) -> bool:
-        return not (stage == SEARCH and self.config.budget is not None)
-
-    def stage_complete(self, stage: str, lookup: Lookup) -> bool:
+    def stage_done(self, stage: Stage) -> bool:
         # with a budget, search ends at the first evaluation after the sizes landed (and were frozen)
-        return stage == SEARCH and self.config.budget is not None and self.frozen_lengths is not None
-
-    def selection(self, stage: str) -> Literal["best", "last"]:
-        return "last" if stage == SEARCH and self._driven() else "best"
+        return stage.name == SEARCH and self.config.budget is not None and self.frozen_lengths is not None
 
     def on_step(self, step: int, lookup: Lookup) -> None:
         target = self._target_ratio()
@@ -431,16 +436,14 @@ class AMTLSearcher(Searcher):
         self._previous_class_lengths = current
         if (step + 1) % self.config.budget_interval:
             return
-        error = min(max(ratio / target - 1.0, -BUDGET_LOG_STEP_CAP), BUDGET_LOG_STEP_CAP)
-        lo, hi = PENALTY_WEIGHT_BOUNDS
-        self.penalty_weight = min(max(self.penalty_weight * math.exp(self.config.budget_rate * error), lo), hi)
+        self.controller.update(ratio / target - 1.0)
 
     def metrics(self, lookup: Lookup) -> dict[str, float]:
         lengths = self.lengths()
         return {
             "amtl_bytes_ratio": self._bytes_ratio(lengths),
             "amtl_mean_length": float(lengths.float().mean()),
-            "amtl_penalty_weight": float(self.penalty_weight),
+            "amtl_penalty_weight": float(self.controller.lam),
             "amtl_spearman": self.frequency_correlation(lengths)["all"],
         }
 
@@ -452,16 +455,16 @@ class AMTLSearcher(Searcher):
             "bytes_ratio": self._bytes_ratio(lengths),
             "length_histogram": {str(k + 1): int(c) for k, c in enumerate(hist)},
             "spearman_size_frequency": self.frequency_correlation(lengths),
-            "penalty_weight": float(self.penalty_weight),
+            "penalty_weight": float(self.controller.lam),
             "budget_target_ratio": self._target_ratio(),
             "frozen": self.frozen_lengths is not None,
         }
 
     def state_for_checkpoint(self) -> dict[str, Any]:
         # outside the state dict: load_weights (best / initial) must not undo a freeze or the controller
-        return {"stage": self.stage, "penalty_weight": self.penalty_weight, "frozen_lengths": self.frozen_lengths}
+        return {"stage": self.stage, "penalty_weight": self.controller.lam, "frozen_lengths": self.frozen_lengths}
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         self.stage = state.get("stage", SEARCH)
-        self.penalty_weight = state.get("penalty_weight", self.penalty_weight)
+        self.controller.lam = state.get("penalty_weight", self.controller.lam)
         self.frozen_lengths = state.get("frozen_lengths")

@@ -1,17 +1,22 @@
 """The searcher interface: one ``nn.Module`` per embedding-size method.
 
 A searcher turns looked-up raw vectors into the embeddings a model reads, ``[B, F, d]``, with
-exact zeros where dimensions or elements are pruned. It also owns the method's stage logic
-(search, retrain, cut, collapse) through hooks the trainer calls, so there is never one model
-class per training stage.
+exact zeros where dimensions or elements are pruned, and the batch's penalty. It also owns the
+method's stage logic (search, retrain, cut, collapse), so there is never one model class per
+training stage: its stages are data (:class:`Stage`: how each may end, which weights it hands on,
+whether it rewinds), and there is one hook per event, the only methods that change its state;
+everything else is a query.
 
 Lifecycle, as driven by :class:`embdim.train.trainer.Trainer`::
 
-    for stage in searcher.stages:          # e.g. ("search", "retrain") for PEP
-        searcher.begin_stage(stage, lookup)
+    for stage in searcher.stages():        # e.g. Stage("search", ...), Stage("retrain", rewind=True) for PEP
+        (stage.rewind: every weight back to its step-0 value)
+        searcher.start_stage(stage, lookup)
         for each step: emb, penalty = searcher(raw, ids); loss = task_loss + penalty; ...
                        searcher.on_step(step, lookup)
-        at each evaluation: searcher.metrics(lookup) is logged
+        at each evaluation: searcher.on_evaluation(stage, lookup); searcher.metrics(lookup) is logged;
+                            the stage ends when searcher.stage_done(stage) (or by its Stage rules)
+        (stage.selection == "best": the stage's best weights are loaded)
         searcher.end_stage(stage, lookup)
     plan = searcher.plan(lookup); slim = searcher.export(lookup)
 """
@@ -23,71 +28,18 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
+from embdim.budget import Budget, BudgetUnreachable, uniform_bytes
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec
 from embdim.options import Options
-from embdim.plan import FLOAT_BYTES, EmbeddingPlan
+from embdim.plan import EmbeddingPlan
 from embdim.slim import DenseGroup, SlimEmbedding
 
 
 class SearcherConfig(Options):
     """Base of every searcher's options; unknown keys are an error that names the key."""
-
-
-class Budget(Options):
-    """A memory target for the slim embedding, shared by every method that can aim at one.
-
-    ``kind``: ``fraction`` of the uniform model's embedding bytes, absolute ``bytes``, or
-    embedding ``params``.
-    """
-
-    kind: Literal["fraction", "bytes", "params"] = Field("fraction", description="what value measures")
-    value: float = Field(gt=0, description="the target: a fraction in (0, 1], or a count of bytes / parameters")
-
-    @model_validator(mode="after")
-    def _fraction_at_most_one(self) -> Budget:
-        if self.kind == "fraction" and self.value > 1:
-            raise ValueError(
-                f"a fraction of the uniform model's bytes lies in (0, 1], got {self.value:g} "
-                "(a larger model is no budget; use kind: bytes or params for absolute targets)"
-            )
-        return self
-
-    def target_bytes(self, full_bytes: int, bytes_per_param: float = 4.0) -> float:
-        """The target in bytes, given the uniform model's bytes (params count ``bytes_per_param`` each)."""
-        if self.kind == "fraction":
-            return self.value * full_bytes
-        return self.value if self.kind == "bytes" else self.value * bytes_per_param
-
-    def landed(self, plan: EmbeddingPlan, tolerance: float = 0.1) -> bool:
-        """Whether ``plan`` is within ``tolerance`` (relative) of this target."""
-        if self.kind == "params":
-            return abs(plan.num_params - self.value) <= tolerance * self.value
-        target = self.target_bytes(plan.full_bytes)
-        return abs(plan.num_bytes - target) <= tolerance * target
-
-
-class BudgetUnreachable(ValueError):
-    """A method cannot aim at the requested memory budget (reports say so instead of substituting)."""
-
-
-def uniform_dim_for_budget(fields: list[FieldInfo], dim: int, budget: Budget, tolerance: float = 0.1) -> int:
-    """The uniform width whose ``n x d'`` tables land within ``tolerance`` of ``budget`` (bytes relative to
-    ``n x dim``); raises :class:`BudgetUnreachable` when no integer width does."""
-    rows = sum(f.vocab_size for f in fields)
-    full_bytes = rows * dim * FLOAT_BYTES
-    target = budget.target_bytes(full_bytes)
-    best = max(1, round(target / (rows * FLOAT_BYTES)))
-    landed = abs(best * rows * FLOAT_BYTES - target) <= tolerance * target
-    if not landed or best > dim:
-        raise BudgetUnreachable(
-            f"no uniform width lands within {tolerance:.0%} of {target:,.0f} bytes "
-            f"(nearest: d={best}, {best * rows * FLOAT_BYTES:,} bytes)"
-        )
-    return best
 
 
 class Embedded(NamedTuple):
@@ -118,6 +70,30 @@ class MethodMemory:
     state: int = 0
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of a method, as data the trainer follows.
+
+    Attributes:
+        name: what metrics.jsonl and result.json call it.
+        patience: whether validation patience (``train.patience``) may end it, and the plateau
+            schedule drop its rates; a search that must reach its target ends only by
+            :meth:`Searcher.stage_done` (or the step limits).
+        patience_after_epochs: epochs trained before patience counts (a rewound model dips at first).
+        selection: the weights it hands on: its ``best`` validation checkpoint, or its ``last`` state
+            (for a search whose sizes keep shrinking, the best-AUC step would undo the search).
+        rewind: every weight is reset to its step-0 value before it starts (lottery-ticket retraining).
+        max_steps: it ends after this many steps (and ``train.max_steps``, whichever is first).
+    """
+
+    name: str
+    patience: bool = True
+    patience_after_epochs: float = 0.0
+    selection: Literal["best", "last"] = "best"
+    rewind: bool = False
+    max_steps: int | None = None
+
+
 class Searcher(nn.Module, ABC):
     """Base class of embedding-size methods.
 
@@ -135,7 +111,6 @@ class Searcher(nn.Module, ABC):
     """
 
     Config: ClassVar[type[SearcherConfig]] = SearcherConfig
-    stages: ClassVar[tuple[str, ...]] = ("train",)
 
     def __init__(
         self, fields: list[FieldInfo], dim: int, config: SearcherConfig, init_std: float = DEFAULT_INIT_STD
@@ -163,8 +138,8 @@ class Searcher(nn.Module, ABC):
         """``(dim, config)`` with which this method aims at ``budget`` (used by ``embdim bench``).
 
         Default: methods whose Config has a ``budget`` option get it set; others cannot aim at a budget
-        and raise :class:`BudgetUnreachable`. Methods that meet a budget by their width (``full``, ``mlet``)
-        or by a scale (``mde``) override this.
+        and raise :class:`~embdim.budget.BudgetUnreachable`. Methods that meet a budget by their width
+        (``full``, ``mlet``) or by a scale (``mde``) override this.
         """
         if "budget" in type(config).model_fields:
             return dim, config.model_copy(update={"budget": budget})
@@ -174,7 +149,7 @@ class Searcher(nn.Module, ABC):
     def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:
         """What training this method holds in memory, computed without building it (so a run too large
         for the machine is refused before it allocates). Default: one ``n x d`` float32 table."""
-        return MethodMemory(tables=sum(f.vocab_size for f in fields) * dim * FLOAT_BYTES)
+        return MethodMemory(tables=uniform_bytes(fields, dim))
 
     def table_specs(self) -> list[TableSpec]:
         """Raw tables this method trains; default: one ``n x d`` table holding every field."""
@@ -189,18 +164,9 @@ class Searcher(nn.Module, ABC):
         parameter, follow ``train``'s (lr, weight_decay)."""
         return []
 
-    def early_stopping(self, stage: str) -> bool:
-        """Whether validation patience may end ``stage`` (False while a search must reach its target)."""
-        return True
-
-    def stage_complete(self, stage: str, lookup: Lookup) -> bool:
-        """Checked at each evaluation: True ends ``stage`` now (e.g. the last sparsity target is reached)."""
-        return False
-
-    def selection(self, stage: str) -> Literal["best", "last"]:
-        """Weights a stage hands on: its ``best`` validation checkpoint, or its ``last`` state (for search
-        stages whose sizes keep shrinking, the best-AUC step would undo the search)."""
-        return "best"
+    def stages(self) -> tuple[Stage, ...]:
+        """The method's training stages, in order; default: one stage that patience may end."""
+        return (Stage("train"),)
 
     def model_input_widths(self) -> list[int] | None:
         """Per-field widths a concat->MLP model may compact its first layer to before export (after a cut);
@@ -211,21 +177,27 @@ class Searcher(nn.Module, ABC):
         """JSON-able method details merged into ``result.json`` under ``"searcher"``."""
         return {}
 
-    def rewinds_before(self, stage: str) -> bool:
-        """Whether every weight is reset to its step-0 value before ``stage`` (lottery-ticket retraining)."""
-        return False
-
-    def begin_stage(self, stage: str, lookup: Lookup) -> None:
-        """Called before each stage's first step (rewind, cut, collapse...)."""
-
-    def end_stage(self, stage: str, lookup: Lookup) -> None:
-        """Called after each stage, with the stage's best weights loaded."""
+    # ------------------------------------------------------------------ hooks: the only state changes
+    def start_stage(self, stage: Stage, lookup: Lookup) -> None:
+        """Before ``stage``'s first step (after a rewind): apply a cut, a mask, freeze sizes..."""
 
     def on_step(self, step: int, lookup: Lookup) -> None:
-        """Called after every optimizer step (schedules, controllers); ``step`` counts from 0."""
+        """After every optimizer step (schedules, controllers); ``step`` counts from 0 within the stage."""
+
+    def on_evaluation(self, stage: Stage, lookup: Lookup) -> None:
+        """At each validation evaluation of ``stage``, before :meth:`metrics` is logged (a scheduled
+        measurement, a target reached, a size recorded for the stability check)."""
+
+    def end_stage(self, stage: Stage, lookup: Lookup) -> None:
+        """After ``stage``, with the weights it hands on loaded (complete a mask, cut at the end)."""
+
+    # ------------------------------------------------------------------ queries
+    def stage_done(self, stage: Stage) -> bool:
+        """Read after each evaluation: True ends ``stage`` now (e.g. the last sparsity target is reached)."""
+        return False
 
     def metrics(self, lookup: Lookup) -> dict[str, float]:
-        """Scalars logged at each evaluation (e.g. sparsity of the whole table)."""
+        """Scalars logged at each evaluation (e.g. sparsity of the whole table); read-only."""
         return {}
 
     def state_for_checkpoint(self) -> dict[str, Any]:

@@ -54,17 +54,19 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from embdim.budget import Budget, PenaltyController
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, Embedded, Searcher, SearcherConfig
+from embdim.searchers.base import Embedded, Searcher, SearcherConfig, Stage
 from embdim.slim import DenseGroup, SlimEmbedding
 
 #: The soft mask's midpoint sits half a position past the length, so the 0.5 crossing is round(N).
 HALF_POSITION = 0.5
 #: Rounded lengths of the last evaluations kept for the stability check (more than any sensible stable_evals).
 MAX_HISTORY = 64
+SEARCH, FINETUNE = "search", "finetune"
 
 
 class DMLConfig(SearcherConfig):
@@ -158,13 +160,10 @@ class DMLSearcher(Searcher):
     """
 
     Config = DMLConfig
-    stages = ("search", "finetune")
 
     def __init__(self, fields: list[FieldInfo], dim: int, config: DMLConfig, init_std: float = DEFAULT_INIT_STD):
         super().__init__(fields, dim, config, init_std)
         self.config: DMLConfig = config
-        if config.finetune_max_steps == 0:
-            self.stages = ("search",)
         group_of = self._length_groups(config)
         num_groups = int(max(group_of)) + 1
         self.register_buffer("group_of_field", torch.tensor(group_of, dtype=torch.long), persistent=False)
@@ -181,19 +180,21 @@ class DMLSearcher(Searcher):
         # the cut: per-field kept widths, 0 while searching; persistent so checkpoints and best weights carry it
         self.register_buffer("cut_dims", torch.zeros(len(fields), dtype=torch.long))
         self.tau = config.tau_start
-        self.lam = config.penalty  # lambda now; the budget controller moves it (and may make it negative)
-        self.integral = config.penalty
+        # lambda now; the budget controller moves it (and may make it negative)
+        self.controller = PenaltyController(
+            config.penalty,
+            "pi",
+            kp=config.controller_kp,
+            ki=config.controller_ki,
+            bounds=(-config.penalty_limit, config.penalty_limit),
+        )
         self.search_steps = 0
         self.finetune_steps = 0
         self.history: list[list[int]] = []
         self.repaired = 0
         self.target_share: float | None = None
         if config.budget is not None:
-            full_bytes = sum(self.vocab_sizes) * dim * 4
-            if config.budget.kind == "params":
-                self.target_share = config.budget.value / (sum(self.vocab_sizes) * dim)
-            else:
-                self.target_share = config.budget.target_bytes(full_bytes) / full_bytes
+            self.target_share = config.budget.share(self.fields, dim)
             if not 0.0 < self.target_share <= 1.0:
                 raise ValueError(
                     f"budget: target is {self.target_share:.3f} of the full tables; dml can only shrink (0, 1]"
@@ -259,9 +260,9 @@ class DMLSearcher(Searcher):
 
     def size_penalty(self) -> torch.Tensor | None:
         """``lambda * sum_f w_f N_f / d`` while searching (``None`` once cut, while warming up, or at lambda 0)."""
-        if self.is_cut or self.warming_up or self.lam == 0.0:
+        if self.is_cut or self.warming_up or self.controller.lam == 0.0:
             return None
-        return self.lam * (self.penalty_weight * self.lengths()).sum() / self.dim
+        return self.controller.lam * (self.penalty_weight * self.lengths()).sum() / self.dim
 
     def kept_share(self, widths: list[int] | torch.Tensor | None = None) -> float:
         """Share of full table memory kept by ``widths`` (default: the continuous lengths)."""
@@ -288,30 +289,31 @@ class DMLSearcher(Searcher):
             # PI control of a signed multiplier on the relative size error (dual ascent on "size = target"):
             # too big -> stronger penalty; too small -> negative lambda regrows lengths, which nothing else
             # would do (cut dimensions get no task gradient once masked)
-            c = self.config
-            error = (self.kept_share() - self.target_share) / self.target_share
-            self.integral = min(max(self.integral + c.controller_ki * error, -c.penalty_limit), c.penalty_limit)
-            self.lam = min(max(self.integral + c.controller_kp * error, -c.penalty_limit), c.penalty_limit)
+            self.controller.update((self.kept_share() - self.target_share) / self.target_share)
 
-    def early_stopping(self, stage: str) -> bool:
-        return stage != "search"
-
-    def selection(self, stage: str) -> Literal["best", "last"]:
-        return "last" if stage == "search" else "best"
+    def stages(self) -> tuple[Stage, ...]:
+        """The search, which its controller and stability check end (its last state is what is cut), then
+        the fine-tune of the cut model (none with ``finetune_max_steps=0``: the cut ends the search)."""
+        search = Stage(SEARCH, patience=False, selection="last", max_steps=self.config.max_search_steps)
+        if self.config.finetune_max_steps == 0:
+            return (search,)
+        return search, Stage(FINETUNE, max_steps=self.config.finetune_max_steps)
 
     def _landed(self, widths: list[int]) -> bool:
         if self.target_share is None:
             return True
         return abs(self.kept_share(widths) - self.target_share) <= self.config.budget_tolerance * self.target_share
 
-    def stage_complete(self, stage: str, lookup: Lookup) -> bool:
+    def on_evaluation(self, stage: Stage, lookup: Lookup) -> None:
+        if stage.name == SEARCH:
+            self.history = [*self.history, self.rounded_lengths()][-MAX_HISTORY:]
+
+    def stage_done(self, stage: Stage) -> bool:
+        """The search is done once the rounded sizes have settled (after ``min_search_steps``) and, with a
+        budget, the continuous lengths are on target."""
         c = self.config
-        if stage != "search":
-            return c.finetune_max_steps is not None and self.finetune_steps >= c.finetune_max_steps
-        widths = self.rounded_lengths()
-        self.history = [*self.history, widths][-MAX_HISTORY:]
-        if c.max_search_steps is not None and self.search_steps >= c.max_search_steps:
-            return True
+        if stage.name != SEARCH:
+            return False
         min_steps = c.warmup_steps + c.anneal_steps if c.min_search_steps is None else c.min_search_steps
         shares = [self.kept_share(w) for w in self.history[-(c.stable_evals + 1) :]]
         stable = len(shares) == c.stable_evals + 1 and max(shares) - min(shares) <= c.stable_tolerance
@@ -322,12 +324,12 @@ class DMLSearcher(Searcher):
         )
         return self.search_steps >= min_steps and stable and on_target
 
-    def begin_stage(self, stage: str, lookup: Lookup) -> None:
-        if stage == "finetune" and not self.is_cut:
+    def start_stage(self, stage: Stage, lookup: Lookup) -> None:
+        if stage.name == FINETUNE and not self.is_cut:
             self.cut()
 
-    def end_stage(self, stage: str, lookup: Lookup) -> None:
-        if stage == "search" and "finetune" not in self.stages and not self.is_cut:
+    def end_stage(self, stage: Stage, lookup: Lookup) -> None:
+        if stage.name == SEARCH and self.config.finetune_max_steps == 0 and not self.is_cut:
             self.cut()
 
     # ------------------------------------------------------------------ the cut
@@ -385,7 +387,7 @@ class DMLSearcher(Searcher):
             "dml_tau": self.tau,
         }
         if not self.is_cut:
-            out["dml_lambda"] = self.lam
+            out["dml_lambda"] = self.controller.lam
         return out
 
     def report(self, lookup: Lookup) -> dict[str, Any]:
@@ -398,7 +400,7 @@ class DMLSearcher(Searcher):
             "target_share": self.target_share,
             "landed": self._landed(self.rounded_lengths()),
             "budget_repair_moves": self.repaired,
-            "final_lambda": self.lam,
+            "final_lambda": self.controller.lam,
             "final_tau": self.tau,
             "search_steps": self.search_steps,
             "finetune_steps": self.finetune_steps,
@@ -407,8 +409,8 @@ class DMLSearcher(Searcher):
     def state_for_checkpoint(self) -> dict[str, Any]:
         return {
             "tau": self.tau,
-            "lambda": self.lam,
-            "integral": self.integral,
+            "lambda": self.controller.lam,
+            "integral": self.controller.integral,
             "search_steps": self.search_steps,
             "finetune_steps": self.finetune_steps,
             "history": [list(w) for w in self.history],
@@ -417,8 +419,8 @@ class DMLSearcher(Searcher):
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         self.tau = float(state["tau"])
-        self.lam = float(state["lambda"])
-        self.integral = float(state["integral"])
+        self.controller.lam = float(state["lambda"])
+        self.controller.integral = float(state["integral"])
         self.search_steps = int(state["search_steps"])
         self.finetune_steps = int(state["finetune_steps"])
         self.history = [list(w) for w in state["history"]]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from embdim.budget import Budget, uniform_dim_for_budget
 from embdim.data.schema import FieldInfo
 from embdim.lookup import Lookup, RawEmbeddings
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, Embedded, Searcher, SearcherConfig, uniform_dim_for_budget
+from embdim.searchers.base import Embedded, Searcher, SearcherConfig
 
 
 class FullConfig(SearcherConfig):

@@ -15,14 +15,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from embdim.budget import LANDING_TOLERANCE, Budget, BudgetUnreachable, uniform_bytes
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec, group_fields_by_width
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Budget, BudgetUnreachable, Embedded, MethodMemory, Searcher, SearcherConfig
+from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig
 from embdim.slim import DenseGroup, SlimEmbedding, project_fields
-
-BUDGET_TOLERANCE = 0.1  # relative distance to a budget that counts as landing on it
 
 
 class MDEConfig(SearcherConfig):
@@ -43,6 +42,20 @@ def mde_dims(vocab_sizes: list[int], dim: int, alpha: float, base_dim: int, min_
     return dims
 
 
+def mde_values(vocab_sizes: list[int], dim: int, config: MDEConfig) -> tuple[int, int]:
+    """Table values (``sum n_f d_f``) and projection values (``d_f x d`` per field narrower than ``d``)."""
+    widths = mde_dims(
+        vocab_sizes, dim, config.alpha, config.base_dim or dim, config.min_dim, config.round_to_power_of_two
+    )
+    tables = sum(n * w for n, w in zip(vocab_sizes, widths, strict=True))
+    return tables, sum(w * dim for w in widths if w < dim)
+
+
+def mde_bytes(vocab_sizes: list[int], dim: int, config: MDEConfig) -> int:
+    """Bytes of MDE's slim embedding (tables and projections, float32): what its plan counts."""
+    return sum(mde_values(vocab_sizes, dim, config)) * FLOAT_BYTES
+
+
 @SEARCHERS.register("mde")
 class MDESearcher(Searcher):
     """Mixed dimensions per field, projected to ``d``."""
@@ -55,18 +68,17 @@ class MDESearcher(Searcher):
     ) -> tuple[int, SearcherConfig]:
         """Scale the power law (``base_dim``, alpha fixed) to the budget; the plan's bytes count projections."""
         assert isinstance(config, MDEConfig)
-        full_bytes = sum(f.vocab_size for f in fields) * dim * FLOAT_BYTES
-        target = budget.target_bytes(full_bytes)
+        target = budget.target_bytes(uniform_bytes(fields, dim))
         sizes = [f.vocab_size for f in fields]
         # widths are clipped to dim, so a base above dim still scales the large-vocabulary fields
         largest_base = math.ceil(dim * (max(sizes) / min(sizes)) ** config.alpha)
         candidates = []
         for base in range(1, largest_base + 1):
             option = config.model_copy(update={"base_dim": base, "min_dim": min(config.min_dim, base)})
-            plan = cls(fields, dim, option).plan(None)  # type: ignore[arg-type]  (MDE plans need no tables)
-            candidates.append((abs(plan.num_bytes - target), option, plan.num_bytes))
+            stored = mde_bytes(sizes, dim, option)
+            candidates.append((abs(stored - target), option, stored))
         gap, option, got = min(candidates, key=lambda c: c[0])
-        if gap > BUDGET_TOLERANCE * target:
+        if gap > LANDING_TOLERANCE * target:
             raise BudgetUnreachable(
                 f"mde (alpha={config.alpha}) gets no closer than {got:,} bytes to {target:,.0f} with any base_dim"
             )
@@ -93,15 +105,8 @@ class MDESearcher(Searcher):
     @classmethod
     def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:
         assert isinstance(config, MDEConfig)
-        sizes = [f.vocab_size for f in fields]
-        widths = mde_dims(
-            sizes, dim, config.alpha, config.base_dim or dim, config.min_dim, config.round_to_power_of_two
-        )
-        projections = sum(w * dim for w in widths if w < dim)
-        return MethodMemory(
-            tables=sum(n * w for n, w in zip(sizes, widths, strict=True)) * FLOAT_BYTES,
-            parameters=projections * FLOAT_BYTES,
-        )
+        tables, projections = mde_values([f.vocab_size for f in fields], dim, config)
+        return MethodMemory(tables=tables * FLOAT_BYTES, parameters=projections * FLOAT_BYTES)
 
     def table_specs(self) -> list[TableSpec]:
         return self.specs

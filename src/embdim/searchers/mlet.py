@@ -40,19 +40,13 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from embdim.budget import Budget, uniform_dim_for_budget
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec
 from embdim.measures import effective_rank
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import (
-    Budget,
-    Embedded,
-    MethodMemory,
-    Searcher,
-    SearcherConfig,
-    uniform_dim_for_budget,
-)
+from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig
 from embdim.slim import DenseGroup, SlimEmbedding
 
 TABLE_NAME = "a"

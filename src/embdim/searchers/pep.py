@@ -74,16 +74,18 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from embdim.budget import Budget, BudgetUnreachable
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
 from embdim.plan import FLOAT_BYTES, EmbeddingPlan, column_index_bytes, offset_bytes
 from embdim.registry import SEARCHERS
 from embdim.rowwise import RowwiseAdam
-from embdim.searchers.base import Budget, BudgetUnreachable, Embedded, MethodMemory, Searcher, SearcherConfig
+from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig, Stage
 from embdim.slim import CsrGroup, SlimEmbedding
 
 Granularity = Literal["global", "dimension", "feature", "field", "feature_dim", "field_dim"]
 TABLE = "all"  # the one n x d table (base Searcher.table_specs)
+SEARCH, RETRAIN = "search", "retrain"  # the stages, and the phase the searcher is in
 # Adam keeps two moments per parameter (exp_avg, exp_avg_sq): training-memory accounting
 ADAM_MOMENTS = 2
 STEP_BYTES = 8 + 4  # RowwiseAdam per row: int64 last-updated step, int32 scratch slot
@@ -239,7 +241,6 @@ class PEPSearcher(Searcher):
     """
 
     Config = PEPConfig
-    stages = ("search", "retrain")
 
     @classmethod
     def for_budget(
@@ -299,11 +300,10 @@ class PEPSearcher(Searcher):
                     f"retrain_target: index {config.retrain_target} out of range for {len(self.targets)} targets"
                 ) from None
         # non-persistent state (survives the trainer's weight reloads, saved by state_for_checkpoint)
-        self.phase_ = "search"
+        self.phase_ = SEARCH
         self.masks_: dict[float, torch.Tensor] = {}
         self.reached_at_: dict[float, int] = {}
         self.search_steps_ = 0
-        self.retrain_steps_ = 0
         self.last_sparsity_ = 0.0
         self.history_: list[tuple[int, float]] = []
         self.completed_by_margin_ = False  # the search fell short and the retrain mask was completed by margin
@@ -346,7 +346,7 @@ class PEPSearcher(Searcher):
     # ------------------------------------------------------------------ forward
     def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> Embedded:
         v = raw.stacked()  # [B, F, d]
-        if self.phase_ == "retrain":
+        if self.phase_ == RETRAIN:
             mask = self._retrain_mask()
             # zero gradient on pruned entries: their weights (zero) never change
             return Embedded(torch.where(mask[ids + self.row_offsets], v, 0.0))
@@ -406,7 +406,7 @@ class PEPSearcher(Searcher):
     @torch.no_grad()
     def current_mask(self, lookup: Lookup) -> torch.Tensor:
         """Bool ``[n, d]``: entries the model currently keeps (search: survive the threshold)."""
-        if self.phase_ == "retrain":
+        if self.phase_ == RETRAIN:
             return self._retrain_mask()
         return self.margins(lookup) > 0
 
@@ -414,8 +414,8 @@ class PEPSearcher(Searcher):
     def measure(self, lookup: Lookup) -> float:
         """Sparsity of the whole table now; saves a mask for every target passed since the last one."""
         total = self.num_rows * self.dim
-        if self.phase_ != "search":
-            return 1.0 - float(self._retrain_mask().sum()) / total
+        if self.phase_ != SEARCH:
+            return self._mask_sparsity()
         sparsity = 1.0 - self._count_kept(lookup) / total
         self.last_sparsity_ = sparsity
         passed = [t for t in self.targets if t <= sparsity and t not in self.masks_]
@@ -424,6 +424,10 @@ class PEPSearcher(Searcher):
             self.masks_[target] = self._top_mask(margins, round((1.0 - target) * total))
             self.reached_at_[target] = self.search_steps_
         return sparsity
+
+    def _mask_sparsity(self) -> float:
+        """Sparsity of the retraining mask."""
+        return 1.0 - float(self._retrain_mask().sum()) / (self.num_rows * self.dim)
 
     @torch.no_grad()
     def _count_kept(self, lookup: Lookup) -> int:
@@ -447,24 +451,22 @@ class PEPSearcher(Searcher):
         return mask.view_as(margins)
 
     # ------------------------------------------------------------------ stage hooks
-    def rewinds_before(self, stage: str) -> bool:
-        return stage == "retrain"
+    def stages(self) -> tuple[Stage, ...]:
+        """The search ends at its last target (its last state is the mask's); the retraining rewinds to
+        step 0 and patience may end it after ``retrain_min_epochs``."""
+        return (
+            Stage(SEARCH, patience=False, selection="last"),
+            Stage(RETRAIN, rewind=True, patience_after_epochs=self.config.retrain_min_epochs),
+        )
 
-    def early_stopping(self, stage: str) -> bool:
-        if stage == "search":
-            return False  # the search ends at its last target
-        if self.steps_per_epoch is None:
-            return True
-        return self.retrain_steps_ >= self.config.retrain_min_epochs * self.steps_per_epoch
+    def stage_done(self, stage: Stage) -> bool:
+        return stage.name == SEARCH and all(t in self.masks_ for t in self.targets)
 
-    def stage_complete(self, stage: str, lookup: Lookup) -> bool:
-        return stage == "search" and all(t in self.masks_ for t in self.targets)
+    def on_evaluation(self, stage: Stage, lookup: Lookup) -> None:
+        self.measure(lookup)  # saves a mask for every target passed since the last measurement
 
-    def selection(self, stage: str) -> Literal["best", "last"]:
-        return "last" if stage == "search" else "best"
-
-    def begin_stage(self, stage: str, lookup: Lookup) -> None:
-        if stage != "retrain":
+    def start_stage(self, stage: Stage, lookup: Lookup) -> None:
+        if stage.name != RETRAIN:
             return
         mask = self._retrain_mask()
         with torch.no_grad():
@@ -474,8 +476,8 @@ class PEPSearcher(Searcher):
             table.mul_(mask)  # V_0 * mask
         self._enter_retrain()
 
-    def end_stage(self, stage: str, lookup: Lookup) -> None:
-        if stage != "search" or self.retrain_sparsity in self.masks_:
+    def end_stage(self, stage: Stage, lookup: Lookup) -> None:
+        if stage.name != SEARCH or self.retrain_sparsity in self.masks_:
             return
         # the search ran out of epochs before the retrain target: prune the entries nearest their
         # thresholds (smallest margin), the ones the thresholds would have taken next, and say so
@@ -493,12 +495,11 @@ class PEPSearcher(Searcher):
             self.completed_by_margin_ = True
 
     def _enter_retrain(self) -> None:
-        self.phase_ = "retrain"
+        self.phase_ = RETRAIN
         self.threshold.requires_grad_(False)  # thresholds off: the trainer's new optimizers skip them
 
     def on_step(self, step: int, lookup: Lookup) -> None:
-        if self.phase_ != "search":
-            self.retrain_steps_ += 1
+        if self.phase_ != SEARCH:
             return
         self.search_steps_ += 1
         if self.config.mode == "ours":
@@ -526,8 +527,9 @@ class PEPSearcher(Searcher):
         self.drift.fill_(max(float(self.drift), start))
 
     def metrics(self, lookup: Lookup) -> dict[str, float]:
-        out = {"sparsity": self.measure(lookup)}
-        if self.phase_ == "search":
+        search = self.phase_ == SEARCH
+        out = {"sparsity": self.last_sparsity_ if search else self._mask_sparsity()}
+        if self.phase_ == SEARCH:
             out["threshold_mean"] = float(torch.sigmoid(self.effective_thresholds(self.threshold.detach())).mean())
             out["targets_reached"] = float(len(self.masks_))
             out["pull_weight"] = self.pull_weight()
@@ -539,7 +541,6 @@ class PEPSearcher(Searcher):
             "masks": {str(t): m.clone() for t, m in self.masks_.items()},
             "reached_at": {str(t): s for t, s in self.reached_at_.items()},
             "search_steps": self.search_steps_,
-            "retrain_steps": self.retrain_steps_,
             "history": list(self.history_),
             "completed_by_margin": self.completed_by_margin_,
             "drift": float(self.drift),
@@ -549,11 +550,10 @@ class PEPSearcher(Searcher):
         self.masks_ = {float(t): m for t, m in state["masks"].items()}
         self.reached_at_ = {float(t): int(s) for t, s in state["reached_at"].items()}
         self.search_steps_ = int(state["search_steps"])
-        self.retrain_steps_ = int(state.get("retrain_steps", 0))  # absent before 2026-11-30
         self.history_ = [tuple(x) for x in state["history"]]
         self.completed_by_margin_ = bool(state.get("completed_by_margin", False))  # absent before 2026-11-30
         self.drift.fill_(float(state.get("drift", 0.0)))  # absent before 2026-12-01
-        if state["phase"] == "retrain":
+        if state["phase"] == RETRAIN:
             self._enter_retrain()
 
     # ------------------------------------------------------------------ plan, export, report
@@ -562,7 +562,7 @@ class PEPSearcher(Searcher):
         """The values the model sees for the whole table ``[n, d]`` and their keep-mask."""
         table = lookup.table_weight(TABLE).detach()
         mask = self.current_mask(lookup)
-        values = table if self.phase_ == "retrain" else soft_threshold(table, self.table_thresholds())
+        values = table if self.phase_ == RETRAIN else soft_threshold(table, self.table_thresholds())
         return values * mask, mask
 
     def plan(self, lookup: Lookup) -> EmbeddingPlan:

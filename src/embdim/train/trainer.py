@@ -25,6 +25,7 @@ from embdim.data.prepare import PreparedData
 from embdim.embedding import EmbeddingLayer
 from embdim.errors import DataError, DivergedError, UnreadableFile, shorten
 from embdim.recommender import Recommender, build_recommender, export_model, load_model
+from embdim.searchers.base import Stage
 from embdim.train.checkpoint import (
     load_torch,
     load_weights,
@@ -143,6 +144,7 @@ class Trainer:
         )
         self.searcher = self.rec.embedding.searcher
         self.lookup = self.rec.embedding.lookup
+        self.stages = self.searcher.stages()
         if self.tc.init_from:
             warm_start(Path(self.tc.init_from), self.rec)
         self._new_optimizers()
@@ -151,22 +153,36 @@ class Trainer:
         self.optimizers = recommender_optimizers(self.rec, self.tc, lookup=self.lookup)
 
     # ------------------------------------------------------------------ learning-rate schedule
+    def _stage(self, p: Progress) -> Stage:
+        """The stage ``p`` is in (the last one once every stage has finished)."""
+        return self.stages[min(p.stage_index, len(self.stages) - 1)]
+
+    def _max_steps(self, stage: Stage) -> int | None:
+        """The stage's step limit: its own or ``train.max_steps``, whichever is first."""
+        limits = [n for n in (stage.max_steps, self.tc.max_steps) if n is not None]
+        return min(limits) if limits else None
+
+    def _patience_counts(self, p: Progress, stage: Stage) -> bool:
+        """Whether validation patience (and the plateau schedule) may act in ``stage`` at ``p``."""
+        return stage.patience and p.step >= stage.patience_after_epochs * self.steps_per_epoch
+
     def _lr_scale(self, p: Progress) -> float:
         """The schedule's multiplier of every base rate at ``p`` (see :class:`~embdim.config.LRScheduleConfig`)."""
         stage_steps = self.tc.epochs * self.steps_per_epoch
-        if self.tc.max_steps is not None:
-            stage_steps = min(stage_steps, self.tc.max_steps)
+        limit = self._max_steps(self._stage(p))
+        if limit is not None:
+            stage_steps = min(stage_steps, limit)
         return self.tc.lr_schedule.scale(p.step, p.lr_drops, self.steps_per_epoch, stage_steps)
 
     def _apply_lr(self, p: Progress) -> None:
         if self.tc.lr_schedule.kind != "constant":
             set_lr_scale(self.optimizers, self._lr_scale(p), self.tc.lr_schedule.min_lr)
 
-    def _plateau(self, p: Progress, improved: bool, stage: str) -> None:
+    def _plateau(self, p: Progress, improved: bool, stage: Stage) -> None:
         """After an evaluation: count it towards the next plateau drop and drop the rates when due. Only
         in stages that validation may end (a search the method ends itself keeps its rates)."""
         sched = self.tc.lr_schedule
-        if sched.kind != "plateau" or not self.searcher.early_stopping(stage):
+        if sched.kind != "plateau" or not self._patience_counts(p, stage):
             return
         p.evals_since_drop = 0 if improved else p.evals_since_drop + 1
         if p.evals_since_drop >= sched.patience:
@@ -175,7 +191,7 @@ class Trainer:
 
     def _save_checkpoint(self, p: Progress) -> None:
         """Save the resumable state; never a diverged one (the last good checkpoint stays)."""
-        self._check_weights(p, self.searcher.stages[min(p.stage_index, len(self.searcher.stages) - 1)])
+        self._check_weights(p, self._stage(p))
         save_torch(
             self.checkpoint_path,
             {
@@ -213,7 +229,7 @@ class Trainer:
             f.write(strict_json(record) + "\n")
         p.metrics_lines += 1
 
-    def _evaluate(self, split: str, p: Progress, stage: str) -> dict[str, float | None]:
+    def _evaluate(self, split: str, p: Progress, stage: Stage) -> dict[str, float | None]:
         """AUC and logloss on a split (``None`` for a test split that is absent or empty); non-finite scores
         (a diverged model) raise :class:`DivergedError`."""
         if split == "test" and not self._has_test:
@@ -224,10 +240,11 @@ class Trainer:
             raise self._diverged(p, stage, f"the {split} scores: {err}") from None
 
     def _evaluate_and_select(
-        self, p: Progress, stage: str, interval_start: float, interval_samples: int
+        self, p: Progress, stage: Stage, interval_start: float, interval_samples: int
     ) -> dict[str, float]:
         self._check_weights(p, stage)
         valid = self._evaluate("valid", p, stage)
+        self.searcher.on_evaluation(stage, self.lookup)
         score = valid["auc"] if self.tc.monitor == "auc" else -valid["logloss"]
         improved = p.best_score is None or score > p.best_score
         if improved:
@@ -238,7 +255,7 @@ class Trainer:
         self._plateau(p, improved, stage)
         elapsed = max(time.perf_counter() - interval_start, 1e-9)
         record = {
-            "stage": stage,
+            "stage": stage.name,
             "epoch": p.epoch,
             "step": p.step,
             "train_loss": p.loss_sum / max(p.loss_count, 1),
@@ -251,20 +268,20 @@ class Trainer:
         }
         self._log(p, record)
         p.loss_sum, p.loss_count = 0.0, 0
-        if p.bad_evals >= self.tc.patience and self.searcher.early_stopping(stage):
+        if p.bad_evals >= self.tc.patience and self._patience_counts(p, stage):
             p.stopped = True
-        if self.searcher.stage_complete(stage, self.lookup):
+        if self.searcher.stage_done(stage):
             p.stopped = True
         return valid
 
     # ------------------------------------------------------------------ divergence
-    def _check_weights(self, p: Progress, stage: str) -> None:
+    def _check_weights(self, p: Progress, stage: Stage) -> None:
         """Raise :class:`DivergedError` when a weight or buffer of the model is NaN or infinite."""
         for name, tensor in self.rec.state_dict().items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise self._diverged(p, stage, f"the weight {name!r} holds non-finite values")
 
-    def _diverged(self, p: Progress, stage: str, what: str, dense: torch.Tensor | None = None) -> DivergedError:
+    def _diverged(self, p: Progress, stage: Stage, what: str, dense: torch.Tensor | None = None) -> DivergedError:
         """The error of a run that produced a non-finite value, naming where and the likely cause."""
         tc, emb = self.tc, self.cfg.embedding
         if dense is not None and not bool(torch.isfinite(dense).all()):
@@ -288,7 +305,7 @@ class Trainer:
                 cause += f": weights grew to |w| = {largest:.3g}"
             cause += "; lower train.lr or set train.clip_grad_norm"
         return DivergedError(
-            f"training diverged at step {p.step} of stage {stage!r} (epoch {p.epoch + 1}): {what}. Likely cause: "
+            f"training diverged at step {p.step} of stage {stage.name!r} (epoch {p.epoch + 1}): {what}. Likely cause: "
             f"{cause}. Kept in {self.run_dir}: the last good checkpoint and the best weights so far; no result "
             "was written. Change the config and run again under another name= or with --force"
         )
@@ -298,18 +315,18 @@ class Trainer:
         lr, sched = self.tc.lr, self.tc.lr_schedule
         return max(lr * self._lr_scale(p), min(sched.min_lr, lr))
 
-    def _train_stage(self, p: Progress, stage: str) -> None:
+    def _train_stage(self, p: Progress, stage: Stage) -> None:
         train = self.data.splits["train"]
         n, bs = len(train), self.tc.batch_size
         batches_per_epoch = (n + bs - 1) // bs
         self.searcher.steps_per_epoch = batches_per_epoch
-        max_steps = self.tc.max_steps
+        max_steps = self._max_steps(stage)
         while not p.stopped and p.epoch < self.tc.epochs:
             order = np.random.default_rng([self.tc.seed, p.stage_index, p.epoch]).permutation(n)
             bar = tqdm(
                 total=batches_per_epoch,
                 initial=p.batch,
-                desc=f"{stage} epoch {p.epoch + 1}",
+                desc=f"{stage.name} epoch {p.epoch + 1}",
                 disable=not self.tc.progress,
                 leave=False,
                 unit="batch",
@@ -408,14 +425,13 @@ class Trainer:
             check_memory(self.memory)
         self._build()
         p = self._resume_or_start()
-        stages = self.searcher.stages
         stage_results = self.stage_results
-        while p.stage_index < len(stages):
-            stage = stages[p.stage_index]
+        while p.stage_index < len(self.stages):
+            stage = self.stages[p.stage_index]
             if not p.stage_started:
-                if self.searcher.rewinds_before(stage):
+                if stage.rewind:
                     load_weights(self.initial_path, self.rec)
-                self.searcher.begin_stage(stage, self.lookup)
+                self.searcher.start_stage(stage, self.lookup)
                 if p.stage_index > 0:
                     self._new_optimizers()
                     # the state a stage starts from (e.g. right after a cut) is measured and may be its best
@@ -424,10 +440,10 @@ class Trainer:
                 self._save_checkpoint(p)
             self.rec.train()
             self._train_stage(p, stage)
-            if self.searcher.selection(stage) == "best":
+            if stage.selection == "best":
                 load_weights(self.best_path, self.rec)
             self.searcher.end_stage(stage, self.lookup)
-            stage_results[stage] = self._stage_summary(p, final=p.stage_index == len(stages) - 1)
+            stage_results[stage.name] = self._stage_summary(p, final=p.stage_index == len(self.stages) - 1)
             p = Progress(
                 stage_index=p.stage_index + 1,
                 metrics_lines=p.metrics_lines,
@@ -440,7 +456,7 @@ class Trainer:
     def _stage_summary(self, p: Progress, final: bool) -> dict[str, float]:
         """Valid metrics of the weights the stage hands on; earlier stages also report test (e.g. AUC before
         retraining), the final stage leaves test to :meth:`_finish`."""
-        valid = self._evaluate("valid", p, self.searcher.stages[p.stage_index])
+        valid = self._evaluate("valid", p, self._stage(p))
         summary = {
             "valid_auc": valid["auc"],
             "valid_logloss": valid["logloss"],
@@ -452,15 +468,15 @@ class Trainer:
         if p.start_valid_auc is not None:
             summary["valid_auc_at_start"] = p.start_valid_auc
         if not final:
-            test = self._evaluate("test", p, self.searcher.stages[p.stage_index])
+            test = self._evaluate("test", p, self._stage(p))
             summary |= {"test_auc": test["auc"], "test_logloss": test["logloss"]}
         return summary
 
     def _finish(self, p: Progress, stage_results: dict[str, dict[str, float]]) -> dict[str, Any]:
         # the last stage's summary already evaluated valid on these (selected) weights
-        last = stage_results[self.searcher.stages[-1]]
+        last = stage_results[self.stages[-1].name]
         valid = {"auc": last["valid_auc"], "logloss": last["valid_logloss"]}
-        test = self._evaluate("test", p, self.searcher.stages[-1])
+        test = self._evaluate("test", p, self.stages[-1])
         plan = self.searcher.plan(self.lookup)
         plan.save(self.folder.plan)
         widths = self.searcher.model_input_widths()
