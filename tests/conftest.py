@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import example_method  # noqa: F401  (registers the "fixed_widths" method the contract tests cover too)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Overrides for a small synthetic data set (4 fields, 6,000 rows) that end-to-end tests train on.
