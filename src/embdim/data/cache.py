@@ -2,8 +2,10 @@
 
 Layout of ``cache_root/<name>-<key16>/``::
 
-    schema.json            DatasetSchema (fields with vocab sizes and training counts, rows, skipped, meta)
-    encoder.json           Encoder.to_dict(), to encode new data the same way
+    schema.json            DatasetSchema (fields with vocab sizes, rows, skipped, meta)
+    counts.npy             int64 [sum of vocab sizes]: every field's training counts, fields back to back
+    encoder.json           the Encoder's parameters and columns, to encode new data the same way
+    vocab.parquet          its vocabularies: per kept value its field (index) and text, in id order
     <split>/ids.npy        int32 [N, F]
     <split>/dense.npy      float32 [N, Dn]
     <split>/labels.npy     float32 [N]
@@ -44,16 +46,19 @@ from types import TracebackType
 from typing import BinaryIO
 
 import numpy as np
+import polars as pl
 
 from embdim.data.encoder import Encoder
 from embdim.data.schema import DatasetSchema
 from embdim.data.split import split_warnings
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: counts and vocabularies in binary files (millions of values would not fit JSON well)
 """Bump when the layout changes; it is part of every key, so old folders are simply not found."""
 KEY_LENGTH = 16
 SCHEMA_FILE = "schema.json"
 ENCODER_FILE = "encoder.json"
+COUNTS_FILE = "counts.npy"
+VOCAB_FILE = "vocab.parquet"
 COMPLETE_MARKER = "COMPLETE"
 IDS_FILE = "ids.npy"
 DENSE_FILE = "dense.npy"
@@ -122,7 +127,7 @@ class PreparedData:
         if self._encoder is None:
             if self.cache_dir is None:
                 raise ValueError("this PreparedData was built in memory and has no encoder state")
-            self._encoder = Encoder.from_dict(json.loads((self.cache_dir / ENCODER_FILE).read_text()))
+            self._encoder = read_encoder(self.cache_dir, self.schema)
         return self._encoder
 
 
@@ -166,7 +171,7 @@ def load_prepared(path: str | Path) -> PreparedData:
     path = Path(path)
     if not is_complete(path):
         raise FileNotFoundError(f"no complete cache at {path}")
-    schema = DatasetSchema.load(path / SCHEMA_FILE)
+    schema = read_schema(path)
     splits = {
         name: SplitArrays(
             ids=np.load(path / name / IDS_FILE, mmap_mode="r"),
@@ -179,6 +184,30 @@ def load_prepared(path: str | Path) -> PreparedData:
 
 
 # ---------------------------------------------------------------------- writing
+def read_schema(folder: Path) -> DatasetSchema:
+    """``schema.json`` with each field's training counts from ``counts.npy`` (memory-mapped)."""
+    data = json.loads((folder / SCHEMA_FILE).read_text())
+    counts = np.load(folder / COUNTS_FILE, mmap_mode="r")
+    start = 0
+    for f in data["fields"]:
+        f["counts"] = counts[start : start + f["vocab_size"]]
+        start += f["vocab_size"]
+    return DatasetSchema.from_dict(data)
+
+
+def read_encoder(folder: Path, schema: DatasetSchema) -> Encoder:
+    """The fitted encoder of a cache folder (its counts are the schema's)."""
+    state = json.loads((folder / ENCODER_FILE).read_text())
+    vocab = pl.read_parquet(folder / VOCAB_FILE)
+    values = vocab.get_column("value")
+    bounds = np.searchsorted(vocab.get_column("field").to_numpy(), np.arange(len(schema.fields) + 1))
+    state["fields"] = [
+        {"name": f.name, "values": values[int(a) : int(b)], "counts": f.counts}
+        for f, a, b in zip(schema.fields, bounds[:-1], bounds[1:], strict=True)
+    ]
+    return Encoder.from_dict(state)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -259,6 +288,42 @@ class CacheWriter:
     def write_json(self, rel: str, obj: object) -> None:
         """Write a JSON file at ``rel``."""
         self._write_bytes_file(rel, lambda fh: fh.write(json.dumps(obj).encode()))
+
+    def write_schema(self, schema: DatasetSchema) -> None:
+        """``schema.json`` without the counts, which go to ``counts.npy``."""
+        data = schema.to_dict(counts=False)
+        counts = [f.counts if f.counts is not None else np.zeros(f.vocab_size, np.int64) for f in schema.fields]
+        self.write_array(COUNTS_FILE, np.concatenate(counts).astype(np.int64) if counts else np.zeros(0, np.int64))
+        self.write_json(SCHEMA_FILE, data)
+
+    def write_encoder(self, encoder: Encoder) -> None:
+        """``encoder.json`` (parameters, columns, field names) and ``vocab.parquet`` (field index, value)."""
+        state = encoder.state(values=False)
+        fields = [encoder.vocab_[name].values for name in encoder.field_names_]
+        field_index = np.repeat(np.arange(len(fields), dtype=np.int32), [len(v) for v in fields])
+        vocab = pl.DataFrame(
+            {"field": field_index, "value": pl.concat(fields) if fields else pl.Series([], dtype=pl.Utf8)}
+        )
+        self._write_bytes_file(VOCAB_FILE, lambda fh: vocab.write_parquet(fh))
+        self.write_json(ENCODER_FILE, state)
+
+    def open_array(self, rel: str, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.memmap:
+        """A pre-sized ``.npy`` file at ``rel``, memory-mapped for writing; :meth:`close_array` records it."""
+        target = self._require_open() / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
+
+    def close_array(self, rel: str, array: np.memmap) -> None:
+        """Flush and fsync an array from :meth:`open_array`, and list it in ``COMPLETE``."""
+        array.flush()
+        target = self._require_open() / rel
+        with open(target, "rb+") as fh:
+            os.fsync(fh.fileno())
+        self._files[rel] = target.stat().st_size
+
+    def scratch(self, name: str) -> Path:
+        """A path inside the temporary folder for working files (remove them before the commit)."""
+        return self._require_open() / name
 
     def commit(self) -> Path:
         """Write ``COMPLETE``, fsync, rename the temporary folder to ``final_dir``; returns ``final_dir``."""

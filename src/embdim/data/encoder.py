@@ -217,6 +217,40 @@ class Encoder:
             keys = keys.to_frame().select(discretize_expr(_VALUE)).to_series()
         return keys.fill_null(self.missing_token)
 
+    def field_values(self, df: pl.DataFrame, name: str, numeric: bool) -> pl.Series:
+        """The value strings one id field counts and encodes [N] (discretised if ``numeric``; missing ->
+        the missing token): what :meth:`fit` counts, for streamed counting."""
+        return self._values(self._keys(df, name, numeric), numeric)
+
+    def id_fields(self, categorical: Sequence[str], numeric: Sequence[str]) -> list[tuple[str, bool]]:
+        """(name, is_discretised_numeric) per id field, in output order."""
+        return self._id_fields(categorical, numeric)
+
+    def set_vocabulary(
+        self,
+        categorical: Sequence[str],
+        numeric: Sequence[str],
+        kept: dict[str, pl.DataFrame],
+        train_rows: int,
+    ) -> Encoder:
+        """Fit from counted values: ``kept[field]`` holds the values that keep an id with their training
+        counts (columns ``value``, ``count``), in id order; the rest of ``train_rows`` is OOV."""
+        self.categorical_, self.numeric_ = list(categorical), list(numeric)
+        self.field_names_ = [name for name, _ in self._id_fields(categorical, numeric)]
+        self.dense_names_ = list(numeric) if self.keeps_dense else []
+        self.vocab_, self.counts_ = {}, {}
+        for name in self.field_names_:
+            counts = kept[name].get_column(_COUNT).to_numpy().astype(np.int64)
+            self.vocab_[name] = Vocabulary(kept[name].get_column(_VALUE))
+            self.counts_[name] = np.concatenate([np.array([train_rows - int(counts.sum())], dtype=np.int64), counts])
+        return self
+
+    def kept_values(self, counted: pl.DataFrame) -> pl.DataFrame:
+        """The values that keep an id, in id order, from ``value``/``count`` training counts: at least
+        ``min_count`` (the missing token whenever present), by count then value."""
+        keep = (pl.col(_COUNT) >= self.min_count) | (pl.col(_VALUE) == self.missing_token)
+        return counted.filter(keep).sort([_COUNT, _VALUE], descending=[True, False])
+
     def _id_fields(self, categorical: Sequence[str], numeric: Sequence[str]) -> list[tuple[str, bool]]:
         """(name, is_discretised_numeric) per id field, in output order."""
         return [(c, False) for c in categorical] + [(c, True) for c in numeric if self.discretizes]
@@ -244,9 +278,7 @@ class Encoder:
             vc = vc.with_columns(self._values(vc.get_column(_VALUE), is_numeric))
             if is_numeric:
                 vc = vc.group_by(_VALUE).agg(pl.col(_COUNT).sum())
-            vc = vc.filter((pl.col(_COUNT) >= self.min_count) | (pl.col(_VALUE) == self.missing_token)).sort(
-                [_COUNT, _VALUE], descending=[True, False]
-            )
+            vc = self.kept_values(vc)
             kept = vc.get_column(_COUNT).to_numpy().astype(np.int64)
             oov = train_df.height - int(kept.sum())
             vocab[name] = Vocabulary(vc.get_column(_VALUE))
@@ -283,17 +315,21 @@ class Encoder:
     def transform_dense(self, df: pl.DataFrame) -> np.ndarray:
         """float32 [N, Dn]: the dense features (transform applied, missing and unusable values -> 0)."""
         self._check_fitted()
-        dense = np.zeros((df.height, len(self.dense_names_)), dtype=np.float32)
-        if not self.dense_names_:
+        return self.dense_features(df, self.dense_names_)
+
+    def dense_features(self, df: pl.DataFrame, names: Sequence[str]) -> np.ndarray:
+        """float32 [N, len(names)]: columns ``names`` as dense features (needs no fitting)."""
+        dense = np.zeros((df.height, len(names)), dtype=np.float32)
+        if not names:
             return dense
         exprs = []
-        for c in self.dense_names_:
+        for c in names:
             x = usable_number(pl.col(c).cast(pl.Float64))
             if self.dense_transform == "log1p":
                 x = x.clip(lower_bound=0.0).log1p()
             exprs.append(x.fill_null(0.0).cast(pl.Float32))
         frame = df.select(exprs)
-        for j, c in enumerate(self.dense_names_):
+        for j, c in enumerate(names):
             dense[:, j] = frame.get_column(c).to_numpy()
         return dense
 
@@ -323,6 +359,10 @@ class Encoder:
 
     def to_dict(self) -> dict:
         """JSON-able state: parameters, column names, per field the kept values (id order) and counts."""
+        return self.state(values=True)
+
+    def state(self, values: bool = True) -> dict:
+        """:meth:`to_dict`; ``values=False`` leaves out each field's values and counts (stored apart)."""
         self._check_fitted()
         return {
             "format": ENCODER_FORMAT,
@@ -330,7 +370,8 @@ class Encoder:
             "categorical": list(self.categorical_),
             "numeric": list(self.numeric_),
             "fields": [
-                {"name": n, "values": self.vocab_[n].values.to_list(), "counts": self.counts_[n].tolist()}
+                {"name": n}
+                | ({"values": self.vocab_[n].values.to_list(), "counts": self.counts_[n].tolist()} if values else {})
                 for n in self.field_names_
             ],
         }

@@ -29,8 +29,6 @@ from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
 from embdim.data.cache import (
-    ENCODER_FILE,
-    SCHEMA_FILE,
     CacheWriter,
     PreparedData,
     SplitArrays,
@@ -44,14 +42,17 @@ from embdim.data.cache import (
 from embdim.data.encoder import DenseTransform, Encoder, NumericMode
 from embdim.data.raw import DataError, RawData
 from embdim.data.readers._common import SplitFileReader
-from embdim.data.readers.base import Reader
+from embdim.data.readers.base import ChunkedData, Reader
 from embdim.data.split import DEFAULT_RATIOS, DEFAULT_VALID_RATIO, POOL, SPLIT_NAMES, split_frames
+from embdim.data.stream import DEFAULT_CHUNK_ROWS, prepare_streaming
 from embdim.errors import ConfigError, shorten
 from embdim.options import Options
 
 LABEL_SKIP_REASON = "label missing or not 0/1 (prepare)"
 """Key in ``schema.skipped`` for rows dropped here because their label is null or not 0/1."""
 _FIXED_STEPS = 4  # read, split, fit, write (plus one encode step per split)
+STREAM_MIN_BYTES = 256 << 20
+"""Sources larger than this are streamed by default (when their reader can)."""
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 """Allowed dataset names (they become a folder name)."""
 _CONTENT_HASH_SEED = 0
@@ -197,6 +198,31 @@ def _drop_bad_labels(raw: RawData) -> tuple[dict[str, pl.DataFrame], int]:
     return frames, dropped
 
 
+def _chunked(source: RawData | Reader, streaming: bool | None, chunk_rows: int) -> ChunkedData | None:
+    """The source in chunks when it is to be streamed, else ``None`` (see :func:`prepare`)."""
+    if streaming is False or not isinstance(source, Reader):
+        return None
+    chunked = source.chunked(chunk_rows)
+    if chunked is None:
+        if streaming:
+            raise ConfigError(f"the {type(source).__name__} cannot stream its files; prepare them in memory")
+        return None
+    if streaming is None and sum(p.stat().st_size for p in chunked.files) < STREAM_MIN_BYTES:
+        return None
+    return chunked
+
+
+def _meta(name: str, key: str, categorical: list[str], numeric: list[str], payload: dict) -> dict:
+    return {
+        "name": name,
+        "cache_key": key,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "categorical": list(categorical),
+        "numeric": list(numeric),
+        **payload,
+    }
+
+
 def prepare(
     source: RawData | Reader,
     config: PreprocessConfig | dict | None,
@@ -204,6 +230,8 @@ def prepare(
     name: str,
     progress: bool = True,
     force: bool = False,
+    streaming: bool | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> PreparedData:
     """Encode a dataset into ``cache_root/<name>-<key16>/`` (or open it when it is already there).
 
@@ -214,6 +242,10 @@ def prepare(
         name: dataset name, the folder's prefix (letters, digits, ``_.+-``).
         progress: show a progress bar on stderr.
         force: rebuild even when a complete cache exists (the new one replaces it atomically).
+        streaming: read the sources in chunks of ``chunk_rows`` rows (:mod:`embdim.data.stream`), in
+            memory that does not grow with the rows; ``None``: when the reader can and its sources hold
+            more than :data:`STREAM_MIN_BYTES`. Both ways write the same cache.
+        chunk_rows: rows per chunk when streaming.
 
     Returns:
         :class:`PreparedData` with memory-mapped arrays; ``schema.skipped`` holds the reader's
@@ -237,6 +269,18 @@ def prepare(
     final = cache_dir_for(cache_root, name, key)
     clean_stale_temps(cache_root)
     if not force and is_complete(final):
+        return load_prepared(final)
+    chunked = _chunked(source, streaming, chunk_rows)
+    if chunked is not None:
+        with CacheWriter(final) as writer:
+            split = cfg.split
+            encoder, rows = prepare_streaming(
+                chunked, cfg.make_encoder(), writer, split.ratios, split.seed, split.valid_ratio, progress
+            )
+            meta = _meta(name, key, chunked.categorical, chunked.numeric, payload)
+            schema = encoder.schema(rows=rows, skipped={}, meta=meta)
+            writer.write_encoder(encoder)
+            writer.write_schema(schema)
         return load_prepared(final)
 
     with tqdm(total=len(SPLIT_NAMES) + _FIXED_STEPS, desc=f"prepare {name}", unit="step", disable=not progress) as bar:
@@ -272,17 +316,10 @@ def prepare(
                 del df, ids, dense, labels
                 bar.update()
             bar.set_postfix_str("write")
-            meta = {
-                "name": name,
-                "cache_key": key,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "categorical": list(raw.categorical),
-                "numeric": list(raw.numeric),
-                **payload,
-            }
+            meta = _meta(name, key, raw.categorical, raw.numeric, payload)
             schema = encoder.schema(rows=rows, skipped=skipped, meta=meta)
             schema.label = raw.label
-            writer.write_json(ENCODER_FILE, encoder.to_dict())
-            writer.write_json(SCHEMA_FILE, schema.to_dict())
+            writer.write_encoder(encoder)
+            writer.write_schema(schema)
         bar.update()
     return load_prepared(final)

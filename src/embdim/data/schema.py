@@ -74,13 +74,14 @@ class DatasetSchema:
     def field_names(self) -> list[str]:
         return [f.name for f in self.fields]
 
-    def to_dict(self) -> dict:
+    def to_dict(self, counts: bool = True) -> dict:
+        """JSON-able; ``counts=False`` leaves the training counts out (they are stored as an array)."""
         out = asdict(self)
         out["fields"] = [
             {
                 "name": f.name,
                 "vocab_size": f.vocab_size,
-                "counts": None if f.counts is None else f.counts.tolist(),
+                "counts": None if f.counts is None or not counts else f.counts.tolist(),
             }
             for f in self.fields
         ]

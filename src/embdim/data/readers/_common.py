@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import ClassVar, Literal, Protocol
+from typing import BinaryIO, ClassVar, Literal, Protocol
 
 import numpy as np
 import polars as pl
@@ -122,36 +122,18 @@ def display_name(path: Path, root: Path) -> str:
 # Reading bytes
 
 
-def read_file_bytes(path: Path, display: str, *, member: str | None = None, max_lines: int | None = None) -> bytes:
-    """The (decompressed) content of a plain, ``.gz`` or ``.zip`` file, read in memory.
-
-    Args:
-        path: the file. ``.gz`` is gunzipped, ``.zip`` opens ``member`` (or the only file inside).
-        display: the name used in error messages.
-        member: the file inside a zip archive.
-        max_lines: read only this many lines (``None``: everything).
-
-    Raises:
-        DataError: missing, unreadable, not really gzip/zip, or empty.
-    """
+def _check_file(path: Path, display: str) -> None:
     if not path.exists():
         raise DataError(f"{display}: file not found ({path})")
     if not path.is_file():
         raise DataError(f"{display}: not a file ({path})")
+
+
+@contextmanager
+def _read_errors(path: Path, display: str) -> Iterator[None]:
+    """Turn what reading a (compressed) file can raise into a :class:`DataError` naming it."""
     try:
-        if path.suffix == ZIP_SUFFIX:
-            data = _read_zip_member(path, display, member, max_lines)
-        elif path.suffix == GZIP_SUFFIX:
-            if max_lines is None:
-                data = gzip.decompress(path.read_bytes())
-            else:
-                with gzip.open(path, "rb") as stream:
-                    data = b"".join(islice(stream, max_lines))
-        elif max_lines is None:
-            data = path.read_bytes()
-        else:
-            with path.open("rb") as stream:
-                data = b"".join(islice(stream, max_lines))
+        yield
     except PermissionError as error:
         raise DataError(f"{display}: cannot read the file: permission denied") from error
     except gzip.BadGzipFile as error:
@@ -169,6 +151,35 @@ def read_file_bytes(path: Path, display: str, *, member: str | None = None, max_
         raise DataError(f"{display}: cannot decompress: {error}") from error
     except OSError as error:
         raise DataError(f"{display}: cannot read the file: {error}") from error
+
+
+def read_file_bytes(path: Path, display: str, *, member: str | None = None, max_lines: int | None = None) -> bytes:
+    """The (decompressed) content of a plain, ``.gz`` or ``.zip`` file, read in memory.
+
+    Args:
+        path: the file. ``.gz`` is gunzipped, ``.zip`` opens ``member`` (or the only file inside).
+        display: the name used in error messages.
+        member: the file inside a zip archive.
+        max_lines: read only this many lines (``None``: everything).
+
+    Raises:
+        DataError: missing, unreadable, not really gzip/zip, or empty.
+    """
+    _check_file(path, display)
+    with _read_errors(path, display):
+        if path.suffix == ZIP_SUFFIX:
+            data = _read_zip_member(path, display, member, max_lines)
+        elif path.suffix == GZIP_SUFFIX:
+            if max_lines is None:
+                data = gzip.decompress(path.read_bytes())
+            else:
+                with gzip.open(path, "rb") as stream:
+                    data = b"".join(islice(stream, max_lines))
+        elif max_lines is None:
+            data = path.read_bytes()
+        else:
+            with path.open("rb") as stream:
+                data = b"".join(islice(stream, max_lines))
     if not data:
         raise DataError(f"{display}: empty file")
     return data
@@ -215,12 +226,14 @@ class RowLocator(Protocol):
 
 @dataclass
 class ParquetRows:
-    """Locator of rows of a file without lines (Parquet): ``name row 17`` (1-based)."""
+    """Locator of rows of a file without lines (Parquet): ``name row 17`` (1-based); ``first_row`` is the
+    0-based file row of row 0 (a chunk of the file)."""
 
     display: str
+    first_row: int = 0
 
     def where(self, row: int) -> str:
-        return f"{self.display} row {row + 1}"
+        return f"{self.display} row {self.first_row + row + 1}"
 
 
 @dataclass
@@ -310,6 +323,67 @@ def load_text(
         if max_lines is not None:  # the line limit above counted LF only
             data = TextFile(display, data).head(max_lines).data
     return TextFile(display, data)
+
+
+def _open_lines(path: Path, display: str) -> BinaryIO:
+    """A binary stream of the decompressed file (plain, ``.gz``, or the only member of a ``.zip``)."""
+    if path.suffix == ZIP_SUFFIX:
+        archive = zipfile.ZipFile(path)
+        names = [info.filename for info in archive.infolist() if not info.is_dir()]
+        if len(names) != 1:
+            archive.close()
+            raise DataError(f"{display}: holds {len(names)} files; a streamed archive must hold one")
+        return archive.open(names[0])
+    if path.suffix == GZIP_SUFFIX:
+        return gzip.open(path, "rb")
+    return path.open("rb")
+
+
+def iter_text_chunks(path: Path, display: str, chunk_lines: int, *, max_lines: int | None = None) -> Iterator[TextFile]:
+    """The file's UTF-8 text in chunks of ``chunk_lines`` lines, each a :class:`TextFile` whose line
+    numbers are the file's: what :func:`load_text` gives, a chunk at a time, in bounded memory.
+
+    The first chunk loses a byte order mark; every chunk is checked for NUL bytes. A file whose lines
+    end in CR alone, or any non-UTF-8 encoding, cannot be cut at lines here (use :func:`load_text`).
+
+    Raises:
+        DataError: as :func:`load_text`, naming the file's line.
+    """
+    _check_file(path, display)
+    first_line, lines_left, empty = 1, max_lines, True
+    with _read_errors(path, display), _open_lines(path, display) as stream:
+        while lines_left is None or lines_left > 0:
+            take = chunk_lines if lines_left is None else min(chunk_lines, lines_left)
+            data = b"".join(islice(stream, take))
+            if not data:
+                break
+            if empty and data.startswith(UTF8_BOM):
+                data = data[len(UTF8_BOM) :]
+            empty = False
+            nul = data.find(NUL)
+            if nul >= 0:
+                line = first_line + data.count(LF, 0, nul)
+                raise DataError(f"{display} line {line}: holds a NUL byte (0x00); the file looks binary or damaged")
+            if LF not in data and CR in data:
+                raise DataError(f"{display}: its lines end in CR alone; streamed files need LF or CRLF line ends")
+            lines = data.count(LF) + (0 if data.endswith(LF) else 1)
+            yield TextFile(display, data, first_line)
+            first_line += lines
+            if lines_left is not None:
+                lines_left -= lines
+    if empty:
+        raise DataError(f"{display}: empty file")
+
+
+def count_lines(path: Path, display: str, *, max_lines: int | None = None) -> int:
+    """Lines of the (decompressed) file, trailing blank lines not counted: its rows when every line is one."""
+    _check_file(path, display)
+    count = blank_run = 0
+    with _read_errors(path, display), _open_lines(path, display) as stream:
+        for line in stream if max_lines is None else islice(stream, max_lines):
+            count += 1
+            blank_run = blank_run + 1 if not line.strip(b"\r\n") else 0
+    return count - blank_run
 
 
 def expect_header(text: TextFile, columns: Sequence[str], separator: str) -> TextFile:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
+
+import polars as pl
 
 from embdim.data.raw import DataError, RawData
 from embdim.options import Options
@@ -15,6 +19,32 @@ DATA_ROOT_HINT = "$EMBDIM_DATA_ROOT or the config key data_root sets it"
 
 class ReaderOptions(Options):
     """Base of every reader's options; unknown keys are an error that names the key."""
+
+
+@dataclass
+class ChunkedSource:
+    """One source file of a streamed read.
+
+    Attributes:
+        split: ``all`` (one pool the caller splits) or ``train`` / ``valid`` / ``test``.
+        chunks: yields the file's rows as frames in the :class:`~embdim.data.raw.RawData` contract,
+            in file order, each at most the requested number of rows; errors name the file's line.
+        count_rows: the number of rows ``chunks`` will give, read without parsing (a line count).
+    """
+
+    split: str
+    chunks: Callable[[], Iterator[pl.DataFrame]]
+    count_rows: Callable[[], int]
+
+
+@dataclass
+class ChunkedData:
+    """A reader's rows as chunks (what :func:`embdim.data.stream.prepare_streaming` reads twice at most)."""
+
+    sources: list[ChunkedSource]
+    categorical: list[str]
+    numeric: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
 
 
 class Reader(ABC):
@@ -62,6 +92,11 @@ class Reader(ABC):
                     f"below it ({DATA_ROOT_HINT})"
                 )
             raise DataError(f"{shown}: file not found below the data root {root} ({DATA_ROOT_HINT})")
+
+    def chunked(self, chunk_rows: int) -> ChunkedData | None:
+        """The rows in chunks of at most ``chunk_rows``, giving exactly what :meth:`read` gives; ``None``
+        for a reader (or a file) that can only be read whole."""
+        return None
 
     @abstractmethod
     def read(self) -> RawData:

@@ -11,11 +11,15 @@ from embdim.data.raw import LABEL, RawData
 from embdim.data.readers._common import (
     SplitFileOptions,
     SplitFileReader,
+    TextFile,
     binary_label,
+    count_lines,
+    iter_text_chunks,
     load_text,
     parse_numeric,
     split_columns,
 )
+from embdim.data.readers.base import ChunkedData, ChunkedSource
 from embdim.registry import READERS
 
 NUM_INTEGER_FEATURES = 13
@@ -56,7 +60,22 @@ class CriteoReader(SplitFileReader):
 
     def read_file(self, path: Path) -> pl.DataFrame:
         """One Criteo file as a frame with the contract's columns and dtypes."""
-        text = load_text(path, self.display(path), max_lines=self.options.nrows)
+        return self.parse(load_text(path, self.display(path), max_lines=self.options.nrows))
+
+    def chunked(self, chunk_rows: int) -> ChunkedData:
+        def source(split: str, path: Path) -> ChunkedSource:
+            display, nrows = self.display(path), self.options.nrows
+            return ChunkedSource(
+                split,
+                lambda: map(self.parse, iter_text_chunks(path, display, chunk_rows, max_lines=nrows)),
+                lambda: count_lines(path, display, max_lines=nrows),
+            )
+
+        sources = [source(split, path) for split, path in self.split_paths().items()]
+        return ChunkedData(sources, list(CRITEO_CATEGORICAL), list(CRITEO_NUMERIC), self.sources())
+
+    def parse(self, text: TextFile) -> pl.DataFrame:
+        """Criteo lines (a whole file or a chunk of one) as a frame with the contract's columns and dtypes."""
         frame = split_columns(text, CRITEO_COLUMNS, CRITEO_SEPARATOR, hint="label, 13 integer and 26 categorical")
         frame = parse_numeric(frame, CRITEO_NUMERIC, text)
         label = binary_label(frame, LABEL, text)

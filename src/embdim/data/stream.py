@@ -1,0 +1,237 @@
+"""Streaming prepare: sources read in bounded chunks, in memory that does not grow with the rows.
+
+It writes the same cache as :func:`embdim.data.prepare.prepare` reads from memory (same splits,
+vocabularies, ids, dense values and labels), in up to three passes over the sources:
+
+0. **Count** (only for a pool split at random, or a valid share carved from the train file): the
+   rows of each source, by counting lines, so that :func:`~embdim.data.split.split_indices` assigns
+   each row to its split exactly as in memory.
+1. **Read**: each chunk is parsed and checked by its reader; labels and dense features go straight
+   into the cache's pre-sized memory-mapped arrays at their rows' places; every id field's value
+   becomes a 64-bit key (a hash of its text) in a scratch file; training rows' keys are counted,
+   with one text per key (two texts with one key, a hash collision, are an error).
+2. **Encode**: the vocabularies follow from the counts (min count, frequency order, OOV: the
+   encoder's rules), and the scratch keys become ids by a sorted search, a block of rows at a time.
+
+Memory holds one chunk, the counted keys of the training split (one entry per distinct value), and
+a block of keys; the arrays are written through the page cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from tqdm.auto import tqdm
+
+from embdim.data.cache import DENSE_FILE, IDS_FILE, LABELS_FILE, CacheWriter
+from embdim.data.encoder import Encoder
+from embdim.data.raw import LABEL, DataError
+from embdim.data.readers.base import ChunkedData, ChunkedSource
+from embdim.data.split import POOL, SPLIT_NAMES, split_indices
+
+DEFAULT_CHUNK_ROWS = 1 << 20
+"""Rows per chunk: a chunk's frame is the largest thing a pass holds besides the counts."""
+ENCODE_BLOCK_ROWS = 1 << 20
+"""Rows of scratch keys turned into ids at once."""
+MERGE_ROWS = 1 << 22
+"""Partial counts of a field are merged once they hold this many rows (bounds their memory)."""
+KEY_SEED = 0
+_KEY, _VALUE, _COUNT, _TEXTS = "key", "value", "count", "texts"
+KEYS_FILE = "keys.npy"  # scratch, per split: uint64 [N, F]
+
+
+class _Counter:
+    """Training counts of one id field's values, by key, merged as they grow."""
+
+    def __init__(self) -> None:
+        self.parts: list[pl.DataFrame] = []
+        self.rows = 0
+
+    def add(self, keys: np.ndarray, values: pl.Series) -> None:
+        frame = pl.DataFrame({_KEY: keys, _VALUE: values})
+        part = frame.group_by(_KEY).agg(
+            pl.col(_VALUE).first(), pl.len().alias(_COUNT), pl.col(_VALUE).n_unique().alias(_TEXTS)
+        )
+        self.parts.append(part)
+        self.rows += part.height
+        if self.rows > MERGE_ROWS and len(self.parts) > 1:
+            self.parts = [self._merged()]
+            self.rows = self.parts[0].height
+
+    def _merged(self) -> pl.DataFrame:
+        merged = (
+            pl.concat(self.parts)
+            .group_by(_KEY)
+            .agg(pl.col(_VALUE).first(), pl.col(_COUNT).sum(), (pl.col(_TEXTS).max() + pl.col(_VALUE).n_unique() - 1))
+        )
+        return merged
+
+    def result(self, field: str) -> pl.DataFrame:
+        """``key``, ``value``, ``count`` of every value seen; a hash collision is an error."""
+        merged = (
+            self._merged()
+            if self.parts
+            else pl.DataFrame(
+                {_KEY: [], _VALUE: [], _COUNT: [], _TEXTS: []},
+                schema={_KEY: pl.UInt64, _VALUE: pl.Utf8, _COUNT: pl.UInt32, _TEXTS: pl.UInt32},
+            )
+        )
+        clash = merged.filter(pl.col(_TEXTS) > 1)
+        if clash.height:
+            raise DataError(
+                f"field {field!r}: two values share one 64-bit key ({clash[_VALUE][0]!r} and another); "
+                "prepare this dataset in memory (prepare(..., streaming=False))"
+            )
+        return merged.drop(_TEXTS)
+
+
+def _plan_rows(
+    chunked: ChunkedData, ratios: list[float], seed: int, valid_ratio: float
+) -> tuple[list[np.ndarray | str], dict[str, int]]:
+    """Per source, the split of each row (an int8 index into SPLIT_NAMES) or its one split's name; and
+    the rows of every split, in SPLIT_NAMES order, as the in-memory split would make them."""
+    sources = chunked.sources
+    names = {s.split for s in sources}
+    if names == {POOL}:
+        n = sources[0].count_rows()
+        parts = split_indices(n, ratios, seed)
+        return [_assignment_array(parts, n)], {name: len(idx) for name, idx in parts.items()}
+    carve = "valid" not in names and valid_ratio > 0
+    assignments: list[np.ndarray | str] = []
+    sizes = dict.fromkeys(SPLIT_NAMES, 0)
+    for source in sources:
+        n = source.count_rows()
+        if carve and source.split == "train":
+            parts = split_indices(n, (1 - valid_ratio, valid_ratio, 0.0), seed)
+            assignments.append(_assignment_array(parts, n))
+            for name, idx in parts.items():
+                sizes[name] += len(idx)
+        else:
+            assignments.append(source.split)
+            sizes[source.split] += n
+    present = names | ({"valid"} if carve else set())
+    return assignments, {name: sizes[name] for name in SPLIT_NAMES if name in present}
+
+
+def _assignment_array(parts: dict[str, np.ndarray], n: int) -> np.ndarray:
+    out = np.empty(n, dtype=np.int8)
+    for name, idx in parts.items():
+        out[idx] = SPLIT_NAMES.index(name)
+    return out
+
+
+def _rows_by_split(where: np.ndarray | str, height: int) -> dict[str, np.ndarray]:
+    """The chunk's row positions of each split it holds."""
+    if isinstance(where, str):
+        return {where: np.arange(height)}
+    return {name: rows for k, name in enumerate(SPLIT_NAMES) if len(rows := np.flatnonzero(where == k))}
+
+
+def _chunks(source: ChunkedSource, assignment: np.ndarray | str) -> Iterator[tuple[pl.DataFrame, np.ndarray | str]]:
+    """The source's frames with their rows' splits; checks that the rows are the counted ones."""
+    start = 0
+    for frame in source.chunks():
+        bad = ~pl.col(LABEL).cast(pl.Float32).is_in([0.0, 1.0]).fill_null(False)
+        if frame.select(bad.any()).item():
+            raise DataError("a streamed source gave a row without a 0/1 label; its reader should have refused it")
+        if isinstance(assignment, str):
+            yield frame, assignment
+        else:
+            yield frame, assignment[start : start + frame.height]
+        start += frame.height
+    if not isinstance(assignment, str) and start != len(assignment):
+        raise DataError(f"the source gave {start:,} rows where its lines counted {len(assignment):,}")
+
+
+def prepare_streaming(
+    chunked: ChunkedData,
+    encoder: Encoder,
+    writer: CacheWriter,
+    ratios: list[float],
+    seed: int,
+    valid_ratio: float,
+    progress: bool = True,
+) -> tuple[Encoder, dict[str, int]]:
+    """Read, split, count and encode ``chunked`` into the open ``writer`` (see the module docstring).
+
+    Returns the fitted ``encoder`` and the rows of each split; the caller writes schema and encoder.
+    """
+    assignments, sizes = _plan_rows(chunked, ratios, seed, valid_ratio)
+    if sizes.get("train", 0) == 0:
+        raise DataError("the train split is empty: nothing to learn from (dataset.preprocess.split)")
+    if sizes.get("valid", 0) == 0:
+        raise DataError("the valid split is empty: selection on validation needs rows (dataset.preprocess.split)")
+    fields = encoder.id_fields(chunked.categorical, chunked.numeric)
+    dense_names = list(chunked.numeric) if encoder.keeps_dense else []
+    labels = {s: writer.open_array(f"{s}/{LABELS_FILE}", np.float32, (n,)) for s, n in sizes.items()}
+    dense = {s: writer.open_array(f"{s}/{DENSE_FILE}", np.float32, (n, len(dense_names))) for s, n in sizes.items()}
+    keys = {
+        s: np.lib.format.open_memmap(writer.scratch(f"{s}.{KEYS_FILE}"), "w+", np.uint64, (n, len(fields)))
+        for s, n in sizes.items()
+    }
+    counters = {name: _Counter() for name, _ in fields}
+    filled = dict.fromkeys(sizes, 0)
+    total = sum(sizes.values())
+    with tqdm(total=total, desc="read", unit="row", unit_scale=True, disable=not progress) as bar:
+        for source, assignment in zip(chunked.sources, assignments, strict=True):
+            for frame, where in _chunks(source, assignment):
+                chunk_dense = encoder.dense_features(frame, dense_names)
+                chunk_labels = frame.get_column(LABEL).cast(pl.Float32).to_numpy()
+                chunk_keys = np.empty((frame.height, len(fields)), dtype=np.uint64)
+                values = []
+                for j, (name, numeric) in enumerate(fields):
+                    v = encoder.field_values(frame, name, numeric)
+                    chunk_keys[:, j] = v.hash(seed=KEY_SEED).to_numpy()
+                    values.append(v)
+                for split, rows in _rows_by_split(where, frame.height).items():
+                    at = slice(filled[split], filled[split] + len(rows))
+                    labels[split][at] = chunk_labels[rows]
+                    dense[split][at] = chunk_dense[rows]
+                    keys[split][at] = chunk_keys[rows]
+                    filled[split] += len(rows)
+                    if split == "train":
+                        for j, (name, _) in enumerate(fields):
+                            counters[name].add(chunk_keys[rows, j], values[j].gather(rows))
+                bar.update(frame.height)
+    counted = {name: counters[name].result(name) for name, _ in fields}
+    kept = {name: encoder.kept_values(counted[name].select(_VALUE, _COUNT)) for name, _ in fields}
+    encoder.set_vocabulary(chunked.categorical, chunked.numeric, kept, sizes["train"])
+    lookups = [_key_to_id(counted[name], kept[name]) for name, _ in fields]
+    with tqdm(total=total, desc="encode", unit="row", unit_scale=True, disable=not progress) as bar:
+        for split, n in sizes.items():
+            ids = writer.open_array(f"{split}/{IDS_FILE}", np.int32, (n, len(fields)))
+            for start in range(0, n, ENCODE_BLOCK_ROWS):
+                block = np.asarray(keys[split][start : start + ENCODE_BLOCK_ROWS])
+                for j, (sorted_keys, sorted_ids) in enumerate(lookups):
+                    ids[start : start + len(block), j] = _encode(block[:, j], sorted_keys, sorted_ids)
+                bar.update(len(block))
+            writer.close_array(f"{split}/{IDS_FILE}", ids)
+            writer.close_array(f"{split}/{LABELS_FILE}", labels[split])
+            writer.close_array(f"{split}/{DENSE_FILE}", dense[split])
+            del keys[split]
+            Path(writer.scratch(f"{split}.{KEYS_FILE}")).unlink()
+    return encoder, sizes
+
+
+def _key_to_id(counted: pl.DataFrame, kept: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Every counted key sorted, with its id (kept values 1.. in id order; the rest 0, OOV)."""
+    ids = kept.with_columns(pl.int_range(1, kept.height + 1, dtype=pl.Int32).alias("id"))
+    table = counted.join(ids.select(_VALUE, "id"), on=_VALUE, how="left").sort(_KEY)
+    return table.get_column(_KEY).to_numpy(), table.get_column("id").fill_null(0).to_numpy().astype(np.int32)
+
+
+def _encode(keys: np.ndarray, sorted_keys: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Ids of ``keys`` [N]: a sorted search (the queries sorted first: sequential, cache-friendly);
+    keys never seen in training are 0 (OOV)."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), dtype=np.int32)
+    order = np.argsort(keys, kind="stable")
+    queries = keys[order]
+    pos = np.minimum(np.searchsorted(sorted_keys, queries), len(sorted_keys) - 1)
+    found = sorted_keys[pos] == queries
+    out = np.empty(len(keys), dtype=np.int32)
+    out[order] = np.where(found, sorted_ids[pos], 0)
+    return out
