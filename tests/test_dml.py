@@ -308,6 +308,11 @@ def test_learned_sizes_rank_like_the_planted_dimensions(tmp_path):
             "method.temperature_schedule=constant",
             "method.tau_start=3.0",
             "method.finetune_max_steps=0",
+            # the planted teacher, not Frappe: no embedding L2 (Frappe's 0.05 flattens every field to
+            # one width), a constant lr and no clipping
+            "train.embedding_weight_decay=0",
+            "train.lr_schedule=constant",
+            "train.clip_grad_norm=null",
         )
         result = run_experiment(cfg)
         widths = list(result["field_dims"].values())

@@ -1787,3 +1787,14 @@ def test_a_sample_of_the_corpus_is_accepted_or_rejected_cleanly(case: Case, tmp_
 @pytest.mark.parametrize("case", CORPUS, ids=[case.id for case in CORPUS])
 def test_every_case_of_the_corpus_is_accepted_or_rejected_cleanly(case: Case, tmp_path: Path, clean_of) -> None:
     check(case, tmp_path, clean_of)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CORPUS, ids=[case.id for case in CORPUS])
+def test_every_case_streamed_is_accepted_or_rejected_as_in_memory(
+    case: Case, tmp_path: Path, clean_of, monkeypatch
+) -> None:
+    """The same corpus with every streamable source streamed (EMBDIM_STREAMING=prefer): the same errors,
+    the same caches."""
+    monkeypatch.setenv("EMBDIM_STREAMING", "prefer")
+    check(case, tmp_path, clean_of)

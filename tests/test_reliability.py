@@ -34,6 +34,8 @@ def _cli_args(tmp_path: Path, *overrides: str) -> list[str]:
         "embedding.dim=4",
         "train.batch_size=512",
         "train.epochs=2",
+        # one thread everywhere: a run in this process and one in a subprocess then add in the same order
+        "train.threads=1",
     ]
     return ["run", QUICKSTART, *base, *overrides, "--no-progress"]
 

@@ -112,3 +112,94 @@ def test_an_interrupted_streaming_prepare_leaves_no_usable_cache(tmp_path, monke
     monkeypatch.setattr(stream, "_encode", real)
     data = prepare(reader, PreprocessConfig(), tmp_path / "cache", "c", progress=False, streaming=True)
     assert is_complete(data.cache_dir)
+
+
+# ---------------------------------------------------------------------- the other streaming readers
+def _write_avazu(path: Path, rows: int, header: bool) -> Path:
+    import random
+
+    rnd = random.Random(0)
+    from embdim.data.readers.avazu import AVAZU_COLUMNS
+
+    lines = [",".join(AVAZU_COLUMNS)] if header else []
+    for i in range(rows):
+        hour = f"1410{21 + rnd.randrange(8):02d}{rnd.randrange(24):02d}"
+        values = [f"v{rnd.randrange(1 + k * 3)}" for k in range(21)]
+        lines.append(f"{i},{rnd.randrange(2)},{hour}," + ",".join(values))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _write_libfm(path: Path, rows: int) -> Path:
+    import random
+
+    rnd = random.Random(1)
+    lines = [
+        f"{rnd.choice(['1', '-1'])} " + " ".join(f"{rnd.randrange(50) * 10 + k}:1" for k in range(4))
+        for _ in range(rows)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _write_table(path: Path, rows: int, fmt: str) -> Path:
+    import random
+
+    import polars as pl
+
+    rnd = random.Random(2)
+    frame = pl.DataFrame(
+        {
+            "user": [f"u{rnd.randrange(40)}" for _ in range(rows)],
+            "item": [f"i{rnd.randrange(90)}" if rnd.random() > 0.1 else None for _ in range(rows)],
+            "age": [rnd.choice([None, 1.5, 20.0, 33.0, float(rnd.randrange(80))]) for _ in range(rows)],
+            "y": [rnd.randrange(2) for _ in range(rows)],
+        }
+    )
+    if fmt == "parquet":
+        frame.write_parquet(path)
+    else:
+        frame.write_csv(path, separator="," if fmt == "csv" else "\t", quote_style="never")
+    return path
+
+
+def _readers(tmp_path: Path):
+    from embdim.data.readers.avazu import AvazuOptions, AvazuReader
+    from embdim.data.readers.libfm import LibFMOptions, LibFMReader
+    from embdim.data.readers.table import TableOptions, TableReader
+
+    table = {"categorical": ["user", "item"], "numeric": ["age"], "label": "y"}
+    return {
+        "avazu-header": AvazuReader(AvazuOptions(path=str(_write_avazu(tmp_path / "a.csv", 400, True))), tmp_path),
+        "avazu-plain": AvazuReader(AvazuOptions(path=str(_write_avazu(tmp_path / "b.csv", 400, False))), tmp_path),
+        "libfm": LibFMReader(LibFMOptions(path=str(_write_libfm(tmp_path / "c.libfm", 400))), tmp_path),
+        "csv": TableReader(TableOptions(path=str(_write_table(tmp_path / "d.csv", 400, "csv")), **table), tmp_path),
+        "tsv": TableReader(TableOptions(path=str(_write_table(tmp_path / "e.tsv", 400, "tsv")), **table), tmp_path),
+        "parquet": TableReader(
+            TableOptions(path=str(_write_table(tmp_path / "f.parquet", 400, "parquet")), **table), tmp_path
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["avazu-header", "avazu-plain", "libfm", "csv", "tsv", "parquet"])
+def test_every_streaming_reader_writes_the_cache_of_its_in_memory_read(tmp_path, name):
+    reader = _readers(tmp_path)[name]
+    assert reader.chunked(16) is not None
+    cfg = PreprocessConfig(min_count=2, numeric="both", split={"seed": 3})
+    memory = prepare(reader, cfg, tmp_path / "a", "x", progress=False, streaming=False)
+    streamed = prepare(reader, cfg, tmp_path / "b", "x", progress=False, streaming=True, chunk_rows=9)
+    _same_cache(memory.cache_dir, streamed.cache_dir)
+
+
+def test_a_quoted_csv_is_read_whole_instead_of_streamed(tmp_path):
+    from embdim.data.readers.table import TableOptions, TableReader
+
+    path = tmp_path / "q.csv"
+    path.write_text('user,y\n"a\nb",1\nc,0\n' + "".join(f"u{i},{i % 2}\n" for i in range(60)))
+    reader = TableReader(TableOptions(path=str(path), categorical=["user"], label="y"), tmp_path)
+    data = prepare(reader, PreprocessConfig(), tmp_path / "cache", "q", progress=False, streaming=None, chunk_rows=4)
+    assert sum(data.schema.rows.values()) == 62  # the quoted two-line value is one row
+    from embdim.config import ConfigError
+
+    with pytest.raises(ConfigError, match="quoted fields may span lines"):
+        prepare(reader, PreprocessConfig(), tmp_path / "c2", "q", progress=False, streaming=True, chunk_rows=4)

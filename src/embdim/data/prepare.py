@@ -42,8 +42,8 @@ from embdim.data.cache import (
 from embdim.data.encoder import DenseTransform, Encoder, NumericMode
 from embdim.data.raw import DataError, RawData
 from embdim.data.readers._common import SplitFileReader
-from embdim.data.readers.base import ChunkedData, Reader
-from embdim.data.split import DEFAULT_RATIOS, DEFAULT_VALID_RATIO, POOL, SPLIT_NAMES, split_frames
+from embdim.data.readers.base import ChunkedData, NotStreamable, Reader
+from embdim.data.split import DEFAULT_RATIOS, DEFAULT_VALID_RATIO, SPLIT_NAMES, require_rows, split_frames
 from embdim.data.stream import DEFAULT_CHUNK_ROWS, prepare_streaming
 from embdim.errors import ConfigError, shorten
 from embdim.options import Options
@@ -150,42 +150,6 @@ def _split_sources(source: RawData | Reader) -> dict[str, str]:
     return {}
 
 
-def _require_rows(
-    frames: dict[str, pl.DataFrame], given: dict[str, int], split: SplitConfig, files: dict[str, str]
-) -> None:
-    """Raise :class:`DataError` when the split left ``train`` or ``valid`` without rows.
-
-    Args:
-        frames: the splits after :func:`split_frames`.
-        given: rows per reader split (``{"all": n}`` or the given files), after dropping bad labels.
-        split: the split config, named in the message.
-        files: split name -> source file, where known.
-    """
-
-    def file_of(name: str) -> str:
-        return f" ({files[name]})" if name in files else ""
-
-    for name in ("train", "valid"):
-        if name in frames and frames[name].height > 0:
-            continue
-        need = "training needs rows" if name == "train" else "selection on validation needs rows"
-        if POOL in given:
-            ratio = f"split.ratios {list(split.ratios)}"
-            raise DataError(
-                f"the {name} split is empty: {ratio} give it none of the {given[POOL]:,} rows{file_of(POOL)}; "
-                f"{need} (use more rows or a larger {name} ratio)"
-            )
-        if name in given:  # always so for train: split_frames requires a train file
-            raise DataError(f"the given {name} file{file_of(name)} has no rows with a 0/1 label; {need}")
-        carved = f"split.valid_ratio {split.valid_ratio}"
-        if split.valid_ratio == 0:
-            raise DataError(f"no valid split: no valid file is given and {carved} carves none out of train; {need}")
-        raise DataError(
-            f"the valid split is empty: {carved} of the {given.get('train', 0):,} train rows{file_of('train')} "
-            f"rounds to none; {need} (give a valid file or a larger valid_ratio)"
-        )
-
-
 def _drop_bad_labels(raw: RawData) -> tuple[dict[str, pl.DataFrame], int]:
     """Frames with the label cast to Float32 and rows whose label is null or not 0/1 removed."""
     label = pl.col(raw.label).cast(pl.Float32)
@@ -198,16 +162,19 @@ def _drop_bad_labels(raw: RawData) -> tuple[dict[str, pl.DataFrame], int]:
     return frames, dropped
 
 
-def _chunked(source: RawData | Reader, streaming: bool | None, chunk_rows: int) -> ChunkedData | None:
+def _chunked(source: RawData | Reader, streaming: bool | None, chunk_rows: int, min_bytes: int) -> ChunkedData | None:
     """The source in chunks when it is to be streamed, else ``None`` (see :func:`prepare`)."""
     if streaming is False or not isinstance(source, Reader):
         return None
-    chunked = source.chunked(chunk_rows)
+    try:
+        chunked, why = source.chunked(chunk_rows), "its options ask for a whole read"
+    except NotStreamable as err:
+        chunked, why = None, str(err)
     if chunked is None:
         if streaming:
-            raise ConfigError(f"the {type(source).__name__} cannot stream its files; prepare them in memory")
+            raise ConfigError(f"the {type(source).__name__} cannot stream these files ({why}); prepare them in memory")
         return None
-    if streaming is None and sum(p.stat().st_size for p in chunked.files) < STREAM_MIN_BYTES:
+    if streaming is None and sum(p.stat().st_size for p in chunked.files if p.is_file()) < min_bytes:
         return None
     return chunked
 
@@ -232,6 +199,7 @@ def prepare(
     force: bool = False,
     streaming: bool | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    stream_min_bytes: int = STREAM_MIN_BYTES,
 ) -> PreparedData:
     """Encode a dataset into ``cache_root/<name>-<key16>/`` (or open it when it is already there).
 
@@ -244,8 +212,10 @@ def prepare(
         force: rebuild even when a complete cache exists (the new one replaces it atomically).
         streaming: read the sources in chunks of ``chunk_rows`` rows (:mod:`embdim.data.stream`), in
             memory that does not grow with the rows; ``None``: when the reader can and its sources hold
-            more than :data:`STREAM_MIN_BYTES`. Both ways write the same cache.
+            more than ``stream_min_bytes`` (and falls back to memory where a file turns out not to be
+            streamable, e.g. quoted CSV). Both ways write the same cache.
         chunk_rows: rows per chunk when streaming.
+        stream_min_bytes: the source size from which ``streaming=None`` streams.
 
     Returns:
         :class:`PreparedData` with memory-mapped arrays; ``schema.skipped`` holds the reader's
@@ -270,18 +240,27 @@ def prepare(
     clean_stale_temps(cache_root)
     if not force and is_complete(final):
         return load_prepared(final)
-    chunked = _chunked(source, streaming, chunk_rows)
+    chunked = _chunked(source, streaming, chunk_rows, stream_min_bytes)
     if chunked is not None:
-        with CacheWriter(final) as writer:
-            split = cfg.split
-            encoder, rows = prepare_streaming(
-                chunked, cfg.make_encoder(), writer, split.ratios, split.seed, split.valid_ratio, progress
-            )
-            meta = _meta(name, key, chunked.categorical, chunked.numeric, payload)
-            schema = encoder.schema(rows=rows, skipped={}, meta=meta)
-            writer.write_encoder(encoder)
-            writer.write_schema(schema)
-        return load_prepared(final)
+        try:
+            with CacheWriter(final) as writer:
+                split = cfg.split
+                encoder, rows = prepare_streaming(
+                    chunked,
+                    cfg.make_encoder(),
+                    writer,
+                    (split.ratios, split.seed, split.valid_ratio),
+                    _split_sources(source),
+                    progress,
+                )
+                meta = _meta(name, key, chunked.categorical, chunked.numeric, payload)
+                schema = encoder.schema(rows=rows, skipped={}, meta=meta)
+                writer.write_encoder(encoder)
+                writer.write_schema(schema)
+            return load_prepared(final)
+        except NotStreamable as err:
+            if streaming:
+                raise ConfigError(f"{err}: this source cannot be streamed; prepare it in memory") from None
 
     with tqdm(total=len(SPLIT_NAMES) + _FIXED_STEPS, desc=f"prepare {name}", unit="step", disable=not progress) as bar:
         bar.set_postfix_str("read")
@@ -296,7 +275,8 @@ def prepare(
         bar.set_postfix_str("split")
         given = {split: df.height for split, df in frames.items()}
         frames = split_frames(frames, cfg.split.ratios, cfg.split.seed, cfg.split.valid_ratio)
-        _require_rows(frames, given, cfg.split, _split_sources(source))
+        sizes = {split: df.height for split, df in frames.items()}
+        require_rows(sizes, given, cfg.split.ratios, cfg.split.valid_ratio, _split_sources(source))
         bar.total = len(frames) + _FIXED_STEPS
         bar.update()
 

@@ -80,12 +80,7 @@ def split_frames(
     if keys == {POOL}:
         pool = splits[POOL]
         return {name: pool[idx] for name, idx in split_indices(pool.height, ratios, seed).items()}
-    unknown = keys - set(SPLIT_NAMES)
-    if unknown or "train" not in keys:
-        raise DataError(
-            f"the reader gives the splits {sorted(keys)}: give one pool of rows (dataset.options.path) or a train "
-            f"file among {', '.join(SPLIT_NAMES)} (dataset.options.files.train)"
-        )
+    check_split_names(keys)
     if not 0 <= valid_ratio < 1:
         raise ValueError(f"valid_ratio must be in [0, 1), got {valid_ratio}")
     out = {name: splits[name] for name in SPLIT_NAMES if name in splits}
@@ -137,3 +132,53 @@ def split_warnings(labels: Mapping[str, np.ndarray]) -> list[str]:
                     f"{name} split has {count:,} {what} (fewer than {MIN_EVAL_LABEL_ROWS}): its AUC is unreliable"
                 )
     return out
+
+
+def check_split_names(names: set[str]) -> None:
+    """Raise :class:`DataError` unless the reader's splits are one pool or given files with a train file."""
+    if names == {POOL}:
+        return
+    if names - set(SPLIT_NAMES) or "train" not in names:
+        raise DataError(
+            f"the reader gives the splits {sorted(names)}: give one pool of rows (dataset.options.path) or a train "
+            f"file among {', '.join(SPLIT_NAMES)} (dataset.options.files.train)"
+        )
+
+
+def require_rows(
+    sizes: Mapping[str, int],
+    given: Mapping[str, int],
+    ratios: Sequence[float],
+    valid_ratio: float,
+    files: Mapping[str, str],
+) -> None:
+    """Raise :class:`DataError` when the split left ``train`` or ``valid`` without rows, saying why.
+
+    Args:
+        sizes: rows of each split made (``train``, ``valid``, ``test``; absent when not made).
+        given: rows per reader split (``{"all": n}`` or the given files), rows without a 0/1 label not counted.
+        ratios, valid_ratio: the split settings, named in the message.
+        files: reader split -> the file it was read from, where known.
+    """
+
+    def file_of(name: str) -> str:
+        return f" ({files[name]})" if name in files else ""
+
+    for name in ("train", "valid"):
+        if sizes.get(name, 0) > 0:
+            continue
+        need = "training needs rows" if name == "train" else "selection on validation needs rows"
+        if POOL in given:
+            raise DataError(
+                f"the {name} split is empty: split.ratios {list(ratios)} give it none of the {given[POOL]:,} rows"
+                f"{file_of(POOL)}; {need} (use more rows or a larger {name} ratio)"
+            )
+        if name in given:  # always so for train: a train file is required
+            raise DataError(f"the given {name} file{file_of(name)} has no rows with a 0/1 label; {need}")
+        carved = f"split.valid_ratio {valid_ratio}"
+        if valid_ratio == 0:
+            raise DataError(f"no valid split: no valid file is given and {carved} carves none out of train; {need}")
+        raise DataError(
+            f"the valid split is empty: {carved} of the {given.get('train', 0):,} train rows{file_of('train')} "
+            f"rounds to none; {need} (give a valid file or a larger valid_ratio)"
+        )

@@ -19,7 +19,7 @@ a block of keys; the arrays are written through the page cache.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from embdim.data.cache import DENSE_FILE, IDS_FILE, LABELS_FILE, CacheWriter
 from embdim.data.encoder import Encoder
 from embdim.data.raw import LABEL, DataError
 from embdim.data.readers.base import ChunkedData, ChunkedSource
-from embdim.data.split import POOL, SPLIT_NAMES, split_indices
+from embdim.data.split import POOL, SPLIT_NAMES, check_split_names, require_rows, split_indices
 
 DEFAULT_CHUNK_ROWS = 1 << 20
 """Rows per chunk: a chunk's frame is the largest thing a pass holds besides the counts."""
@@ -89,21 +89,23 @@ class _Counter:
 
 
 def _plan_rows(
-    chunked: ChunkedData, ratios: list[float], seed: int, valid_ratio: float
-) -> tuple[list[np.ndarray | str], dict[str, int]]:
-    """Per source, the split of each row (an int8 index into SPLIT_NAMES) or its one split's name; and
-    the rows of every split, in SPLIT_NAMES order, as the in-memory split would make them."""
+    chunked: ChunkedData, ratios: Sequence[float], seed: int, valid_ratio: float
+) -> tuple[list[np.ndarray | str], dict[str, int], dict[str, int]]:
+    """Per source, the split of each row (an int8 index into SPLIT_NAMES) or its one split's name; the
+    rows of every split, in SPLIT_NAMES order, as the in-memory split would make them; and the rows of
+    each source's split."""
     sources = chunked.sources
     names = {s.split for s in sources}
+    given = {s.split: s.count_rows() for s in sources}
     if names == {POOL}:
-        n = sources[0].count_rows()
+        n = given[POOL]
         parts = split_indices(n, ratios, seed)
-        return [_assignment_array(parts, n)], {name: len(idx) for name, idx in parts.items()}
+        return [_assignment_array(parts, n)], {name: len(idx) for name, idx in parts.items()}, given
     carve = "valid" not in names and valid_ratio > 0
     assignments: list[np.ndarray | str] = []
     sizes = dict.fromkeys(SPLIT_NAMES, 0)
     for source in sources:
-        n = source.count_rows()
+        n = given[source.split]
         if carve and source.split == "train":
             parts = split_indices(n, (1 - valid_ratio, valid_ratio, 0.0), seed)
             assignments.append(_assignment_array(parts, n))
@@ -113,7 +115,7 @@ def _plan_rows(
             assignments.append(source.split)
             sizes[source.split] += n
     present = names | ({"valid"} if carve else set())
-    return assignments, {name: sizes[name] for name in SPLIT_NAMES if name in present}
+    return assignments, {name: sizes[name] for name in SPLIT_NAMES if name in present}, given
 
 
 def _assignment_array(parts: dict[str, np.ndarray], n: int) -> np.ndarray:
@@ -150,20 +152,18 @@ def prepare_streaming(
     chunked: ChunkedData,
     encoder: Encoder,
     writer: CacheWriter,
-    ratios: list[float],
-    seed: int,
-    valid_ratio: float,
+    split: tuple[Sequence[float], int, float],
+    files: Mapping[str, str],
     progress: bool = True,
 ) -> tuple[Encoder, dict[str, int]]:
     """Read, split, count and encode ``chunked`` into the open ``writer`` (see the module docstring).
 
     Returns the fitted ``encoder`` and the rows of each split; the caller writes schema and encoder.
     """
-    assignments, sizes = _plan_rows(chunked, ratios, seed, valid_ratio)
-    if sizes.get("train", 0) == 0:
-        raise DataError("the train split is empty: nothing to learn from (dataset.preprocess.split)")
-    if sizes.get("valid", 0) == 0:
-        raise DataError("the valid split is empty: selection on validation needs rows (dataset.preprocess.split)")
+    ratios, seed, valid_ratio = split
+    check_split_names({source.split for source in chunked.sources})
+    assignments, sizes, given = _plan_rows(chunked, ratios, seed, valid_ratio)
+    require_rows(sizes, given, ratios, valid_ratio, files)
     fields = encoder.id_fields(chunked.categorical, chunked.numeric)
     dense_names = list(chunked.numeric) if encoder.keeps_dense else []
     labels = {s: writer.open_array(f"{s}/{LABELS_FILE}", np.float32, (n,)) for s, n in sizes.items()}

@@ -8,6 +8,7 @@ existing folder is refused rather than mixed in; the error names the keys that d
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,8 @@ from typing import Any
 import yaml
 
 from embdim.config import ConfigError, RunConfig, to_yaml
-from embdim.data.prepare import PreparedData, prepare
-from embdim.errors import DivergedError
+from embdim.data.prepare import STREAM_MIN_BYTES, PreparedData, prepare
+from embdim.errors import DivergedError, shorten
 from embdim.registry import READERS
 from embdim.train.checkpoint import atomic_write_json, atomic_write_text, init_weights_path
 from embdim.train.layout import CHECKPOINT_FILE, CONFIG_FILE, DIVERGED, RESULT_FILE
@@ -26,11 +27,27 @@ SHOWN_CHANGES = 5  # differing keys named in an error before "and N more"
 _ABSENT = "(absent)"
 
 
+STREAMING_ENV = "EMBDIM_STREAMING"
+"""``auto`` (default): stream sources larger than STREAM_MIN_BYTES; ``prefer``: stream every source whose
+reader can; ``never``: read every source whole. The cache is the same either way."""
+
+
 def prepare_dataset(cfg: RunConfig, progress: bool = True) -> PreparedData:
     """Read, split, encode and cache the config's dataset (or load it from the cache)."""
     ds = cfg.dataset
     reader = READERS.get(ds.reader)(ds.reader_options(), cfg.resolved_data_root())
-    return prepare(reader, ds.preprocess, Path(cfg.cache_root), ds.name, progress=progress)
+    mode = os.environ.get(STREAMING_ENV, "auto")
+    if mode not in ("auto", "prefer", "never"):
+        raise ConfigError(f"${STREAMING_ENV}={shorten(repr(mode))}: use auto, prefer or never")
+    return prepare(
+        reader,
+        ds.preprocess,
+        Path(cfg.cache_root),
+        ds.name,
+        progress=progress,
+        streaming=False if mode == "never" else None,
+        stream_min_bytes=0 if mode == "prefer" else STREAM_MIN_BYTES,
+    )
 
 
 def run_dir_for(cfg: RunConfig) -> Path:

@@ -23,7 +23,7 @@ import polars as pl
 from pydantic import PositiveInt, model_validator
 
 from embdim.data.raw import DataError
-from embdim.data.readers.base import Reader, ReaderOptions
+from embdim.data.readers.base import NotStreamable, Reader, ReaderOptions
 from embdim.errors import shorten
 
 ALL_SPLIT = "all"
@@ -195,23 +195,27 @@ def _member_list(names: Sequence[str]) -> str:
 
 
 def _read_zip_member(path: Path, display: str, member: str | None, max_lines: int | None) -> bytes:
-    with zipfile.ZipFile(path) as archive:
-        infos = {info.filename: info for info in archive.infolist() if not info.is_dir()}
-        names = list(infos)
-        if member is None:
-            if len(names) != 1:
-                # these readers have no option naming a member, so the archive must hold exactly one file
-                raise DataError(
-                    f"{display}: a .zip source must hold exactly one file, this one holds {len(names)}: "
-                    f"{_member_list(names)}"
-                )
-            member = names[0]
-        if member not in infos:
-            raise DataError(f"{display}: no member {member!r}; members: {_member_list(names)}")
-        if infos[member].flag_bits & ZIP_ENCRYPTED_FLAG:
-            raise DataError(f"{display}: member {member!r} is encrypted; unpack it first")
-        with archive.open(member) as stream:
-            return stream.read() if max_lines is None else b"".join(islice(stream, max_lines))
+    with zipfile.ZipFile(path) as archive, archive.open(_zip_member(archive, display, member)) as stream:
+        return stream.read() if max_lines is None else b"".join(islice(stream, max_lines))
+
+
+def _zip_member(archive: zipfile.ZipFile, display: str, member: str | None) -> zipfile.ZipInfo:
+    """The archive's member to read (its only file when ``member`` is None), if it can be read."""
+    infos = {info.filename: info for info in archive.infolist() if not info.is_dir()}
+    names = list(infos)
+    if member is None:
+        if len(names) != 1:
+            # these readers have no option naming a member, so the archive must hold exactly one file
+            raise DataError(
+                f"{display}: a .zip source must hold exactly one file, this one holds {len(names)}: "
+                f"{_member_list(names)}"
+            )
+        member = names[0]
+    if member not in infos:
+        raise DataError(f"{display}: no member {member!r}; members: {_member_list(names)}")
+    if infos[member].flag_bits & ZIP_ENCRYPTED_FLAG:
+        raise DataError(f"{display}: member {member!r} is encrypted; unpack it first")
+    return infos[member]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -329,11 +333,10 @@ def _open_lines(path: Path, display: str) -> BinaryIO:
     """A binary stream of the decompressed file (plain, ``.gz``, or the only member of a ``.zip``)."""
     if path.suffix == ZIP_SUFFIX:
         archive = zipfile.ZipFile(path)
-        names = [info.filename for info in archive.infolist() if not info.is_dir()]
-        if len(names) != 1:
-            archive.close()
-            raise DataError(f"{display}: holds {len(names)} files; a streamed archive must hold one")
-        return archive.open(names[0])
+        try:
+            return archive.open(_zip_member(archive, display, None))
+        finally:
+            archive.close()  # the member's stream keeps the file open until it is closed
     if path.suffix == GZIP_SUFFIX:
         return gzip.open(path, "rb")
     return path.open("rb")
@@ -365,7 +368,7 @@ def iter_text_chunks(path: Path, display: str, chunk_lines: int, *, max_lines: i
                 line = first_line + data.count(LF, 0, nul)
                 raise DataError(f"{display} line {line}: holds a NUL byte (0x00); the file looks binary or damaged")
             if LF not in data and CR in data:
-                raise DataError(f"{display}: its lines end in CR alone; streamed files need LF or CRLF line ends")
+                raise NotStreamable(f"{display}: its lines end in CR alone")
             lines = data.count(LF) + (0 if data.endswith(LF) else 1)
             yield TextFile(display, data, first_line)
             first_line += lines
@@ -376,13 +379,29 @@ def iter_text_chunks(path: Path, display: str, chunk_lines: int, *, max_lines: i
 
 
 def count_lines(path: Path, display: str, *, max_lines: int | None = None) -> int:
-    """Lines of the (decompressed) file, trailing blank lines not counted: its rows when every line is one."""
+    """Lines of the (decompressed) file, trailing blank lines not counted: its rows when every line is one.
+
+    Raises:
+        DataError: an empty file, or one with no data rows (as :func:`load_text` and the parsers say).
+        NotStreamable: lines that end in CR alone (they are read whole).
+    """
     _check_file(path, display)
-    count = blank_run = 0
+    count = blank_run = size = 0
+    content = False
     with _read_errors(path, display), _open_lines(path, display) as stream:
         for line in stream if max_lines is None else islice(stream, max_lines):
+            size += len(line)
+            if count == 0 and line.startswith(UTF8_BOM):
+                line = line[len(UTF8_BOM) :]
             count += 1
             blank_run = blank_run + 1 if not line.strip(b"\r\n") else 0
+            content = content or (not line.isspace() and bool(line))
+            if not line.endswith(LF) and CR in line.rstrip(CR):  # no LF at all: lines that end in CR alone
+                raise NotStreamable(f"{display}: its lines end in CR alone")
+    if size == 0:
+        raise DataError(f"{display}: empty file")
+    if not content:
+        raise DataError(f"{display}: no data rows")
     return count - blank_run
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -13,11 +14,14 @@ from embdim.data.readers._common import (
     SplitFileReader,
     TextFile,
     binary_label,
+    count_lines,
     expect_header,
     first_true,
+    iter_text_chunks,
     load_text,
     split_columns,
 )
+from embdim.data.readers.base import ChunkedData, ChunkedSource
 from embdim.errors import shorten
 from embdim.registry import READERS
 
@@ -82,6 +86,36 @@ class AvazuReader(SplitFileReader):
             text = expect_header(text, AVAZU_COLUMNS, AVAZU_SEPARATOR)
         if nrows is not None:
             text = text.head(nrows)
+        return self.parse(text)
+
+    def chunked(self, chunk_rows: int) -> ChunkedData | None:
+        if self.options.nrows is not None:
+            return None  # a row limit counts past an optional header: read such files whole
+
+        def chunks(path: Path) -> Iterator[pl.DataFrame]:
+            for k, text in enumerate(iter_text_chunks(path, self.display(path), chunk_rows)):
+                if k == 0 and text.first_line_text().startswith(HEADER_PREFIX):
+                    text = expect_header(text, AVAZU_COLUMNS, AVAZU_SEPARATOR)
+                    if not text.data:
+                        continue
+                yield self.parse(text)
+
+        def rows(path: Path) -> int:
+            display = self.display(path)
+            first = next(iter_text_chunks(path, display, 1))
+            rows = count_lines(path, display) - first.first_line_text().startswith(HEADER_PREFIX)
+            if rows <= 0:
+                raise DataError(f"{display}: no data rows")
+            return rows
+
+        sources = [
+            ChunkedSource(split, lambda p=path: chunks(p), lambda p=path: rows(p))
+            for split, path in self.split_paths().items()
+        ]
+        return ChunkedData(sources, self.categorical(), files=self.sources())
+
+    def parse(self, text: TextFile) -> pl.DataFrame:
+        """Avazu lines without header (a file or a chunk of one) as a frame with the contract's columns."""
         frame = split_columns(text, AVAZU_COLUMNS, AVAZU_SEPARATOR)
         label = binary_label(frame, AVAZU_LABEL, text).alias(LABEL)
         if self.options.split_hour:

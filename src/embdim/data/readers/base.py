@@ -21,6 +21,11 @@ class ReaderOptions(Options):
     """Base of every reader's options; unknown keys are an error that names the key."""
 
 
+class NotStreamable(Exception):
+    """Raised (while rows are counted, before anything is written) by a source that turns out to need
+    a whole read after all, e.g. a quoted CSV field that may span lines; the caller reads it in memory."""
+
+
 @dataclass
 class ChunkedSource:
     """One source file of a streamed read.

@@ -20,10 +20,13 @@ from embdim.data.readers._common import (
     SplitFileReader,
     TextFile,
     binary_label,
+    count_lines,
     first_true,
+    iter_text_chunks,
     load_text,
     split_columns,
 )
+from embdim.data.readers.base import ChunkedData, ChunkedSource
 from embdim.errors import shorten
 from embdim.registry import READERS
 
@@ -130,9 +133,29 @@ class LibFMReader(SplitFileReader):
             rows = read_libfm_file(path, self.display(path), n_pairs, self.options.nrows)
             if fields is None:
                 fields = [f"field_{position}" for position in range(1, len(rows.indices) + 1)]
-            columns = [index.cast(pl.Utf8).alias(field) for field, index in zip(fields, rows.indices, strict=True)]
-            splits[name] = pl.DataFrame([*columns, rows.label])
+            splits[name] = _frame(rows, fields)
         return RawData(splits=splits, categorical=list(fields or []), sources=self.sources())
+
+    def chunked(self, chunk_rows: int) -> ChunkedData:
+        paths = self.split_paths()
+        fields = self.options.fields
+        if fields is None:  # positional names, counted on the first line of the first file
+            first_path = next(iter(paths.values()))
+            first = next(iter_text_chunks(first_path, self.display(first_path), 1))
+            fields = [f"field_{position}" for position in range(1, count_pairs(first) + 1)]
+
+        def source(split: str, path: Path) -> ChunkedSource:
+            display, nrows = self.display(path), self.options.nrows
+            return ChunkedSource(
+                split,
+                lambda: (
+                    _frame(parse_libfm(text, len(fields)), fields)
+                    for text in iter_text_chunks(path, display, chunk_rows, max_lines=nrows)
+                ),
+                lambda: count_lines(path, display, max_lines=nrows),
+            )
+
+        return ChunkedData([source(s, p) for s, p in paths.items()], list(fields), files=self.sources())
 
 
 class FrappeLibFMOptions(LibFMOptions):
@@ -150,6 +173,12 @@ class FrappeLibFMReader(LibFMReader):
         "valid": "frappe/nfm.frappe.validation.libfm.gz",
         "test": "frappe/nfm.frappe.test.libfm.gz",
     }
+
+
+def _frame(rows: LibFMRows, fields: list[str]) -> pl.DataFrame:
+    """Parsed libFM rows as a frame: one Utf8 column per field (the index as text) and the label."""
+    columns = [index.cast(pl.Utf8).alias(field) for field, index in zip(fields, rows.indices, strict=True)]
+    return pl.DataFrame([*columns, rows.label])
 
 
 def read_libfm_file(path: Path, display: str, n_pairs: int | None, nrows: int | None) -> LibFMRows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,8 @@ from embdim.data.readers._common import (
     RowLocator,
     SplitFileOptions,
     SplitFileReader,
+    count_lines,
+    iter_text_chunks,
     load_text,
     parse_header,
     parse_numeric,
@@ -23,6 +26,7 @@ from embdim.data.readers._common import (
     split_columns,
     threshold_label,
 )
+from embdim.data.readers.base import ChunkedData, ChunkedSource, NotStreamable
 from embdim.errors import shorten
 from embdim.registry import READERS
 
@@ -140,11 +144,90 @@ class TableReader(SplitFileReader):
             frame, locator = self._read_parquet(path)
         else:
             frame, locator = self._read_delimited(path)
+        return self._typed(frame, locator)
+
+    def chunked(self, chunk_rows: int) -> ChunkedData | None:
+        options = self.options
+        if options.nrows is not None or options.encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+            return None  # row limits past a header, and other encodings, are read whole
+        sources = []
+        for split, path in self.split_paths().items():
+            if self.file_format(path) == "parquet":
+                sources.append(
+                    ChunkedSource(
+                        split, lambda p=path: self._parquet_chunks(p, chunk_rows), lambda p=path: self._parquet_rows(p)
+                    )
+                )
+            else:
+                sources.append(
+                    ChunkedSource(
+                        split, lambda p=path: self._text_chunks(p, chunk_rows), lambda p=path: self._text_rows(p)
+                    )
+                )
+        return ChunkedData(sources, list(options.categorical), list(options.numeric), self.sources())
+
+    def _typed(self, frame: pl.DataFrame, locator: RowLocator) -> pl.DataFrame:
+        """Parsed columns in the contract's dtypes: numbers, the label, categorical text."""
         options = self.options
         frame = parse_numeric(frame, options.numeric, locator)
         label = threshold_label(frame, options.label, options.label_threshold, locator).alias(LABEL)
         categorical = [pl.col(name).cast(pl.Utf8) for name in options.categorical]
         return frame.select(*categorical, *options.numeric).with_columns(label)
+
+    def _text_rows(self, path: Path) -> int:
+        """Data lines of a CSV/TSV file; a quote anywhere may join lines into one row: then whole."""
+        quote = self.options.quote_char
+        display = self.display(path)
+        for text in iter_text_chunks(path, display, 1 << 16):
+            if quote is not None and quote.encode() in text.data:
+                raise NotStreamable(f"{display}: quoted fields may span lines")
+        rows = count_lines(path, display) - (1 if self.options.has_header else 0)
+        if rows <= 0:
+            raise DataError(f"{display}: no data rows")
+        return rows
+
+    def _text_chunks(self, path: Path, chunk_rows: int) -> Iterator[pl.DataFrame]:
+        options = self.options
+        separator = options.separator or DEFAULT_SEPARATOR[self.file_format(path)]
+        names: list[str] = list(options.columns or [])
+        rows = 0
+        for k, text in enumerate(iter_text_chunks(path, self.display(path), chunk_rows)):
+            if k == 0:
+                if options.has_header:
+                    names = parse_header(text, separator, options.quote_char)
+                    where = f"{text.display} line {text.first_line} (the header)"
+                    text = text.without_first_line()
+                else:
+                    where = f"{text.display} (dataset.options.columns)"
+                require_columns(where, self._wanted(), names)
+            if not text.data or text.data.isspace():
+                continue  # the header alone, or blank lines that end the file
+            frame = split_columns(text, names, separator, quote_char=options.quote_char)
+            if options.has_header:
+                reject_repeated_header(frame, text)
+            rows += frame.height
+            yield self._typed(frame, text)
+        if rows == 0:
+            raise DataError(f"{self.display(path)}: no data rows")
+
+    def _parquet_rows(self, path: Path) -> int:
+        self._read_parquet_schema(path)
+        rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+        if rows == 0:
+            raise DataError(f"{self.display(path)}: no data rows")
+        return rows
+
+    def _parquet_chunks(self, path: Path, chunk_rows: int) -> Iterator[pl.DataFrame]:
+        display = self.display(path)
+        self._read_parquet_schema(path)
+        wanted = [*self.options.categorical, *self.options.numeric, self.options.label]
+        total = self._parquet_rows(path)
+        for start in range(0, total, chunk_rows):
+            try:
+                frame = pl.scan_parquet(path).select(wanted).slice(start, chunk_rows).collect()
+            except (OSError, pl.exceptions.PolarsError) as error:
+                raise DataError(f"{display}: cannot read as Parquet: {shorten(str(error).splitlines()[0])}") from error
+            yield self._typed(frame, ParquetRows(display, start))
 
     def _wanted(self) -> dict[str, list[str]]:
         options = self.options
@@ -176,9 +259,7 @@ class TableReader(SplitFileReader):
         if not path.is_file():
             raise DataError(f"{display}: not a file ({path})")
         try:
-            schema = pl.scan_parquet(path).collect_schema()
-            require_columns(display, self._wanted(), list(schema))
-            self._check_parquet_types(display, schema)
+            self._read_parquet_schema(path)
             wanted = [*self.options.categorical, *self.options.numeric, self.options.label]
             frame = pl.read_parquet(path, columns=wanted, n_rows=self.options.nrows)
         except (OSError, pl.exceptions.PolarsError) as error:
@@ -186,6 +267,20 @@ class TableReader(SplitFileReader):
         if frame.height == 0:
             raise DataError(f"{display}: no data rows")
         return frame, ParquetRows(display)
+
+    def _read_parquet_schema(self, path: Path) -> None:
+        """Check that the Parquet file has the wanted columns in types their roles can read."""
+        display = self.display(path)
+        if not path.exists():
+            raise DataError(f"{display}: file not found ({path})")
+        if not path.is_file():
+            raise DataError(f"{display}: not a file ({path})")
+        try:
+            schema = pl.scan_parquet(path).collect_schema()
+        except (OSError, pl.exceptions.PolarsError) as error:
+            raise DataError(f"{display}: cannot read as Parquet: {shorten(str(error).splitlines()[0])}") from error
+        require_columns(display, self._wanted(), list(schema))
+        self._check_parquet_types(display, schema)
 
     def _check_parquet_types(self, display: str, schema: pl.Schema) -> None:
         """Raise naming the first wanted column whose type cannot be read in its role (list, struct, binary)."""
