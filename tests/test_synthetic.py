@@ -12,15 +12,20 @@ from sklearn.metrics import roc_auc_score
 from embdim.data.prepare import prepare
 from embdim.data.stats import dataset_stats
 from embdim.data.synthetic import (
+    CRITEO_CARDINALITIES,
+    CRITEO_KAGGLE_ROWS,
     CRITEO_NUM_CATEGORICAL,
     CRITEO_NUM_DENSE,
     SyntheticReader,
     SyntheticSpec,
     Teacher,
+    _hex_codes,
+    criteo_kaggle,
     criteo_like,
     generate,
     generate_raw,
     prepare_arrays,
+    rank_weights,
     write_criteo_text,
 )
 from embdim.registry import READERS
@@ -174,3 +179,71 @@ def test_criteo_like_profile(total):
 def test_criteo_text_needs_the_criteo_shape(tmp_path):
     with pytest.raises(ValueError, match="26 categorical"):
         write_criteo_text(tmp_path / "x.txt", 10, spec=SMALL)
+
+
+def expected_distinct(weights: np.ndarray, draws: float) -> float:
+    """Expected distinct values among ``draws`` draws with these probability weights (Poisson limit)."""
+    p = weights / weights.sum()
+    return float(-np.expm1(-draws * p).sum())
+
+
+@pytest.mark.slow
+def test_the_criteo_kaggle_profile_has_criteo_kaggles_distinct_values_at_its_row_count():
+    spec = criteo_kaggle(1000)
+    assert spec.num_fields == CRITEO_NUM_CATEGORICAL and spec.num_dense == CRITEO_NUM_DENSE
+    assert spec.positive_rate == 0.25
+    for f, card in enumerate(CRITEO_CARDINALITIES):
+        weights = rank_weights(spec.cardinalities[f], spec.zipf_exponents[f], spec.uniform_shares[f])
+        draws = CRITEO_KAGGLE_ROWS * (1 - spec.missing_rates[f])
+        assert expected_distinct(weights, draws) == pytest.approx(card, rel=0.01), f
+        if spec.uniform_shares[f]:  # the long tail: most distinct values are drawn once or twice
+            p = weights / weights.sum()
+            seen = -np.expm1(-draws * p)
+            once_or_twice = draws * p * np.exp(-draws * p) * (1 + draws * p / 2)
+            assert once_or_twice.sum() / seen.sum() > 0.5, f
+
+
+def test_a_uniform_share_gives_the_tail_the_distinct_values_expected():
+    spec = SyntheticSpec(cardinalities=[5000, 5000], zipf_exponents=1.2, uniform_shares=[0.0, 0.4], rows=20_000)
+    values = generate(spec).values
+    for f in range(2):
+        weights = rank_weights(5000, 1.2, spec.uniform_shares[f])
+        drawn = len(np.unique(values[:, f]))
+        assert drawn == pytest.approx(expected_distinct(weights, spec.rows), rel=0.03), f
+    assert len(np.unique(values[:, 1])) > 2 * len(np.unique(values[:, 0]))
+
+
+def test_a_spec_without_a_uniform_share_draws_its_zipf_law_unchanged():
+    weights = rank_weights(100, 1.1)
+    assert np.array_equal(weights, np.arange(1, 101, dtype=np.float64) ** -1.1)
+    with pytest.raises(ValueError, match="uniform_shares"):
+        SyntheticSpec(cardinalities=[10], uniform_shares=[1.5])
+
+
+def test_value_codes_are_their_numbers_in_eight_hex_digits():
+    codes = np.array([0, 1, 0xA0B0C0D, 0xDEADBEEF, 0xFFFFFFFF, *np.random.default_rng(0).integers(0, 1 << 32, 50)])
+    assert [c.decode() for c in _hex_codes(codes)] == [f"{int(c):08x}" for c in codes]
+
+
+def test_embdim_generate_writes_criteo_text_that_the_criteo_reader_prepares(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from embdim.cli import app
+    from embdim.data.prepare import PreprocessConfig
+    from embdim.data.readers.criteo import CriteoOptions, CriteoReader
+
+    out = tmp_path / "gen" / "criteo.txt.gz"
+    args = ["generate", str(out), "--rows", "2000", "--profile", "criteo-like", "--vocab", "3000", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.with_name("criteo.txt.gz.spec.json").read_text())
+    assert written["truth"]["intrinsic_dims"] == criteo_like(2000, 3000, 0).intrinsic_dims
+    reader = CriteoReader(CriteoOptions(path=str(out)), tmp_path)
+    data = prepare(reader, PreprocessConfig(numeric="discretize"), tmp_path / "cache", "gen", progress=False)
+    assert sum(data.schema.rows.values()) == 2000
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "exists: use --force" in again.output
+    unknown = CliRunner().invoke(app, [*args[:-1], "--profile", "avazu", "--force"])
+    assert unknown.exit_code == 2 and "--profile 'avazu'" in unknown.output

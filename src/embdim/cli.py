@@ -1,4 +1,4 @@
-"""Command line: ``embdim prepare | run | bench | inspect | list | options``."""
+"""Command line: ``embdim prepare | run | bench | inspect | generate | list | options``."""
 
 from __future__ import annotations
 
@@ -205,6 +205,39 @@ def inspect(config: ConfigArg, overrides: OverridesArg = None) -> None:
 
     data = prepare_dataset(load_config(config, overrides or []))
     Console().print(format_stats(dataset_stats(data)))
+
+
+@app.command()
+@user_errors
+def generate(
+    out: Annotated[Path, typer.Argument(help="Criteo-format text file to write (.gz: gzip-compressed)")],
+    rows: Annotated[int, typer.Option(min=1, help="rows to write")] = 1_000_000,
+    profile: Annotated[
+        str, typer.Option(help="criteo-kaggle: Criteo Kaggle's real cardinalities; criteo-like: scaled to --vocab")
+    ] = "criteo-kaggle",
+    vocab: Annotated[int, typer.Option(min=26, help="criteo-like: distinct values in all")] = 1_000_000,
+    seed: Annotated[int, typer.Option(min=0, help="seed of the rows and the planted teacher")] = 0,
+    force: Annotated[bool, typer.Option(help="replace an existing file")] = False,
+    progress: Annotated[bool, typer.Option(help="progress bar")] = True,
+) -> None:
+    """Write synthetic Criteo-format text with a planted teacher (read it with the criteo reader);
+    the spec and its planted truth go to OUT.spec.json."""
+    from embdim.data.synthetic import criteo_kaggle, criteo_like, write_criteo_text
+
+    profiles = {
+        "criteo-kaggle": lambda: criteo_kaggle(rows, seed),
+        "criteo-like": lambda: criteo_like(rows, vocab, seed),
+    }
+    if profile not in profiles:
+        raise ConfigError(f"--profile {shorten(repr(profile))}: use {' or '.join(profiles)}")
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists: use --force to replace it")
+    spec = profiles[profile]()
+    spec_path = out.with_name(out.name + ".spec.json")
+    write_criteo_text(out, rows, seed, spec=spec, progress=progress)
+    text = json.dumps({"profile": profile, "spec": spec.model_dump(mode="json"), "truth": spec.truth()}, indent=1)
+    spec_path.write_text(text + "\n")
+    console.print(f"wrote {rows:,} rows to {out} (spec and planted truth: {spec_path})")
 
 
 @app.command(name="list")

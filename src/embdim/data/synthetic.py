@@ -1,8 +1,10 @@
 """Synthetic CTR data with a planted ground truth: how many embedding dimensions each field needs.
 
 **Fields and frequencies.** Field ``f`` has ``cardinalities[f]`` values. A row's value is drawn from
-a Zipf law over frequency ranks, ``P(rank k) ∝ (k + 1) ** -zipf_exponents[f]`` (vectorised: inverse
-CDF by ``searchsorted`` on the precomputed cumulative distribution), except that with probability
+a Zipf law over frequency ranks, ``P(rank k) ∝ (k + 1) ** -zipf_exponents[f]``, mixed with a share
+``uniform_shares[f]`` (default 0) spread evenly over all ``n_f`` values: at scale, such a share gives
+the long tail of real logs, values seen once or twice (vectorised: inverse CDF by ``searchsorted`` on
+the precomputed cumulative distribution), except that with probability
 ``missing_rates[f]`` the value is *missing* (null in :class:`RawData`, empty in Criteo text).
 Missing is a value of its own with its own teacher vector, as in real logs where "absent" is
 informative. Each rank is spelled as a distinct random 8-hex-digit code drawn with the teacher seed
@@ -45,7 +47,9 @@ Outputs: :func:`generate` (values, dense, labels and true logits as arrays), :cl
 :func:`generate_raw` or the registered reader ``"synthetic"``, encoded :class:`PreparedData`
 straight from arrays via :func:`prepare_arrays` (the same as running ``prepare`` on the reader),
 and Criteo-format text via :func:`write_criteo_text`. :func:`criteo_like` builds a Criteo-shaped
-spec (26 skewed categorical fields, 13 count columns).
+spec (26 skewed categorical fields, 13 count columns) of any vocabulary size; :func:`criteo_kaggle`
+the spec whose distinct values at Criteo Kaggle's row count are Criteo Kaggle's per-field
+cardinalities, most of them seen once or twice.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ import polars as pl
 from pydantic import Field, model_validator
 from scipy.optimize import brentq
 from scipy.special import expit, ndtri
+from tqdm.auto import tqdm
 
 from embdim.data.cache import PreparedData, SplitArrays
 from embdim.data.encoder import MISSING_TOKEN, OOV_ID
@@ -79,9 +84,8 @@ CALIBRATION_ROWS = 1 << 16
 CODE_SPACE = 1 << 32
 """Value codes are distinct random integers below this, spelled as 8 hex digits."""
 HEX_DIGITS = 8
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-_NIBBLE_BITS = 4
-_NIBBLE_MASK = 0xF
+_HEX_PAIRS = np.frombuffer(b"".join(f"{byte:02x}".encode() for byte in range(256)), dtype=np.uint16)
+"""Byte value -> its two hex digits as the two bytes of one uint16 (in memory order)."""
 # Independent random streams, mixed into SeedSequence entropy with the seed.
 _TEACHER_STREAM = 1
 _CALIBRATION_STREAM = 2
@@ -92,6 +96,7 @@ DENSE_MU_RANGE = (0.0, 3.0)
 DENSE_SIGMA_RANGE = (0.5, 1.5)
 BIAS_SEARCH_RANGE = (-50.0, 50.0)
 _UNIFORM_EPS = 1e-12  # keeps the inverse normal CDF finite
+_SORTED_SEARCH_MIN = 1 << 16  # values per field above which draws are searched in sorted order
 
 CRITEO_NUM_DENSE = 13
 CRITEO_NUM_CATEGORICAL = 26
@@ -100,6 +105,23 @@ CRITEO_CARDINALITIES: tuple[int, ...] = (
     27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
 )  # fmt: skip
 """Distinct values per categorical field of the Criteo Kaggle data (C1..C26): the size profile."""
+CRITEO_KAGGLE_ROWS = 45_840_617
+"""Rows of the Criteo Kaggle (Display Advertising Challenge) training file."""
+CRITEO_KAGGLE_SEED = 0
+"""The :func:`criteo_like` seed whose Zipf exponents and missing rates the pools below were solved for."""
+CRITEO_KAGGLE_POOLS: tuple[int, ...] = (
+    1460, 583, 15275990, 2587634, 305, 24, 12517, 633, 3, 93145, 5683, 12706817, 3194,
+    27, 14992, 8173291, 10, 5652, 2173, 4, 10442513, 18, 15, 286181, 105, 142572,
+)  # fmt: skip
+"""Values per field of :func:`criteo_kaggle`: the pool from which, at :data:`CRITEO_KAGGLE_ROWS`
+rows, the expected number of distinct values drawn is :data:`CRITEO_CARDINALITIES` (solved by
+bisection on ``sum_k 1 - exp(-rows * p_k)``; tests/test_synthetic.py checks it). Fields that Zipf
+alone fills keep their cardinality; the five largest need a uniform tail and a larger pool."""
+CRITEO_KAGGLE_UNIFORM_SHARES: tuple[float, ...] = (
+    0, 0, 0.3332, 0.0564, 0, 0, 0, 0, 0, 0, 0, 0.2849, 0, 0, 0, 0.1783, 0, 0, 0, 0, 0.2278, 0, 0, 0, 0, 0,
+)  # fmt: skip
+"""Uniform shares of :func:`criteo_kaggle`: one expected draw per pool value at Criteo Kaggle's row
+count, so that most distinct values of the large fields are seen once or twice."""
 CRITEO_ZIPF_RANGE = (1.0, 1.3)
 CRITEO_MISSING_FIELD_SHARE = 0.35
 CRITEO_MISSING_RATE_RANGE = (0.02, 0.45)
@@ -107,7 +129,7 @@ CRITEO_DENSE_MISSING_RATE = 0.2
 _CARD_EXPONENT_RANGE = (0.05, 1.5)
 _CARD_MIN = 2
 _BISECTION_STEPS = 60
-_PER_FIELD = ("zipf_exponents", "intrinsic_dims", "missing_rates")
+_PER_FIELD = ("zipf_exponents", "intrinsic_dims", "missing_rates", "uniform_shares")
 
 
 class SyntheticSpec(ReaderOptions):
@@ -120,6 +142,9 @@ class SyntheticSpec(ReaderOptions):
     zipf_exponents: list[float] = Field(default=[1.1], description="Zipf exponent s_f per field (0 = uniform).")
     intrinsic_dims: list[int] = Field(default=[4], description="true dimension r_f of each field's teacher vectors.")
     missing_rates: list[float] = Field(default=[0.0], description="probability that a field's value is missing.")
+    uniform_shares: list[float] = Field(
+        default=[0.0], description="share of a field's draws spread evenly over its values (a long tail)."
+    )
     field_names: list[str] | None = Field(default=None, description="categorical column names (default C1..CF).")
     rows: int = Field(default=10_000, ge=0, description="number of rows.")
     seed: int = Field(default=0, description="seed of the rows (value draws, numeric latents, labels).")
@@ -159,6 +184,8 @@ class SyntheticSpec(ReaderOptions):
             raise ValueError("zipf_exponents must be >= 0")
         if not all(0.0 <= m < 1.0 for m in self.missing_rates):
             raise ValueError("missing_rates must be in [0, 1)")
+        if not all(0.0 <= u <= 1.0 for u in self.uniform_shares):
+            raise ValueError("uniform_shares must be in [0, 1]")
         if self.interaction_share + self.dense_share > 1.0:
             raise ValueError("interaction_share + dense_share must be <= 1")
         return self
@@ -199,6 +226,7 @@ class SyntheticSpec(ReaderOptions):
             "intrinsic_dims": list(self.intrinsic_dims),
             "effective_dims": self.effective_dims(),
             "missing_rates": list(self.missing_rates),
+            "uniform_shares": list(self.uniform_shares),
             "rare_value_dim": self.rare_value_dim,
             "frequent_share": self.frequent_share,
             "frequent_values": self.frequent_values(),
@@ -212,15 +240,23 @@ class SyntheticSpec(ReaderOptions):
         }
 
 
+def rank_weights(n: int, zipf_exponent: float, uniform_share: float = 0.0) -> np.ndarray:
+    """float64 [n]: weights of a field's value ranks, proportional to their probabilities (Zipf over
+    ranks, mixed with ``uniform_share`` spread evenly); they sum to 1 when ``uniform_share > 0``."""
+    weights = np.arange(1, n + 1, dtype=np.float64) ** -zipf_exponent
+    if uniform_share:  # only then: specs without a tail keep their exact draws
+        weights = (1.0 - uniform_share) * (weights / weights.sum()) + uniform_share / n
+    return weights
+
+
 def _rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
 
 
 def _hex_codes(codes: np.ndarray) -> np.ndarray:
-    """``S8`` [n]: each uint32 code as 8 lowercase hex digits."""
-    shifts = np.arange(_NIBBLE_BITS * (HEX_DIGITS - 1), -1, -_NIBBLE_BITS, dtype=np.uint64)
-    chars = _HEX[(codes.astype(np.uint64)[:, None] >> shifts) & _NIBBLE_MASK]
-    return np.ascontiguousarray(chars).view(f"S{HEX_DIGITS}").ravel()
+    """``S8`` [n]: each uint32 code as 8 lowercase hex digits (two digits per byte, by table)."""
+    big_endian = np.ascontiguousarray(codes, dtype=">u4").view(np.uint8).reshape(-1, 4)
+    return np.ascontiguousarray(_HEX_PAIRS[big_endian]).view(f"S{HEX_DIGITS}").ravel()
 
 
 @dataclass
@@ -228,7 +264,7 @@ class Teacher:
     """The hidden model behind a :class:`SyntheticSpec` (build with :meth:`build`).
 
     Per field ``f`` with ``n_f`` values, index ``n_f`` is the missing value:
-        cdf: float64 [n_f], Zipf cumulative distribution over ranks.
+        cdf: float64 [n_f], cumulative distribution over ranks (Zipf, mixed with the uniform share).
         codes: ``S8`` [n_f], value strings by rank.
         u: float32 [n_f + 1, R] teacher vectors; w: float32 [n_f + 1] first-order weights.
     Numeric columns: dense_weight, dense_mu, dense_sigma float64 [Dn].
@@ -257,8 +293,7 @@ class Teacher:
         frequent = spec.frequent_values()
         cdf, codes, u, w = [], [], [], []
         for f, n in enumerate(spec.cardinalities):
-            p = np.arange(1, n + 1, dtype=np.float64) ** -spec.zipf_exponents[f]
-            c = np.cumsum(p)
+            c = np.cumsum(rank_weights(n, spec.zipf_exponents[f], spec.uniform_shares[f]))
             cdf.append(c / c[-1])
             codes.append(_hex_codes(rng.choice(CODE_SPACE, size=n, replace=False)))
             r = spec.intrinsic_dims[f]
@@ -311,7 +346,12 @@ class Teacher:
         u = rng.random((n, 2 * nf + 2 * nd + 1))
         values = np.empty((n, nf), dtype=np.int32)
         for f, cdf in enumerate(self.cdf):
-            ranks = np.searchsorted(cdf, u[:, f], side="right")
+            if len(cdf) > _SORTED_SEARCH_MIN:  # sorted keys walk a large CDF in order: far fewer cache misses
+                order = np.argsort(u[:, f])
+                ranks = np.empty(n, dtype=np.int64)
+                ranks[order] = np.searchsorted(cdf, u[order, f], side="right")
+            else:
+                ranks = np.searchsorted(cdf, u[:, f], side="right")
             np.minimum(ranks, len(cdf) - 1, out=ranks)
             ranks[u[:, nf + f] < spec.missing_rates[f]] = len(cdf)
             values[:, f] = ranks
@@ -589,6 +629,27 @@ def criteo_like(
     return SyntheticSpec(**fields)
 
 
+def criteo_kaggle(rows: int = CRITEO_KAGGLE_ROWS, seed: int = CRITEO_KAGGLE_SEED, **overrides: object) -> SyntheticSpec:
+    """Criteo Kaggle's shape: at :data:`CRITEO_KAGGLE_ROWS` rows, each field's distinct values are its
+    real cardinality in expectation (33.8M in all, most of the large fields' values seen once or twice).
+
+    The :func:`criteo_like` spec of :data:`CRITEO_KAGGLE_SEED` (its skews, planted dims, missing rates
+    and 13 counts, a quarter positives) with the pools :data:`CRITEO_KAGGLE_POOLS` and uniform tails
+    :data:`CRITEO_KAGGLE_UNIFORM_SHARES`. Fewer rows keep the per-row distributions (so fewer distinct
+    values); ``seed`` draws other rows and another teacher over the same shape.
+    """
+    profile = criteo_like(rows, seed=CRITEO_KAGGLE_SEED)
+    spec = profile.model_copy(
+        update={
+            "cardinalities": list(CRITEO_KAGGLE_POOLS),
+            "uniform_shares": list(CRITEO_KAGGLE_UNIFORM_SHARES),
+            "seed": seed,
+            **overrides,
+        }
+    )
+    return SyntheticSpec(**spec.model_dump())
+
+
 def write_criteo_text(
     path: str | Path,
     rows: int,
@@ -596,6 +657,7 @@ def write_criteo_text(
     spec: SyntheticSpec | None = None,
     compress: bool | None = None,
     gzip_level: int = 1,
+    progress: bool = False,
 ) -> Path:
     """Write rows as Criteo text: ``label I1..I13 C1..C26`` TAB-separated, empty = missing.
 
@@ -607,6 +669,7 @@ def write_criteo_text(
         rows, seed: override ``spec.rows`` / ``spec.seed``.
         spec: defaults to ``criteo_like(rows, seed=seed)``; must have 26 fields and 13 numeric columns.
         gzip_level: compression level (1 = fastest).
+        progress: show a progress bar over the rows.
     """
     path = Path(path)
     spec = criteo_like(rows, seed=seed) if spec is None else spec.model_copy(update={"rows": rows, "seed": seed})
@@ -620,11 +683,13 @@ def write_criteo_text(
     part = path.with_name(path.name + ".part")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with gzip.open(part, "wb", compresslevel=gzip_level) if compress else open(part, "wb") as fh:
+        bar = tqdm(total=spec.rows, desc=f"write {path.name}", unit="row", unit_scale=True, disable=not progress)
+        with bar, gzip.open(part, "wb", compresslevel=gzip_level) if compress else open(part, "wb") as fh:
             for block in iter_blocks(spec, teacher):
                 _frame(spec, teacher, block, integer_dense=True).write_csv(
                     fh, separator="\t", include_header=False, null_value="", quote_style="never"
                 )
+                bar.update(len(block))
         os.replace(part, path)
     finally:
         part.unlink(missing_ok=True)
