@@ -12,8 +12,10 @@ Layout of ``cache_root/<name>-<key16>/``::
     COMPLETE               JSON: cache format and the size of every file above
 
 ``key16`` is the first 16 hex digits of a SHA-256 over a canonical JSON of whatever determines the
-content (source files as path + size + mtime_ns, reader and preprocessing config; see
-:func:`cache_key`), so touching a source file or changing a setting gives a new folder.
+content (each source file's resolved path, size, mtime_ns and a hash of its head and tail, see
+:func:`file_fingerprint`; the reader and its options other than file paths; the preprocessing
+config; see :func:`cache_key`), so touching or rewriting a source file or changing a setting gives a
+new folder, while another spelling of the same file's path finds the same one.
 
 **Atomicity.** :class:`CacheWriter` writes everything into a hidden temporary sibling
 ``.tmp-<name>-<key16>.<host>.<pid>.<random>``, fsyncs each file, writes ``COMPLETE`` last, fsyncs
@@ -36,6 +38,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -67,6 +70,8 @@ TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 24 * 3600
 """A leftover temporary folder older than this is removed even when its owner cannot be checked."""
 _TEMP_NAME_PARTS = 4  # "<prefix><final>", host, pid, random
+FINGERPRINT_SAMPLE_BYTES = 1 << 20
+"""Bytes hashed at each end of a source file for its fingerprint (a smaller file is hashed whole)."""
 
 
 @dataclass
@@ -133,13 +138,46 @@ class PreparedData:
 
 # ---------------------------------------------------------------------- keys
 def file_fingerprint(path: str | Path) -> dict:
-    """``{"path", "size", "mtime_ns"}`` of a source file (resolved path); raises if it does not exist."""
+    """``{"path", "size", "mtime_ns", "sample_sha256"}`` of a source file; raises if it does not exist.
+
+    ``path`` is the resolved absolute path (``~``, ``..``, symlinks and a relative data root all
+    resolved), so every spelling of one file gives one fingerprint. ``sample_sha256`` hashes the
+    file's first and last :data:`FINGERPRINT_SAMPLE_BYTES` (all of a smaller file): a file rewritten
+    in place with its size and mtime kept (a copy with ``cp -p``, a restored timestamp) still changes
+    the fingerprint where its head or tail changed, and the cost does not grow with the file.
+
+    The path stays in the fingerprint, so a copy of the file elsewhere is prepared again. Dropping it
+    would let a copy share the cache, but then two different files of equal size and mtime would be
+    told apart by a sample of their bytes alone; a wrong hit silently trains on other data, a miss only
+    costs one prepare. ``sample_sha256`` is ``None`` for what is not a regular file (a folder) or cannot
+    be read: the reader reports that in its own words, and no readable file has that fingerprint.
+    """
     p = Path(path).expanduser().resolve()
     try:
         st = p.stat()
     except FileNotFoundError:
         raise FileNotFoundError(f"source file not found: {p}") from None
-    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    sample: str | None = None
+    if stat.S_ISREG(st.st_mode):  # not a FIFO or device: opening one could block, reading it consumes it
+        try:
+            with open(p, "rb") as fh:
+                st = os.fstat(fh.fileno())  # size and mtime of the file the sample comes from
+                sample = _sample_sha256(fh, st.st_size)
+        except OSError:
+            sample = None
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sample_sha256": sample}
+
+
+def _sample_sha256(fh: BinaryIO, size: int) -> str:
+    """SHA-256 of the first and last :data:`FINGERPRINT_SAMPLE_BYTES` of an open file of ``size`` bytes."""
+    h = hashlib.sha256()
+    if size <= 2 * FINGERPRINT_SAMPLE_BYTES:
+        h.update(fh.read())
+    else:
+        h.update(fh.read(FINGERPRINT_SAMPLE_BYTES))
+        fh.seek(size - FINGERPRINT_SAMPLE_BYTES)
+        h.update(fh.read(FINGERPRINT_SAMPLE_BYTES))
+    return h.hexdigest()
 
 
 def cache_key(payload: dict) -> str:

@@ -9,10 +9,13 @@
     data.schema.fields[0].counts    # int64 training counts per id, [0] = OOV
 
 When ``cache_root/<name>-<key16>/`` already holds a complete cache for the same inputs, it is opened
-without reading any source file. The key covers: the reader class and its options, each source
-file's resolved path, size and ``mtime_ns`` (see :func:`embdim.data.cache.file_fingerprint`), and the
-:class:`PreprocessConfig`. For a :class:`RawData` handed over directly (no reader), its ``sources``
-are fingerprinted; when it has none (built in memory), a hash of its content is used instead.
+without reading any source file. The key covers: the reader class and its options except those
+that name source files (``SOURCE_OPTIONS``), each source file under its role (split or side table)
+by resolved path, size, ``mtime_ns`` and a hash of its head and tail (see
+:func:`embdim.data.cache.file_fingerprint`), and the :class:`PreprocessConfig`. So a relative or
+absolute path, a symlink, or another spelling of the data root finds the same cache, and a changed
+file does not. For a :class:`RawData` handed over directly (no reader), its ``sources`` are
+fingerprinted; when it has none (built in memory), a hash of its content is used instead.
 """
 
 from __future__ import annotations
@@ -120,12 +123,19 @@ def _content_hash(raw: RawData) -> str:
 
 
 def key_payload(source: RawData | Reader, config: PreprocessConfig) -> dict:
-    """What determines the cache content, as a JSON-able dict (hashed by :func:`cache_key`)."""
+    """What determines the cache content, as a JSON-able dict (hashed by :func:`cache_key`).
+
+    A reader's path options are left out of ``reader_options``: the files they name are keyed by
+    fingerprint under ``sources`` instead, as ``{"role", "path", ...}`` in the reader's order (splits
+    in train, valid, test order), so the spelling of a path never changes the key but the files and
+    the role each one plays do.
+    """
     payload: dict = {"preprocess": config.model_dump(mode="json")}
     if isinstance(source, Reader):
+        path_options = getattr(type(source.options), "SOURCE_OPTIONS", frozenset())
         payload["reader"] = f"{type(source).__module__}.{type(source).__qualname__}"
-        payload["reader_options"] = source.options.model_dump(mode="json")
-        payload["sources"] = [file_fingerprint(p) for p in source.sources()]
+        payload["reader_options"] = source.options.model_dump(mode="json", exclude=set(path_options))
+        payload["sources"] = [{"role": role, **file_fingerprint(p)} for role, p in source.source_files().items()]
     elif source.sources:
         payload["sources"] = [file_fingerprint(p) for p in source.sources]
     else:

@@ -64,6 +64,8 @@ class SplitFileOptions(ReaderOptions):
             is a line, so a quoted field that spans lines uses up more than one.
     """
 
+    SOURCE_OPTIONS: ClassVar[frozenset[str]] = frozenset({"path", "files"})
+
     path: str | None = None
     files: dict[SplitKey, str] | None = None
     nrows: PositiveInt | None = None
@@ -103,8 +105,11 @@ class SplitFileReader(Reader):
         order = [ALL_SPLIT, *SPLIT_ORDER]
         return {name: self.path(files[name]) for name in order if name in files}
 
+    def source_files(self) -> dict[str, Path]:
+        return self.split_paths()
+
     def sources(self) -> list[Path]:
-        return list(self.split_paths().values())
+        return list(self.source_files().values())
 
     def display(self, path: Path) -> str:
         return display_name(path, self.root)

@@ -18,7 +18,15 @@ DATA_ROOT_HINT = "$EMBDIM_DATA_ROOT or the config key data_root sets it"
 
 
 class ReaderOptions(Options):
-    """Base of every reader's options; unknown keys are an error that names the key."""
+    """Base of every reader's options; unknown keys are an error that names the key.
+
+    ``SOURCE_OPTIONS`` names the options that say where source files are (``path``, ``files``, a side
+    table's path). The cache key leaves them out and fingerprints the files they name instead (see
+    :meth:`Reader.source_files`), so every spelling of one file finds one cache. An option left off
+    this list stays in the key as spelled: a needless miss at worst, never a wrong hit.
+    """
+
+    SOURCE_OPTIONS: ClassVar[frozenset[str]] = frozenset()
 
 
 class NotStreamable(Exception):
@@ -72,7 +80,16 @@ class Reader(ABC):
 
     @abstractmethod
     def sources(self) -> list[Path]:
-        """The files :meth:`read` will read, resolved (they key the cache; no reading here)."""
+        """The files :meth:`read` will read, relative options joined to the data root (no reading here)."""
+
+    def source_files(self) -> dict[str, Path]:
+        """What each source is for (a split name, a side table) -> its file, in reading order.
+
+        The cache key fingerprints each file under its role, so that the same files in other roles
+        (train and test swapped) make another key. The default names them by position in
+        :meth:`sources`; readers whose options list ``SOURCE_OPTIONS`` give the roles those options set.
+        """
+        return {f"source{i}": path for i, path in enumerate(self.sources())}
 
     def check_sources(self) -> None:
         """Raise :class:`DataError` for the first source that does not exist, naming the data root in use.

@@ -9,6 +9,7 @@ redrawn while the (user, context, item) tuple is a positive. Sampling is vectori
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import polars as pl
@@ -51,6 +52,8 @@ class FrappeOptions(ReaderOptions):
         seed: seed of the negative sampling (same seed, same rows).
     """
 
+    SOURCE_OPTIONS: ClassVar[frozenset[str]] = frozenset({"path"})  # not member: it picks what is read
+
     path: str = "frappe/Mobile_Frappe.zip"
     member: str = "Mobile_Frappe/frappe/frappe.csv"
     negatives_per_positive: NonNegativeInt = DEFAULT_NEGATIVES_PER_POSITIVE
@@ -64,8 +67,11 @@ class FrappeReader(Reader):
     Options = FrappeOptions
     options: FrappeOptions
 
+    def source_files(self) -> dict[str, Path]:
+        return {"log": self.path(self.options.path)}
+
     def sources(self) -> list[Path]:
-        return [self.path(self.options.path)]
+        return list(self.source_files().values())
 
     def read(self) -> RawData:
         positives, text = self.read_log()

@@ -121,6 +121,8 @@ class IPinYouOptions(SplitFileOptions):
         featindex: the ``field:value<TAB>index`` map (relative to the data root unless absolute).
     """
 
+    SOURCE_OPTIONS: ClassVar[frozenset[str]] = SplitFileOptions.SOURCE_OPTIONS | {"featindex"}
+
     featindex: str = "ipinyou-sample/featindex.fm.txt.gz"
 
 
@@ -138,8 +140,8 @@ class IPinYouReader(SplitFileReader):
     def featindex_path(self) -> Path:
         return self.path(self.options.featindex)
 
-    def sources(self) -> list[Path]:
-        return [*super().sources(), self.featindex_path()]
+    def source_files(self) -> dict[str, Path]:
+        return {**super().source_files(), "featindex": self.featindex_path()}
 
     def read(self) -> RawData:
         featindex = read_featindex(self.featindex_path(), self.display(self.featindex_path()))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import polars as pl
 from pydantic import Field, field_validator
@@ -68,6 +68,8 @@ class MovieLensOptions(ReaderOptions):
         item_fields: item side fields to include: ``genres`` and the release ``year``.
     """
 
+    SOURCE_OPTIONS: ClassVar[frozenset[str]] = frozenset({"ratings", "movies"})
+
     ratings: str
     movies: str | None = None
     label_threshold: float = DEFAULT_LABEL_THRESHOLD
@@ -96,9 +98,12 @@ class MovieLensReader(Reader):
         """``{"users": ..., "movies": ...}`` as given in the options (``None``: not read)."""
         return {"users": getattr(self.options, "users", None), "movies": self.options.movies}
 
+    def source_files(self) -> dict[str, Path]:
+        files = {"ratings": self.options.ratings, **self.side_files()}
+        return {role: self.path(name) for role, name in files.items() if name is not None}
+
     def sources(self) -> list[Path]:
-        files = [self.options.ratings, *self.side_files().values()]
-        return [self.path(name) for name in files if name is not None]
+        return list(self.source_files().values())
 
     def display(self, path: Path) -> str:
         return display_name(path, self.root)
@@ -140,6 +145,8 @@ def year_from(column: pl.Series, pattern: str) -> pl.Series:
 
 class MovieLens100KOptions(MovieLensOptions):
     """ML-100K file paths (default: the shared ``movielens-100k`` folder)."""
+
+    SOURCE_OPTIONS: ClassVar[frozenset[str]] = MovieLensOptions.SOURCE_OPTIONS | {"users"}
 
     ratings: str = "movielens-100k/u.data.gz"
     users: str | None = "movielens-100k/u.user.gz"
@@ -196,6 +203,8 @@ class MovieLens100KReader(MovieLensReader):
 
 class MovieLens1MOptions(MovieLensOptions):
     """ML-1M file paths. ``ratings.dat`` is not in the shared data, so it has no default."""
+
+    SOURCE_OPTIONS: ClassVar[frozenset[str]] = MovieLensOptions.SOURCE_OPTIONS | {"users"}
 
     ratings: str
     users: str | None = "movielens-1m-metadata/users.dat.gz"
