@@ -26,6 +26,7 @@ from embdim.embedding import EmbeddingLayer
 from embdim.errors import DataError, DivergedError, UnreadableFile, shorten
 from embdim.recommender import Recommender, build_recommender, export_model, load_model
 from embdim.searchers.base import Stage
+from embdim.train.batches import Prefetcher
 from embdim.train.checkpoint import (
     load_torch,
     load_weights,
@@ -332,37 +333,39 @@ class Trainer:
                 unit="batch",
             )
             interval_start, interval_samples = time.perf_counter(), 0
-            while p.batch < batches_per_epoch and not p.stopped:
-                ids, dense, labels = batch_tensors(train, order[p.batch * bs : (p.batch + 1) * bs])
-                self._apply_lr(p)
-                t0 = time.perf_counter()
-                loss = self._step(ids, dense, labels, p)
-                if not math.isfinite(loss):
-                    raise self._diverged(p, stage, f"the training loss is {loss}", dense)
-                p.train_seconds += time.perf_counter() - t0
-                p.train_samples += len(labels)
-                interval_samples += len(labels)
-                p.loss_sum += loss * len(labels)
-                p.loss_count += len(labels)
-                p.batch += 1
-                p.step += 1
-                bar.update(1)
-                at_max = max_steps is not None and p.step >= max_steps
-                epoch_end = p.batch == batches_per_epoch
-                scheduled = bool(self.tc.eval_every_steps) and p.step % self.tc.eval_every_steps == 0
-                evaluate_now = scheduled or epoch_end or at_max
-                if evaluate_now:
-                    self._evaluate_and_select(p, stage, interval_start, interval_samples)
-                    interval_start, interval_samples = time.perf_counter(), 0
-                    p.stopped = p.stopped or at_max
-                if epoch_end:
-                    p.epoch, p.batch = p.epoch + 1, 0
-                # after every evaluation too, so best.safetensors never runs ahead of the checkpoint
-                if evaluate_now or p.step % self.tc.checkpoint_every_steps == 0:
-                    self._save_checkpoint(p)
-                self.after_step(p)
-                if epoch_end:
-                    break  # next epoch: new shuffle order, epoch limit checked
+            with Prefetcher(train, order, bs, p.batch) as prefetched:
+                batches = iter(prefetched)
+                while p.batch < batches_per_epoch and not p.stopped:
+                    ids, dense, labels = next(batches)
+                    self._apply_lr(p)
+                    t0 = time.perf_counter()
+                    loss = self._step(ids, dense, labels, p)
+                    if not math.isfinite(loss):
+                        raise self._diverged(p, stage, f"the training loss is {loss}", dense)
+                    p.train_seconds += time.perf_counter() - t0
+                    p.train_samples += len(labels)
+                    interval_samples += len(labels)
+                    p.loss_sum += loss * len(labels)
+                    p.loss_count += len(labels)
+                    p.batch += 1
+                    p.step += 1
+                    bar.update(1)
+                    at_max = max_steps is not None and p.step >= max_steps
+                    epoch_end = p.batch == batches_per_epoch
+                    scheduled = bool(self.tc.eval_every_steps) and p.step % self.tc.eval_every_steps == 0
+                    evaluate_now = scheduled or epoch_end or at_max
+                    if evaluate_now:
+                        self._evaluate_and_select(p, stage, interval_start, interval_samples)
+                        interval_start, interval_samples = time.perf_counter(), 0
+                        p.stopped = p.stopped or at_max
+                    if epoch_end:
+                        p.epoch, p.batch = p.epoch + 1, 0
+                    # after every evaluation too, so best.safetensors never runs ahead of the checkpoint
+                    if evaluate_now or p.step % self.tc.checkpoint_every_steps == 0:
+                        self._save_checkpoint(p)
+                    self.after_step(p)
+                    if epoch_end:
+                        break  # next epoch: new shuffle order, epoch limit checked
             bar.close()
 
     def _step(self, ids: torch.Tensor, dense: torch.Tensor | None, labels: torch.Tensor, p: Progress) -> float:
