@@ -24,6 +24,7 @@ from embdim.data.prepare import PreprocessConfig
 from embdim.errors import ConfigError, shorten
 from embdim.lookup import FUSABLE_OPTIMIZERS
 from embdim.options import Options
+from embdim.recommender import Precision
 from embdim.registry import MODELS, READERS, SEARCHERS
 
 DEFAULT_DATA_ROOT = Path("..") / "shared" / "datasets"
@@ -134,6 +135,12 @@ class TrainConfig(Strict):
     )
     fused: bool = Field(
         True, description="fused optimizer kernels; with backend torchrec also Adagrad/SGD fused into backward"
+    )
+    precision: Precision = Field(
+        "fp32",
+        description="arithmetic of the model's dense part (interactions, MLPs) in training and evaluation: fp32, "
+        "or bf16 (torch.autocast; weights, tables, lookups, the loss and the metrics stay float32); bf16 needs "
+        "native bfloat16 (AVX512_BF16 or AMX-BF16 CPUs, CUDA compute capability 8.0+) and is refused elsewhere",
     )
     batch_size: int = Field(4096, ge=1)
     eval_batch_size: int = Field(16384, ge=1)

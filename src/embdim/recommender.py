@@ -6,7 +6,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 from safetensors.torch import save_file
@@ -14,7 +14,7 @@ from torch import nn
 
 from embdim.data.schema import FieldInfo
 from embdim.embedding import EmbeddingLayer, add_penalty
-from embdim.errors import ModelFileError, shorten
+from embdim.errors import ConfigError, ModelFileError, shorten
 from embdim.lookup import DEFAULT_INIT_STD
 from embdim.models.base import CTRModel, ModelConfig
 from embdim.models.layers import FeaturesLinear, FeatureTable
@@ -28,6 +28,39 @@ MODEL_FILES = frozenset({MODEL_JSON, MODEL_TENSORS, EMBEDDING_JSON, EMBEDDING_TE
 SELF_HASH = "sha256"  # model.json's own hash (of its other fields)
 HASH_BLOCK = 1 << 20
 
+Precision = Literal["fp32", "bf16"]
+"""The arithmetic of a model's dense part: ``fp32``, or ``bf16`` (autocast; weights and tables stay float32)."""
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+#: Capability flags (``torch.cpu.get_capabilities``) of CPUs with native bfloat16 arithmetic: AVX512_BF16
+#: or AMX-BF16 on x86, BF16 / SVE-BF16 on ARM. Other AVX-512 CPUs only emulate it, about 2x slower than fp32.
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Whether ``device_type`` (``cpu`` or ``cuda``) computes in bfloat16 natively, not by emulation."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        caps = torch.cpu.get_capabilities()
+        return any(bool(caps.get(flag, False)) for flag in NATIVE_BF16_CPU_FLAGS)
+    return False
+
+
+def check_precision(precision: str, device_type: str = "cpu") -> None:
+    """A :class:`ConfigError` naming ``train.precision`` when ``bf16`` would only be emulated on
+    ``device_type`` (slower than fp32 and less exact, so nothing is gained); nothing otherwise."""
+    if precision == "bf16" and not native_bf16(device_type):
+        if device_type == "cpu":
+            caps = torch.cpu.get_capabilities()
+            where = f"this CPU ({caps.get('cpu_name', '?')}, {caps.get('architecture', '?')})"
+            needs = "AVX512_BF16 or AMX-BF16 on x86, BF16 on ARM"
+        else:
+            where, needs = f"device {device_type!r}", "compute capability 8.0 or newer on CUDA"
+        raise ConfigError(
+            f"train.precision=bf16: {where} has no native bfloat16 arithmetic ({needs}); autocast would emulate "
+            "it, slower than float32. Use train.precision=fp32"
+        )
+
 
 class Scored(NamedTuple):
     """A training forward's output: logits [B] and the loss term to add (``None`` when there is none)."""
@@ -40,17 +73,44 @@ class Recommender(nn.Module):
     """``forward(ids [B, F] int64, dense [B, Dn] float | None) -> logits [B]``.
 
     ``embedding`` is an :class:`EmbeddingLayer` while training and a :class:`SlimEmbedding` once
-    exported; the model is the same object type either way.
+    exported; the model is the same object type either way. ``precision`` (``fp32`` or ``bf16``) is the
+    arithmetic of the model's dense part, in training and evaluation alike (:meth:`score`); it may be
+    changed at any time, the weights are float32 either way.
     """
 
-    def __init__(self, embedding: EmbeddingLayer | SlimEmbedding, model: CTRModel, model_name: str) -> None:
+    def __init__(
+        self,
+        embedding: EmbeddingLayer | SlimEmbedding,
+        model: CTRModel,
+        model_name: str,
+        precision: Precision = "fp32",
+    ) -> None:
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.embedding = embedding
         self.model = model
         self.model_name = model_name
+        self.precision = precision
 
     def forward(self, ids: torch.Tensor, dense: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(self.embedding(ids), dense, ids)
+        return self.score(self.embedding(ids), dense, ids)
+
+    def score(self, emb: torch.Tensor, dense: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor:
+        """The model on looked-up embeddings: emb float32 [B, F, d], dense [B, Dn] | None, ids int64 [B, F]
+        -> float32 logits [B].
+
+        Under ``bf16`` the model runs inside ``torch.autocast``: its linear layers and batched matmuls
+        (MLPs, DLRM's dots, AutoInt's attention) compute in bfloat16 from float32 weights, while the
+        embeddings arrive in float32 (the lookup and the searcher run outside) and the model's own tables
+        (first-order weights, dense features' vectors) are gathered in float32. The logits come back as
+        float32, so the loss and the metrics are computed in float32.
+        """
+        if self.precision == "fp32":
+            return self.model(emb, dense, ids)
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16):
+            logits = self.model(emb, dense, ids)
+        return logits.float()
 
     def training_forward(
         self, ids: torch.Tensor, dense: torch.Tensor | None = None, looked_up_l2: float = 0.0
@@ -64,7 +124,7 @@ class Recommender(nn.Module):
         if looked_up_l2 > 0 and self.training:
             model_l2 = sum((m.looked_up_l2(ids) for m in self.feature_tables()), torch.zeros(()))
             penalty = add_penalty(penalty, 0.5 * looked_up_l2 * model_l2)
-        return Scored(self.model(emb, dense, ids), penalty)
+        return Scored(self.score(emb, dense, ids), penalty)
 
     def feature_tables(self) -> list[FeatureTable]:
         """The model's layers that hold one row per feature (first-order weights, dense features' vectors)."""
@@ -98,8 +158,10 @@ def build_recommender(
     sparse: bool = False,
     init_std: float = DEFAULT_INIT_STD,
     sparse_first_order: bool = False,
+    precision: Precision = "fp32",
 ) -> Recommender:
-    """Build embedding layer + model from registered names and their options.
+    """Build embedding layer + model from registered names and their options (``precision``: see
+    :class:`Recommender`).
 
     ``sparse_first_order`` gives the models' ``n x 1`` first-order tables sparse gradients too (with
     ``sparse``); on CPU that pays only for very large vocabularies (at 1e6 rows coalescing the batch's
@@ -114,14 +176,15 @@ def build_recommender(
         if isinstance(module, FeaturesLinear):
             # sparse: a step then updates the rows in the batch, not all n rows
             module.sparse = sparse and sparse_first_order
-    return Recommender(layer, ctr_model, model)
+    return Recommender(layer, ctr_model, model, precision)
 
 
 def export_model(rec: Recommender, folder: str | Path, extra: dict[str, Any] | None = None) -> SlimEmbedding:
     """Write the slim model: ``embedding.*`` (slim tables), ``model.safetensors`` and ``model.json``.
 
-    ``model.json`` records the SHA-256 of every other file and of its own content, which
-    :func:`load_model` verifies. The folder is written next to its place and renamed into it, so a
+    ``model.json`` records the precision the model was trained and evaluated in (its weights are float32
+    either way), which :func:`load_model` restores, and the SHA-256 of every other file and of its own
+    content, which :func:`load_model` verifies. The folder is written next to its place and renamed into it, so a
     failure never leaves a half-written model.
     """
     folder = Path(folder)
@@ -143,6 +206,7 @@ def export_model(rec: Recommender, folder: str | Path, extra: dict[str, Any] | N
             ],
             "dim": slim.dim,
             "num_dense": model.num_dense,
+            "precision": rec.precision,
             **(extra or {}),
             "files": {name: file_sha256(tmp / name) for name in (MODEL_TENSORS, EMBEDDING_JSON, EMBEDDING_TENSORS)},
         }
@@ -208,7 +272,11 @@ def verify_model_folder(folder: Path) -> dict[str, Any]:
 
 def load_model(folder: str | Path) -> Recommender:
     """Load an exported slim model (safetensors + JSON only, no pickle), in eval mode, after checking it
-    (:func:`verify_model_folder`, then every tensor's name, dtype and shape against the plan)."""
+    (:func:`verify_model_folder`, then every tensor's name, dtype and shape against the plan).
+
+    The model scores in the precision it was trained in (``precision`` in ``model.json``; ``fp32`` when
+    absent); set the returned model's ``precision`` to change that.
+    """
     folder = Path(folder)
     meta = verify_model_folder(folder)
     where = folder / MODEL_JSON
@@ -218,6 +286,9 @@ def load_model(folder: str | Path) -> Recommender:
         model = model_cls(fields, int(meta["dim"]), int(meta["num_dense"]), model_cls.Config(**meta["model_config"]))
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"{where}: {shorten(str(err))}") from None
+    precision = meta.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ModelFileError(f"{where}: field 'precision' is {precision!r}; known: {', '.join(PRECISIONS)}")
     slim = SlimEmbedding.load(folder)
     if slim.plan.vocab_sizes != [f.vocab_size for f in fields] or slim.dim != model.dim:
         raise ModelFileError(f"{where}: field 'fields' / 'dim' disagree with {EMBEDDING_JSON}'s plan")
@@ -231,5 +302,5 @@ def load_model(folder: str | Path) -> Recommender:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise ModelFileError(f"{folder / MODEL_TENSORS}: {shorten(str(err))}") from None
-    rec = Recommender(slim, model, meta["model"])
+    rec = Recommender(slim, model, meta["model"], precision)
     return rec.eval()

@@ -202,7 +202,10 @@ class FeaturesLinear(FeatureTable):
         """ids: int64 [B, F]; dense: float [B, Dn] or None -> float [B]."""
         out = self.weight(ids + self.offsets).sum(dim=(1, 2))
         if self.dense is not None and dense is not None:
-            out = out + self.dense(dense).squeeze(-1)
+            # float32 under autocast too: this is a table's term on raw dense values, which bfloat16
+            # would round to three digits, and a [B, Dn] x [Dn, 1] product gains nothing from it
+            with torch.autocast(dense.device.type, enabled=False):
+                out = out + self.dense(dense).squeeze(-1)
         if self.bias is not None:
             out = out + self.bias
         return out

@@ -18,6 +18,7 @@ import yaml
 from embdim.config import ConfigError, RunConfig, to_yaml
 from embdim.data.prepare import STREAM_MIN_BYTES, PreparedData, prepare
 from embdim.errors import DivergedError, shorten
+from embdim.recommender import check_precision
 from embdim.registry import READERS
 from embdim.train.checkpoint import atomic_write_json, atomic_write_text, init_weights_path
 from embdim.train.layout import CHECKPOINT_FILE, CONFIG_FILE, DIVERGED, RESULT_FILE
@@ -106,6 +107,7 @@ def remove_run_folder(run_dir: Path) -> None:
 
 def preflight(cfg: RunConfig) -> None:
     """Checks that need no data, run before any is prepared (the config itself is validated on load)."""
+    check_precision(cfg.train.precision)
     if cfg.train.init_from:
         init_weights_path(Path(cfg.train.init_from))
 

@@ -24,7 +24,7 @@ from embdim.config import RunConfig
 from embdim.data.prepare import PreparedData
 from embdim.embedding import EmbeddingLayer
 from embdim.errors import DataError, DivergedError, UnreadableFile, shorten
-from embdim.recommender import Recommender, build_recommender, export_model, load_model
+from embdim.recommender import Recommender, build_recommender, check_precision, export_model, load_model
 from embdim.searchers.base import Stage
 from embdim.train.batches import Prefetcher
 from embdim.train.checkpoint import (
@@ -88,7 +88,7 @@ def training_step(
     looked-up form of the embedding L2 (:meth:`Recommender.training_forward`); ``clip_grad_norm`` bounds
     the global gradient norm. Returns the task loss (detached).
     """
-    logits, penalty = rec.training_forward(ids, dense, looked_up_l2)
+    logits, penalty = rec.training_forward(ids, dense, looked_up_l2)  # float32 logits at any precision
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
     total = loss if penalty is None else loss + penalty
     for opt in optimizers:
@@ -122,6 +122,7 @@ class Trainer:
         self._has_test = "test" in data.splits and len(data.splits["test"]) > 0
         self.memory_check = memory_check
         self.memory = estimate_training_memory(cfg, data.schema, data.cache_dir)
+        check_precision(cfg.train.precision)  # the trainer runs on the CPU
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
@@ -142,6 +143,7 @@ class Trainer:
             emb.sparse,
             emb.init_std,
             emb.sparse_first_order,
+            self.tc.precision,
         )
         self.searcher = self.rec.embedding.searcher
         self.lookup = self.rec.embedding.lookup
