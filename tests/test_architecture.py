@@ -11,7 +11,7 @@ PACKAGE = REPO_ROOT / "src" / "embdim"
 #: From the ground up. A module may import its own layer and those below, never one above.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "options", "measures", "registry"),
-    ("data", "plan", "budget", "lookup", "rowwise", "slim", "distributed"),
+    ("data", "storage", "plan", "budget", "lookup", "rowwise", "slim", "distributed"),
     ("backends", "searchers", "models"),
     ("embedding", "recommender", "config"),
     ("train",),

@@ -18,7 +18,8 @@ from pydantic import Field, model_validator
 
 from embdim.data.schema import FieldInfo
 from embdim.options import Options
-from embdim.plan import FLOAT_BYTES, EmbeddingPlan
+from embdim.plan import EmbeddingPlan
+from embdim.storage import FLOAT_BYTES
 
 LANDING_TOLERANCE = 0.1
 """A plan lands on its budget when its bytes are within this share of the target."""

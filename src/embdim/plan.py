@@ -1,14 +1,8 @@
 """EmbeddingPlan: what a method decided to store, as data (sizes, parameter count, bytes, JSON).
 
-Three storage kinds cover every method:
-
-- ``dense``: field f stores an ``n_f x d_f`` table (full, MDE, DML after the cut, MLET collapsed);
-- ``ragged``: row i of field f stores its first ``k_i`` values (AMTL), plus an index: one offset
-  per row, or, when rows of equal size come in long runs (AMTL's sizes follow frequency and ids are
-  numbered by frequency), one entry per run (:func:`ragged_index`);
-- ``csr``: row i stores ``nnz_i`` values at arbitrary columns (PEP), plus column indices and offsets.
-
-Rows that store nothing are features dropped entirely; they embed to zeros.
+How the kept values are laid out and what each layout costs is the plan's storage kind
+(:mod:`embdim.storage`: ``dense``, ``ragged``, ``csr``); the plan records the sizes and delegates
+its counts and bytes to that kind.
 """
 
 from __future__ import annotations
@@ -16,50 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-StorageKind = Literal["dense", "ragged", "csr"]
-
-FLOAT_BYTES = 4
-INT32_MAX = 2**31 - 1
-UINT8_MAX = 255
-
-
-def offset_bytes(total: int) -> int:
-    """Bytes of one row offset: int32 while the offsets fit, else int64."""
-    return 4 if total <= INT32_MAX else 8
-
-
-def size_bytes(dim: int) -> int:
-    """Bytes of one stored row size in ``[0, dim]``: uint8 up to 255, else int16."""
-    return 1 if dim <= UINT8_MAX else 2
-
-
-RaggedIndex = Literal["rows", "runs"]
-
-
-def equal_size_runs(row_sizes: list[np.ndarray]) -> int:
-    """Runs of consecutive rows with the same size, split at field boundaries."""
-    return sum(int(np.count_nonzero(np.diff(r))) + 1 for r in row_sizes if len(r))
-
-
-def ragged_index(num_rows: int, num_values: int, num_runs: int, dim: int) -> tuple[RaggedIndex, int]:
-    """The smaller index of a ragged table, and its bytes (closing entries included).
-
-    ``rows``: offsets ``[num_rows + 1]``. ``runs``: per run of equal-size rows its first row
-    ``[num_runs + 1]``, first value ``[num_runs + 1]`` and row size ``[num_runs]``; row ``i`` of run
-    ``r`` starts at ``first_value[r] + (i - first_row[r]) * size[r]``.
-    """
-    per_row = (num_rows + 1) * offset_bytes(num_values)
-    per_run = (num_runs + 1) * (offset_bytes(num_rows) + offset_bytes(num_values)) + num_runs * size_bytes(dim)
-    return ("runs", per_run) if per_run < per_row else ("rows", per_row)
-
-
-def column_index_bytes(dim: int) -> int:
-    """Bytes of one CSR column index: uint8 up to 256 columns, else int16."""
-    return 1 if dim - 1 <= UINT8_MAX else 2
+from embdim.storage import FLOAT_BYTES, STORAGE_KINDS, RaggedIndex, RaggedStorage, StorageKind
 
 
 @dataclass
@@ -72,7 +27,7 @@ class EmbeddingPlan:
         vocab_sizes: F vocabulary sizes ``n_f``.
         dim: the common output width ``d`` (what the model receives).
         field_dims: F stored widths ``d_f`` (for ``ragged``/``csr``: the widest row, at most ``d``).
-        storage: ``dense``, ``ragged`` or ``csr`` (see module docstring).
+        storage: the name of its storage kind, one of :data:`embdim.storage.STORAGE_KINDS`.
         row_sizes: for ``ragged`` the kept prefix length of each row, for ``csr`` its number of
             kept values; F int arrays ``[n_f]``. ``None`` for ``dense``.
         extra_params: parameters outside the tables that the slim embedding needs (projections).
@@ -84,7 +39,7 @@ class EmbeddingPlan:
     vocab_sizes: list[int]
     dim: int
     field_dims: list[int]
-    storage: StorageKind = "dense"
+    storage: str = "dense"
     row_sizes: list[np.ndarray] | None = None
     extra_params: int = 0
     details: dict[str, Any] = field(default_factory=dict)
@@ -95,28 +50,23 @@ class EmbeddingPlan:
             raise ValueError("field_names, vocab_sizes and field_dims must have one entry per field")
         if any(not 0 <= d <= self.dim for d in self.field_dims):
             raise ValueError(f"field_dims must lie in [0, {self.dim}], got {self.field_dims}")
-        if self.storage == "dense":
-            if self.row_sizes is not None:
-                raise ValueError("dense storage has no per-row sizes")
-        else:
-            if self.row_sizes is None or len(self.row_sizes) != F:
-                raise ValueError(f"{self.storage} storage needs row_sizes for each of the {F} fields")
-            self.row_sizes = [np.asarray(r, dtype=np.int64) for r in self.row_sizes]
-            for name, n, rows in zip(self.field_names, self.vocab_sizes, self.row_sizes, strict=True):
-                if rows.shape != (n,) or rows.min(initial=0) < 0 or rows.max(initial=0) > self.dim:
-                    raise ValueError(f"field {name!r}: row sizes must be {n} values in [0, {self.dim}]")
+        if self.storage not in STORAGE_KINDS:
+            raise ValueError(f"storage must be one of {sorted(STORAGE_KINDS)}, got {self.storage!r}")
+        self.row_sizes = self.kind.checked_rows(self)
 
     # ------------------------------------------------------------------ sizes
     @property
     def num_fields(self) -> int:
         return len(self.field_names)
 
+    @property
+    def kind(self) -> StorageKind:
+        """The storage kind that lays out and prices this plan's values."""
+        return STORAGE_KINDS[self.storage]
+
     def field_params(self) -> list[int]:
         """Stored embedding values per field (table entries only)."""
-        if self.storage == "dense":
-            return [n * d for n, d in zip(self.vocab_sizes, self.field_dims, strict=True)]
-        assert self.row_sizes is not None
-        return [int(r.sum()) for r in self.row_sizes]
+        return self.kind.field_params(self)
 
     @property
     def num_params(self) -> int:
@@ -129,38 +79,19 @@ class EmbeddingPlan:
         return sum(self.vocab_sizes) * self.dim
 
     def ragged_index(self) -> RaggedIndex | None:
-        """How a ``ragged`` plan's rows are indexed (see :func:`ragged_index`); ``None`` otherwise."""
-        return self._index_bytes()[0] if self.storage == "ragged" else None
-
-    def _index_bytes(self) -> tuple[RaggedIndex, list[int], int]:
-        """The row index of ``ragged``/``csr`` storage: its layout, each field's share of its bytes,
-        and the bytes of its closing entries (shared by all fields)."""
-        assert self.row_sizes is not None
-        rows, values = sum(self.vocab_sizes), sum(self.field_params())
-        if self.storage == "ragged":
-            runs = [equal_size_runs([r]) for r in self.row_sizes]
-            if ragged_index(rows, values, sum(runs), self.dim)[0] == "runs":
-                closing = offset_bytes(rows) + offset_bytes(values)
-                return "runs", [r * (closing + size_bytes(self.dim)) for r in runs], closing
-        return "rows", [n * offset_bytes(values) for n in self.vocab_sizes], offset_bytes(values)
+        """How a ``ragged`` plan's rows are indexed (see :func:`embdim.storage.ragged_index`); ``None`` otherwise."""
+        return self.kind.index_layout(self) if isinstance(self.kind, RaggedStorage) else None
 
     def field_bytes(self) -> list[int]:
         """Bytes each field's slim storage takes: its values, plus its share of the row index (and
         one column index per value for ``csr``). All fields share one index, whose closing entries
         :attr:`num_bytes` adds once."""
-        params = self.field_params()
-        values = [p * FLOAT_BYTES for p in params]
-        if self.storage == "dense":
-            return values
-        index = self._index_bytes()[1]
-        col = column_index_bytes(self.dim) if self.storage == "csr" else 0
-        return [v + i + p * col for v, i, p in zip(values, index, params, strict=True)]
+        return self.kind.field_bytes(self)
 
     @property
     def num_bytes(self) -> int:
         """Bytes of the slim embedding: tables, their index structures and ``extra_params``."""
-        closing = 0 if self.storage == "dense" else self._index_bytes()[2]
-        return sum(self.field_bytes()) + closing + self.extra_params * FLOAT_BYTES
+        return self.kind.table_bytes(self) + self.extra_params * FLOAT_BYTES
 
     @property
     def full_bytes(self) -> int:
@@ -168,10 +99,7 @@ class EmbeddingPlan:
 
     def dropped_features(self) -> list[int]:
         """Per field, how many rows store nothing (features pruned away entirely)."""
-        if self.storage == "dense":
-            return [n if d == 0 else 0 for n, d in zip(self.vocab_sizes, self.field_dims, strict=True)]
-        assert self.row_sizes is not None
-        return [int((r == 0).sum()) for r in self.row_sizes]
+        return self.kind.dropped_features(self)
 
     def summary(self) -> dict[str, Any]:
         """Scalars for ``result.json`` and reports."""
@@ -230,7 +158,7 @@ class EmbeddingPlan:
         Fields cut to width 0 get no table. Value-level plans (ragged, csr) have no TorchRec
         table equivalent and raise.
         """
-        if self.storage != "dense":
+        if self.kind.per_row:
             raise ValueError(f"{self.storage} plans have no TorchRec table equivalent; only dense plans do")
         from torchrec.modules.embedding_configs import EmbeddingBagConfig
 

@@ -7,7 +7,7 @@ back to back (row ``offset_f + id``) in one of three layouts:
 - :class:`DenseGroup`: a table ``[rows, w]``; shorter rows are zero-padded to ``d``, or projected
   to ``d`` by a per-field matrix ``[w, d]`` (MDE).
 - :class:`RaggedGroup`: row i keeps its first ``k_i`` values: ``values [sum k]`` + ``offsets [rows + 1]``,
-  or, when equal sizes come in long runs of rows, a per-run index (:func:`embdim.plan.ragged_index`).
+  or, when equal sizes come in long runs of rows, a per-run index (:func:`embdim.storage.ragged_index`).
 - :class:`CsrGroup`: row i keeps ``nnz_i`` values at given columns: ``values``, ``columns`` (uint8
   or int16) and ``offsets [rows + 1]``.
 
@@ -22,16 +22,34 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from embdim.errors import ModelFileError, shorten
-from embdim.plan import EmbeddingPlan, equal_size_runs, ragged_index, size_bytes
+from embdim.plan import EmbeddingPlan
+from embdim.storage import (
+    VALUE_DTYPE,
+    column_dtype,
+    equal_size_runs,
+    field_bounds,
+    offset_dtype,
+    ragged_index,
+    size_dtype,
+)
 
 GROUP_KINDS: dict[str, type[SlimGroup]] = {}
 EMBEDDING_TENSORS = "embedding.safetensors"
 EMBEDDING_JSON = "embedding.json"
+
+
+def _torch(dtype: np.dtype) -> torch.dtype:
+    """The torch dtype of a numpy dtype chosen by :mod:`embdim.storage`."""
+    return getattr(torch, dtype.name)
+
+
+VALUES = _torch(VALUE_DTYPE)  # every stored value and projection weight
 
 
 def project_fields(raw: torch.Tensor, projection: torch.Tensor | None, dim: int) -> torch.Tensor:
@@ -65,7 +83,7 @@ class SlimGroup(nn.Module, ABC):
         self.field_ids = tuple(int(f) for f in field_ids)
         self.rows = tuple(int(r) for r in rows)
         self.dim = dim
-        starts = torch.tensor([0, *self.rows[:-1]], dtype=torch.long).cumsum(0)
+        starts = torch.from_numpy(field_bounds(self.rows)[:-1])
         self.register_buffer("row_offsets", starts, persistent=False)
 
     def global_rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -119,8 +137,8 @@ class DenseGroup(SlimGroup):
 
     def __init__(self, field_ids, rows, weight: torch.Tensor, projection: torch.Tensor | None, dim: int) -> None:
         super().__init__(field_ids, rows, dim)
-        self.weight = nn.Parameter(weight.detach().to(torch.float32).clone())
-        self.projection = None if projection is None else nn.Parameter(projection.detach().float().clone())
+        self.weight = nn.Parameter(weight.detach().to(VALUES).clone())
+        self.projection = None if projection is None else nn.Parameter(projection.detach().to(VALUES).clone())
 
     @property
     def width(self) -> int:
@@ -173,7 +191,7 @@ class RaggedGroup(SlimGroup):
 
     def __init__(self, field_ids, rows, values: torch.Tensor, index: dict[str, torch.Tensor], dim: int) -> None:
         super().__init__(field_ids, rows, dim)
-        self.values = nn.Parameter(values.detach().to(torch.float32).clone())
+        self.values = nn.Parameter(values.detach().to(VALUES).clone())
         self.index_names = tuple(sorted(index))
         if self.index_names not in (("offsets",), ("run_offsets", "run_rows", "run_sizes")):
             raise ValueError(f"a ragged index is 'offsets' or 'run_rows', 'run_offsets', 'run_sizes'; got {index}")
@@ -188,11 +206,11 @@ class RaggedGroup(SlimGroup):
         per_field = [r.numpy() for r in torch.split(lengths.cpu(), list(rows))]
         layout, _ = ragged_index(len(lengths), total, equal_size_runs(per_field), dim)
         if layout == "rows":
-            offsets = torch.zeros(len(lengths) + 1, dtype=_offset_dtype(total))
+            offsets = torch.zeros(len(lengths) + 1, dtype=_torch(offset_dtype(total)))
             offsets[1:] = lengths.cumsum(0)
             return cls(field_ids, rows, table[keep], {"offsets": offsets}, dim)
         field_start = torch.zeros(len(lengths), dtype=torch.bool)
-        field_start[torch.tensor([0, *rows[:-1]]).cumsum(0)] = True
+        field_start[torch.from_numpy(field_bounds(rows)[:-1])] = True
         changes = torch.ones(len(lengths), dtype=torch.bool)
         changes[1:] = lengths[1:] != lengths[:-1]
         first_rows = torch.nonzero(changes | field_start).squeeze(1)
@@ -201,9 +219,9 @@ class RaggedGroup(SlimGroup):
         run_offsets = torch.zeros(len(first_rows) + 1, dtype=torch.long)
         run_offsets[1:] = (run_sizes * run_lengths).cumsum(0)
         index = {
-            "run_rows": torch.cat([first_rows, torch.tensor([len(lengths)])]).to(_offset_dtype(len(lengths))),
-            "run_offsets": run_offsets.to(_offset_dtype(total)),
-            "run_sizes": run_sizes.to(torch.uint8 if size_bytes(dim) == 1 else torch.int16),
+            "run_rows": torch.cat([first_rows, torch.tensor([len(lengths)])]).to(_torch(offset_dtype(len(lengths)))),
+            "run_offsets": run_offsets.to(_torch(offset_dtype(total))),
+            "run_sizes": run_sizes.to(_torch(size_dtype(dim))),
         }
         return cls(field_ids, rows, table[keep], index, dim)
 
@@ -260,7 +278,7 @@ class CsrGroup(SlimGroup):
 
     def __init__(self, field_ids, rows, values, columns, offsets, dim: int) -> None:
         super().__init__(field_ids, rows, dim)
-        self.values = nn.Parameter(values.detach().to(torch.float32).clone())
+        self.values = nn.Parameter(values.detach().to(VALUES).clone())
         self.register_buffer("columns", columns.detach().clone())
         self.register_buffer("offsets", offsets.detach().clone())
 
@@ -268,11 +286,10 @@ class CsrGroup(SlimGroup):
     def from_dense(cls, field_ids, rows, table: torch.Tensor, mask: torch.Tensor, dim: int) -> CsrGroup:
         """From a table ``[sum rows, d]`` and a boolean keep-mask of the same shape."""
         nnz = mask.sum(1)
-        offsets = torch.zeros(len(nnz) + 1, dtype=_offset_dtype(int(nnz.sum())))
+        offsets = torch.zeros(len(nnz) + 1, dtype=_torch(offset_dtype(int(nnz.sum()))))
         offsets[1:] = nnz.cumsum(0)
         cols = torch.nonzero(mask, as_tuple=True)[1]
-        col_dtype = torch.uint8 if dim <= 256 else torch.int16
-        return cls(field_ids, rows, table[mask], cols.to(col_dtype), offsets, dim)
+        return cls(field_ids, rows, table[mask], cols.to(_torch(column_dtype(dim))), offsets, dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         g = self.global_rows(ids)
@@ -318,7 +335,7 @@ class CsrGroup(SlimGroup):
             raise ValueError("columns: a row repeats or reorders its column indices")
 
 
-FLOAT_DTYPES = (torch.float32,)
+FLOAT_DTYPES = (VALUES,)
 INDEX_DTYPES = (torch.int32, torch.int64)
 SIZE_DTYPES = (torch.uint8, torch.int16)
 
@@ -352,10 +369,6 @@ def _check_offsets(tensors: dict[str, torch.Tensor], name: str, rows: int, total
     if len(offsets) != rows + 1 or offsets[0] != 0 or offsets[-1] != total or bool(((steps < 0) | (steps > dim)).any()):
         raise ValueError(f"{name}: need {rows + 1} offsets rising from 0 to {total}, at most {dim} apart")
     return offsets
-
-
-def _offset_dtype(total: int) -> torch.dtype:
-    return torch.int32 if total < 2**31 else torch.int64
 
 
 class SlimEmbedding(nn.Module):
@@ -403,7 +416,7 @@ class SlimEmbedding(nn.Module):
         parts = []
         for i, group in enumerate(self.groups):
             parts.append(group.narrow(ids.index_select(1, getattr(self, f"_fields{i}"))).flatten(1))
-        parts.append(torch.zeros(batch, 1, dtype=torch.float32, device=ids.device))
+        parts.append(torch.zeros(batch, 1, dtype=VALUES, device=ids.device))
         return torch.cat(parts, dim=1).index_select(1, self.gather).view(batch, self.num_fields, self.dim)
 
     def stored_bytes(self) -> int:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from embdim.lookup import distinct_row_l2
+from embdim.storage import field_bounds
 
 #: Activation names accepted by :class:`MLP`.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -162,12 +163,9 @@ class FeaturesLinear(FeatureTable):
 
     def __init__(self, vocab_sizes: Sequence[int], num_dense: int = 0, bias: bool = True, sparse: bool = False) -> None:
         super().__init__()
-        sizes = torch.as_tensor(list(vocab_sizes), dtype=torch.int64)
-        offsets = torch.zeros_like(sizes)
-        if len(sizes) > 1:
-            offsets[1:] = torch.cumsum(sizes[:-1], dim=0)
-        self.register_buffer("offsets", offsets, persistent=False)
-        self.weight = nn.Embedding(int(sizes.sum()), 1, sparse=sparse)
+        bounds = torch.from_numpy(field_bounds(vocab_sizes))
+        self.register_buffer("offsets", bounds[:-1].clone(), persistent=False)
+        self.weight = nn.Embedding(int(bounds[-1]), 1, sparse=sparse)
         self.dense = nn.Linear(num_dense, 1, bias=False) if num_dense > 0 else None
         self.bias = nn.Parameter(torch.zeros(1)) if bias else None
         self.init_weights()

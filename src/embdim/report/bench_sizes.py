@@ -48,7 +48,7 @@ def learned_plans(results: pl.DataFrame, runs_dir: Path) -> tuple[Plans, Plans]:
         if not path.exists():
             continue
         plan = EmbeddingPlan.load(path)
-        if plan.storage == "dense":
+        if not plan.kind.per_row:
             if len(set(plan.field_dims)) > 1:
                 field_level.setdefault(row["label"], {})[str(row["budget"])] = plan
         else:

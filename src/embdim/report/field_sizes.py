@@ -29,10 +29,8 @@ def plot_field_sizes(plan: EmbeddingPlan, fields: list[FieldInfo], path: Path) -
         raise ValueError("fields and plan.field_names must name the same fields in the same order")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if plan.storage == "dense":
-        sizes = np.asarray(plan.field_dims, dtype=float)
-    else:
-        sizes = np.asarray([p / n for p, n in zip(plan.field_params(), plan.vocab_sizes, strict=True)])
+    # kept values per row: a dense field's width, a value-level field's mean row size
+    sizes = np.asarray([p / max(n, 1) for p, n in zip(plan.field_params(), plan.vocab_sizes, strict=True)])
     cards = np.asarray([f.vocab_size for f in fields], dtype=float)
     order = np.argsort(-cards, kind="stable")
     x = np.arange(len(order))

@@ -27,7 +27,7 @@ def plot_plan(plan: EmbeddingPlan, fields: list[FieldInfo], folder: Path) -> lis
     value-level plans (ragged, csr) get size against training frequency and the size distribution
     when the fields carry training counts. A uniform plan has nothing to show.
     """
-    if plan.storage == "dense":
+    if not plan.kind.per_row:
         if all(d == plan.dim for d in plan.field_dims):
             return []
         from embdim.report.field_sizes import plot_field_sizes

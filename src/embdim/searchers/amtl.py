@@ -57,10 +57,11 @@ from embdim.budget import Budget, PenaltyController
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
 from embdim.measures import spearman
-from embdim.plan import FLOAT_BYTES, EmbeddingPlan, ragged_index
+from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
 from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig, Stage
 from embdim.slim import RaggedGroup, SlimEmbedding
+from embdim.storage import FLOAT_BYTES, field_bounds, ragged_index
 
 NUM_FREQ_FEATURES = 3
 """Frequency features per value: log count (field-normalised), tied rank, log count (globally normalised)."""
@@ -198,7 +199,7 @@ class AMTLSearcher(Searcher):
         self.register_buffer(
             "occurrence_weight", torch.from_numpy(np.concatenate(weights).astype(np.float32)), persistent=False
         )
-        self.register_buffer("offsets", torch.tensor([0, *np.cumsum(self.vocab_sizes)[:-1]]), persistent=False)
+        self.register_buffer("offsets", torch.from_numpy(field_bounds(self.vocab_sizes)[:-1]), persistent=False)
         # ids in a row with one class form a segment (never crossing a field); sizes change only
         # between segments, so the ragged index's runs are counted over segments, not ids
         all_classes = np.concatenate(id_class)

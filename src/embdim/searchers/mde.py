@@ -18,10 +18,11 @@ from torch import nn
 from embdim.budget import LANDING_TOLERANCE, Budget, BudgetUnreachable, uniform_bytes
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec, group_fields_by_width
-from embdim.plan import FLOAT_BYTES, EmbeddingPlan
+from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
 from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig
 from embdim.slim import DenseGroup, SlimEmbedding, project_fields
+from embdim.storage import FLOAT_BYTES
 
 
 class MDEConfig(SearcherConfig):

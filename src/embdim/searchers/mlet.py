@@ -44,10 +44,11 @@ from embdim.budget import Budget, uniform_dim_for_budget
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec
 from embdim.measures import effective_rank
-from embdim.plan import FLOAT_BYTES, EmbeddingPlan
+from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
 from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig
 from embdim.slim import DenseGroup, SlimEmbedding
+from embdim.storage import FLOAT_BYTES
 
 TABLE_NAME = "a"
 FLOAT64_BYTES = 8  # the collapse W = A @ B is computed in float64

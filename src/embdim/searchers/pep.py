@@ -69,7 +69,6 @@ import itertools
 import warnings
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import nn
@@ -77,11 +76,12 @@ from torch import nn
 from embdim.budget import Budget, BudgetUnreachable
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
-from embdim.plan import FLOAT_BYTES, EmbeddingPlan, column_index_bytes, offset_bytes
+from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
 from embdim.rowwise import RowwiseAdam
 from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig, Stage
 from embdim.slim import CsrGroup, SlimEmbedding
+from embdim.storage import FLOAT_BYTES, CsrStorage, field_bounds
 
 Granularity = Literal["global", "dimension", "feature", "field", "feature_dim", "field_dim"]
 TABLE = "all"  # the one n x d table (base Searcher.table_specs)
@@ -214,15 +214,15 @@ def threshold_shape(granularity: str, num_rows: int, num_fields: int, dim: int) 
 
 
 def budget_sparsity(budget: Budget, num_rows: int, dim: int) -> float:
-    """The sparsity whose CSR storage (plan.py's byte rules) meets ``budget`` for an n x d table."""
+    """The sparsity whose CSR storage (embdim.storage's byte rules) meets ``budget`` for an n x d table."""
     full_bytes = num_rows * dim * FLOAT_BYTES
     if budget.kind == "params":
         nnz = budget.value
     else:
         target = budget.target_bytes(full_bytes)
         # bytes(nnz) = nnz * (value + column index) + (n + 1) row offsets
-        index_bytes = (num_rows + 1) * offset_bytes(num_rows * dim)
-        nnz = (target - index_bytes) / (FLOAT_BYTES + column_index_bytes(dim))
+        index_bytes = CsrStorage.offsets_bytes(num_rows, num_rows * dim)
+        nnz = (target - index_bytes) / CsrStorage.bytes_per_value(dim)
         if nnz < 1:
             raise ValueError(f"budget: {target:.0f} bytes do not even hold the CSR row offsets ({index_bytes} bytes)")
     sparsity = 1.0 - nnz / (num_rows * dim)
@@ -284,7 +284,7 @@ class PEPSearcher(Searcher):
         if config.rowwise_thresholds:  # trained in the lookup's backward, not by the run's optimizers
             self.threshold.requires_grad_(False)
             self.threshold_optimizer = RowwiseAdam(shape[0], shape[1], lr=config.threshold_lr)
-        offsets = torch.tensor([0, *self.vocab_sizes[:-1]], dtype=torch.long).cumsum(0)
+        offsets = torch.from_numpy(field_bounds(self.vocab_sizes)[:-1])
         self.register_buffer("row_offsets", offsets, persistent=False)
         row_field = torch.repeat_interleave(torch.arange(self.num_fields), torch.tensor(self.vocab_sizes))
         self.register_buffer("row_field", row_field, persistent=False)  # [n]: the field of each row
@@ -568,7 +568,7 @@ class PEPSearcher(Searcher):
     def plan(self, lookup: Lookup) -> EmbeddingPlan:
         _, mask = self._kept(lookup)
         nnz = mask.sum(1).numpy()
-        bounds = np.cumsum([0, *self.vocab_sizes])
+        bounds = field_bounds(self.vocab_sizes)
         rows = [nnz[a:b] for a, b in itertools.pairwise(bounds)]
         sparsity = 1.0 - float(nnz.sum()) / (self.num_rows * self.dim)
         details = {

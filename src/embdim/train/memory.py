@@ -21,8 +21,8 @@ from embdim.config import RunConfig
 from embdim.data.schema import DatasetSchema, FieldInfo
 from embdim.errors import EmbdimError
 from embdim.models.layers import FeaturesLinear
-from embdim.plan import FLOAT_BYTES
 from embdim.registry import MODELS, SEARCHERS
+from embdim.storage import FLOAT_BYTES
 
 #: Optimizer state per trained value (Adam: first and second moment; Adagrad: the sum of squares).
 STATE_SLOTS = {"adam": 2, "adamw": 2, "adagrad": 1, "sgd": 0}

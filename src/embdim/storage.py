@@ -1,0 +1,219 @@
+"""Storage kinds: how a plan's kept values are laid out, and the byte rules of each layout.
+
+Three kinds cover every method; each is one class registered by name in :data:`STORAGE_KINDS`,
+which :class:`~embdim.plan.EmbeddingPlan` delegates to and whose names the slim groups
+(:mod:`embdim.slim`) share:
+
+- ``dense``: field f stores an ``n_f x d_f`` table (full, MDE, DML after the cut, MLET collapsed);
+- ``ragged``: row i of field f stores its first ``k_i`` values (AMTL), plus an index: one offset
+  per row, or, when rows of equal size come in long runs (AMTL's sizes follow frequency and ids are
+  numbered by frequency), one entry per run (:func:`ragged_index`);
+- ``csr``: row i stores ``nnz_i`` values at arbitrary columns (PEP), plus column indices and offsets.
+
+Rows that store nothing are features dropped entirely; they embed to zeros. The dtypes of every
+stored array (values, offsets, sizes, column indices) are chosen here and nowhere else, so the
+bytes a plan reports are the bytes its slim model writes.
+
+A new kind (a quantised or hashed table) is one subclass here plus its slim group::
+
+    class HalfStorage(DenseStorage):
+        name = "half"
+
+        def value_bytes(self, plan):
+            return 2
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar, Literal, Protocol
+
+import numpy as np
+
+#: Every stored embedding value (and every projection weight) is float32.
+VALUE_DTYPE = np.dtype(np.float32)
+FLOAT_BYTES = VALUE_DTYPE.itemsize
+
+STORAGE_KINDS: dict[str, StorageKind] = {}
+
+RaggedIndex = Literal["rows", "runs"]
+
+
+# ---------------------------------------------------------------------- index dtypes
+def offset_dtype(total: int) -> np.dtype:
+    """Dtype of offsets into ``total`` entries: int32 while they fit, else int64."""
+    return np.dtype(np.int32 if total <= np.iinfo(np.int32).max else np.int64)
+
+
+def size_dtype(dim: int) -> np.dtype:
+    """Dtype of a stored row size in ``[0, dim]``: uint8 up to 255, else int16."""
+    return np.dtype(np.uint8 if dim <= np.iinfo(np.uint8).max else np.int16)
+
+
+def column_dtype(dim: int) -> np.dtype:
+    """Dtype of a column index in ``[0, dim)``: uint8 up to 256 columns, else int16."""
+    return np.dtype(np.uint8 if dim - 1 <= np.iinfo(np.uint8).max else np.int16)
+
+
+def field_bounds(vocab_sizes: Sequence[int]) -> np.ndarray:
+    """Where each field's rows start when fields are stored back to back, int64 ``[F + 1]``
+    (field f owns rows ``bounds[f] : bounds[f + 1]``)."""
+    return np.concatenate([[0], np.cumsum(np.asarray(vocab_sizes, dtype=np.int64))]).astype(np.int64)
+
+
+def equal_size_runs(row_sizes: list[np.ndarray]) -> int:
+    """Runs of consecutive rows with the same size, split at field boundaries."""
+    return sum(int(np.count_nonzero(np.diff(r))) + 1 for r in row_sizes if len(r))
+
+
+def ragged_index(num_rows: int, num_values: int, num_runs: int, dim: int) -> tuple[RaggedIndex, int]:
+    """The smaller index of a ragged table, and its bytes (closing entries included).
+
+    ``rows``: offsets ``[num_rows + 1]``. ``runs``: per run of equal-size rows its first row
+    ``[num_runs + 1]``, first value ``[num_runs + 1]`` and row size ``[num_runs]``; row ``i`` of run
+    ``r`` starts at ``first_value[r] + (i - first_row[r]) * size[r]``.
+    """
+    per_row = (num_rows + 1) * offset_dtype(num_values).itemsize
+    closing = offset_dtype(num_rows).itemsize + offset_dtype(num_values).itemsize
+    per_run = (num_runs + 1) * closing + num_runs * size_dtype(dim).itemsize
+    return ("runs", per_run) if per_run < per_row else ("rows", per_row)
+
+
+# ---------------------------------------------------------------------- kinds
+class Sizes(Protocol):
+    """What a storage kind reads of a plan (:class:`~embdim.plan.EmbeddingPlan` is one)."""
+
+    field_names: list[str]
+    vocab_sizes: list[int]
+    dim: int
+    field_dims: list[int]
+    row_sizes: list[np.ndarray] | None
+
+    @property
+    def num_fields(self) -> int: ...
+
+
+class StorageKind(ABC):
+    """One layout of kept values: which sizes it records, and what they cost.
+
+    Subclasses set :attr:`name` (registered on definition) and :attr:`per_row`.
+    """
+
+    name: ClassVar[str]
+    #: sizes are decided per row (``plan.row_sizes``), not per field (``plan.field_dims``)
+    per_row: ClassVar[bool]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        STORAGE_KINDS[cls.name] = cls()
+
+    def checked_rows(self, plan: Sizes) -> list[np.ndarray] | None:
+        """``plan.row_sizes`` as int64 arrays, or ``ValueError`` when they do not fit this kind."""
+        F = plan.num_fields
+        if not self.per_row:
+            if plan.row_sizes is not None:
+                raise ValueError(f"{self.name} storage has no per-row sizes")
+            return None
+        if plan.row_sizes is None or len(plan.row_sizes) != F:
+            raise ValueError(f"{self.name} storage needs row_sizes for each of the {F} fields")
+        rows = [np.asarray(r, dtype=np.int64) for r in plan.row_sizes]
+        for name, n, r in zip(plan.field_names, plan.vocab_sizes, rows, strict=True):
+            if r.shape != (n,) or r.min(initial=0) < 0 or r.max(initial=0) > plan.dim:
+                raise ValueError(f"field {name!r}: row sizes must be {n} values in [0, {plan.dim}]")
+        return rows
+
+    def field_params(self, plan: Sizes) -> list[int]:
+        """Stored embedding values per field (table entries only)."""
+        if not self.per_row:
+            return [n * d for n, d in zip(plan.vocab_sizes, plan.field_dims, strict=True)]
+        return [int(r.sum()) for r in plan.row_sizes]
+
+    def dropped_features(self, plan: Sizes) -> list[int]:
+        """Per field, how many rows store nothing (features pruned away entirely)."""
+        if not self.per_row:
+            return [n if d == 0 else 0 for n, d in zip(plan.vocab_sizes, plan.field_dims, strict=True)]
+        return [int((r == 0).sum()) for r in plan.row_sizes]
+
+    @abstractmethod
+    def index_bytes(self, plan: Sizes) -> tuple[list[int], int]:
+        """The row index: each field's share of its bytes, and the closing entries' bytes (shared
+        by all fields, counted once)."""
+
+    def value_bytes(self, plan: Sizes) -> int:
+        """Bytes of one stored value (with its column index where the layout keeps one)."""
+        return FLOAT_BYTES
+
+    def field_bytes(self, plan: Sizes) -> list[int]:
+        """Bytes each field's storage takes: its values plus its share of the row index."""
+        per_value = self.value_bytes(plan)
+        index, _ = self.index_bytes(plan)
+        return [p * per_value + i for p, i in zip(self.field_params(plan), index, strict=True)]
+
+    def table_bytes(self, plan: Sizes) -> int:
+        """Bytes of every field's storage, the index's closing entries included."""
+        return sum(self.field_bytes(plan)) + self.index_bytes(plan)[1]
+
+
+class DenseStorage(StorageKind):
+    """Field f: a table ``[n_f, d_f]``; no index."""
+
+    name = "dense"
+    per_row = False
+
+    def index_bytes(self, plan: Sizes) -> tuple[list[int], int]:
+        return [0] * plan.num_fields, 0
+
+
+class RaggedStorage(StorageKind):
+    """Row i: its first ``k_i`` values, found through the smaller of two indexes (:func:`ragged_index`)."""
+
+    name = "ragged"
+    per_row = True
+
+    def index_layout(self, plan: Sizes) -> RaggedIndex:
+        """Which index the plan's rows get: ``rows`` (one offset each) or ``runs``."""
+        return self._layout(plan)[0]
+
+    def index_bytes(self, plan: Sizes) -> tuple[list[int], int]:
+        layout, runs = self._layout(plan)
+        rows, values = sum(plan.vocab_sizes), sum(self.field_params(plan))
+        if layout == "runs":
+            closing = offset_dtype(rows).itemsize + offset_dtype(values).itemsize
+            return [r * (closing + size_dtype(plan.dim).itemsize) for r in runs], closing
+        return _offsets_per_row(plan.vocab_sizes, values)
+
+    def _layout(self, plan: Sizes) -> tuple[RaggedIndex, list[int]]:
+        """The index layout and each field's runs of equal-size rows."""
+        runs = [equal_size_runs([r]) for r in plan.row_sizes]
+        rows, values = sum(plan.vocab_sizes), sum(self.field_params(plan))
+        return ragged_index(rows, values, sum(runs), plan.dim)[0], runs
+
+
+class CsrStorage(StorageKind):
+    """Row i: ``nnz_i`` values with their column indices, and one offset per row."""
+
+    name = "csr"
+    per_row = True
+
+    def value_bytes(self, plan: Sizes) -> int:
+        return self.bytes_per_value(plan.dim)
+
+    def index_bytes(self, plan: Sizes) -> tuple[list[int], int]:
+        return _offsets_per_row(plan.vocab_sizes, sum(self.field_params(plan)))
+
+    @staticmethod
+    def bytes_per_value(dim: int) -> int:
+        """A value and its column index."""
+        return FLOAT_BYTES + column_dtype(dim).itemsize
+
+    @staticmethod
+    def offsets_bytes(num_rows: int, num_values: int) -> int:
+        """The row offsets ``[num_rows + 1]`` into ``num_values`` values."""
+        return (num_rows + 1) * offset_dtype(num_values).itemsize
+
+
+def _offsets_per_row(vocab_sizes: Sequence[int], num_values: int) -> tuple[list[int], int]:
+    """One offset per row into ``num_values`` values: each field's share, and the closing offset."""
+    size = offset_dtype(num_values).itemsize
+    return [n * size for n in vocab_sizes], size
