@@ -254,12 +254,8 @@ class TableReader(SplitFileReader):
 
     def _read_parquet(self, path: Path) -> tuple[pl.DataFrame, RowLocator]:
         display = self.display(path)
-        if not path.exists():
-            raise DataError(f"{display}: file not found ({path})")
-        if not path.is_file():
-            raise DataError(f"{display}: not a file ({path})")
+        self._read_parquet_schema(path)  # missing file, not a file, unreadable, wrong columns
         try:
-            self._read_parquet_schema(path)
             wanted = [*self.options.categorical, *self.options.numeric, self.options.label]
             frame = pl.read_parquet(path, columns=wanted, n_rows=self.options.nrows)
         except (OSError, pl.exceptions.PolarsError) as error:
