@@ -15,7 +15,7 @@ from embdim.config import TrainConfig
 from embdim.distributed.torchrec_lookup import TorchRecFusedOptimizer, TorchRecLookup
 from embdim.lookup import FusedTableOptimizer
 from embdim.recommender import build_recommender
-from embdim.train.optim import build_optimizers, recommender_optimizers
+from embdim.train.optim import build_optimizers, recommender_optimizers, set_lr_scale
 from embdim.train.run import run_experiment
 from test_train import KilledAt, small_config  # tests/ is on sys.path under pytest
 
@@ -133,6 +133,26 @@ def test_fused_update_equals_torch_sparse_update(optimizer, torch_cls, method):
             o.step()
         _assert_tables_close(ref, rec, UPDATE_ATOL)
     assert all(p.grad is None for p in rec.lookup.parameters())
+
+
+def test_a_scheduled_rate_rules_the_next_fused_update_as_it_rules_a_torch_step():
+    # the fused kernel updates inside the backward pass: a rate set between two steps must reach it
+    # before the next backward, or a schedule (and a resume right after a plateau drop) lags one step
+    ref, rec = _pair("full", sparse=True)
+    ref_opt = torch.optim.Adagrad(ref.lookup.parameters(), lr=LR)
+    ref_opt.param_groups[0]["base_lr"] = LR
+    opts = build_optimizers(
+        [], [], TrainConfig(optimizer="adagrad", lr=LR), rec.lookup, sparse_tables=list(rec.lookup.parameters())
+    )
+    for step, scale in enumerate([1.0, 0.1, 0.01]):
+        set_lr_scale([ref_opt], scale)
+        set_lr_scale(opts, scale)
+        ids = _ids(20 + step)
+        ref_opt.zero_grad()
+        _loss(ref, ids).backward()
+        ref_opt.step()
+        _loss(rec, ids).backward()
+        _assert_tables_close(ref, rec, UPDATE_ATOL)
 
 
 def test_fused_optimizer_state_round_trips_and_refuses_another_optimizer():

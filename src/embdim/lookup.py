@@ -135,6 +135,10 @@ class FusedTableOptimizer(ABC):
     def step(self, closure: Any = None) -> None:  # noqa: B027  (a no-op by design)
         """Nothing to apply: the backward pass already updated the looked-up rows."""
 
+    def apply_lr(self) -> None:  # noqa: B027  (backends without a rate of their own need nothing)
+        """Make ``param_groups[0]["lr"]`` the rate of the next backward pass's updates at once, as a
+        torch optimizer's next ``step()`` would use a changed rate."""
+
     @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...
 

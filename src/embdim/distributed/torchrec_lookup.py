@@ -96,8 +96,9 @@ class TorchRecFusedOptimizer(FusedTableOptimizer):
     """The fused tables' optimizer state (Adagrad sums of squares; none for SGD), for checkpoints.
 
     ``state_dict()`` copies the fbgemm state of every table; ``load_state_dict`` writes it back in
-    place, so a resumed run continues exactly. ``param_groups[0]["lr"]`` is applied at ``step()``
-    (an LR schedule takes effect from the next backward pass, since updates happen there).
+    place, so a resumed run continues exactly. A changed ``param_groups[0]["lr"]`` is pushed to the
+    kernels by :meth:`apply_lr` (the trainer's schedule calls it), so it rules the next backward
+    pass, where the updates happen, as a torch optimizer's next step would use it.
     """
 
     def __init__(self, lookup: TorchRecLookup, name: str, lr: float) -> None:
@@ -105,7 +106,7 @@ class TorchRecFusedOptimizer(FusedTableOptimizer):
         self.name = name
         self.param_groups: list[dict[str, Any]] = [{"params": [], "lr": lr}]
 
-    def step(self, closure: Any = None) -> None:
+    def apply_lr(self) -> None:
         self.lookup.set_fused_lr(self.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, Any]:

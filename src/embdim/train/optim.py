@@ -123,6 +123,8 @@ def set_lr_scale(optimizers: list, scale: float, min_lr: float = 0.0) -> None:
         for group in opt.param_groups:
             base = group["base_lr"]
             group["lr"] = max(base * scale, min(min_lr, base))
+        if isinstance(opt, FusedTableOptimizer):  # its updates happen in the next backward: tell it now
+            opt.apply_lr()
 
 
 def clip_gradients(params: list[nn.Parameter], max_norm: float) -> float:
