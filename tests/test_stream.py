@@ -67,6 +67,19 @@ def test_every_layout_mode_and_chunk_size_streams_to_the_identical_cache(
     _check_identical(criteo_files, tmp_path, layout, numeric, chunk_rows)
 
 
+def test_counts_merged_many_times_give_the_identical_cache(criteo_files, tmp_path, monkeypatch):
+    # at scale a field's chunk counts are merged into its running total as they grow; here after
+    # every few chunks, so that totals are merged with totals and with fresh chunks alike
+    import embdim.data.stream as stream
+
+    monkeypatch.setattr(stream, "MERGE_MIN_ROWS", 10)
+    merges = []
+    merged = stream._Counter._merged
+    monkeypatch.setattr(stream._Counter, "_merged", lambda self: merges.append(1) or merged(self))
+    _check_identical(criteo_files, tmp_path, "pool", "discretize", 32)
+    assert len(merges) > 39 * 3  # several merges per id field before the final one
+
+
 def _check_identical(criteo_files, tmp_path, layout, numeric, chunk_rows):
     reader = CriteoReader(CriteoOptions(**LAYOUTS[layout](criteo_files)), tmp_path)
     cfg = PreprocessConfig(min_count=2, numeric=numeric, dense_transform="log1p", split={"seed": 5})

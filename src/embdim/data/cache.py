@@ -258,6 +258,37 @@ def _host() -> str:
     return socket.gethostname().replace(".", "_") or "host"
 
 
+class ArrayAppender:
+    """A ``.npy`` file of a known shape written front to back, rows appended in order.
+
+    Plain writes, not a memory map: the pages written go to the page cache without being mapped
+    into the process, so a prepare's resident memory does not grow with the cache it writes.
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype | type, shape: tuple[int, ...]) -> None:
+        self.path, self.dtype, self.shape = path, np.dtype(dtype), tuple(shape)
+        self.rows = 0
+        self._fh = open(path, "wb")  # noqa: SIM115  (closed by close())
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(self._fh, header)
+
+    def append(self, rows: np.ndarray) -> None:
+        """Write ``rows`` [k, *shape[1:]] after those already written."""
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.shape[1:] or self.rows + len(rows) > self.shape[0]:
+            raise ValueError(f"{self.path.name}: rows of shape {rows.shape} do not fit {self.shape} after {self.rows}")
+        self._fh.write(rows.data)
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        """Flush and fsync; the file must hold every row its header promises."""
+        if self.rows != self.shape[0]:
+            raise ValueError(f"{self.path.name}: {self.rows} of {self.shape[0]} rows written")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+
+
 class CacheWriter:
     """Writes one cache folder atomically; use as a context manager.
 
@@ -345,19 +376,17 @@ class CacheWriter:
         self._write_bytes_file(VOCAB_FILE, lambda fh: vocab.write_parquet(fh))
         self.write_json(ENCODER_FILE, state)
 
-    def open_array(self, rel: str, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.memmap:
-        """A pre-sized ``.npy`` file at ``rel``, memory-mapped for writing; :meth:`close_array` records it."""
+    def open_array(self, rel: str, dtype: np.dtype | type, shape: tuple[int, ...]) -> ArrayAppender:
+        """A pre-sized ``.npy`` file at ``rel``, filled front to back by :meth:`ArrayAppender.append`;
+        :meth:`close_array` records it."""
         target = self._require_open() / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        return np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
+        return ArrayAppender(target, dtype, shape)
 
-    def close_array(self, rel: str, array: np.memmap) -> None:
-        """Flush and fsync an array from :meth:`open_array`, and list it in ``COMPLETE``."""
-        array.flush()
-        target = self._require_open() / rel
-        with open(target, "rb+") as fh:
-            os.fsync(fh.fileno())
-        self._files[rel] = target.stat().st_size
+    def close_array(self, rel: str, array: ArrayAppender) -> None:
+        """Check that an array from :meth:`open_array` is full, fsync it, and list it in ``COMPLETE``."""
+        array.close()
+        self._files[rel] = (self._require_open() / rel).stat().st_size
 
     def scratch(self, name: str) -> Path:
         """A path inside the temporary folder for working files (remove them before the commit)."""

@@ -14,7 +14,8 @@ vocabularies, ids, dense values and labels), in up to three passes over the sour
    encoder's rules), and the scratch keys become ids by a sorted search, a block of rows at a time.
 
 Memory holds one chunk, the counted keys of the training split (one entry per distinct value), and
-a block of keys; the arrays are written through the page cache.
+a block of keys; every array is written front to back by plain writes (the page cache holds
+what the disk has not yet taken; none of it is mapped into the process).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from embdim.data.raw import LABEL, DataError
 from embdim.data.readers.base import ChunkedData, ChunkedSource
 from embdim.data.split import POOL, SPLIT_NAMES, check_split_names, require_rows, split_indices
 
-DEFAULT_CHUNK_ROWS = 1 << 20
-"""Rows per chunk: a chunk's frame is the largest thing a pass holds besides the counts."""
+DEFAULT_CHUNK_ROWS = 1 << 18
+"""Rows per chunk: a chunk's frame (tens of string columns) is, with the counts, what a pass holds."""
 ENCODE_BLOCK_ROWS = 1 << 20
 """Rows of scratch keys turned into ids at once."""
-MERGE_ROWS = 1 << 22
-"""Partial counts of a field are merged once they hold this many rows (bounds their memory)."""
+MERGE_MIN_ROWS = 1 << 18
+"""A field's partial counts are merged into its running total once they hold as many rows as the
+total, and at least this many: memory stays within about twice the distinct values, and each
+value is merged a logarithmic number of times."""
 KEY_SEED = 0
 _KEY, _VALUE, _COUNT, _TEXTS = "key", "value", "count", "texts"
 KEYS_FILE = "keys.npy"  # scratch, per split: uint64 [N, F]
@@ -47,8 +50,9 @@ class _Counter:
     """Training counts of one id field's values, by key, merged as they grow."""
 
     def __init__(self) -> None:
-        self.parts: list[pl.DataFrame] = []
-        self.rows = 0
+        self.parts: list[pl.DataFrame] = []  # the running total (if any) first, then chunks' counts
+        self.total_rows = 0  # rows of the running total
+        self.rows = 0  # rows of the chunks' counts since
 
     def add(self, keys: np.ndarray, values: pl.Series) -> None:
         frame = pl.DataFrame({_KEY: keys, _VALUE: values})
@@ -57,9 +61,9 @@ class _Counter:
         )
         self.parts.append(part)
         self.rows += part.height
-        if self.rows > MERGE_ROWS and len(self.parts) > 1:
+        if self.rows >= max(MERGE_MIN_ROWS, self.total_rows) and len(self.parts) > 1:
             self.parts = [self._merged()]
-            self.rows = self.parts[0].height
+            self.total_rows, self.rows = self.parts[0].height, 0
 
     def _merged(self) -> pl.DataFrame:
         merged = (
@@ -168,12 +172,8 @@ def prepare_streaming(
     dense_names = list(chunked.numeric) if encoder.keeps_dense else []
     labels = {s: writer.open_array(f"{s}/{LABELS_FILE}", np.float32, (n,)) for s, n in sizes.items()}
     dense = {s: writer.open_array(f"{s}/{DENSE_FILE}", np.float32, (n, len(dense_names))) for s, n in sizes.items()}
-    keys = {
-        s: np.lib.format.open_memmap(writer.scratch(f"{s}.{KEYS_FILE}"), "w+", np.uint64, (n, len(fields)))
-        for s, n in sizes.items()
-    }
+    keys = {s: writer.open_array(f"{s}.{KEYS_FILE}", np.uint64, (n, len(fields))) for s, n in sizes.items()}
     counters = {name: _Counter() for name, _ in fields}
-    filled = dict.fromkeys(sizes, 0)
     total = sum(sizes.values())
     with tqdm(total=total, desc="read", unit="row", unit_scale=True, disable=not progress) as bar:
         for source, assignment in zip(chunked.sources, assignments, strict=True):
@@ -187,33 +187,47 @@ def prepare_streaming(
                     chunk_keys[:, j] = v.hash(seed=KEY_SEED).to_numpy()
                     values.append(v)
                 for split, rows in _rows_by_split(where, frame.height).items():
-                    at = slice(filled[split], filled[split] + len(rows))
-                    labels[split][at] = chunk_labels[rows]
-                    dense[split][at] = chunk_dense[rows]
-                    keys[split][at] = chunk_keys[rows]
-                    filled[split] += len(rows)
+                    labels[split].append(chunk_labels[rows])  # a split's rows come in source order
+                    dense[split].append(chunk_dense[rows])
+                    keys[split].append(chunk_keys[rows])
                     if split == "train":
                         for j, (name, _) in enumerate(fields):
                             counters[name].add(chunk_keys[rows, j], values[j].gather(rows))
                 bar.update(frame.height)
-    counted = {name: counters[name].result(name) for name, _ in fields}
-    kept = {name: encoder.kept_values(counted[name].select(_VALUE, _COUNT)) for name, _ in fields}
+    kept, lookups = {}, []
+    for name, _ in fields:  # one field's counts at a time: only its sorted keys and ids stay
+        counted = counters.pop(name).result(name)
+        kept[name] = encoder.kept_values(counted.select(_VALUE, _COUNT))
+        lookups.append(_key_to_id(counted, kept[name]))
+        del counted
     encoder.set_vocabulary(chunked.categorical, chunked.numeric, kept, sizes["train"])
-    lookups = [_key_to_id(counted[name], kept[name]) for name, _ in fields]
+    for split in sizes:
+        writer.close_array(f"{split}/{LABELS_FILE}", labels[split])
+        writer.close_array(f"{split}/{DENSE_FILE}", dense[split])
+        keys[split].close()
     with tqdm(total=total, desc="encode", unit="row", unit_scale=True, disable=not progress) as bar:
         for split, n in sizes.items():
             ids = writer.open_array(f"{split}/{IDS_FILE}", np.int32, (n, len(fields)))
-            for start in range(0, n, ENCODE_BLOCK_ROWS):
-                block = np.asarray(keys[split][start : start + ENCODE_BLOCK_ROWS])
-                for j, (sorted_keys, sorted_ids) in enumerate(lookups):
-                    ids[start : start + len(block), j] = _encode(block[:, j], sorted_keys, sorted_ids)
+            scratch = Path(writer.scratch(f"{split}.{KEYS_FILE}"))
+            for block in _blocks(scratch, ENCODE_BLOCK_ROWS):
+                columns = [_encode(block[:, j], *lookup) for j, lookup in enumerate(lookups)]
+                ids.append(np.stack(columns, axis=1) if columns else np.zeros((len(block), 0), np.int32))
                 bar.update(len(block))
             writer.close_array(f"{split}/{IDS_FILE}", ids)
-            writer.close_array(f"{split}/{LABELS_FILE}", labels[split])
-            writer.close_array(f"{split}/{DENSE_FILE}", dense[split])
-            del keys[split]
-            Path(writer.scratch(f"{split}.{KEYS_FILE}")).unlink()
+            scratch.unlink()
     return encoder, sizes
+
+
+def _blocks(path: Path, rows: int) -> Iterator[np.ndarray]:
+    """A ``.npy`` file's rows, ``rows`` at a time, by plain reads (no memory map: see
+    :class:`~embdim.data.cache.ArrayAppender`)."""
+    with open(path, "rb") as fh:
+        np.lib.format.read_magic(fh)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        width = int(np.prod(shape[1:], dtype=np.int64))
+        for start in range(0, shape[0], rows):
+            count = min(rows, shape[0] - start)
+            yield np.fromfile(fh, dtype=dtype, count=count * width).reshape(count, *shape[1:])
 
 
 def _key_to_id(counted: pl.DataFrame, kept: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
