@@ -216,6 +216,25 @@ def test_a_run_far_larger_than_the_machine_is_refused_before_anything_is_built(t
     assert not (tmp_path / "runs" / "huge").exists()
 
 
+def test_a_refused_run_names_the_settings_that_fit_mlet_a_narrower_inner_width(tmp_path):
+    from embdim.train.memory import InsufficientMemory, check_memory, estimate_training_memory, lighter_runs
+    from embdim.train.run import prepare_dataset
+
+    cfg = small_config(tmp_path, "name=m", "method=mlet", "method.inner_dim=512")
+    schema = prepare_dataset(cfg, progress=False).schema
+    estimate = estimate_training_memory(cfg, schema)
+    # room for k=256 under Adam, which no optimizer or table update alone reaches at k=512
+    room = estimate_training_memory(small_config(tmp_path, "name=m", "method=mlet", "method.inner_dim=256"), schema)
+    fits = lighter_runs(cfg, schema, room.total)
+    assert fits[0].startswith("method.inner_dim=256 (about")
+    assert not any(f.startswith(("train.optimizer=adagrad (", "embedding.sparse=true")) for f in fits)
+    with pytest.raises(InsufficientMemory, match=r"These fit: method\.inner_dim=256"):
+        check_memory(estimate, room.total, lighter=lambda available: lighter_runs(cfg, schema, available))
+    assert lighter_runs(cfg, schema, 0) == []  # nothing fits in no memory: the message says so
+    with pytest.raises(InsufficientMemory, match="no lighter optimizer or table update fits"):
+        check_memory(estimate, 0, lighter=lambda available: lighter_runs(cfg, schema, available))
+
+
 def test_the_estimate_counts_optimizer_state_per_slot_and_method_extras(tmp_path):
     from embdim.train.memory import estimate_training_memory
     from embdim.train.run import prepare_dataset

@@ -151,6 +151,12 @@ class Searcher(nn.Module, ABC):
         for the machine is refused before it allocates). Default: one ``n x d`` float32 table."""
         return MethodMemory(tables=uniform_bytes(fields, dim))
 
+    @classmethod
+    def lighter_options(cls, dim: int, config: SearcherConfig) -> list[dict[str, Any]]:
+        """Option changes that make this method train in less memory, lightest last (what a refused run
+        offers, each estimated by :meth:`training_memory`); default: none."""
+        return []
+
     def table_specs(self) -> list[TableSpec]:
         """Raw tables this method trains; default: one ``n x d`` table holding every field."""
         return [TableSpec("all", tuple(range(self.num_fields)), tuple(self.vocab_sizes), self.dim, self.init_std)]

@@ -120,6 +120,16 @@ class MLETSearcher(Searcher):
             tables=n * k * FLOAT_BYTES, parameters=len(fields) * k * dim * FLOAT_BYTES, state=n * dim * FLOAT64_BYTES
         )
 
+    @classmethod
+    def lighter_options(cls, dim: int, config: SearcherConfig) -> list[dict[str, Any]]:
+        """A narrower inner width: k halved while it stays at least ``d`` (A is ``n x k``)."""
+        assert isinstance(config, MLETConfig)
+        k, out = config.resolve_inner_dim(dim), []
+        while k // 2 >= dim:
+            k //= 2
+            out.append({"inner_dim": k})
+        return out
+
     def table_specs(self) -> list[TableSpec]:
         return [
             TableSpec(TABLE_NAME, tuple(range(self.num_fields)), tuple(self.vocab_sizes), self.inner_dim, self.init_std)

@@ -12,12 +12,13 @@ reported next to the estimate and not held against the machine's free memory.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from embdim.config import RunConfig
+from embdim.config import RunConfig, parse_value
 from embdim.data.schema import DatasetSchema, FieldInfo
 from embdim.errors import EmbdimError
 from embdim.models.layers import FeaturesLinear
@@ -55,13 +56,16 @@ class MemoryEstimate:
         return f"{self.total / GIB:.2f} GiB ({parts}; plus up to {self.mapped_cache / GIB:.2f} GiB of mapped cache)"
 
 
-def estimate_training_memory(cfg: RunConfig, schema: DatasetSchema, cache_dir: Path | None = None) -> MemoryEstimate:
+def estimate_training_memory(
+    cfg: RunConfig, schema: DatasetSchema, cache_dir: Path | None = None, model: tuple[int, int] | None = None
+) -> MemoryEstimate:
     """The memory a run of ``cfg`` on data with ``schema`` will hold at its peak (see the module docstring);
-    ``cache_dir``, the prepared data's folder, sizes the mapped cache."""
+    ``cache_dir``, the prepared data's folder, sizes the mapped cache; ``model``, if known, is
+    ``_model_size`` of ``cfg`` (which builds the model's dense part)."""
     tc, emb = cfg.train, cfg.embedding
     fields = schema.fields
     method = SEARCHERS.get(cfg.method.name).training_memory(fields, emb.dim, cfg.method_options())
-    model_params, id_table_rows = _model_size(cfg, fields, schema.num_dense)
+    model_params, id_table_rows = model or _model_size(cfg, fields, schema.num_dense)
     slots = STATE_SLOTS[tc.optimizer]
     fused = emb.backend == "torchrec" and tc.fused
     tables = method.tables + id_table_rows * FLOAT_BYTES  # the first-order table trains like a table
@@ -85,11 +89,11 @@ def estimate_training_memory(cfg: RunConfig, schema: DatasetSchema, cache_dir: P
 
 
 def _model_size(cfg: RunConfig, fields: list[FieldInfo], num_dense: int) -> tuple[int, int]:
-    """The model's parameter count without its id tables, and the rows of those (built on one-row fields,
-    so a vocabulary of any size costs nothing here)."""
+    """The model's parameter count without its id tables, and the rows of those (built on one-row fields
+    and on the meta device, so neither a vocabulary nor a width of any size allocates here)."""
     tiny = [FieldInfo(f.name, 1) for f in fields]
-    model = MODELS.get(cfg.model.name)(tiny, cfg.embedding.dim, num_dense, cfg.model_options())
-    with torch.no_grad():
+    with torch.device("meta"), torch.no_grad():
+        model = MODELS.get(cfg.model.name)(tiny, cfg.embedding.dim, num_dense, cfg.model_options())
         id_tables = [m for m in model.modules() if isinstance(m, FeaturesLinear)]
         small = sum(p.numel() for p in model.parameters()) - sum(m.weight.weight.numel() for m in id_tables)
     return small, len(id_tables) * sum(f.vocab_size for f in fields)
@@ -122,13 +126,72 @@ def _read_int(path: str) -> int | None:
     return int(text) if text.isdigit() else None  # "max": no limit
 
 
-def check_memory(estimate: MemoryEstimate, available: int | None = None) -> None:
-    """Refuse a run whose estimate exceeds the free memory, showing both and how to go on anyway."""
+#: Settings that train the same model in less memory, each a set of overrides, lightest change first.
+LIGHTER_SETTINGS: list[dict[str, str]] = [
+    {"train.optimizer": "adagrad"},
+    {"embedding.sparse": "true", "embedding.sparse_first_order": "true", "train.embedding_decay": "looked_up"},
+    {"embedding.backend": "torchrec", "train.optimizer": "adagrad", "train.embedding_decay": "looked_up"},
+]
+MAX_SUGGESTIONS = 3
+
+
+def lighter_runs(cfg: RunConfig, schema: DatasetSchema, available: int) -> list[str]:
+    """Overrides (as ``key=value`` text) under which ``cfg`` fits in ``available`` bytes, with their
+    estimates: the generic lighter settings, the method's own (:meth:`Searcher.lighter_options`, the
+    mildest that fits) and both together; at most :data:`MAX_SUGGESTIONS`, fewest keys changed first."""
+    method = SEARCHERS.get(cfg.method.name)
+    own = [
+        {f"method.{k}": str(v) for k, v in o.items()}
+        for o in method.lighter_options(cfg.embedding.dim, cfg.method_options())
+    ]
+    candidates = LIGHTER_SETTINGS + own + [{**o, **s} for o in own for s in LIGHTER_SETTINGS]
+    model = _model_size(cfg, schema.fields, schema.num_dense)  # the variants change no model option
+    fitting: dict[tuple[str, ...], tuple[int, str]] = {}  # per set of keys changed, its first that fits
+    for order, overrides in enumerate(candidates):
+        keys = tuple(sorted(overrides))
+        variant = None if keys in fitting else _with_overrides(cfg, overrides)
+        if variant is None:
+            continue
+        total = estimate_training_memory(variant, schema, model=model).total
+        if total <= available:
+            text = " ".join(f"{k}={v}" for k, v in overrides.items())
+            fitting[keys] = (order, f"{text} (about {total / GIB:.2f} GiB)")
+    ranked = sorted(fitting.items(), key=lambda item: (len(item[0]), item[1][0]))
+    return [text for _, (_, text) in ranked[:MAX_SUGGESTIONS]]
+
+
+def _with_overrides(cfg: RunConfig, overrides: dict[str, str]) -> RunConfig | None:
+    """``cfg`` with ``overrides`` applied and validated; ``None`` when they make no valid config."""
+    data = cfg.model_dump()
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if section == "method":
+            data["method"]["options"][name] = parse_value(value, key)
+        else:
+            data[section][name] = parse_value(value, key)
+    try:
+        variant = RunConfig.model_validate(data)
+        variant.method_options()
+    except ValueError:
+        return None
+    return variant
+
+
+def check_memory(
+    estimate: MemoryEstimate, available: int | None = None, lighter: Callable[[int], list[str]] | None = None
+) -> None:
+    """Refuse a run whose estimate exceeds the free memory, showing both, the settings that would fit
+    (``lighter(available)``, e.g. :func:`lighter_runs` of the run) and how to go on anyway."""
     available = available_memory() if available is None else available
     if estimate.total > available:
+        lighter = lighter(available) if lighter else []
+        fits = (
+            "These fit: " + "; ".join(lighter) + ". "
+            if lighter
+            else "Use a smaller embedding.dim or vocabulary (dataset.preprocess.min_count); no lighter optimizer or "
+            "table update fits. "
+        )
         raise InsufficientMemory(
             f"this run needs about {estimate.describe()}, but only {available / GIB:.2f} GiB are free. "
-            "Use a smaller embedding.dim or vocabulary (dataset.preprocess.min_count), sparse or fused tables "
-            "(embedding.sparse=true, embedding.backend=torchrec), a lighter optimizer (train.optimizer=adagrad), "
-            "or run anyway with --no-memory-check"
+            f"{fits}Or run anyway with --no-memory-check"
         )

@@ -39,7 +39,7 @@ from embdim.train.checkpoint import (
 )
 from embdim.train.evaluate import batch_tensors, evaluate, frequency_report
 from embdim.train.layout import COMPLETED, CORRUPT_SUFFIX, RunFolder
-from embdim.train.memory import check_memory, estimate_training_memory
+from embdim.train.memory import check_memory, estimate_training_memory, lighter_runs
 from embdim.train.metrics import NonFiniteScores
 from embdim.train.optim import clip_gradients, recommender_optimizers, set_lr_scale
 
@@ -427,7 +427,7 @@ class Trainer:
         self._check_data()
         log.info("memory estimate: %s", self.memory.describe())
         if self.memory_check:
-            check_memory(self.memory)
+            check_memory(self.memory, lighter=lambda available: lighter_runs(self.cfg, self.data.schema, available))
         self._build()
         p = self._resume_or_start()
         stage_results = self.stage_results
