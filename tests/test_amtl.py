@@ -304,6 +304,7 @@ def test_hot_start_is_exact_at_step_0_and_ragged_export_predicts_alike(tmp_path,
         assert (slim(ids, dense) - masked).abs().max() < 1e-6
 
 
+@pytest.mark.slow  # two whole runs
 def test_end_to_end_hot_start_from_a_full_run(tmp_path):
     """``train.init_from`` a full run folder: no collapse at the first evaluation, budget met, export exact."""
     full = run_experiment(model_config(tmp_path, "deepfm", "name=full", "train.max_steps=20"))

@@ -226,6 +226,7 @@ def test_a_failing_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert "full_b0.5_s1: ValueError: broken on purpose" in write_report(bench_dir(cfg)).read_text()
 
 
+@pytest.mark.slow  # multi-process / whole runs: CI runs the slow suite
 def test_parallel_jobs_give_the_same_table_as_one_at_a_time(tmp_path):
     """Runs are deterministic on CPU: two worker processes reproduce the sequential sweep row for row."""
     changes = {"methods": ["full"], "budgets": [0.5, 0.05], "seeds": [1]}
@@ -243,6 +244,7 @@ def test_parallel_jobs_give_the_same_table_as_one_at_a_time(tmp_path):
         run_bench(cfg, base, jobs=0)
 
 
+@pytest.mark.slow  # multi-process / whole runs: CI runs the slow suite
 def test_workers_exit_when_the_sweep_process_is_killed(tmp_path):
     """A sweep killed by SIGKILL leaves no worker training on (they watch their parent)."""
     import os

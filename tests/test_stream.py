@@ -48,7 +48,9 @@ LAYOUTS = {
 }
 
 
-SAMPLE = [(layout, "discretize", 7) for layout in LAYOUTS] + [("pool", "dense", 7), ("given", "both", 64)]
+#: the default suite's sample: every layout, every numeric mode, both chunk sizes (EVERY, slow, crosses them all)
+SAMPLE = [("pool", "discretize", 7), ("given", "discretize", 64), ("carved", "discretize", 64)]
+SAMPLE += [("nrows", "discretize", 64), ("pool", "dense", 64), ("given", "both", 7)]
 EVERY = [
     (layout, numeric, rows) for layout in LAYOUTS for numeric in ("discretize", "dense", "both") for rows in CHUNK_ROWS
 ]
