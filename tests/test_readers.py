@@ -790,3 +790,46 @@ def test_archive_problems_are_named(tmp_path: Path) -> None:
     zipfile.ZipFile(tmp_path / "none.zip", "w").close()
     with pytest.raises(DataError, match=r"none.zip: .* holds 0: none"):
         read_criteo(tmp_path / "none.zip")
+
+
+def _count_lines_by_line(data: bytes) -> int | str:
+    """What count_lines must give, from the file's lines as a binary stream yields them (cut after each
+    LF): the count of lines less the trailing blank ones, or the name of the error."""
+    lines = [line + b"\n" for line in data.split(b"\n")]
+    lines[-1] = lines[-1][:-1]
+    lines = [line for line in lines if line]
+    count = blank_run = 0
+    content = False
+    for k, line in enumerate(lines):
+        if not line.endswith(b"\n") and b"\r" in line.rstrip(b"\r"):
+            return "NotStreamable"
+        line = line[3:] if k == 0 and line.startswith(b"\xef\xbb\xbf") else line
+        count += 1
+        blank_run = blank_run + 1 if not line.strip(b"\r\n") else 0
+        content = content or (not line.isspace() and bool(line))
+    if not lines:
+        return "empty"
+    return count - blank_run if content else "no rows"
+
+
+def test_lines_counted_in_blocks_match_a_count_line_by_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from embdim.data.readers import _common
+    from embdim.data.readers.base import NotStreamable
+
+    rnd = random.Random(0)
+    alphabet = [b"a", b" ", b"\r", b"\n", b"\n", b"\r\n", b"\xef\xbb\xbf"]
+    path = tmp_path / "lines.txt"
+    for case in range(800):
+        data = b"".join(rnd.choice(alphabet) for _ in range(rnd.randrange(12)))
+        path.write_bytes(data)
+        monkeypatch.setattr(_common, "COUNT_BLOCK_BYTES", 1 + case % 5)  # blocks cut lines anywhere
+        for max_lines in (None, 1000):  # in blocks, and line by line (a row limit)
+            try:
+                got: int | str = _common.count_lines(path, "lines.txt", max_lines=max_lines)
+            except NotStreamable:
+                got = "NotStreamable"
+            except DataError as error:
+                got = "empty" if "empty file" in str(error) else "no rows"
+            assert got == _count_lines_by_line(data), (data, max_lines)

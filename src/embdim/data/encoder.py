@@ -217,10 +217,16 @@ class Encoder:
             keys = keys.to_frame().select(discretize_expr(_VALUE)).to_series()
         return keys.fill_null(self.missing_token)
 
-    def field_values(self, df: pl.DataFrame, name: str, numeric: bool) -> pl.Series:
-        """The value strings one id field counts and encodes [N] (discretised if ``numeric``; missing ->
-        the missing token): what :meth:`fit` counts, for streamed counting."""
-        return self._values(self._keys(df, name, numeric), numeric)
+    def field_values(self, df: pl.DataFrame, fields: Sequence[tuple[str, bool]]) -> pl.DataFrame:
+        """The value strings every id field counts and encodes, one Utf8 column [N] per ``(name,
+        is_numeric)`` field, named by the field (discretised if numeric; missing -> the missing token):
+        what :meth:`fit` counts, for streamed counting. One query, whose columns polars evaluates in
+        parallel."""
+        exprs = [
+            (discretize_expr(name) if numeric else pl.col(name).cast(pl.Utf8)).fill_null(self.missing_token).alias(name)
+            for name, numeric in fields
+        ]
+        return df.select(exprs)
 
     def id_fields(self, categorical: Sequence[str], numeric: Sequence[str]) -> list[tuple[str, bool]]:
         """(name, is_discretised_numeric) per id field, in output order."""

@@ -21,13 +21,15 @@ what the disk has not yet taken; none of it is mapped into the process).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from embdim.data.cache import DENSE_FILE, IDS_FILE, LABELS_FILE, CacheWriter
+from embdim.ahead import Ahead
+from embdim.data.cache import DENSE_FILE, IDS_FILE, LABELS_FILE, ArrayAppender, CacheWriter
 from embdim.data.encoder import Encoder
 from embdim.data.raw import LABEL, DataError
 from embdim.data.readers.base import ChunkedData, ChunkedSource
@@ -42,7 +44,7 @@ MERGE_MIN_ROWS = 1 << 18
 total, and at least this many: memory stays within about twice the distinct values, and each
 value is merged a logarithmic number of times."""
 KEY_SEED = 0
-_KEY, _VALUE, _COUNT, _TEXTS = "key", "value", "count", "texts"
+_KEY, _VALUE, _COUNT, _TEXTS, _ROWS = "key", "value", "count", "texts", "rows"
 KEYS_FILE = "keys.npy"  # scratch, per split: uint64 [N, F]
 
 
@@ -54,11 +56,8 @@ class _Counter:
         self.total_rows = 0  # rows of the running total
         self.rows = 0  # rows of the chunks' counts since
 
-    def add(self, keys: np.ndarray, values: pl.Series) -> None:
-        frame = pl.DataFrame({_KEY: keys, _VALUE: values})
-        part = frame.group_by(_KEY).agg(
-            pl.col(_VALUE).first(), pl.len().alias(_COUNT), pl.col(_VALUE).n_unique().alias(_TEXTS)
-        )
+    def add(self, part: pl.DataFrame) -> None:
+        """Takes one chunk's counts (a frame of :func:`_counting`)."""
         self.parts.append(part)
         self.rows += part.height
         if self.rows >= max(MERGE_MIN_ROWS, self.total_rows) and len(self.parts) > 1:
@@ -177,23 +176,11 @@ def prepare_streaming(
     total = sum(sizes.values())
     with tqdm(total=total, desc="read", unit="row", unit_scale=True, disable=not progress) as bar:
         for source, assignment in zip(chunked.sources, assignments, strict=True):
-            for frame, where in _chunks(source, assignment):
-                chunk_dense = encoder.dense_features(frame, dense_names)
-                chunk_labels = frame.get_column(LABEL).cast(pl.Float32).to_numpy()
-                chunk_keys = np.empty((frame.height, len(fields)), dtype=np.uint64)
-                values = []
-                for j, (name, numeric) in enumerate(fields):
-                    v = encoder.field_values(frame, name, numeric)
-                    chunk_keys[:, j] = v.hash(seed=KEY_SEED).to_numpy()
-                    values.append(v)
-                for split, rows in _rows_by_split(where, frame.height).items():
-                    labels[split].append(chunk_labels[rows])  # a split's rows come in source order
-                    dense[split].append(chunk_dense[rows])
-                    keys[split].append(chunk_keys[rows])
-                    if split == "train":
-                        for j, (name, _) in enumerate(fields):
-                            counters[name].add(chunk_keys[rows, j], values[j].gather(rows))
-                bar.update(frame.height)
+            # the next chunk is parsed (polars, without the GIL) while this one is counted
+            with Ahead(_chunks(source, assignment), depth=1, name="embdim-parse") as parsed:
+                for frame, where in parsed:
+                    _read_chunk(frame, where, encoder, fields, dense_names, labels, dense, keys, counters)
+                    bar.update(frame.height)
     kept, lookups = {}, []
     for name, _ in fields:  # one field's counts at a time: only its sorted keys and ids stay
         counted = counters.pop(name).result(name)
@@ -205,17 +192,69 @@ def prepare_streaming(
         writer.close_array(f"{split}/{LABELS_FILE}", labels[split])
         writer.close_array(f"{split}/{DENSE_FILE}", dense[split])
         keys[split].close()
-    with tqdm(total=total, desc="encode", unit="row", unit_scale=True, disable=not progress) as bar:
+    with (
+        tqdm(total=total, desc="encode", unit="row", unit_scale=True, disable=not progress) as bar,
+        ThreadPoolExecutor(max(1, min(len(fields), pl.thread_pool_size()))) as pool,
+    ):
         for split, n in sizes.items():
             ids = writer.open_array(f"{split}/{IDS_FILE}", np.int32, (n, len(fields)))
             scratch = Path(writer.scratch(f"{split}.{KEYS_FILE}"))
             for block in _blocks(scratch, ENCODE_BLOCK_ROWS):
-                columns = [_encode(block[:, j], *lookup) for j, lookup in enumerate(lookups)]
-                ids.append(np.stack(columns, axis=1) if columns else np.zeros((len(block), 0), np.int32))
+                out = np.empty((len(block), len(fields)), dtype=np.int32)
+                # one field per task: numpy's sort and search release the GIL, so fields run in parallel
+                tasks = [pool.submit(_encode, block[:, j], *lookup, out[:, j]) for j, lookup in enumerate(lookups)]
+                for task in tasks:
+                    task.result()
+                ids.append(out)
                 bar.update(len(block))
             writer.close_array(f"{split}/{IDS_FILE}", ids)
             scratch.unlink()
     return encoder, sizes
+
+
+def _read_chunk(
+    frame: pl.DataFrame,
+    where: np.ndarray | str,
+    encoder: Encoder,
+    fields: Sequence[tuple[str, bool]],
+    dense_names: Sequence[str],
+    labels: Mapping[str, ArrayAppender],
+    dense: Mapping[str, ArrayAppender],
+    keys: Mapping[str, ArrayAppender],
+    counters: Mapping[str, _Counter],
+) -> None:
+    """Pass 1 over one chunk: labels, dense features and keys appended to their splits' arrays, the
+    training rows' keys counted (every field's counting query at once, run in parallel by polars)."""
+    chunk_dense = encoder.dense_features(frame, dense_names)
+    chunk_labels = frame.get_column(LABEL).cast(pl.Float32).to_numpy()
+    values = encoder.field_values(frame, fields)
+    hashed = values.select(pl.all().hash(seed=KEY_SEED))
+    chunk_keys = hashed.to_numpy() if fields else np.empty((frame.height, 0), dtype=np.uint64)
+    for split, rows in _rows_by_split(where, frame.height).items():
+        labels[split].append(chunk_labels[rows])  # a split's rows come in source order
+        dense[split].append(chunk_dense[rows])
+        keys[split].append(chunk_keys[rows])
+        if split == "train" and fields:
+            counted = None if len(rows) == frame.height else np.zeros(frame.height, dtype=bool)
+            if counted is not None:
+                counted[rows] = True
+            for (name, _), part in zip(fields, pl.collect_all(_counting(hashed, values, counted)), strict=True):
+                counters[name].add(part)
+
+
+def _counting(keys: pl.DataFrame, values: pl.DataFrame, rows: np.ndarray | None) -> list[pl.LazyFrame]:
+    """Per field, the query that counts its ``keys`` (UInt64 column) with their ``values`` (Utf8, the
+    column of the same name) over the ``rows`` (a mask [N]; None: all): columns ``key``, ``value``,
+    ``count``, ``texts`` (distinct texts). Each query filters only its own two columns."""
+    both = pl.concat([keys.rename(lambda c: f"{_KEY}:{c}"), values], how="horizontal").lazy()
+    if rows is not None:
+        both = both.with_columns(pl.Series(_ROWS, rows))
+    return [
+        (both if rows is None else both.filter(pl.col(_ROWS)))
+        .group_by(pl.col(f"{_KEY}:{name}").alias(_KEY))
+        .agg(pl.col(name).first().alias(_VALUE), pl.len().alias(_COUNT), pl.col(name).n_unique().alias(_TEXTS))
+        for name in values.columns
+    ]
 
 
 def _blocks(path: Path, rows: int) -> Iterator[np.ndarray]:
@@ -237,15 +276,14 @@ def _key_to_id(counted: pl.DataFrame, kept: pl.DataFrame) -> tuple[np.ndarray, n
     return table.get_column(_KEY).to_numpy(), table.get_column("id").fill_null(0).to_numpy().astype(np.int32)
 
 
-def _encode(keys: np.ndarray, sorted_keys: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
-    """Ids of ``keys`` [N]: a sorted search (the queries sorted first: sequential, cache-friendly);
-    keys never seen in training are 0 (OOV)."""
+def _encode(keys: np.ndarray, sorted_keys: np.ndarray, sorted_ids: np.ndarray, out: np.ndarray) -> None:
+    """Writes the ids of ``keys`` [N] into ``out`` [N] (int32): a sorted search (the queries sorted
+    first: sequential, cache-friendly); keys never seen in training are 0 (OOV)."""
     if not len(sorted_keys):
-        return np.zeros(len(keys), dtype=np.int32)
+        out[:] = 0
+        return
     order = np.argsort(keys, kind="stable")
     queries = keys[order]
     pos = np.minimum(np.searchsorted(sorted_keys, queries), len(sorted_keys) - 1)
     found = sorted_keys[pos] == queries
-    out = np.empty(len(keys), dtype=np.int32)
     out[order] = np.where(found, sorted_ids[pos], 0)
-    return out

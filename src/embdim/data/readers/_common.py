@@ -7,14 +7,15 @@ line in Python, to name the first offending line in the error.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import BinaryIO, ClassVar, Literal, Protocol
 
@@ -44,6 +45,8 @@ UTF8_BOM = b"\xef\xbb\xbf"
 NUL = b"\x00"
 LF = b"\n"
 CR = b"\r"
+COUNT_BLOCK_BYTES = 1 << 24
+"""Bytes :func:`count_lines` reads at a time."""
 ZIP_ENCRYPTED_FLAG = 0x1
 """Bit of a zip entry's general purpose flags that marks it encrypted."""
 MAX_SHOWN_COLUMNS = 50
@@ -391,23 +394,51 @@ def count_lines(path: Path, display: str, *, max_lines: int | None = None) -> in
         NotStreamable: lines that end in CR alone (they are read whole).
     """
     _check_file(path, display)
-    count = blank_run = size = 0
-    content = False
     with _read_errors(path, display), _open_lines(path, display) as stream:
-        for line in stream if max_lines is None else islice(stream, max_lines):
-            size += len(line)
-            if count == 0 and line.startswith(UTF8_BOM):
-                line = line[len(UTF8_BOM) :]
-            count += 1
-            blank_run = blank_run + 1 if not line.strip(b"\r\n") else 0
-            content = content or (not line.isspace() and bool(line))
-            if not line.endswith(LF) and CR in line.rstrip(CR):  # no LF at all: lines that end in CR alone
-                raise NotStreamable(f"{display}: its lines end in CR alone")
-    if size == 0:
+        if max_lines is None:  # blocks of bytes: counted by bytes.count, not a Python loop per line
+            pieces: Iterable[bytes] = iter(functools.partial(stream.read, COUNT_BLOCK_BYTES), b"")
+        else:
+            pieces = islice(stream, max_lines)
+        return _count_pieces(pieces, display)
+
+
+def _count_pieces(pieces: Iterable[bytes], display: str) -> int:
+    """:func:`count_lines` of the bytes that ``pieces`` (blocks or lines, in order) make up."""
+    pieces = iter(pieces)
+    head = b""
+    for piece in pieces:  # the first bytes, for a byte order mark that small pieces may cut
+        head += piece
+        if len(head) >= len(UTF8_BOM):
+            break
+    lf = 0
+    content = ends_lf = False
+    after = 0  # LFs since the last byte that is neither CR nor LF
+    tail_cr = tail_inner_cr = False  # since the last LF: a CR, and a CR that a byte other than CR follows
+    for piece in chain([head.removeprefix(UTF8_BOM)], pieces):
+        if not piece:
+            continue
+        lf += piece.count(LF)
+        ends_lf = piece.endswith(LF)
+        content = content or bool(piece.strip())
+        text = piece.rstrip(b"\r\n")
+        after = piece.count(LF, len(text)) if text else after + piece.count(LF)
+        last_lf = piece.rfind(LF)
+        if last_lf >= 0:
+            tail = piece[last_lf + 1 :]
+            tail_cr, tail_inner_cr = CR in tail, CR in tail.rstrip(CR)
+        else:
+            kept = piece.rstrip(CR)
+            tail_inner_cr = tail_inner_cr or (bool(kept) and (tail_cr or CR in kept))
+            tail_cr = tail_cr or CR in piece
+    if not head:
         raise DataError(f"{display}: empty file")
+    if not ends_lf and tail_inner_cr:  # no LF at the end of a line that holds CRs: lines that end in CR alone
+        raise NotStreamable(f"{display}: its lines end in CR alone")
     if not content:
         raise DataError(f"{display}: no data rows")
-    return count - blank_run
+    lines = lf + (0 if ends_lf else 1)
+    blank = after - 1 + (0 if ends_lf else 1) if after else 0  # the first LF ends the last line with text
+    return lines - blank
 
 
 def expect_header(text: TextFile, columns: Sequence[str], separator: str) -> TextFile:
