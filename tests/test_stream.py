@@ -82,6 +82,16 @@ def test_counts_merged_many_times_give_the_identical_cache(criteo_files, tmp_pat
     assert len(merges) > 39 * 3  # several merges per id field before the final one
 
 
+@pytest.mark.parametrize("cached_keys", [0, 1 << 30])
+def test_large_and_small_vocabularies_encode_alike(criteo_files, tmp_path, monkeypatch, cached_keys):
+    # a field's ids are searched with the queries sorted first when its vocabulary is large (0: every
+    # field here) and without when it is small (every field): both give the in-memory cache
+    import embdim.data.stream as stream
+
+    monkeypatch.setattr(stream, "CACHED_KEYS", cached_keys)
+    _check_identical(criteo_files, tmp_path, "pool", "discretize", 64)
+
+
 def _check_identical(criteo_files, tmp_path, layout, numeric, chunk_rows):
     reader = CriteoReader(CriteoOptions(**LAYOUTS[layout](criteo_files)), tmp_path)
     cfg = PreprocessConfig(min_count=2, numeric=numeric, dense_transform="log1p", split={"seed": 5})

@@ -5,12 +5,43 @@ Public API::
     from embdim import EmbeddingLayer, FieldInfo, list_searchers, list_models
 """
 
-from embdim.data.schema import DatasetSchema, FieldInfo
-from embdim.embedding import EmbeddingLayer, create_searcher
-from embdim.plan import EmbeddingPlan
-from embdim.recommender import Recommender, build_recommender, export_model, load_model
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from embdim.registry import MODELS, READERS, SEARCHERS
-from embdim.slim import SlimEmbedding
+
+if TYPE_CHECKING:
+    from embdim.data.schema import DatasetSchema, FieldInfo
+    from embdim.embedding import EmbeddingLayer, create_searcher
+    from embdim.plan import EmbeddingPlan
+    from embdim.recommender import Recommender, build_recommender, export_model, load_model
+    from embdim.slim import SlimEmbedding
+
+# The public names load their modules when first used, so that commands which never touch torch
+# (prepare, inspect, list, --help) do not pay for importing it.
+_PUBLIC = {
+    "DatasetSchema": "embdim.data.schema",
+    "FieldInfo": "embdim.data.schema",
+    "EmbeddingLayer": "embdim.embedding",
+    "create_searcher": "embdim.embedding",
+    "EmbeddingPlan": "embdim.plan",
+    "Recommender": "embdim.recommender",
+    "build_recommender": "embdim.recommender",
+    "export_model": "embdim.recommender",
+    "load_model": "embdim.recommender",
+    "SlimEmbedding": "embdim.slim",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'embdim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # looked up once
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -43,6 +43,8 @@ MERGE_MIN_ROWS = 1 << 18
 """A field's partial counts are merged into its running total once they hold as many rows as the
 total, and at least this many: memory stays within about twice the distinct values, and each
 value is merged a logarithmic number of times."""
+CACHED_KEYS = 1 << 17
+"""Vocabularies of up to this many keys are searched without sorting the queries (see _encode)."""
 KEY_SEED = 0
 _KEY, _VALUE, _COUNT, _TEXTS, _ROWS = "key", "value", "count", "texts", "rows"
 KEYS_FILE = "keys.npy"  # scratch, per split: uint64 [N, F]
@@ -277,13 +279,18 @@ def _key_to_id(counted: pl.DataFrame, kept: pl.DataFrame) -> tuple[np.ndarray, n
 
 
 def _encode(keys: np.ndarray, sorted_keys: np.ndarray, sorted_ids: np.ndarray, out: np.ndarray) -> None:
-    """Writes the ids of ``keys`` [N] into ``out`` [N] (int32): a sorted search (the queries sorted
-    first: sequential, cache-friendly); keys never seen in training are 0 (OOV)."""
+    """Writes the ids of ``keys`` [N] into ``out`` [N] (int32) by a sorted search; keys never seen in
+    training are 0 (OOV). Into a large vocabulary the queries are sorted first, so that the search
+    runs through it front to back instead of missing the cache at every step; a small one stays in
+    the cache, and sorting the queries would cost more than it saves."""
     if not len(sorted_keys):
         out[:] = 0
         return
-    order = np.argsort(keys, kind="stable")
+    if len(sorted_keys) <= CACHED_KEYS:
+        pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+        out[:] = np.where(sorted_keys[pos] == keys, sorted_ids[pos], 0)
+        return
+    order = np.argsort(keys)
     queries = keys[order]
     pos = np.minimum(np.searchsorted(sorted_keys, queries), len(sorted_keys) - 1)
-    found = sorted_keys[pos] == queries
-    out[order] = np.where(found, sorted_ids[pos], 0)
+    out[order] = np.where(sorted_keys[pos] == queries, sorted_ids[pos], 0)
