@@ -12,7 +12,7 @@ import gzip
 import io
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain, islice
@@ -363,9 +363,11 @@ def iter_text_chunks(path: Path, display: str, chunk_lines: int, *, max_lines: i
     _check_file(path, display)
     first_line, lines_left, empty = 1, max_lines, True
     with _read_errors(path, display), _open_lines(path, display) as stream:
+        # a row limit reads no further than its lines (a damaged end of the file stays unread)
+        lines_of = _line_cutter(stream) if max_lines is None else lambda n: b"".join(islice(stream, n))
         while lines_left is None or lines_left > 0:
             take = chunk_lines if lines_left is None else min(chunk_lines, lines_left)
-            data = b"".join(islice(stream, take))
+            data = lines_of(take)
             if not data:
                 break
             if empty and data.startswith(UTF8_BOM):
@@ -384,6 +386,31 @@ def iter_text_chunks(path: Path, display: str, chunk_lines: int, *, max_lines: i
                 lines_left -= lines
     if empty:
         raise DataError(f"{display}: empty file")
+
+
+def _line_cutter(stream: BinaryIO) -> Callable[[int], bytes]:
+    """A function that gives the stream's next ``n`` lines (fewer at its end) as one bytes object: read
+    in blocks and cut after the n-th LF, which costs far less than reading line by line."""
+    pending = b""
+
+    def next_lines(n: int) -> bytes:
+        nonlocal pending
+        parts, found, before = [pending], pending.count(LF), 0  # before: LFs ahead of the last part
+        while found < n:
+            block = stream.read(COUNT_BLOCK_BYTES)
+            if not block:
+                break
+            parts.append(block)
+            before, found = found, found + block.count(LF)
+        if found <= n:
+            pending = b""
+            return b"".join(parts)
+        last = parts[-1]  # the n-th LF is in the last part
+        cut = int(np.flatnonzero(np.frombuffer(last, dtype=np.uint8) == LF[0])[n - before - 1]) + 1
+        parts[-1], pending = last[:cut], last[cut:]
+        return b"".join(parts)
+
+    return next_lines
 
 
 def count_lines(path: Path, display: str, *, max_lines: int | None = None) -> int:
@@ -706,25 +733,25 @@ def parse_numeric(frame: pl.DataFrame, columns: Sequence[str], locator: RowLocat
     if not columns:
         return frame
     text_columns = [name for name in columns if frame.schema[name] == pl.Utf8]
-    if text_columns:
-        bad = frame.select(
-            [
-                (pl.col(name).str.strip_chars().str.len_bytes() > 0) & _stripped_float(name).is_null()
-                for name in text_columns
-            ]
-        )
+    floats = frame.select([pl.col(name).cast(pl.Float64, strict=False) for name in text_columns])
+    # only a text that did not parse needs a closer look (spaces around a number, or not a number):
+    # empty fields are null already, so clean data has none
+    unparsed = [name for name in text_columns if (floats[name].is_null() & frame[name].is_not_null()).any()]
+    if unparsed:
+        floats = floats.with_columns(frame.select([_stripped_float(name) for name in unparsed]))
+        blank = frame.select([pl.col(name).str.strip_chars().str.len_bytes() == 0 for name in unparsed])
+        bad = floats.select([pl.col(name).is_null() & ~blank[name] for name in unparsed])
         row = first_true(bad.select(pl.any_horizontal(pl.all())).to_series())
         if row is not None:
-            column = next(name for name in text_columns if bad[name][row])
+            column = next(name for name in unparsed if bad[name][row])
             value = shorten(repr(frame[column][row]))
             raise DataError(f"{locator.where(row)}: column {column!r} value {value} is not a number")
     return frame.with_columns(
         [
-            (_stripped_float(name) if name in text_columns else pl.col(name).cast(pl.Float64)).fill_nan(None)
+            (floats[name] if name in text_columns else frame[name].cast(pl.Float64)).fill_nan(None)
             for name in columns
         ]
     )
-
 
 def binary_label(
     frame: pl.DataFrame,
