@@ -747,11 +747,9 @@ def parse_numeric(frame: pl.DataFrame, columns: Sequence[str], locator: RowLocat
             value = shorten(repr(frame[column][row]))
             raise DataError(f"{locator.where(row)}: column {column!r} value {value} is not a number")
     return frame.with_columns(
-        [
-            (floats[name] if name in text_columns else frame[name].cast(pl.Float64)).fill_nan(None)
-            for name in columns
-        ]
+        [(floats[name] if name in text_columns else frame[name].cast(pl.Float64)).fill_nan(None) for name in columns]
     )
+
 
 def binary_label(
     frame: pl.DataFrame,
