@@ -46,7 +46,7 @@ value is merged a logarithmic number of times."""
 CACHED_KEYS = 1 << 10
 """Vocabularies of up to this many keys are searched without sorting the queries (see _encode)."""
 KEY_SEED = 0
-_KEY, _VALUE, _COUNT, _TEXTS, _ROWS = "key", "value", "count", "texts", "rows"
+_KEY, _VALUE, _COUNT, _TEXTS, _ROWS = "key", "value", "count", "texts", "in_rows"
 KEYS_FILE = "keys.npy"  # scratch, per split: uint64 [N, F]
 
 
@@ -246,16 +246,19 @@ def _read_chunk(
 
 def _counting(keys: pl.DataFrame, values: pl.DataFrame, rows: np.ndarray | None) -> list[pl.LazyFrame]:
     """Per field, the query that counts its ``keys`` (UInt64 column) with their ``values`` (Utf8, the
-    column of the same name) over the ``rows`` (a mask [N]; None: all): columns ``key``, ``value``,
+    column at the same position) over the ``rows`` (a mask [N]; None: all): columns ``key``, ``value``,
     ``count``, ``texts`` (distinct texts). Each query filters only its own two columns."""
-    both = pl.concat([keys.rename(lambda c: f"{_KEY}:{c}"), values], how="horizontal").lazy()
+    # columns named by position, so that no field's name can clash with another column
+    both = pl.DataFrame(
+        [*(c.rename(f"k{j}") for j, c in enumerate(keys)), *(c.rename(f"v{j}") for j, c in enumerate(values))]
+    ).lazy()
     if rows is not None:
         both = both.with_columns(pl.Series(_ROWS, rows))
     return [
         (both if rows is None else both.filter(pl.col(_ROWS)))
-        .group_by(pl.col(f"{_KEY}:{name}").alias(_KEY))
-        .agg(pl.col(name).first().alias(_VALUE), pl.len().alias(_COUNT), pl.col(name).n_unique().alias(_TEXTS))
-        for name in values.columns
+        .group_by(pl.col(f"k{j}").alias(_KEY))
+        .agg(pl.col(f"v{j}").first().alias(_VALUE), pl.len().alias(_COUNT), pl.col(f"v{j}").n_unique().alias(_TEXTS))
+        for j in range(values.width)
     ]
 
 

@@ -46,7 +46,7 @@ NUL = b"\x00"
 LF = b"\n"
 CR = b"\r"
 COUNT_BLOCK_BYTES = 1 << 24
-"""Bytes :func:`count_lines` reads at a time."""
+"""Bytes read at a time where text is counted or cut in lines (:func:`count_lines`, streamed chunks)."""
 ZIP_ENCRYPTED_FLAG = 0x1
 """Bit of a zip entry's general purpose flags that marks it encrypted."""
 MAX_SHOWN_COLUMNS = 50
@@ -391,11 +391,11 @@ def iter_text_chunks(path: Path, display: str, chunk_lines: int, *, max_lines: i
 def _line_cutter(stream: BinaryIO) -> Callable[[int], bytes]:
     """A function that gives the stream's next ``n`` lines (fewer at its end) as one bytes object: read
     in blocks and cut after the n-th LF, which costs far less than reading line by line."""
-    pending = b""
+    pending, pending_lf = b"", 0  # the bytes read past the last cut, and their LFs
 
     def next_lines(n: int) -> bytes:
-        nonlocal pending
-        parts, found, before = [pending], pending.count(LF), 0  # before: LFs ahead of the last part
+        nonlocal pending, pending_lf
+        parts, found, before = [pending], pending_lf, 0  # before: LFs ahead of the last part
         while found < n:
             block = stream.read(COUNT_BLOCK_BYTES)
             if not block:
@@ -403,11 +403,11 @@ def _line_cutter(stream: BinaryIO) -> Callable[[int], bytes]:
             parts.append(block)
             before, found = found, found + block.count(LF)
         if found <= n:
-            pending = b""
+            pending, pending_lf = b"", 0
             return b"".join(parts)
         last = parts[-1]  # the n-th LF is in the last part
         cut = int(np.flatnonzero(np.frombuffer(last, dtype=np.uint8) == LF[0])[n - before - 1]) + 1
-        parts[-1], pending = last[:cut], last[cut:]
+        parts[-1], pending, pending_lf = last[:cut], last[cut:], found - n
         return b"".join(parts)
 
     return next_lines
