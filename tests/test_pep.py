@@ -92,7 +92,9 @@ def test_soft_threshold_and_its_gradient_match_the_direct_formula():
 
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_each_granularity_has_its_shape_and_thresholds_the_looked_up_rows(granularity):
-    layer = _layer(granularity=granularity, s0=-2.0)
+    # eager ops: compiling kernels for six granularities costs most of a minute; the fused path is
+    # compared with these eager ops below
+    layer = _layer(granularity=granularity, s0=-2.0, fused_threshold=False)
     searcher: PEPSearcher = layer.searcher
     assert tuple(searcher.threshold.shape) == threshold_shape(granularity, N, len(FIELDS), DIM)
     assert (
