@@ -10,7 +10,7 @@ PACKAGE = REPO_ROOT / "src" / "embdim"
 
 #: From the ground up. A module may import its own layer and those below, never one above.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "options", "measures", "ahead", "registry"),
+    ("errors", "options", "measures", "ahead", "tensorfile", "registry"),
     ("data", "storage", "plan", "budget", "lookup", "rowwise", "slim", "distributed"),
     ("backends", "searchers", "models"),
     ("embedding", "recommender", "config"),

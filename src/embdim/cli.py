@@ -41,6 +41,7 @@ RESULT_KEYS = (
     "bytes_ratio",
     "train_seconds",
     "samples_per_second",
+    "end_to_end_samples_per_second",
 )
 
 

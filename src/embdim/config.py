@@ -157,6 +157,11 @@ class TrainConfig(Strict):
         None, description="run folder (or .safetensors file) whose weights start this run (hot start)"
     )
 
+    @property
+    def looked_up_l2(self) -> float:
+        """The weight of the looked-up rows' L2 term in the loss (0 when the optimizer applies the L2)."""
+        return self.embedding_weight_decay if self.embedding_decay == "looked_up" else 0.0
+
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 """Run names: one folder name, no path separators and no ``..`` (a run stays inside its run_root)."""

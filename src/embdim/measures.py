@@ -1,4 +1,5 @@
-"""Measures shared by methods and reports: the effective rank of a table, rank correlation.
+"""Measures shared by methods and reports: the effective rank of a table, rank correlation, and
+whether a tensor is finite.
 
 :func:`effective_rank` is Roy & Vetterli's effective rank (2007): ``exp(H(p))`` with
 ``p_i = s_i / sum(s)`` the normalised singular values and ``H`` their Shannon entropy (natural
@@ -16,6 +17,18 @@ import torch
 from scipy.stats import spearmanr
 
 GRAM_CHUNK_ROWS = 65536  # rows per float64 chunk when accumulating W^T W
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value of ``tensor`` is finite (integer and empty tensors are).
+
+    One reduction with no temporary the size of the tensor: ``aminmax`` carries a NaN or an infinity
+    into its result, where ``isfinite(t).all()`` allocates the absolute values and two masks, about
+    1.6x the tensor itself (gigabytes for a table of millions of rows, at every check)."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor.detach())
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def singular_values(table: torch.Tensor | np.ndarray, chunk_rows: int = GRAM_CHUNK_ROWS) -> torch.Tensor:

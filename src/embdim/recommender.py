@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from embdim.data.schema import FieldInfo
@@ -20,6 +19,7 @@ from embdim.models.base import CTRModel, ModelConfig
 from embdim.models.layers import FeaturesLinear, FeatureTable
 from embdim.registry import MODELS
 from embdim.slim import EMBEDDING_JSON, EMBEDDING_TENSORS, SlimEmbedding, read_json, read_safetensors
+from embdim.tensorfile import write_tensors
 
 EXPORT_FORMAT_VERSION = 2  # 2: model.json records the SHA-256 of every file
 MODEL_JSON = "model.json"
@@ -194,8 +194,7 @@ def export_model(rec: Recommender, folder: str | Path, extra: dict[str, Any] | N
     try:
         tmp.mkdir(parents=True)
         slim.save(tmp)
-        state = {k: v.detach().contiguous() for k, v in rec.model.state_dict().items()}
-        save_file(state, str(tmp / MODEL_TENSORS))
+        write_tensors(tmp / MODEL_TENSORS, rec.model.state_dict())
         model = rec.model
         meta = {
             "format_version": EXPORT_FORMAT_VERSION,

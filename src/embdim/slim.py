@@ -24,10 +24,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from embdim.errors import ModelFileError, shorten
+from embdim.measures import all_finite
 from embdim.plan import EmbeddingPlan
 from embdim.storage import (
     VALUE_DTYPE,
@@ -38,6 +39,7 @@ from embdim.storage import (
     ragged_index,
     size_dtype,
 )
+from embdim.tensorfile import write_tensors
 
 GROUP_KINDS: dict[str, type[SlimGroup]] = {}
 EMBEDDING_TENSORS = "embedding.safetensors"
@@ -357,7 +359,7 @@ def _expect_tensor(
         raise ValueError(
             f"{name}: {str(tensor.dtype).removeprefix('torch.')} with {tensor.ndim} dims, expected {shown} with {ndim}"
         )
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    if not all_finite(tensor):
         raise ValueError(f"{name}: holds non-finite values")
     return tensor
 
@@ -426,8 +428,8 @@ class SlimEmbedding(nn.Module):
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {f"g{i}.{k}": v.contiguous() for i, g in enumerate(self.groups) for k, v in g.tensors().items()}
-        save_file(tensors, str(folder / EMBEDDING_TENSORS))
+        tensors = {f"g{i}.{k}": v for i, g in enumerate(self.groups) for k, v in g.tensors().items()}
+        write_tensors(folder / EMBEDDING_TENSORS, tensors)
         meta = {"plan": self.plan.to_dict(), "groups": [g.layout() for g in self.groups]}
         (folder / EMBEDDING_JSON).write_text(json.dumps(meta))
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from embdim.errors import ConfigError, UnreadableFile, shorten
+from embdim.tensorfile import write_tensors
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -107,9 +108,9 @@ def load_torch(path: Path) -> Any:
 
 
 def save_weights(path: Path, module: torch.nn.Module) -> None:
-    """A module's state dict as safetensors (atomically)."""
-    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-    _replace_through_temp(path, lambda tmp: save_file(state, str(tmp)))
+    """A module's state dict as safetensors (atomically), written from the weights' own memory."""
+    state = module.state_dict()
+    _replace_through_temp(path, lambda tmp: write_tensors(tmp, state))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

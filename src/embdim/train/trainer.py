@@ -22,8 +22,10 @@ from tqdm.auto import tqdm
 
 from embdim.config import RunConfig
 from embdim.data.prepare import PreparedData
+from embdim.data.schema import DatasetSchema
 from embdim.embedding import EmbeddingLayer
 from embdim.errors import DataError, DivergedError, UnreadableFile, shorten
+from embdim.measures import all_finite
 from embdim.recommender import Recommender, build_recommender, check_precision, export_model, load_model
 from embdim.searchers.base import Stage
 from embdim.train.batches import Prefetcher
@@ -64,7 +66,9 @@ class Progress:
     loss_sum: float = 0.0
     loss_count: int = 0
     metrics_lines: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # inside training_step only
+    loop_seconds: float = 0.0  # the training loops' wall time less evaluations: batches, steps, checkpoints
+    eval_seconds: float = 0.0
     train_samples: int = 0
     stopped: bool = False
     start_valid_auc: float | None = None  # valid AUC of the state the stage started from (stages after the first)
@@ -103,6 +107,26 @@ def training_step(
     return loss.detach()
 
 
+def build_run_recommender(cfg: RunConfig, schema: DatasetSchema) -> Recommender:
+    """The freshly initialised model a run of ``cfg`` trains on data described by ``schema`` (the caller
+    seeds torch first)."""
+    emb = cfg.embedding
+    return build_recommender(
+        schema.fields,
+        schema.num_dense,
+        emb.dim,
+        cfg.model.name,
+        cfg.model_options(),
+        cfg.method.name,
+        cfg.method_options(),
+        emb.backend,
+        emb.sparse,
+        emb.init_std,
+        emb.sparse_first_order,
+        cfg.train.precision,
+    )
+
+
 class Trainer:
     """Trains ``cfg``'s model on ``data`` inside ``run_dir``; :meth:`fit` returns the result dict."""
 
@@ -129,22 +153,7 @@ class Trainer:
         if self.tc.threads:
             torch.set_num_threads(self.tc.threads)
         torch.manual_seed(self.tc.seed)
-        schema = self.data.schema
-        emb = self.cfg.embedding
-        self.rec: Recommender = build_recommender(
-            schema.fields,
-            schema.num_dense,
-            emb.dim,
-            self.cfg.model.name,
-            self.cfg.model_options(),
-            self.cfg.method.name,
-            self.cfg.method_options(),
-            emb.backend,
-            emb.sparse,
-            emb.init_std,
-            emb.sparse_first_order,
-            self.tc.precision,
-        )
+        self.rec: Recommender = build_run_recommender(self.cfg, self.data.schema)
         self.searcher = self.rec.embedding.searcher
         self.lookup = self.rec.embedding.lookup
         self.stages = self.searcher.stages()
@@ -245,6 +254,7 @@ class Trainer:
     def _evaluate_and_select(
         self, p: Progress, stage: Stage, interval_start: float, interval_samples: int
     ) -> dict[str, float]:
+        started = time.perf_counter()
         self._check_weights(p, stage)
         valid = self._evaluate("valid", p, stage)
         self.searcher.on_evaluation(stage, self.lookup)
@@ -271,6 +281,7 @@ class Trainer:
         }
         self._log(p, record)
         p.loss_sum, p.loss_count = 0.0, 0
+        p.eval_seconds += time.perf_counter() - started
         if p.bad_evals >= self.tc.patience and self._patience_counts(p, stage):
             p.stopped = True
         if self.searcher.stage_done(stage):
@@ -281,7 +292,7 @@ class Trainer:
     def _check_weights(self, p: Progress, stage: Stage) -> None:
         """Raise :class:`DivergedError` when a weight or buffer of the model is NaN or infinite."""
         for name, tensor in self.rec.state_dict().items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            if not all_finite(tensor):
                 raise self._diverged(p, stage, f"the weight {name!r} holds non-finite values")
 
     def _diverged(self, p: Progress, stage: Stage, what: str, dense: torch.Tensor | None = None) -> DivergedError:
@@ -338,6 +349,7 @@ class Trainer:
             with Prefetcher(train, order, bs, p.batch) as prefetched:
                 batches = iter(prefetched)
                 while p.batch < batches_per_epoch and not p.stopped:
+                    started, evaluated = time.perf_counter(), p.eval_seconds
                     ids, dense, labels = next(batches)
                     self._apply_lr(p)
                     t0 = time.perf_counter()
@@ -365,6 +377,7 @@ class Trainer:
                     # after every evaluation too, so best.safetensors never runs ahead of the checkpoint
                     if evaluate_now or p.step % self.tc.checkpoint_every_steps == 0:
                         self._save_checkpoint(p)
+                    p.loop_seconds += time.perf_counter() - started - (p.eval_seconds - evaluated)
                     self.after_step(p)
                     if epoch_end:
                         break  # next epoch: new shuffle order, epoch limit checked
@@ -372,9 +385,8 @@ class Trainer:
 
     def _step(self, ids: torch.Tensor, dense: torch.Tensor | None, labels: torch.Tensor, p: Progress) -> float:
         tc = self.tc
-        looked_up_l2 = tc.embedding_weight_decay if tc.embedding_decay == "looked_up" else 0.0
         return float(
-            training_step(self.rec, self.optimizers, ids, dense, labels, p.step, looked_up_l2, tc.clip_grad_norm)
+            training_step(self.rec, self.optimizers, ids, dense, labels, p.step, tc.looked_up_l2, tc.clip_grad_norm)
         )
 
     def after_step(self, p: Progress) -> None:
@@ -453,6 +465,8 @@ class Trainer:
                 stage_index=p.stage_index + 1,
                 metrics_lines=p.metrics_lines,
                 train_seconds=p.train_seconds,
+                loop_seconds=p.loop_seconds,
+                eval_seconds=p.eval_seconds,
                 train_samples=p.train_samples,
             )
             self._save_checkpoint(p)
@@ -506,6 +520,9 @@ class Trainer:
             "field_dims": plan.summary()["field_dims"],
             "train_seconds": p.train_seconds,
             "samples_per_second": p.train_samples / max(p.train_seconds, 1e-9),
+            # what a user waits for: batches, steps and checkpoints, evaluations apart (eval_seconds)
+            "end_to_end_samples_per_second": p.train_samples / max(p.loop_seconds, 1e-9),
+            "eval_seconds": p.eval_seconds,
             "test_by_frequency": self._test_by_frequency(),
             "stages": stage_results,
             "searcher": self.searcher.report(self.lookup),
