@@ -133,13 +133,26 @@ class SlimGroup(nn.Module, ABC):
 
 
 class DenseGroup(SlimGroup):
-    """A table ``weight [sum rows, w]``, zero-padded or projected (``projection [F_g, w, d]``) to ``d``."""
+    """A table ``weight [sum rows, w]``, zero-padded or projected (``projection [F_g, w, d]``) to ``d``.
+
+    The group copies ``weight`` unless ``owned``: a table built for it (a concatenation or product no
+    one else holds) is kept as it is, so an export holds one copy of the tables, not two.
+    """
 
     kind = "dense"
 
-    def __init__(self, field_ids, rows, weight: torch.Tensor, projection: torch.Tensor | None, dim: int) -> None:
+    def __init__(
+        self,
+        field_ids,
+        rows,
+        weight: torch.Tensor,
+        projection: torch.Tensor | None,
+        dim: int,
+        owned: bool = False,
+    ) -> None:
         super().__init__(field_ids, rows, dim)
-        self.weight = nn.Parameter(weight.detach().to(VALUES).clone())
+        weight = weight.detach().to(VALUES)
+        self.weight = nn.Parameter(weight if owned else weight.clone())
         self.projection = None if projection is None else nn.Parameter(projection.detach().to(VALUES).clone())
 
     @property

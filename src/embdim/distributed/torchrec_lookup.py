@@ -113,7 +113,9 @@ class TorchRecFusedOptimizer(FusedTableOptimizer):
         return {
             "optimizer": self.name,
             "lr": self.param_groups[0]["lr"],
-            "state": {table: [t.detach().clone() for t in ts] for table, ts in self.lookup.fused_states().items()},
+            # the live state, as a torch optimizer's state_dict holds references: a checkpoint writes it at
+            # once, and a copy would cost another table's worth of memory at every save
+            "state": {table: [t.detach() for t in ts] for table, ts in self.lookup.fused_states().items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
