@@ -36,13 +36,13 @@ def predict_logits(rec: torch.nn.Module, split: SplitArrays, batch_size: int) ->
     """Logits [N] for a whole split, in row order."""
     was_training = rec.training
     rec.eval()
-    out = []
+    logits = np.empty(len(split), dtype=np.float32)  # filled in place: no per-batch arrays kept alive
     for start in range(0, len(split), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(split)))
-        ids, dense, _ = batch_tensors(split, idx)
-        out.append(rec(ids, dense).float().numpy())
+        stop = min(start + batch_size, len(split))
+        ids, dense, _ = batch_tensors(split, np.arange(start, stop))
+        logits[start:stop] = rec(ids, dense).float().numpy()
     rec.train(was_training)
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+    return logits
 
 
 def evaluate(rec: torch.nn.Module, split: SplitArrays, batch_size: int) -> dict[str, float]:
@@ -60,9 +60,11 @@ def row_frequencies(ids: np.ndarray, fields: Sequence[FieldInfo], field: int | s
     """
     if any(f.counts is None for f in fields):
         raise ValueError("row_frequencies needs training counts on every field (FieldInfo.counts)")
-    if field is None:
-        per_field = np.stack([f.counts[ids[:, j]] for j, f in enumerate(fields)], axis=1)  # [N, F]
-        return per_field.min(axis=1)
+    if field is None:  # a running minimum: [N] at a time, never [N, F]
+        rarest = fields[0].counts[ids[:, 0]]
+        for j, f in enumerate(fields[1:], start=1):
+            np.minimum(rarest, f.counts[ids[:, j]], out=rarest)
+        return rarest
     j = field if isinstance(field, int) else [f.name for f in fields].index(field)
     return fields[j].counts[ids[:, j]]
 

@@ -3,8 +3,10 @@
 Counted, in bytes: the method's tables and own state (:meth:`Searcher.training_memory`), the model's
 parameters (its first-order table grows with the vocabulary), gradients (tables with dense gradients
 only; sparse gradients cover a batch, fused tables have none), the optimizer's state (Adam two
-slots per value, Adagrad one, SGD none), one copy of every weight while ``best.safetensors`` is
-written, a batch's activations, and the Python and torch runtime. The dataset cache is memory-mapped:
+slots per value, Adagrad one, SGD none), a second copy of the method's tables (the plain tables
+while the fused ones are built; the slim model while it is exported and loaded back to be checked),
+the activations of the larger of a training and an evaluation batch, and the Python and torch
+runtime. Weights and checkpoints are written from the tensors' own memory (no copy). The dataset cache is memory-mapped:
 its pages count in a process's resident set once touched, but the kernel can drop them, so they are
 reported next to the estimate and not held against the machine's free memory.
 """
@@ -73,14 +75,14 @@ def estimate_training_memory(
     if not (emb.sparse and emb.sparse_first_order):
         dense_grad_tables += id_table_rows * FLOAT_BYTES
     others = model_params * FLOAT_BYTES + method.parameters
-    batch_values = tc.batch_size * (len(fields) + schema.num_dense) * emb.dim
+    batch_values = max(tc.batch_size, tc.eval_batch_size) * (len(fields) + schema.num_dense) * emb.dim
     parts = {
         "tables": tables,
         "model and method parameters": others,
         "gradients": dense_grad_tables + others,
         "optimizer state": slots * (tables + others),
         "method state": method.state,
-        "weights copied for best.safetensors": tables + others,
+        "a second copy of the tables (fusing, export)": method.tables,
         "activations": ACTIVATION_COPIES * batch_values * FLOAT_BYTES,
         "runtime": RUNTIME_BYTES + (TORCHREC_RUNTIME_BYTES if emb.backend == "torchrec" else 0),
     }
