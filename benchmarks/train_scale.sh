@@ -7,7 +7,8 @@
 #
 #   bash benchmarks/train_scale.sh ROWS MIN_COUNT [STEPS|epoch] [SETTINGS] [METHOD]   # SETTINGS: "fused sparse"
 #
-# STEPS limits every stage of a multi-stage method (train.max_steps).
+# STEPS limits every stage of a multi-stage method (train.max_steps); METHOD_OPTIONS="method.k=v ..."
+# (environment) sets the method's options, e.g. METHOD_OPTIONS=method.inner_dim=32 for mlet.
 set -euo pipefail
 rows=${1:?rows}
 min_count=${2:?min_count}
@@ -35,9 +36,9 @@ for s in $settings; do
   [ "$method" = full ] || name="${name}_$method"
   rm -rf "runs/$name"
   echo -n "train rows=$rows min_count=$min_count steps=$steps setting=$s method=$method "
-  # shellcheck disable=SC2086
+  # shellcheck disable=SC2086  # the settings and METHOD_OPTIONS split into words
   EMBDIM_STREAMING=prefer $py benchmarks/peak_memory.py --out "$out/train_$name.json" -- \
-    .venv/bin/embdim run configs/experiments/quickstart.yaml "name=$name" "method=$method" "${dataset[@]}" "${common[@]}" \
+    .venv/bin/embdim run configs/experiments/quickstart.yaml "name=$name" "method=$method" ${METHOD_OPTIONS:-} "${dataset[@]}" "${common[@]}" \
     ${setting[$s]} --no-progress > "$out/train_$name.log" 2>&1
   cat "$out/train_$name.json"
   $py -c "import json,sys; r=json.load(open(sys.argv[1])); print({k: r.get(k) for k in ('samples_per_second','end_to_end_samples_per_second','train_seconds','eval_seconds','test_auc','memory_estimate_bytes')})" "runs/$name/result.json"
