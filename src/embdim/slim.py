@@ -72,7 +72,12 @@ def project_fields(raw: torch.Tensor, projection: torch.Tensor | None, dim: int)
 
 
 class SlimGroup(nn.Module, ABC):
-    """Storage for a group of fields; ``forward(ids [B, F_g]) -> [B, F_g, d]``."""
+    """Storage for a group of fields; ``forward(ids [B, F_g]) -> [B, F_g, d]``.
+
+    A group keeps the tensors it is given, without copying them: an export builds them for it (a
+    concatenation, an indexed selection, a product), and a copy would double the export's memory. A
+    caller handing over live weights (a lookup's own table) passes a copy.
+    """
 
     kind: ClassVar[str]
 
@@ -133,27 +138,14 @@ class SlimGroup(nn.Module, ABC):
 
 
 class DenseGroup(SlimGroup):
-    """A table ``weight [sum rows, w]``, zero-padded or projected (``projection [F_g, w, d]``) to ``d``.
-
-    The group copies ``weight`` unless ``owned``: a table built for it (a concatenation or product no
-    one else holds) is kept as it is, so an export holds one copy of the tables, not two.
-    """
+    """A table ``weight [sum rows, w]``, zero-padded or projected (``projection [F_g, w, d]``) to ``d``."""
 
     kind = "dense"
 
-    def __init__(
-        self,
-        field_ids,
-        rows,
-        weight: torch.Tensor,
-        projection: torch.Tensor | None,
-        dim: int,
-        owned: bool = False,
-    ) -> None:
+    def __init__(self, field_ids, rows, weight: torch.Tensor, projection: torch.Tensor | None, dim: int) -> None:
         super().__init__(field_ids, rows, dim)
-        weight = weight.detach().to(VALUES)
-        self.weight = nn.Parameter(weight if owned else weight.clone())
-        self.projection = None if projection is None else nn.Parameter(projection.detach().to(VALUES).clone())
+        self.weight = nn.Parameter(weight.detach().to(VALUES))
+        self.projection = None if projection is None else nn.Parameter(projection.detach().to(VALUES))
 
     @property
     def width(self) -> int:
@@ -206,12 +198,12 @@ class RaggedGroup(SlimGroup):
 
     def __init__(self, field_ids, rows, values: torch.Tensor, index: dict[str, torch.Tensor], dim: int) -> None:
         super().__init__(field_ids, rows, dim)
-        self.values = nn.Parameter(values.detach().to(VALUES).clone())
+        self.values = nn.Parameter(values.detach().to(VALUES))
         self.index_names = tuple(sorted(index))
         if self.index_names not in (("offsets",), ("run_offsets", "run_rows", "run_sizes")):
             raise ValueError(f"a ragged index is 'offsets' or 'run_rows', 'run_offsets', 'run_sizes'; got {index}")
         for name, tensor in index.items():
-            self.register_buffer(name, tensor.detach().clone())
+            self.register_buffer(name, tensor.detach())
 
     @classmethod
     def from_dense(cls, field_ids, rows, table: torch.Tensor, lengths: torch.Tensor, dim: int) -> RaggedGroup:
@@ -293,9 +285,9 @@ class CsrGroup(SlimGroup):
 
     def __init__(self, field_ids, rows, values, columns, offsets, dim: int) -> None:
         super().__init__(field_ids, rows, dim)
-        self.values = nn.Parameter(values.detach().to(VALUES).clone())
-        self.register_buffer("columns", columns.detach().clone())
-        self.register_buffer("offsets", offsets.detach().clone())
+        self.values = nn.Parameter(values.detach().to(VALUES))
+        self.register_buffer("columns", columns.detach())
+        self.register_buffer("offsets", offsets.detach())
 
     @classmethod
     def from_dense(cls, field_ids, rows, table: torch.Tensor, mask: torch.Tensor, dim: int) -> CsrGroup:

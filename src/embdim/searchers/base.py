@@ -221,7 +221,7 @@ class Searcher(nn.Module, ABC):
         """The slim embedding; default: one dense table of full width per field group."""
         plan = self.plan(lookup)
         weight = torch.cat([lookup.field_weight(f).detach() for f in range(self.num_fields)])
-        group = DenseGroup(tuple(range(self.num_fields)), tuple(self.vocab_sizes), weight, None, self.dim, owned=True)
+        group = DenseGroup(tuple(range(self.num_fields)), tuple(self.vocab_sizes), weight, None, self.dim)
         return SlimEmbedding(plan, [group])
 
     def _plan(self, field_dims: list[int], **kwargs: Any) -> EmbeddingPlan:

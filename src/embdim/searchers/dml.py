@@ -441,7 +441,5 @@ class DMLSearcher(Searcher):
         for width in sorted(set(widths), reverse=True):
             fids = tuple(f for f in range(self.num_fields) if widths[f] == width)
             weight = torch.cat([lookup.field_weight(f).detach()[:, :width] for f in fids])
-            groups.append(
-                DenseGroup(fids, tuple(self.vocab_sizes[f] for f in fids), weight, None, self.dim, owned=True)
-            )
+            groups.append(DenseGroup(fids, tuple(self.vocab_sizes[f] for f in fids), weight, None, self.dim))
         return SlimEmbedding(self.plan(lookup), groups)

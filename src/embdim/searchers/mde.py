@@ -124,8 +124,11 @@ class MDESearcher(Searcher):
         return self._plan(list(self.field_dims), extra_params=extra, details={"alpha": self.config.alpha})
 
     def export(self, lookup: Lookup) -> SlimEmbedding:
-        groups = [
-            DenseGroup(s.field_ids, s.rows, lookup.table_weight(s.name), self._projection(s), self.dim)
-            for s in self.specs
-        ]
+        groups = []
+        for s in self.specs:  # copies: the lookup's table and the projections keep training
+            projection = self._projection(s)
+            weight = lookup.table_weight(s.name).detach().clone()
+            groups.append(
+                DenseGroup(s.field_ids, s.rows, weight, None if projection is None else projection.clone(), self.dim)
+            )
         return SlimEmbedding(self.plan(lookup), groups)

@@ -167,7 +167,7 @@ class MLETSearcher(Searcher):
 
     def export(self, lookup: Lookup) -> SlimEmbedding:
         weight = self.collapsed_table(lookup).to(torch.float32)  # collapse in float64, store float32
-        group = DenseGroup(tuple(range(self.num_fields)), tuple(self.vocab_sizes), weight, None, self.dim, owned=True)
+        group = DenseGroup(tuple(range(self.num_fields)), tuple(self.vocab_sizes), weight, None, self.dim)
         return SlimEmbedding(self.plan(lookup), [group])
 
     # ------------------------------------------------------------------ reports
