@@ -7,8 +7,9 @@ slots per value, Adagrad one, SGD none), a second copy of the method's tables (t
 while the fused ones are built; the slim model while it is exported and loaded back to be checked),
 the activations of the larger of a training and an evaluation batch, and the Python and torch
 runtime. Weights and checkpoints are written from the tensors' own memory (no copy). The dataset
-cache is memory-mapped: its pages count in a process's resident set once touched, but the kernel can drop them, so they are
-reported next to the estimate and not held against the machine's free memory.
+cache is memory-mapped: its pages count in a process's resident set once touched, but the kernel
+can drop them, so they are reported next to the estimate and not held against the machine's free
+memory.
 """
 
 from __future__ import annotations
