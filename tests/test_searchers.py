@@ -154,3 +154,32 @@ def _check_resumes_bit_identically(method, tmp_path, *overrides):
         ]
         half = len(lines) // 2
         assert lines[:half] == lines[half:], stages[index]
+
+
+@pytest.mark.parametrize("method", list_searchers())
+def test_every_method_takes_a_budget_in_a_run_as_the_bench_resolves_it(method, tmp_path):
+    from embdim.budget import Budget, BudgetUnreachable
+    from embdim.config import resolve_budget
+    from embdim.errors import ConfigError
+    from embdim.registry import SEARCHERS
+
+    cfg = small_config(tmp_path, f"method={method}", "method.budget=0.5")
+    cls = SEARCHERS.get(method)
+    plain = small_config(tmp_path, f"method={method}").method_options()
+    try:
+        dim, options = cls.for_budget(FIELDS, DIM, plain, Budget(value=0.5))
+    except BudgetUnreachable as err:
+        with pytest.raises(ConfigError, match=f"method.budget: {err}"):
+            resolve_budget(cfg, FIELDS)
+        return
+    resolved = resolve_budget(cfg, FIELDS)
+    assert resolved.embedding.dim == dim and resolved.method_options() == options
+    assert resolve_budget(resolved, FIELDS) == resolved  # resolving again changes nothing
+    assert (options.budget is not None) == cls.steers_to_budget  # width and scale methods spend it
+
+
+def test_a_run_aimed_at_a_budget_by_width_reports_bytes_against_the_reference_width(tmp_path):
+    result = run_experiment(small_config(tmp_path, "name=half", "method=full", "method.budget=0.5"))
+    assert (result["dim"], result["reference_dim"]) == (4, 8)
+    assert result["bytes_ratio"] == pytest.approx(0.5)
+    assert result["full_embedding_bytes"] == 2 * result["embedding_bytes"]

@@ -91,11 +91,6 @@ class BenchConfig(Options):
             out.append(item)
         return out
 
-    @field_validator("budgets", mode="before")
-    @classmethod
-    def _budgets(cls, value: Any) -> Any:
-        return [{"kind": "fraction", "value": v} if isinstance(v, int | float) else v for v in value or []]
-
     @field_validator("methods")
     @classmethod
     def _known(cls, methods: list[MethodEntry]) -> list[MethodEntry]:
@@ -193,16 +188,15 @@ def plan_runs(cfg: BenchConfig, base: Path) -> list[PlannedRun]:
         cls = SEARCHERS.get(entry.name)
         for budget in cfg.budgets:
             probe = config_for(entry, cfg.seeds[0], "probe", [])
-            try:
-                dim, options = cls.for_budget(fields, probe.embedding.dim, probe.method_options(), budget)
+            try:  # whether the method can aim at it; each run resolves its budget itself, as embdim run does
+                cls.for_budget(fields, probe.embedding.dim, probe.method_options(), budget)
                 reason = None
             except BudgetUnreachable as err:
                 reason = str(err)
             for seed in cfg.seeds:
                 planned = PlannedRun(entry, budget, seed, None, reason, budget.target_bytes(full_bytes))
                 if reason is None:
-                    options_json = options.model_dump(mode="json")
-                    extra = [f"embedding.dim={dim}", *(f"method.{k}={json.dumps(v)}" for k, v in options_json.items())]
+                    extra = [f"method.budget={json.dumps(budget.model_dump(mode='json'))}"]
                     planned.config = config_for(entry, seed, planned.run_name, extra)
                 runs.append(planned)
     return runs

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -39,6 +39,12 @@ class Budget(Options):
 
     kind: Literal["fraction", "bytes", "params"] = Field("fraction", description="what value measures")
     value: float = Field(gt=0, description="the target: a fraction in (0, 1], or a count of bytes / parameters")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_number(cls, value: Any) -> Any:
+        """A bare number is a fraction (``method.budget=0.5``, ``budgets: [0.5, 0.2]``)."""
+        return {"kind": "fraction", "value": value} if isinstance(value, int | float) else value
 
     @model_validator(mode="after")
     def _fraction_at_most_one(self) -> Budget:

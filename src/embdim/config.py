@@ -20,7 +20,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from embdim.budget import BudgetUnreachable
 from embdim.data.prepare import PreprocessConfig
+from embdim.data.schema import FieldInfo
 from embdim.errors import ConfigError, shorten
 from embdim.lookup import FUSABLE_OPTIMIZERS
 from embdim.options import Options
@@ -226,6 +228,26 @@ class RunConfig(Strict):
 
     def method_options(self) -> BaseModel:
         return SEARCHERS.get(self.method.name).Config(**self.method.options)
+
+
+def resolve_budget(cfg: RunConfig, fields: list[FieldInfo]) -> RunConfig:
+    """The config a run trains: with ``method.budget`` set, the width and method options with which the
+    method aims at it (:meth:`~embdim.searchers.base.Searcher.for_budget`, relative to the uniform
+    ``n x embedding.dim`` tables), as ``embdim bench`` resolves its budgets; ``cfg`` itself otherwise.
+
+    Resolving twice changes nothing (a width or scale method spends its budget). A budget the method
+    cannot reach is a :class:`ConfigError` naming ``method.budget``.
+    """
+    options = cfg.method_options()
+    budget = getattr(options, "budget", None)
+    if budget is None:
+        return cfg
+    try:
+        dim, resolved = SEARCHERS.get(cfg.method.name).for_budget(fields, cfg.embedding.dim, options, budget)
+    except BudgetUnreachable as err:
+        raise ConfigError(f"method.budget: {err}") from None
+    method = PluginConfig(name=cfg.method.name, options=resolved.model_dump(mode="json"))
+    return cfg.model_copy(update={"embedding": cfg.embedding.model_copy(update={"dim": dim}), "method": method})
 
 
 # ---------------------------------------------------------------------- loading

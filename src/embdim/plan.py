@@ -101,17 +101,21 @@ class EmbeddingPlan:
         """Per field, how many rows store nothing (features pruned away entirely)."""
         return self.kind.dropped_features(self)
 
-    def summary(self) -> dict[str, Any]:
-        """Scalars for ``result.json`` and reports."""
+    def summary(self, reference_dim: int | None = None) -> dict[str, Any]:
+        """Scalars for ``result.json`` and reports; sizes are compared with the uniform ``n x reference_dim``
+        tables (default: the plan's own ``dim``; a run aimed at a budget by a narrower width compares with
+        the width the budget is a share of)."""
+        full_params = sum(self.vocab_sizes) * (self.dim if reference_dim is None else reference_dim)
+        full_bytes = full_params * FLOAT_BYTES
         return {
             "method": self.method,
             "storage": self.storage,
             "embedding_params": self.num_params,
             "embedding_bytes": self.num_bytes,
-            "full_embedding_params": self.full_params,
-            "full_embedding_bytes": self.full_bytes,
-            "params_ratio": self.num_params / max(self.full_params, 1),
-            "bytes_ratio": self.num_bytes / max(self.full_bytes, 1),
+            "full_embedding_params": full_params,
+            "full_embedding_bytes": full_bytes,
+            "params_ratio": self.num_params / max(full_params, 1),
+            "bytes_ratio": self.num_bytes / max(full_bytes, 1),
             "field_dims": dict(zip(self.field_names, self.field_dims, strict=True)),
             "dropped_features": sum(self.dropped_features()),
         }

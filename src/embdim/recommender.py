@@ -1,16 +1,25 @@
-"""Recommender: an embedding layer (searching or slim) plus a CTR model; export and load without pickle."""
+"""Recommender: an embedding layer (searching or slim) plus a CTR model; export and load without pickle.
+
+A model folder (:func:`export_model`) holds the slim embedding and the network; a *bundle* is a model
+folder that also holds what scoring raw rows needs: the encoder (vocabularies, OOV and missing rules,
+numeric transform), the dataset schema with its training counts, and the training config. Every run
+writes one (``runs/<name>/model/``); :mod:`embdim.serve` reads it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 from torch import nn
 
+from embdim.data.cache import COUNTS_FILE, ENCODER_FILE, SCHEMA_FILE, VOCAB_FILE
 from embdim.data.schema import FieldInfo
 from embdim.embedding import EmbeddingLayer, add_penalty
 from embdim.errors import ConfigError, ModelFileError, shorten
@@ -21,10 +30,13 @@ from embdim.registry import MODELS
 from embdim.slim import EMBEDDING_JSON, EMBEDDING_TENSORS, SlimEmbedding, read_json, read_safetensors
 from embdim.tensorfile import write_tensors
 
-EXPORT_FORMAT_VERSION = 2  # 2: model.json records the SHA-256 of every file
+EXPORT_FORMAT_VERSION = 3  # 2: model.json records the SHA-256 of every file; 3: bundles, sizes
 MODEL_JSON = "model.json"
 MODEL_TENSORS = "model.safetensors"
 MODEL_FILES = frozenset({MODEL_JSON, MODEL_TENSORS, EMBEDDING_JSON, EMBEDDING_TENSORS})
+BUNDLE_CONFIG = "training.yaml"  # not config.yaml: that name marks a run folder
+#: What a bundle adds to a model folder, named as in the dataset cache so its readers read both.
+BUNDLE_FILES = frozenset({ENCODER_FILE, VOCAB_FILE, COUNTS_FILE, SCHEMA_FILE, BUNDLE_CONFIG})
 SELF_HASH = "sha256"  # model.json's own hash (of its other fields)
 HASH_BLOCK = 1 << 20
 
@@ -179,23 +191,44 @@ def build_recommender(
     return Recommender(layer, ctr_model, model, precision)
 
 
-def export_model(rec: Recommender, folder: str | Path, extra: dict[str, Any] | None = None) -> SlimEmbedding:
-    """Write the slim model: ``embedding.*`` (slim tables), ``model.safetensors`` and ``model.json``.
+def export_model(
+    rec: Recommender,
+    folder: str | Path,
+    extra: dict[str, Any] | None = None,
+    bundle: Mapping[str, Path | str] | None = None,
+) -> SlimEmbedding:
+    """Write the slim model: ``embedding.*`` (slim tables), ``model.safetensors`` and ``model.json``;
+    with ``bundle`` also the data files that make it a bundle.
+
+    Args:
+        rec: the trained model (its embedding is exported) or an already slim one.
+        folder: the model folder to write (replaced if it exists).
+        extra: more fields for ``model.json`` (dataset, method).
+        bundle: each of :data:`BUNDLE_FILES` -> a file to take it from (a prepared dataset's cache
+            files, hard-linked where the file system allows: caches are never changed in place) or
+            the text to write (the config).
 
     ``model.json`` records the precision the model was trained and evaluated in (its weights are float32
-    either way), which :func:`load_model` restores, and the SHA-256 of every other file and of its own
-    content, which :func:`load_model` verifies. The folder is written next to its place and renamed into it, so a
-    failure never leaves a half-written model.
+    either way), which :func:`load_model` restores; the bytes of the embedding and of the whole model
+    (``sizes``); and the SHA-256 of every other file and of its own content, which :func:`load_model`
+    verifies. The folder is written next to its place and renamed into it, so a failure never leaves a
+    half-written model.
     """
     folder = Path(folder)
+    if bundle is not None and set(bundle) != BUNDLE_FILES:
+        raise ValueError(f"a bundle needs exactly {sorted(BUNDLE_FILES)}, got {sorted(bundle)}")
     slim = rec.embedding.export() if isinstance(rec.embedding, EmbeddingLayer) else rec.embedding
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         slim.save(tmp)
-        write_tensors(tmp / MODEL_TENSORS, rec.model.state_dict())
+        state = rec.model.state_dict()
+        write_tensors(tmp / MODEL_TENSORS, state)
+        for name, source in (bundle or {}).items():
+            _place(source, tmp / name)
         model = rec.model
+        embedding_bytes = slim.stored_bytes()
         meta = {
             "format_version": EXPORT_FORMAT_VERSION,
             "model": rec.model_name,
@@ -206,8 +239,9 @@ def export_model(rec: Recommender, folder: str | Path, extra: dict[str, Any] | N
             "dim": slim.dim,
             "num_dense": model.num_dense,
             "precision": rec.precision,
+            "sizes": {"embedding_bytes": embedding_bytes, "model_bytes": embedding_bytes + tensor_bytes(state)},
             **(extra or {}),
-            "files": {name: file_sha256(tmp / name) for name in (MODEL_TENSORS, EMBEDDING_JSON, EMBEDDING_TENSORS)},
+            "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.name != MODEL_JSON},
         }
         meta[SELF_HASH] = content_sha256(meta)
         (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=2))
@@ -218,6 +252,27 @@ def export_model(rec: Recommender, folder: str | Path, extra: dict[str, Any] | N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return slim
+
+
+def tensor_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
+    """Bytes of a state dict's tensors as stored (no file overhead)."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Bytes on disk of the files in a folder (not recursive): what a bundle costs to ship."""
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+
+
+def _place(source: Path | str, target: Path) -> None:
+    """``source`` at ``target``: a file hard-linked (copied across file systems), a text written."""
+    if isinstance(source, str):
+        target.write_text(source)
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def file_sha256(path: Path) -> str:
@@ -236,19 +291,22 @@ def content_sha256(meta: dict[str, Any]) -> str:
 
 
 def verify_model_folder(folder: Path) -> dict[str, Any]:
-    """``model.json`` of a model folder whose files are exactly the expected ones, in the known format, and
-    unchanged since export (every SHA-256 matches); anything else is a :class:`ModelFileError` naming the
-    file and field. Nothing in the folder is executed: only JSON and safetensors are read."""
+    """``model.json`` of a model folder (or bundle) whose files are exactly the expected ones, in the known
+    format, and unchanged since export (every SHA-256 matches); anything else is a :class:`ModelFileError`
+    naming the file and field. Nothing in the folder is executed: only JSON and safetensors are read."""
     if not folder.is_dir():
         raise ModelFileError(f"{folder}: no model folder there")
     present = {p.name for p in folder.iterdir()}
-    if unexpected := sorted(present - MODEL_FILES):
+    if unexpected := sorted(present - MODEL_FILES - BUNDLE_FILES):
         raise ModelFileError(
             f"{folder}: unexpected file(s) {', '.join(unexpected)}; a model folder holds only "
-            f"{', '.join(sorted(MODEL_FILES))} and is refused with anything else in it"
+            f"{', '.join(sorted(MODEL_FILES))} (a bundle also {', '.join(sorted(BUNDLE_FILES))}) "
+            "and is refused with anything else in it"
         )
     if missing := sorted(MODEL_FILES - present):
         raise ModelFileError(f"{folder}: missing {', '.join(missing)}")
+    if (present & BUNDLE_FILES) and (missing := sorted(BUNDLE_FILES - present)):
+        raise ModelFileError(f"{folder}: a bundle missing {', '.join(missing)}")
     where = folder / MODEL_JSON
     meta = read_json(where)
     version = meta.get("format_version")
@@ -259,14 +317,19 @@ def verify_model_folder(folder: Path) -> dict[str, Any]:
     if meta.get(SELF_HASH) != content_sha256(meta):
         raise ModelFileError(f"{where}: field '{SELF_HASH}' does not match the file's content (it was edited)")
     files = meta.get("files")
-    if not isinstance(files, dict) or set(files) != MODEL_FILES - {MODEL_JSON}:
-        raise ModelFileError(f"{where}: field 'files' must list the SHA-256 of the other three files")
+    if not isinstance(files, dict) or set(files) != present - {MODEL_JSON}:
+        raise ModelFileError(f"{where}: field 'files' must list the SHA-256 of every other file of the folder")
     for name, digest in files.items():
         if file_sha256(folder / name) != digest:
             raise ModelFileError(
                 f"{folder / name}: content differs from its SHA-256 in model.json (changed or damaged)"
             )
     return meta
+
+
+def is_bundle(folder: str | Path) -> bool:
+    """Whether a model folder also holds a bundle's data files (it is checked on load either way)."""
+    return all((Path(folder) / name).is_file() for name in BUNDLE_FILES)
 
 
 def load_model(folder: str | Path) -> Recommender:

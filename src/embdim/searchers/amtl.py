@@ -158,6 +158,7 @@ class AMTLSearcher(Searcher):
     """
 
     Config = AMTLConfig
+    steers_to_budget = True
 
     @classmethod
     def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from embdim.budget import Budget, BudgetUnreachable, uniform_bytes
@@ -39,7 +40,19 @@ from embdim.slim import DenseGroup, SlimEmbedding
 
 
 class SearcherConfig(Options):
-    """Base of every searcher's options; unknown keys are an error that names the key."""
+    """Base of every searcher's options; unknown keys are an error that names the key.
+
+    ``budget`` is every method's: a run with ``method.budget`` set aims at it the method's own way
+    (:meth:`Searcher.for_budget`, applied by :func:`embdim.config.resolve_budget` before the model is
+    built), exactly as ``embdim bench`` does.
+    """
+
+    budget: Budget | None = Field(
+        None,
+        description="memory target of the slim embedding: a fraction of the uniform n x embedding.dim tables' "
+        "bytes, or {kind: bytes|params, value: N}; each method aims at it its own way (by width, scale, "
+        "sparsity or a penalty controller); null: none",
+    )
 
 
 class Embedded(NamedTuple):
@@ -111,6 +124,8 @@ class Searcher(nn.Module, ABC):
     """
 
     Config: ClassVar[type[SearcherConfig]] = SearcherConfig
+    #: the method steers its sizes to ``config.budget`` while it trains (a sparsity target, a controller)
+    steers_to_budget: ClassVar[bool] = False
 
     def __init__(
         self, fields: list[FieldInfo], dim: int, config: SearcherConfig, init_std: float = DEFAULT_INIT_STD
@@ -135,13 +150,16 @@ class Searcher(nn.Module, ABC):
     def for_budget(
         cls, fields: list[FieldInfo], dim: int, config: SearcherConfig, budget: Budget
     ) -> tuple[int, SearcherConfig]:
-        """``(dim, config)`` with which this method aims at ``budget`` (used by ``embdim bench``).
+        """``(dim, config)`` with which this method aims at ``budget`` (``embdim run`` with
+        ``method.budget``, and ``embdim bench``); ``budget`` is relative to uniform ``n x dim`` tables.
 
-        Default: methods whose Config has a ``budget`` option get it set; others cannot aim at a budget
-        and raise :class:`~embdim.budget.BudgetUnreachable`. Methods that meet a budget by their width
-        (``full``, ``mlet``) or by a scale (``mde``) override this.
+        Default: a method that steers to its budget while training (:attr:`steers_to_budget`: PEP, DML,
+        AMTL) keeps it in the config; any other cannot aim at one and raises
+        :class:`~embdim.budget.BudgetUnreachable`. Methods that meet a budget by their width (``full``,
+        ``mlet``) or by a scale (``mde``) override this and return a config whose ``budget`` is
+        ``None``: it is spent, so resolving again changes nothing.
         """
-        if "budget" in type(config).model_fields:
+        if cls.steers_to_budget:
             return dim, config.model_copy(update={"budget": budget})
         raise BudgetUnreachable(f"{cls.registered_name} has no way to aim at a memory budget")
 

@@ -160,6 +160,7 @@ class DMLSearcher(Searcher):
     """
 
     Config = DMLConfig
+    steers_to_budget = True
 
     def __init__(self, fields: list[FieldInfo], dim: int, config: DMLConfig, init_std: float = DEFAULT_INIT_STD):
         super().__init__(fields, dim, config, init_std)

@@ -13,7 +13,8 @@ from embdim.searchers.base import Embedded, Searcher, SearcherConfig
 
 
 class FullConfig(SearcherConfig):
-    """The uniform baseline has no options: its size is set by the embedding ``dim``."""
+    """The uniform baseline has no options of its own: its size is set by the embedding ``dim`` (or by a
+    ``budget``, which picks the width that lands on it)."""
 
 
 @SEARCHERS.register("full")
@@ -27,7 +28,7 @@ class FullSearcher(Searcher):
         cls, fields: list[FieldInfo], dim: int, config: SearcherConfig, budget: Budget
     ) -> tuple[int, SearcherConfig]:
         """The uniform baseline meets a budget by its width alone."""
-        return uniform_dim_for_budget(fields, dim, budget), config
+        return uniform_dim_for_budget(fields, dim, budget), config.model_copy(update={"budget": None})
 
     def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> Embedded:
         return Embedded(raw.stacked())

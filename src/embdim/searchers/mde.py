@@ -75,7 +75,8 @@ class MDESearcher(Searcher):
         largest_base = math.ceil(dim * (max(sizes) / min(sizes)) ** config.alpha)
         candidates = []
         for base in range(1, largest_base + 1):
-            option = config.model_copy(update={"base_dim": base, "min_dim": min(config.min_dim, base)})
+            update = {"base_dim": base, "min_dim": min(config.min_dim, base), "budget": None}
+            option = config.model_copy(update=update)
             stored = mde_bytes(sizes, dim, option)
             candidates.append((abs(stored - target), option, stored))
         gap, option, got = min(candidates, key=lambda c: c[0])

@@ -97,7 +97,7 @@ class MLETSearcher(Searcher):
     ) -> tuple[int, SearcherConfig]:
         """The collapsed model is a uniform one, so MLET meets a budget by its output width (k follows
         ``inner_multiple``, or stays ``inner_dim`` while that is at least the new width)."""
-        return uniform_dim_for_budget(fields, dim, budget), config
+        return uniform_dim_for_budget(fields, dim, budget), config.model_copy(update={"budget": None})
 
     def __init__(self, fields: list[FieldInfo], dim: int, config: MLETConfig, init_std: float = DEFAULT_INIT_STD):
         super().__init__(fields, dim, config, init_std)

@@ -241,6 +241,7 @@ class PEPSearcher(Searcher):
     """
 
     Config = PEPConfig
+    steers_to_budget = True
 
     @classmethod
     def for_budget(

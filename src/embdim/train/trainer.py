@@ -9,6 +9,7 @@ atomically), ``initial.safetensors`` (step-0 weights, for lottery-ticket rewinds
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -20,13 +21,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from embdim.config import RunConfig
+from embdim.config import RunConfig, resolve_budget, to_yaml
+from embdim.data.cache import COUNTS_FILE, ENCODER_FILE, SCHEMA_FILE, VOCAB_FILE
 from embdim.data.prepare import PreparedData
 from embdim.data.schema import DatasetSchema
 from embdim.embedding import EmbeddingLayer
 from embdim.errors import DataError, DivergedError, UnreadableFile, shorten
 from embdim.measures import all_finite
-from embdim.recommender import Recommender, build_recommender, check_precision, export_model, load_model
+from embdim.recommender import (
+    BUNDLE_CONFIG,
+    MODEL_JSON,
+    Recommender,
+    build_recommender,
+    check_precision,
+    export_model,
+    folder_bytes,
+    load_model,
+)
 from embdim.searchers.base import Stage
 from embdim.train.batches import Prefetcher
 from embdim.train.checkpoint import (
@@ -109,7 +120,8 @@ def training_step(
 
 def build_run_recommender(cfg: RunConfig, schema: DatasetSchema) -> Recommender:
     """The freshly initialised model a run of ``cfg`` trains on data described by ``schema`` (the caller
-    seeds torch first)."""
+    seeds torch first); a ``method.budget`` is resolved first (:func:`~embdim.config.resolve_budget`)."""
+    cfg = resolve_budget(cfg, schema.fields)
     emb = cfg.embedding
     return build_recommender(
         schema.fields,
@@ -131,7 +143,9 @@ class Trainer:
     """Trains ``cfg``'s model on ``data`` inside ``run_dir``; :meth:`fit` returns the result dict."""
 
     def __init__(self, cfg: RunConfig, data: PreparedData, run_dir: Path, memory_check: bool = True) -> None:
-        self.cfg = cfg
+        #: the width budgets and size ratios are relative to (the config's, before a budget narrows it)
+        self.reference_dim = cfg.embedding.dim
+        self.cfg = cfg = resolve_budget(cfg, data.schema.fields)
         self.data = data
         self.run_dir = Path(run_dir)
         self.tc = cfg.train
@@ -503,7 +517,9 @@ class Trainer:
             with contextlib.suppress(NotImplementedError):  # FM, DLRM: no concatenated MLP input
                 self.rec.model.compact_inputs(widths)  # same logits, a smaller first MLP layer in the export
         model_dir = self.folder.model
-        export_model(self.rec, model_dir, {"dataset": self.cfg.dataset.name, "method": self.cfg.method.name})
+        extra = {"dataset": self.cfg.dataset.name, "method": self.cfg.method.name}
+        export_model(self.rec, model_dir, extra, self._bundle_files())
+        summary = plan.summary(self.reference_dim)
         return {
             "status": COMPLETED,
             "name": self.cfg.name,
@@ -511,13 +527,15 @@ class Trainer:
             "model": self.cfg.model.name,
             "method": self.cfg.method.name,
             "dim": self.cfg.embedding.dim,
+            "reference_dim": self.reference_dim,
             "seed": self.tc.seed,
             "test_auc": test["auc"],
             "test_logloss": test["logloss"],
             "valid_auc": valid["auc"],
             "valid_logloss": valid["logloss"],
-            **{k: v for k, v in plan.summary().items() if k != "field_dims"},
-            "field_dims": plan.summary()["field_dims"],
+            **{k: v for k, v in summary.items() if k != "field_dims"},
+            **self._model_sizes(model_dir),
+            "field_dims": summary["field_dims"],
             "train_seconds": p.train_seconds,
             "samples_per_second": p.train_samples / max(p.train_seconds, 1e-9),
             # what a user waits for: batches, steps and checkpoints, evaluations apart (eval_seconds)
@@ -530,6 +548,21 @@ class Trainer:
             "memory_estimate_bytes": self.memory.total,
             "warnings": self.warnings,
         }
+
+    def _bundle_files(self) -> dict[str, Path | str] | None:
+        """What makes the model folder a bundle: the cache's encoder, vocabularies, schema and counts, and the
+        config the model was trained with (budget resolved); ``None`` for data built in memory (no cache)."""
+        cache = self.data.cache_dir
+        if cache is None:
+            return None
+        data_files = (ENCODER_FILE, VOCAB_FILE, COUNTS_FILE, SCHEMA_FILE)
+        return {**{name: cache / name for name in data_files}, BUNDLE_CONFIG: to_yaml(self.cfg)}
+
+    @staticmethod
+    def _model_sizes(model_dir: Path) -> dict[str, int]:
+        """The exported model's sizes: its tensors (embedding and network) and the bundle on disk."""
+        sizes = json.loads((model_dir / MODEL_JSON).read_text())["sizes"]
+        return {"model_bytes": sizes["model_bytes"], "bundle_bytes": folder_bytes(model_dir)}
 
     def _test_by_frequency(self) -> dict[str, Any] | None:
         if not self._has_test:
