@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("backends", "searchers", "models"),
     ("embedding", "recommender", "config"),
     ("train",),
-    ("bench",),
+    ("bench", "serve"),
     ("report",),
     ("cli", "__main__", "__init__"),
 ]

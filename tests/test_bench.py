@@ -95,7 +95,7 @@ def test_sweep_writes_results_and_report(tmp_path):
     assert {"reference", "full", "mde_a04"} <= labels
     assert "full at 0.05" in report
     # each cell's training minutes are its seeds' train_seconds summed, and the total adds the cells
-    minutes = [float(row.split("|")[9]) for row in table_rows]
+    minutes = [float(row.split("|")[10]) for row in table_rows]
     assert sum(minutes) == pytest.approx(done["train_seconds"].sum() / 60, abs=0.05 * len(minutes) + 1e-9)
     assert f"{int(done.shape[0])} finished runs" in report
     png = bench_dir(cfg) / "pareto.png"

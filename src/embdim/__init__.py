@@ -3,6 +3,8 @@
 Public API::
 
     from embdim import EmbeddingLayer, FieldInfo, list_searchers, list_models
+    bundle = embdim.load("runs/quickstart/model")      # a trained model that scores raw rows
+    rec = embdim.load_run("runs/quickstart")           # a run's checkpoint as a model
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ if TYPE_CHECKING:
     from embdim.embedding import EmbeddingLayer, create_searcher
     from embdim.plan import EmbeddingPlan
     from embdim.recommender import Recommender, build_recommender, export_model, load_model
+    from embdim.serve import Bundle, load
     from embdim.slim import SlimEmbedding
+    from embdim.train.run import load_run
 
 # The public names load their modules when first used, so that commands which never touch torch
 # (prepare, inspect, list, --help) do not pay for importing it.
@@ -32,6 +36,9 @@ _PUBLIC = {
     "export_model": "embdim.recommender",
     "load_model": "embdim.recommender",
     "SlimEmbedding": "embdim.slim",
+    "Bundle": "embdim.serve",
+    "load": "embdim.serve",
+    "load_run": "embdim.train.run",
 }
 
 
@@ -62,6 +69,7 @@ def list_readers() -> list[str]:
 
 
 __all__ = [
+    "Bundle",
     "DatasetSchema",
     "EmbeddingLayer",
     "EmbeddingPlan",
@@ -74,5 +82,7 @@ __all__ = [
     "list_models",
     "list_readers",
     "list_searchers",
+    "load",
     "load_model",
+    "load_run",
 ]

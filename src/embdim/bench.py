@@ -344,6 +344,8 @@ def summarise(results: pl.DataFrame) -> pl.DataFrame:
     ``train_seconds`` is the sum over the cell's seeds: what the cell cost to train.
     """
     done = results.filter(pl.col("status") == "done")
+    if "model_bytes" not in done.columns:  # sweeps recorded before runs reported their whole model's size
+        done = done.with_columns(pl.lit(None, dtype=pl.Float64).alias("model_bytes"))
     ref = done.filter(pl.col("label") == "reference")
     ref_sps = ref["samples_per_second"].median() if len(ref) else math.nan
     ref_bytes = ref["full_embedding_bytes"].median() if len(ref) else math.nan
@@ -356,6 +358,7 @@ def summarise(results: pl.DataFrame) -> pl.DataFrame:
             pl.col("test_logloss").mean().alias("logloss_mean"),
             pl.col("test_logloss").std().alias("logloss_std"),
             pl.col("embedding_bytes").mean().alias("bytes"),
+            pl.col("model_bytes").mean().alias("model_bytes"),
             pl.col("landed").all().alias("landed"),
             pl.col("samples_per_second").median().alias("samples_per_second"),
             pl.col("train_seconds").sum().alias("train_seconds"),

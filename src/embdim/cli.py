@@ -1,4 +1,5 @@
-"""Command line: ``embdim prepare | run | bench | inspect | generate | list | options``."""
+"""Command line: ``embdim prepare | run | bench | predict | evaluate | export | inspect | generate | list |
+options``."""
 
 from __future__ import annotations
 
@@ -183,6 +184,104 @@ def bench(
         raise ConfigError(f"nothing to report yet: {err.filename} (run the sweep first)") from None
     console.print(f"report: {report}")
     print(report.read_text())
+
+
+BundleArg = Annotated[Path, typer.Argument(help="a bundle (runs/<name>/model) or the run folder that holds it")]
+InputArg = Annotated[Path, typer.Argument(help="raw rows in the format the model was trained on, or a table")]
+BatchOption = Annotated[int, typer.Option(min=1, help="rows scored at a time")]
+InputFormatOption = Annotated[
+    str,
+    typer.Option(
+        help="reader: the training reader's format; table: CSV/TSV/Parquet with the model's input columns; "
+        "auto: reader where it can read a single file, else table"
+    ),
+]
+
+
+def _input_format(value: str) -> str:
+    from embdim.serve import INPUT_FORMATS
+
+    if value not in INPUT_FORMATS:
+        raise ConfigError(f"--input-format {shorten(repr(value))}: use one of {', '.join(INPUT_FORMATS)}")
+    return value
+
+
+@app.command()
+@user_errors
+def predict(
+    bundle: BundleArg,
+    input: InputArg,
+    output: Annotated[
+        Path | None, typer.Option(help="scores.csv or scores.parquet (default: CSV on stdout)")
+    ] = None,
+    batch_size: BatchOption = 4096,
+    input_format: InputFormatOption = "auto",
+) -> None:
+    """Score raw rows with a trained model: one click probability per input row, in input order (and the
+    row's label next to it when the input has one)."""
+    import polars as pl
+
+    from embdim.serve import load
+
+    fmt = _input_format(input_format)
+    if output is not None and output.suffix not in (".csv", ".parquet"):
+        raise ConfigError(f"--output {output}: write .csv or .parquet")
+    scored = load(bundle).score(input, batch_size, fmt)
+    frame = pl.DataFrame({"score": scored.scores})
+    if scored.labelled:
+        frame = frame.with_columns(pl.Series("label", scored.labels).fill_nan(None))
+    if output is None:
+        sys.stdout.write(frame.write_csv())
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:  # written next to its place and renamed: a failure leaves no half-written file
+        frame.write_parquet(tmp) if output.suffix == ".parquet" else frame.write_csv(tmp)
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    console.print(f"{len(frame):,} scores written to {output}")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    bundle: BundleArg,
+    input: InputArg,
+    batch_size: BatchOption = 16384,
+    input_format: InputFormatOption = "auto",
+) -> None:
+    """Global AUC and logloss of a trained model on labelled raw rows, and both by how often the rows'
+    ids were seen in training; prints JSON."""
+    from embdim.serve import load
+    from embdim.train.checkpoint import strict_json
+
+    metrics = load(bundle).evaluate(input, batch_size, _input_format(input_format))
+    console.print(f"AUC {metrics['auc']}, logloss {metrics['logloss']:.6g} on {metrics['rows']:,} rows")
+    print(strict_json(metrics, indent=1))
+
+
+@app.command()
+@user_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="a run folder (runs/<name>) or a bundle")],
+    format: Annotated[str, typer.Option(help="bundle, torchrec, torchscript or onnx")] = "bundle",
+    output: Annotated[Path | None, typer.Option(help="folder to write (default: <run>/export-<format>)")] = None,
+    precision: Annotated[str, typer.Option(help="stored embedding values: fp32, fp16 or int8 (row-wise)")] = "fp32",
+    force: Annotated[bool, typer.Option(help="replace an existing output folder")] = False,
+) -> None:
+    """Export a trained model: a bundle (optionally with fp16 or int8 tables), TorchRec tables with their
+    weights, or the network as TorchScript or ONNX; prints what was written and its size."""
+    from embdim.serve import EXPORT_FORMATS, export_bundle
+
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"--format {shorten(repr(format))}: use one of {', '.join(EXPORT_FORMATS)}")
+    target = output or Path(run) / (f"export-{format}" + ("" if precision == "fp32" else f"-{precision}"))
+    if target.exists() and not force:
+        raise ConfigError(f"{target} exists: use --force to replace it")
+    report = export_bundle(run, target, format, precision)
+    console.print(f"{format} export ({precision}) written to {target}: {report['bytes']:,} bytes")
+    print(json.dumps(report))
 
 
 @app.command()

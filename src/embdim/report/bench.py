@@ -107,15 +107,17 @@ def write_report(folder: str | Path, title: str | None = None) -> Path:
         plot_pareto(summary, folder / PARETO_FILE, title)
         lines += [f"![AUC against embedding bytes]({PARETO_FILE})", ""]
     lines += [
-        "| method | budget | seeds | test AUC | test logloss | embedding bytes | bytes / full | time / full "
-        "| train min | landed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | budget | seeds | test AUC | test logloss | embedding bytes | bytes / full | model bytes "
+        "| time / full | train min | landed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary.iter_rows(named=True):
+        model_bytes = "-" if row["model_bytes"] is None else f"{row['model_bytes']:,.0f}"
         lines.append(
             f"| {row['label']} | {row['budget']} | {row['seeds']} | {_pm(row['auc_mean'], row['auc_std'])} "
             f"| {_pm(row['logloss_mean'], row['logloss_std'])} | {row['bytes']:,.0f} | {row['bytes_ratio']:.3f} "
-            f"| {row['time_ratio']:.2f} | {row['train_seconds'] / 60:.1f} | {'yes' if row['landed'] else 'no'} |"
+            f"| {model_bytes} | {row['time_ratio']:.2f} | {row['train_seconds'] / 60:.1f} "
+            f"| {'yes' if row['landed'] else 'no'} |"
         )
     unreachable = results.filter(pl.col("status") == "unreachable").unique(["label", "budget"], maintain_order=True)
     if len(unreachable):
@@ -131,8 +133,10 @@ def write_report(folder: str | Path, title: str | None = None) -> Path:
         lines += [f"- {r['run']}: {r['reason']}" for r in failed.iter_rows(named=True)]
     lines += [
         "",
-        "Time / full: the reference's samples per second over the method's (medians over seeds), "
-        "measured in separate runs on the same machine. Train min: training minutes summed over the seeds.",
+        "Model bytes: the whole exported model (slim embedding and network). Time / full: the reference's "
+        "samples per second over the method's (medians over seeds), measured in separate runs on the same "
+        "machine. Train min: training minutes summed over the seeds. Each run's bundle is "
+        f"`{RUNS_DIR}/<run>/model` (score raw rows with `embdim predict BUNDLE INPUT`).",
         f"All {len(summary)} cells: {summary['seeds'].sum()} finished runs, "
         f"{summary['train_seconds'].sum() / 60:.1f} training minutes in total (preprocessing excluded).",
     ]

@@ -15,14 +15,15 @@ from typing import Any
 
 import yaml
 
-from embdim.config import ConfigError, RunConfig, to_yaml
+from embdim.config import ConfigError, RunConfig, to_yaml, validate
+from embdim.data.cache import read_schema
 from embdim.data.prepare import STREAM_MIN_BYTES, PreparedData, prepare
 from embdim.errors import DivergedError, shorten
-from embdim.recommender import check_precision
+from embdim.recommender import Recommender, check_precision, is_bundle
 from embdim.registry import READERS
-from embdim.train.checkpoint import atomic_write_json, atomic_write_text, init_weights_path
-from embdim.train.layout import CHECKPOINT_FILE, CONFIG_FILE, DIVERGED, RESULT_FILE
-from embdim.train.trainer import Trainer
+from embdim.train.checkpoint import atomic_write_json, atomic_write_text, init_weights_path, load_torch
+from embdim.train.layout import CHECKPOINT_FILE, CONFIG_FILE, DIVERGED, RESULT_FILE, RunFolder
+from embdim.train.trainer import Trainer, build_run_recommender
 
 SHOWN_CHANGES = 5  # differing keys named in an error before "and N more"
 _ABSENT = "(absent)"
@@ -160,3 +161,27 @@ def run_experiment(
         raise
     atomic_write_json(result_path, result)
     return result
+
+
+def load_run(run_dir: str | Path) -> Recommender:
+    """The model of a run folder as its last checkpoint left it, in eval mode: the training model (lookup
+    tables, the searcher with its state: masks, thresholds, sizes), not the slim export. For a finished
+    run these are the weights its export was made from; for a killed one, where it stopped.
+
+    The fields come from the run's bundle (``model/schema.json``) when it has one, so no data is read;
+    otherwise the dataset is prepared (or its cache opened). Example::
+
+        rec = load_run("runs/quickstart")
+        logits = rec(ids, dense)                       # ids int64 [B, F], dense float32 [B, Dn] | None
+        plan = rec.embedding.plan()                    # the sizes it had learned
+    """
+    folder = RunFolder(Path(run_dir))
+    if not folder.config.is_file() or not folder.checkpoint.is_file():
+        raise ConfigError(f"{folder.root}: not a run folder with a checkpoint ({CONFIG_FILE}, {CHECKPOINT_FILE})")
+    cfg = validate(yaml.safe_load(folder.config.read_text()), source=str(folder.config))
+    schema = read_schema(folder.model) if is_bundle(folder.model) else prepare_dataset(cfg, progress=False).schema
+    rec = build_run_recommender(cfg, schema)
+    state = load_torch(folder.checkpoint)
+    rec.load_state_dict(state["model"])
+    rec.embedding.searcher.load_checkpoint_state(state["searcher"])
+    return rec.eval()
