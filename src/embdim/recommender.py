@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -187,12 +189,8 @@ def export_model(rec: Recommender, folder: str | Path, extra: dict[str, Any] | N
     content, which :func:`load_model` verifies. The folder is written next to its place and renamed into it, so a
     failure never leaves a half-written model.
     """
-    folder = Path(folder)
     slim = rec.embedding.export() if isinstance(rec.embedding, EmbeddingLayer) else rec.embedding
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    with staged_folder(Path(folder)) as tmp:
         slim.save(tmp)
         write_tensors(tmp / MODEL_TENSORS, rec.model.state_dict())
         model = rec.model
@@ -207,17 +205,35 @@ def export_model(rec: Recommender, folder: str | Path, extra: dict[str, Any] | N
             "num_dense": model.num_dense,
             "precision": rec.precision,
             **(extra or {}),
-            "files": {name: file_sha256(tmp / name) for name in (MODEL_TENSORS, EMBEDDING_JSON, EMBEDDING_TENSORS)},
         }
-        meta[SELF_HASH] = content_sha256(meta)
-        (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=2))
+        write_manifest(tmp, MODEL_JSON, meta, MODEL_FILES)
+    return slim
+
+
+@contextmanager
+def staged_folder(folder: Path) -> Iterator[Path]:
+    """A fresh sibling folder ``.<name>.tmp`` to write into, renamed onto ``folder`` (replacing it) when the
+    block succeeds and removed when it fails, so a failure never leaves a half-written folder."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return slim
+
+
+def write_manifest(folder: Path, manifest: str, meta: dict[str, Any], files: frozenset[str]) -> dict[str, Any]:
+    """Write ``meta`` as ``folder/manifest`` with the SHA-256 of every other file of ``files`` (field
+    ``files``) and of its own content (field ``sha256``), as :func:`verify_folder` checks them."""
+    meta = {**meta, "files": {name: file_sha256(folder / name) for name in sorted(files - {manifest})}}
+    meta[SELF_HASH] = content_sha256(meta)
+    (folder / manifest).write_text(json.dumps(meta, indent=2))
+    return meta
 
 
 def file_sha256(path: Path) -> str:
@@ -239,32 +255,38 @@ def verify_model_folder(folder: Path) -> dict[str, Any]:
     """``model.json`` of a model folder whose files are exactly the expected ones, in the known format, and
     unchanged since export (every SHA-256 matches); anything else is a :class:`ModelFileError` naming the
     file and field. Nothing in the folder is executed: only JSON and safetensors are read."""
+    return verify_folder(folder, MODEL_JSON, MODEL_FILES, EXPORT_FORMAT_VERSION, "model")
+
+
+def verify_folder(folder: Path, manifest: str, files: frozenset[str], version: int, what: str) -> dict[str, Any]:
+    """The manifest (``folder/manifest``, written by :func:`write_manifest`) of a ``what`` folder holding
+    exactly ``files``, in format ``version``, unchanged since it was written: its own hash and every other
+    file's SHA-256 match. Anything else is a :class:`ModelFileError` naming the file and field."""
     if not folder.is_dir():
-        raise ModelFileError(f"{folder}: no model folder there")
+        raise ModelFileError(f"{folder}: no {what} folder there")
     present = {p.name for p in folder.iterdir()}
-    if unexpected := sorted(present - MODEL_FILES):
+    if unexpected := sorted(present - files):
         raise ModelFileError(
-            f"{folder}: unexpected file(s) {', '.join(unexpected)}; a model folder holds only "
-            f"{', '.join(sorted(MODEL_FILES))} and is refused with anything else in it"
+            f"{folder}: unexpected file(s) {', '.join(unexpected)}; a {what} folder holds only "
+            f"{', '.join(sorted(files))} and is refused with anything else in it"
         )
-    if missing := sorted(MODEL_FILES - present):
+    if missing := sorted(files - present):
         raise ModelFileError(f"{folder}: missing {', '.join(missing)}")
-    where = folder / MODEL_JSON
+    where = folder / manifest
     meta = read_json(where)
-    version = meta.get("format_version")
-    if version != EXPORT_FORMAT_VERSION:
-        raise ModelFileError(
-            f"{where}: field 'format_version' is {version!r}; this embdim reads version {EXPORT_FORMAT_VERSION}"
-        )
+    found = meta.get("format_version")
+    if found != version:
+        raise ModelFileError(f"{where}: field 'format_version' is {found!r}; this embdim reads version {version}")
     if meta.get(SELF_HASH) != content_sha256(meta):
         raise ModelFileError(f"{where}: field '{SELF_HASH}' does not match the file's content (it was edited)")
-    files = meta.get("files")
-    if not isinstance(files, dict) or set(files) != MODEL_FILES - {MODEL_JSON}:
-        raise ModelFileError(f"{where}: field 'files' must list the SHA-256 of the other three files")
-    for name, digest in files.items():
+    hashed = meta.get("files")
+    others = files - {manifest}
+    if not isinstance(hashed, dict) or set(hashed) != others:
+        raise ModelFileError(f"{where}: field 'files' must list the SHA-256 of {', '.join(sorted(others))}")
+    for name, digest in hashed.items():
         if file_sha256(folder / name) != digest:
             raise ModelFileError(
-                f"{folder / name}: content differs from its SHA-256 in model.json (changed or damaged)"
+                f"{folder / name}: content differs from its SHA-256 in {manifest} (changed or damaged)"
             )
     return meta
 
