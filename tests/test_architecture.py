@@ -13,7 +13,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "options", "measures", "ahead", "tensorfile", "registry"),
     ("data", "storage", "plan", "budget", "lookup", "rowwise", "slim", "distributed"),
     ("backends", "searchers", "models"),
-    ("embedding", "recommender", "config"),
+    ("embedding", "recommender", "config", "torchrec_export"),
     ("train",),
     ("bench", "serve"),
     ("report",),

@@ -154,20 +154,3 @@ class EmbeddingPlan:
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingPlan:
         return cls.from_json(Path(path).read_text())
-
-    # ------------------------------------------------------------------ TorchRec
-    def to_torchrec_tables(self) -> list[Any]:
-        """One TorchRec ``EmbeddingBagConfig`` per field with its stored width (dense storage).
-
-        Fields cut to width 0 get no table. Value-level plans (ragged, csr) have no TorchRec
-        table equivalent and raise.
-        """
-        if self.kind.per_row:
-            raise ValueError(f"{self.storage} plans have no TorchRec table equivalent; only dense plans do")
-        from torchrec.modules.embedding_configs import EmbeddingBagConfig
-
-        return [
-            EmbeddingBagConfig(name=f"t_{name}", embedding_dim=d, num_embeddings=n, feature_names=[name])
-            for name, n, d in zip(self.field_names, self.vocab_sizes, self.field_dims, strict=True)
-            if d > 0
-        ]

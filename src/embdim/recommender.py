@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -214,14 +215,10 @@ def export_model(
     verifies. The folder is written next to its place and renamed into it, so a failure never leaves a
     half-written model.
     """
-    folder = Path(folder)
     if bundle is not None and set(bundle) != BUNDLE_FILES:
         raise ValueError(f"a bundle needs exactly {sorted(BUNDLE_FILES)}, got {sorted(bundle)}")
     slim = rec.embedding.export() if isinstance(rec.embedding, EmbeddingLayer) else rec.embedding
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    with staged_folder(Path(folder)) as tmp:
         slim.save(tmp)
         state = rec.model.state_dict()
         write_tensors(tmp / MODEL_TENSORS, state)
@@ -241,17 +238,35 @@ def export_model(
             "precision": rec.precision,
             "sizes": {"embedding_bytes": embedding_bytes, "model_bytes": embedding_bytes + tensor_bytes(state)},
             **(extra or {}),
-            "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.name != MODEL_JSON},
         }
-        meta[SELF_HASH] = content_sha256(meta)
-        (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=2))
+        write_manifest(tmp, MODEL_JSON, meta, MODEL_FILES | (BUNDLE_FILES if bundle else frozenset()))
+    return slim
+
+
+@contextmanager
+def staged_folder(folder: Path) -> Iterator[Path]:
+    """A fresh sibling folder ``.<name>.tmp`` to write into, renamed onto ``folder`` (replacing it) when the
+    block succeeds and removed when it fails, so a failure never leaves a half-written folder."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return slim
+
+
+def write_manifest(folder: Path, manifest: str, meta: dict[str, Any], files: frozenset[str]) -> dict[str, Any]:
+    """Write ``meta`` as ``folder/manifest`` with the SHA-256 of every other file of ``files`` (field
+    ``files``) and of its own content (field ``sha256``), as :func:`verify_folder` checks them."""
+    meta = {**meta, "files": {name: file_sha256(folder / name) for name in sorted(files - {manifest})}}
+    meta[SELF_HASH] = content_sha256(meta)
+    (folder / manifest).write_text(json.dumps(meta, indent=2))
+    return meta
 
 
 def tensor_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
@@ -291,38 +306,44 @@ def content_sha256(meta: dict[str, Any]) -> str:
 
 
 def verify_model_folder(folder: Path) -> dict[str, Any]:
-    """``model.json`` of a model folder (or bundle) whose files are exactly the expected ones, in the known
-    format, and unchanged since export (every SHA-256 matches); anything else is a :class:`ModelFileError`
-    naming the file and field. Nothing in the folder is executed: only JSON and safetensors are read."""
+    """``model.json`` of a model folder (or a bundle: any of its data files makes all of them required) whose
+    files are exactly the expected ones, in the known format, and unchanged since export (every SHA-256
+    matches); anything else is a :class:`ModelFileError` naming the file and field. Nothing in the folder is
+    executed: only JSON, safetensors, Parquet and ``.npy`` arrays are read."""
+    bundle = folder.is_dir() and any((folder / name).exists() for name in BUNDLE_FILES)
+    files = MODEL_FILES | BUNDLE_FILES if bundle else MODEL_FILES
+    return verify_folder(folder, MODEL_JSON, files, EXPORT_FORMAT_VERSION, "bundle" if bundle else "model")
+
+
+def verify_folder(folder: Path, manifest: str, files: frozenset[str], version: int, what: str) -> dict[str, Any]:
+    """The manifest (``folder/manifest``, written by :func:`write_manifest`) of a ``what`` folder holding
+    exactly ``files``, in format ``version``, unchanged since it was written: its own hash and every other
+    file's SHA-256 match. Anything else is a :class:`ModelFileError` naming the file and field."""
     if not folder.is_dir():
-        raise ModelFileError(f"{folder}: no model folder there")
+        raise ModelFileError(f"{folder}: no {what} folder there")
     present = {p.name for p in folder.iterdir()}
-    if unexpected := sorted(present - MODEL_FILES - BUNDLE_FILES):
+    if unexpected := sorted(present - files):
         raise ModelFileError(
-            f"{folder}: unexpected file(s) {', '.join(unexpected)}; a model folder holds only "
-            f"{', '.join(sorted(MODEL_FILES))} (a bundle also {', '.join(sorted(BUNDLE_FILES))}) "
-            "and is refused with anything else in it"
+            f"{folder}: unexpected file(s) {', '.join(unexpected)}; a {what} folder holds only "
+            f"{', '.join(sorted(files))} and is refused with anything else in it"
         )
-    if missing := sorted(MODEL_FILES - present):
+    if missing := sorted(files - present):
         raise ModelFileError(f"{folder}: missing {', '.join(missing)}")
-    if (present & BUNDLE_FILES) and (missing := sorted(BUNDLE_FILES - present)):
-        raise ModelFileError(f"{folder}: a bundle missing {', '.join(missing)}")
-    where = folder / MODEL_JSON
+    where = folder / manifest
     meta = read_json(where)
-    version = meta.get("format_version")
-    if version != EXPORT_FORMAT_VERSION:
-        raise ModelFileError(
-            f"{where}: field 'format_version' is {version!r}; this embdim reads version {EXPORT_FORMAT_VERSION}"
-        )
+    found = meta.get("format_version")
+    if found != version:
+        raise ModelFileError(f"{where}: field 'format_version' is {found!r}; this embdim reads version {version}")
     if meta.get(SELF_HASH) != content_sha256(meta):
         raise ModelFileError(f"{where}: field '{SELF_HASH}' does not match the file's content (it was edited)")
-    files = meta.get("files")
-    if not isinstance(files, dict) or set(files) != present - {MODEL_JSON}:
-        raise ModelFileError(f"{where}: field 'files' must list the SHA-256 of every other file of the folder")
-    for name, digest in files.items():
+    hashed = meta.get("files")
+    others = files - {manifest}
+    if not isinstance(hashed, dict) or set(hashed) != others:
+        raise ModelFileError(f"{where}: field 'files' must list the SHA-256 of {', '.join(sorted(others))}")
+    for name, digest in hashed.items():
         if file_sha256(folder / name) != digest:
             raise ModelFileError(
-                f"{folder / name}: content differs from its SHA-256 in model.json (changed or damaged)"
+                f"{folder / name}: content differs from its SHA-256 in {manifest} (changed or damaged)"
             )
     return meta
 

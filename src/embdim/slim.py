@@ -232,8 +232,9 @@ class RaggedGroup(SlimGroup):
         }
         return cls(field_ids, rows, table[keep], index, dim)
 
-    def _starts_lengths(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Global rows ``[...]`` -> first value position and size of each, int64 ``[...]`` twice."""
+    def starts_and_sizes(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Group rows ``[...]`` (fields back to back) -> the position of each one's first value in ``values`` and
+        its size, int64 ``[...]`` twice (either index layout)."""
         if "offsets" in self.index_names:
             starts = self.offsets[g].long()
             return starts, self.offsets[g + 1].long() - starts
@@ -242,7 +243,7 @@ class RaggedGroup(SlimGroup):
         return self.run_offsets[run].long() + (g - self.run_rows[run].long()) * sizes, sizes
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        pos, valid = self._ragged_positions(*self._starts_lengths(self.global_rows(ids)))
+        pos, valid = self._ragged_positions(*self.starts_and_sizes(self.global_rows(ids)))
         return torch.where(valid, self.values[pos], 0.0)
 
     def tensors(self):
@@ -254,7 +255,7 @@ class RaggedGroup(SlimGroup):
         return cls(layout["field_ids"], layout["rows"], tensors["values"], index, layout["dim"])
 
     def stored_sizes(self) -> torch.Tensor:
-        return self._starts_lengths(torch.arange(sum(self.rows)))[1]
+        return self.starts_and_sizes(torch.arange(sum(self.rows)))[1]
 
     @classmethod
     def check_saved(cls, layout, tensors):

@@ -1,0 +1,647 @@
+"""TorchRec export: a slim embedding as tables that a plain ``torchrec.EmbeddingBagCollection`` loads.
+
+:func:`export_torchrec` writes a :class:`~embdim.slim.SlimEmbedding` (``load_model(folder).embedding``) as
+TorchRec tables with their weights; :func:`load_torchrec` reads them back into a plain CPU
+``EmbeddingBagCollection`` plus a :class:`TorchRecEmbedding`, which maps ids ``[B, F]`` to ``[B, F, d]``
+through that collection, equal to the slim embedding's output bit for bit (float32).
+
+Tables (one ``EmbeddingBagConfig`` each: sum pooling, one feature of the same name, ``float32``) belong to
+one field each; a table of width ``w < d`` is read as its ``w`` values followed by ``d - w`` zeros
+(:func:`zero_pad`). Per storage kind:
+
+- ``dense``: one table per field, ``[n_f, d_f]``, read at row = id (no remap). A field projected to ``d``
+  (MDE) ships its projection ``[w, d]`` beside the table, stacked per slim group ``[F_g, w, d]`` as the slim
+  model stores it; the embedding is ``row @ projection``, computed by the same ``einsum`` on the same shapes
+  as the slim model, so the bits agree. Pre-multiplying into a ``d``-wide table would be larger
+  (``n_f * d`` instead of ``n_f * w + w * d`` values) and rounds differently.
+- ``ragged`` (AMTL, row i keeps its first ``k_i`` values): per field one table per distinct ``k > 0``,
+  holding the rows of that size in id order.
+- ``csr`` (PEP, row i keeps values at any columns): a row's width is its *span*, its last kept column + 1;
+  the pruned columns inside the span are stored as zeros. Per field one table per distinct span, so there
+  are at most ``d`` tables per field, each a plain TorchRec table. The price is the zeros inside spans
+  (PEP's pruning is spread over the columns, so spans are often close to ``d``); the alternative, a table
+  per distinct set of kept columns, stores no zeros but can make thousands of tiny tables.
+
+A field whose rows fall into several tables (or whose rows are not all kept) ships an id remap: for each
+id, its table among the field's tables (``int8``, ``int16`` beyond 127 tables; ``-1``: the row stores
+nothing and embeds to zeros) and its row in that table (``int32``, ``int64`` beyond 2**31 rows). A field
+with one table holding every row in id order needs none (``ids: "direct"``); a field storing nothing has
+no table (``ids: "zero"``).
+
+The export folder (``torchrec.json`` + two safetensors files, no pickle):
+
+- ``tables.safetensors``: ``embedding_bags.<table>.weight`` float32 ``[num_embeddings, embedding_dim]``,
+  an ``EmbeddingBagCollection`` state dict;
+- ``lookup.safetensors``: ``remap.<field>.table`` / ``remap.<field>.row`` ``[n_f]`` for remapped fields,
+  ``projection.<p>`` float32 ``[F_p, w, d]`` for projected fields;
+- ``torchrec.json``: ``dim``, ``fields`` (name, ``vocab_size``, its ``tables``, ``ids``: ``direct`` |
+  ``remapped`` | ``zero``), ``tables`` (``name``, ``feature_name``, ``num_embeddings``, ``embedding_dim``,
+  ``pooling``, ``field``, ``field_name``, ``width``), ``projections`` (``name``, ``fields``, ``width``),
+  ``bytes``, and the SHA-256 of both other files and of itself, verified on load like a model folder
+  (:func:`embdim.recommender.verify_folder`); any damage or edit is a :class:`~embdim.errors.ModelFileError`
+  naming the file and field.
+
+Serving elsewhere: per (batch row, field), look the id up in its remap (or take the id itself), put it
+as the single id of that bag in the table's feature (every other table of the field gets an empty bag),
+and read the field's vector from the chosen table's pooled columns, zero-padded to ``d`` (or times the
+projection). Sum pooling starts from ``+0.0``, so a stored ``-0.0`` comes back as ``+0.0`` (equal under
+``torch.equal``; trained weights practically never hold it).
+
+Example::
+
+    slim = load_model("runs/quickstart/model").embedding  # ids [B, F] -> [B, F, d]
+    export = export_torchrec(slim, "runs/quickstart/torchrec")
+    export.total_bytes, export.slim_bytes  # the export's tensors against the slim model's
+
+    ebc, lookup = load_torchrec("runs/quickstart/torchrec")
+    ids = torch.tensor([[0, 3, 7], [2, 0, 1]])  # [B=2, F=3]
+    kjt = lookup.features(ids)  # KeyedJaggedTensor: one feature per table, at most one id per bag
+    #   keys      ["f0_w8", "f1_w8", "f2_w5", "f2_w2", ...]
+    #   lengths   [1, 1,     1, 1,    1, 0,    0, 1, ...]  (f2's ids 7 and 1 live in different tables)
+    pooled = ebc(kjt)  # KeyedTensor [B, sum of table widths]
+    emb = lookup.combine(pooled, ids)  # [B, F, d]: each field's table columns, zero-padded or projected
+    assert torch.equal(emb, slim(ids)) and torch.equal(lookup(ids), emb)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from embdim.errors import ModelFileError, shorten
+from embdim.measures import all_finite
+from embdim.recommender import staged_folder, verify_folder, write_manifest
+from embdim.slim import CsrGroup, DenseGroup, RaggedGroup, SlimEmbedding, project_fields, read_safetensors
+from embdim.storage import offset_dtype
+from embdim.tensorfile import write_tensors
+
+FORMAT_VERSION = 1
+TORCHREC_JSON = "torchrec.json"
+TABLES_TENSORS = "tables.safetensors"
+LOOKUP_TENSORS = "lookup.safetensors"
+TORCHREC_FILES = frozenset({TORCHREC_JSON, TABLES_TENSORS, LOOKUP_TENSORS})
+#: how a field's ids reach its tables
+DIRECT, REMAPPED, ZERO = "direct", "remapped", "zero"
+
+
+def weight_key(table: str) -> str:
+    """The ``EmbeddingBagCollection`` state-dict key of ``table``'s weight."""
+    return f"embedding_bags.{table}.weight"
+
+
+def table_name(field: int, width: int) -> str:
+    """Name (and feature name) of field ``field``'s table of width ``width``."""
+    return f"f{field}_w{width}"
+
+
+def zero_pad(vectors: torch.Tensor, dim: int) -> torch.Tensor:
+    """A table's pooled vectors ``[..., w]`` as the model's ``[..., dim]``: the ``w`` stored values, then zeros."""
+    return project_fields(vectors, None, dim)
+
+
+def remap_table_dtype(num_tables: int) -> torch.dtype:
+    """Dtype of a field's remap to one of its ``num_tables`` tables (or ``-1``): int8 up to 127 tables."""
+    return torch.int8 if num_tables <= torch.iinfo(torch.int8).max else torch.int16
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One TorchRec table: the rows of one field that share a width."""
+
+    name: str
+    field: int
+    field_name: str
+    width: int
+    num_embeddings: int
+
+    def config(self) -> EmbeddingBagConfig:
+        return EmbeddingBagConfig(
+            name=self.name,
+            embedding_dim=self.width,
+            num_embeddings=self.num_embeddings,
+            feature_names=[self.name],
+            pooling=PoolingType.SUM,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "feature_name": self.name,
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.width,
+            "pooling": "SUM",
+            "field": self.field,
+            "field_name": self.field_name,
+            "width": self.width,
+        }
+
+
+@dataclass(frozen=True)
+class TorchRecExport:
+    """What :func:`export_torchrec` wrote: the folder, the table configs, and the bytes of its tensors
+    (``slim_bytes``: the slim embedding's stored tensors, :meth:`SlimEmbedding.stored_bytes`)."""
+
+    folder: Path
+    configs: list[EmbeddingBagConfig]
+    table_bytes: int
+    remap_bytes: int
+    projection_bytes: int
+    slim_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of every exported tensor (tables, remaps, projections; file headers and JSON not counted)."""
+        return self.table_bytes + self.remap_bytes + self.projection_bytes
+
+    def bytes(self) -> dict[str, int]:
+        return {
+            "tables": self.table_bytes,
+            "remaps": self.remap_bytes,
+            "projections": self.projection_bytes,
+            "total": self.total_bytes,
+            "slim": self.slim_bytes,
+        }
+
+
+# ---------------------------------------------------------------------- export
+class _Split:
+    """A slim embedding cut into per-field tables, remaps and projections."""
+
+    def __init__(self, slim: SlimEmbedding) -> None:
+        plan = slim.plan
+        self.plan = plan
+        self.tables: dict[int, list[tuple[TableInfo, torch.Tensor]]] = {f: [] for f in range(plan.num_fields)}
+        self.remaps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.projections: list[tuple[tuple[int, ...], torch.Tensor]] = []
+        for group in slim.groups:
+            if isinstance(group, DenseGroup):
+                self._dense(group)
+            elif isinstance(group, (RaggedGroup, CsrGroup)):
+                self._per_row(group)
+            else:
+                raise TypeError(f"no TorchRec export for slim groups of kind {group.kind!r}")
+
+    def _dense(self, group: DenseGroup) -> None:
+        weight = group.weight.detach().cpu()
+        width = weight.shape[1]
+        for f, rows in zip(group.field_ids, torch.split(weight, list(group.rows)), strict=True):
+            self.tables[f].append(
+                (TableInfo(table_name(f, width), f, self.plan.field_names[f], width, len(rows)), rows)
+            )
+        if group.projection is not None:
+            self.projections.append((group.field_ids, group.projection.detach().cpu()))
+
+    def _per_row(self, group: RaggedGroup | CsrGroup) -> None:
+        """Rows of one width per table: every stored value is written into its table at (row, column)."""
+        values = group.values.detach().cpu()
+        num_rows = sum(group.rows)
+        if isinstance(group, RaggedGroup):
+            starts, sizes = (
+                t.cpu() for t in group.starts_and_sizes(torch.arange(num_rows, device=group.values.device))
+            )
+        else:
+            offsets = group.offsets.cpu().long()
+            starts, sizes = offsets[:-1], torch.diff(offsets)
+        entry_row = torch.repeat_interleave(torch.arange(num_rows), sizes)  # the row of each value, [nnz]
+        within = torch.arange(len(entry_row)) - torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes)
+        source = starts[entry_row] + within  # where each value sits in ``values``
+        columns = within if isinstance(group, RaggedGroup) else group.columns.cpu().long()[source]
+        # a row's width: its size (ragged) or its last kept column + 1 (csr)
+        widths = torch.zeros(num_rows, dtype=torch.long).scatter_reduce(0, entry_row, columns + 1, "amax")
+        table_of = torch.full((num_rows,), -1, dtype=torch.long)  # index into ``infos``
+        row_of = torch.zeros(num_rows, dtype=torch.long)
+        infos: list[TableInfo] = []
+        first = 0
+        for f, n in zip(group.field_ids, group.rows, strict=True):
+            mine = slice(first, first + n)
+            local, rows, kinds = _rank_by_width(widths[mine])
+            base = len(infos)
+            infos += [TableInfo(table_name(f, w), f, self.plan.field_names[f], w, c) for w, c in kinds]
+            table_of[mine] = torch.where(local >= 0, local + base, -1)
+            row_of[mine] = rows
+            if kinds and not (len(kinds) == 1 and kinds[0][1] == n):  # else every id is its own row: direct
+                dtype = remap_table_dtype(len(kinds))
+                self.remaps[f] = (local.to(dtype), rows.to(getattr(torch, offset_dtype(n).name)))
+            first += n
+        # all of the group's tables back to back in one flat buffer; each value lands at its (table, row, column)
+        sizes_t = torch.tensor([t.num_embeddings * t.width for t in infos], dtype=torch.long)
+        base_t = sizes_t.cumsum(0) - sizes_t
+        width_t = torch.tensor([t.width for t in infos], dtype=torch.long)
+        flat = torch.zeros(int(sizes_t.sum()), dtype=values.dtype)
+        t = table_of[entry_row]
+        flat[base_t[t] + row_of[entry_row] * width_t[t] + columns] = values[source]
+        for info, part in zip(infos, torch.split(flat, sizes_t.tolist()), strict=True):
+            self.tables[info.field].append((info, part.view(info.num_embeddings, info.width)))
+
+    def ids_kind(self, f: int) -> str:
+        if not self.tables[f]:
+            return ZERO
+        return REMAPPED if f in self.remaps else DIRECT
+
+
+def _rank_by_width(widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """A field's row widths ``[n]`` -> each row's table (widest first; ``-1`` for width 0) and its row in
+    that table (ids in order), and each table's ``(width, rows)``."""
+    order = torch.argsort(-widths, stable=True)
+    uniq, counts = torch.unique_consecutive(widths[order], return_counts=True)
+    table_sorted = torch.repeat_interleave(torch.arange(len(uniq)), counts)
+    row_sorted = torch.arange(len(widths)) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    local = torch.empty_like(widths)
+    rows = torch.empty_like(widths)
+    local[order] = table_sorted
+    rows[order] = row_sorted
+    stored = uniq > 0
+    local = torch.where(stored[local], local, -1)
+    rows = torch.where(local >= 0, rows, 0)
+    return local, rows, [(int(w), int(c)) for w, c in zip(uniq[stored], counts[stored], strict=True)]
+
+
+def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
+    """Write ``slim`` as TorchRec tables with their weights, id remaps and projections (layout: the module
+    docstring); the folder is written beside its place and renamed into it (replacing what was there).
+
+    Args:
+        slim: a slim embedding, ids ``[B, F]`` -> ``[B, F, d]`` (e.g. ``load_model(folder).embedding``).
+        folder: where the export goes.
+    Returns:
+        the folder, the ``EmbeddingBagConfig`` of every table, and the bytes of the exported tensors against
+        the slim embedding's.
+    """
+    split = _Split(slim)
+    plan = split.plan
+    infos = [info for f in range(plan.num_fields) for info, _ in split.tables[f]]
+    tables = {weight_key(info.name): w for f in range(plan.num_fields) for info, w in split.tables[f]}
+    lookup: dict[str, torch.Tensor] = {}
+    for f, (table, row) in sorted(split.remaps.items()):
+        lookup[f"remap.{f}.table"], lookup[f"remap.{f}.row"] = table, row
+    projections = []
+    for p, (fields, projection) in enumerate(split.projections):
+        lookup[f"projection.p{p}"] = projection
+        projections.append({"name": f"p{p}", "fields": list(fields), "width": int(projection.shape[1])})
+    nbytes = [sum(t.numel() * t.element_size() for t in ts) for ts in (tables.values(), lookup.values())]
+    projection_bytes = sum(t.numel() * t.element_size() for k, t in lookup.items() if k.startswith("projection."))
+    export = TorchRecExport(
+        Path(folder),
+        [info.config() for info in infos],
+        table_bytes=nbytes[0],
+        remap_bytes=nbytes[1] - projection_bytes,
+        projection_bytes=projection_bytes,
+        slim_bytes=slim.stored_bytes(),
+    )
+    meta = {
+        "format": "embdim-torchrec",
+        "format_version": FORMAT_VERSION,
+        "method": plan.method,
+        "storage": plan.storage,
+        "dim": plan.dim,
+        "fields": [
+            {
+                "name": name,
+                "vocab_size": n,
+                "tables": [info.name for info, _ in split.tables[f]],
+                "ids": split.ids_kind(f),
+            }
+            for f, (name, n) in enumerate(zip(plan.field_names, plan.vocab_sizes, strict=True))
+        ],
+        "tables": [info.to_dict() for info in infos],
+        "projections": projections,
+        "bytes": export.bytes(),
+    }
+    with staged_folder(Path(folder)) as tmp:
+        write_tensors(tmp / TABLES_TENSORS, tables)
+        write_tensors(tmp / LOOKUP_TENSORS, lookup)
+        write_manifest(tmp, TORCHREC_JSON, meta, TORCHREC_FILES)
+    return export
+
+
+# ---------------------------------------------------------------------- load
+@dataclass(frozen=True)
+class TorchRecLayout:
+    """An export's structure, read from ``torchrec.json``: tables in collection order, each field's ids
+    (``direct`` | ``remapped`` | ``zero``) and tables, and the projections (name, fields, width)."""
+
+    dim: int
+    field_names: list[str]
+    vocab_sizes: list[int]
+    field_ids: list[str]
+    field_tables: list[list[int]]
+    tables: list[TableInfo]
+    projections: list[tuple[str, tuple[int, ...], int]]
+
+    @classmethod
+    def from_json(cls, meta: dict[str, Any], where: Path) -> TorchRecLayout:
+        """Check and read ``meta``; anything inconsistent is a :class:`ModelFileError` naming ``where`` and
+        the field."""
+
+        def fail(field: str, message: str) -> ModelFileError:
+            return ModelFileError(f"{where}: field '{field}': {message}")
+
+        dim = meta.get("dim")
+        if not _is_int(dim) or dim < 1:
+            raise fail("dim", f"expected a positive integer, got {shorten(repr(dim))}")
+        raw_tables, raw_fields = meta.get("tables"), meta.get("fields")
+        if not isinstance(raw_tables, list) or not isinstance(raw_fields, list) or not raw_fields:
+            raise fail("tables" if not isinstance(raw_tables, list) else "fields", "expected a list")
+        tables: list[TableInfo] = []
+        for i, t in enumerate(raw_tables):
+            keys = ("name", "feature_name", "num_embeddings", "embedding_dim", "pooling", "field", "width")
+            ok = isinstance(t, dict) and all(k in t for k in keys)
+            ok = ok and isinstance(t["name"], str) and t["feature_name"] == t["name"] and t["pooling"] == "SUM"
+            ok = ok and _is_int(t["field"]) and 0 <= t["field"] < len(raw_fields)
+            ok = ok and _is_int(t["num_embeddings"]) and t["num_embeddings"] >= 1
+            ok = ok and _is_int(t["width"]) and 1 <= t["width"] <= dim and t["embedding_dim"] == t["width"]
+            if not ok or t["name"] != table_name(t["field"], t["width"]):
+                raise fail(
+                    f"tables[{i}]",
+                    f"expected a sum-pooled table 'f<field>_w<width>' of a field, with 1 to {dim} columns and "
+                    f"feature_name = name; got {shorten(repr(t))}",
+                )
+            tables.append(
+                TableInfo(t["name"], t["field"], str(t.get("field_name", "")), t["width"], t["num_embeddings"])
+            )
+        index = {t.name: k for k, t in enumerate(tables)}
+        if len(index) != len(tables):
+            raise fail("tables", "a table name repeats")
+        names, vocab, kinds, field_tables = [], [], [], []
+        for f, entry in enumerate(raw_fields):
+            ok = isinstance(entry, dict) and isinstance(entry.get("name"), str) and _is_int(entry.get("vocab_size"))
+            ok = ok and entry["vocab_size"] >= 1 and entry.get("ids") in (DIRECT, REMAPPED, ZERO)
+            ok = ok and isinstance(entry.get("tables"), list) and all(n in index for n in entry["tables"])
+            if not ok:
+                raise fail(
+                    f"fields[{f}]", f"expected name, vocab_size, ids and known tables; got {shorten(repr(entry))}"
+                )
+            mine = [index[n] for n in entry["tables"]]
+            listed = [k for k, t in enumerate(tables) if t.field == f]
+            if sorted(mine) != listed or len(set(mine)) != len(mine):
+                raise fail(f"fields[{f}]", "'tables' must list exactly the tables of this field")
+            kind, n = entry["ids"], entry["vocab_size"]
+            if kind == ZERO and mine:
+                raise fail(f"fields[{f}]", "a field of ids 'zero' has no tables")
+            if kind == DIRECT and (len(mine) != 1 or tables[mine[0]].num_embeddings != n):
+                raise fail(f"fields[{f}]", f"a field of ids 'direct' has one table of its {n} rows")
+            if kind == REMAPPED and not mine:
+                raise fail(f"fields[{f}]", "a field of ids 'remapped' has tables")
+            names.append(entry["name"])
+            vocab.append(n)
+            kinds.append(kind)
+            field_tables.append(mine)
+        projections, projected = [], set()
+        raw_projections = meta.get("projections")
+        if not isinstance(raw_projections, list):
+            raise fail("projections", "expected a list")
+        for p, entry in enumerate(raw_projections):
+            fields = entry.get("fields") if isinstance(entry, dict) else None
+            ok = entry.get("name") == f"p{p}" and isinstance(fields, list) and len(fields) > 0 if fields else False
+            ok = ok and all(_is_int(f) and 0 <= f < len(names) and kinds[f] == DIRECT for f in fields)
+            ok = ok and all(tables[field_tables[f][0]].width == entry.get("width") for f in fields)
+            if not ok or projected & set(fields) or len(set(fields)) != len(fields):
+                raise fail(
+                    f"projections[{p}]",
+                    f"expected name 'p{p}' and fields read directly from tables of its width, each projected once",
+                )
+            projected.update(fields)
+            projections.append((entry["name"], tuple(fields), entry["width"]))
+        return cls(dim, names, vocab, kinds, field_tables, tables, projections)
+
+    def check_tables(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
+        """Exactly one float32 ``[num_embeddings, width]`` weight of finite values per table."""
+        want = {weight_key(t.name): t for t in self.tables}
+        if extra := sorted(set(tensors) - set(want)):
+            raise ModelFileError(f"{where}: tensors of no table: {shorten(str(extra))}")
+        for key, t in want.items():
+            if key not in tensors:
+                raise ModelFileError(f"{where}: missing tensor '{key}'")
+            w = tensors[key]
+            if w.dtype != torch.float32 or tuple(w.shape) != (t.num_embeddings, t.width):
+                raise ModelFileError(
+                    f"{where}: tensor '{key}': {_describe(w)}, expected float32 [{t.num_embeddings}, {t.width}]"
+                )
+            if not all_finite(w):
+                raise ModelFileError(f"{where}: tensor '{key}': holds non-finite values")
+
+    def check_lookup(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
+        """Remaps of remapped fields (every id to a table of the field or -1, each table's rows taken once)
+        and projections ``[F_p, w, d]`` of finite float32."""
+        want = {f"projection.{name}" for name, _, _ in self.projections}
+        want |= {
+            f"remap.{f}.{part}"
+            for f, kind in enumerate(self.field_ids)
+            if kind == REMAPPED
+            for part in ("table", "row")
+        }
+        if extra := sorted(set(tensors) - want):
+            raise ModelFileError(f"{where}: tensors of no remapped field or projection: {shorten(str(extra))}")
+        if missing := sorted(want - set(tensors)):
+            raise ModelFileError(f"{where}: missing tensors {shorten(str(missing))}")
+        for name, fields, width in self.projections:
+            key = f"projection.{name}"
+            proj = tensors[key]
+            if proj.dtype != torch.float32 or tuple(proj.shape) != (len(fields), width, self.dim):
+                raise ModelFileError(
+                    f"{where}: tensor '{key}': {_describe(proj)}, expected float32 [{len(fields)}, {width}, {self.dim}]"
+                )
+            if not all_finite(proj):
+                raise ModelFileError(f"{where}: tensor '{key}': holds non-finite values")
+        for f, kind in enumerate(self.field_ids):
+            if kind != REMAPPED:
+                continue
+            n, mine = self.vocab_sizes[f], self.field_tables[f]
+            table, row = tensors[f"remap.{f}.table"], tensors[f"remap.{f}.row"]
+            if table.dtype not in (torch.int8, torch.int16) or tuple(table.shape) != (n,):
+                raise ModelFileError(
+                    f"{where}: tensor 'remap.{f}.table': {_describe(table)}, expected int8 or int16 [{n}]"
+                )
+            if row.dtype not in (torch.int32, torch.int64) or tuple(row.shape) != (n,):
+                raise ModelFileError(
+                    f"{where}: tensor 'remap.{f}.row': {_describe(row)}, expected int32 or int64 [{n}]"
+                )
+            table, row = table.long(), row.long()
+            if bool(((table < -1) | (table >= len(mine))).any()):
+                raise ModelFileError(f"{where}: tensor 'remap.{f}.table': a value outside [-1, {len(mine)})")
+            stored = table >= 0
+            counts = torch.tensor([self.tables[k].num_embeddings for k in mine], dtype=torch.long)
+            t, r = table[stored], row[stored]
+            covered = torch.bincount(t, minlength=len(mine))
+            if bool(((r < 0) | (r >= counts[t])).any()) or not torch.equal(covered, counts):
+                raise ModelFileError(f"{where}: tensor 'remap.{f}.row': rows do not cover each table of the field once")
+            flat = t * int(counts.max()) + r
+            if len(torch.unique(flat)) != len(flat):
+                raise ModelFileError(f"{where}: tensor 'remap.{f}.row': a table row is taken by two ids")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _describe(tensor: torch.Tensor) -> str:
+    return f"{str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}"
+
+
+def verify_torchrec_folder(folder: str | Path) -> dict[str, Any]:
+    """``torchrec.json`` of an export whose files are exactly the expected ones, in the known format, and
+    unchanged since export (every SHA-256 matches); anything else is a :class:`ModelFileError` naming the
+    file and field."""
+    return verify_folder(Path(folder), TORCHREC_JSON, TORCHREC_FILES, FORMAT_VERSION, "TorchRec export")
+
+
+def load_torchrec(folder: str | Path) -> tuple[EmbeddingBagCollection, TorchRecEmbedding]:
+    """Read an export (JSON and safetensors only, no pickle), verified and checked before use.
+
+    Returns:
+        a plain CPU ``EmbeddingBagCollection`` holding every table's weights (its configs:
+        ``ebc.embedding_bag_configs()``), and the :class:`TorchRecEmbedding` that maps ids ``[B, F]`` through
+        it to ``[B, F, d]`` (it holds the same collection as ``.collection``).
+    """
+    folder = Path(folder)
+    meta = verify_torchrec_folder(folder)
+    layout = TorchRecLayout.from_json(meta, folder / TORCHREC_JSON)
+    weights = read_safetensors(folder / TABLES_TENSORS)
+    layout.check_tables(weights, folder / TABLES_TENSORS)
+    lookup = read_safetensors(folder / LOOKUP_TENSORS)
+    layout.check_lookup(lookup, folder / LOOKUP_TENSORS)
+    with torch.random.fork_rng(devices=[]):  # its own initial draws are replaced: leave the global RNG alone
+        ebc = EmbeddingBagCollection(tables=[t.config() for t in layout.tables], device=torch.device("cpu"))
+    ebc.load_state_dict(weights, assign=True)
+    return ebc, TorchRecEmbedding(ebc, layout, lookup)
+
+
+# ---------------------------------------------------------------------- lookup
+class TorchRecEmbedding(nn.Module):
+    """ids ``[B, F]`` (int64, the slim model's ids) -> ``[B, F, d]`` through a TorchRec ``EmbeddingBagCollection``.
+
+    ``forward(ids) = combine(collection(features(ids)), ids)``; a server running its own (sharded)
+    collection of the same tables calls :meth:`features` and :meth:`combine` around it.
+    """
+
+    def __init__(self, collection: EmbeddingBagCollection, layout: TorchRecLayout, lookup: dict[str, torch.Tensor]):
+        super().__init__()
+        self.collection = collection
+        self.layout = layout
+        self.dim = layout.dim
+        self.num_fields = len(layout.field_names)
+        self.num_tables = num_tables = len(layout.tables)
+        self.feature_names = [t.name for t in layout.tables]
+        direct = [f for f, kind in enumerate(layout.field_ids) if kind == DIRECT]
+        remapped = [f for f, kind in enumerate(layout.field_ids) if kind == REMAPPED]
+        self.register_buffer("direct_fields", torch.tensor(direct, dtype=torch.long), persistent=False)
+        direct_tables = [layout.field_tables[f][0] for f in direct]
+        self.register_buffer("direct_tables", torch.tensor(direct_tables, dtype=torch.long), persistent=False)
+        # remapped fields: their ids' tables (numbered in the collection; K = none) and rows, back to back
+        self.register_buffer("remap_fields", torch.tensor(remapped, dtype=torch.long), persistent=False)
+        starts = np.cumsum([0] + [layout.vocab_sizes[f] for f in remapped])[:-1]
+        self.register_buffer("remap_starts", torch.tensor(starts, dtype=torch.long), persistent=False)
+        dtype = torch.int16 if num_tables < torch.iinfo(torch.int16).max else torch.int32
+        tables, rows = [], []
+        for f in remapped:
+            local = lookup[f"remap.{f}.table"].long()
+            ids = torch.tensor([*layout.field_tables[f], num_tables], dtype=torch.long)
+            tables.append(ids[torch.where(local >= 0, local, len(ids) - 1)].to(dtype))
+            rows.append(lookup[f"remap.{f}.row"])
+        row_dtype = torch.int64 if any(r.dtype == torch.int64 for r in rows) else torch.int32
+        self.register_buffer(
+            "remap_table", torch.cat(tables) if tables else torch.zeros(0, dtype=dtype), persistent=False
+        )
+        self.register_buffer(
+            "remap_row",
+            torch.cat([r.to(row_dtype) for r in rows]) if rows else torch.zeros(0, dtype=row_dtype),
+            persistent=False,
+        )
+        self.projections = nn.ParameterList(
+            [nn.Parameter(lookup[f"projection.{name}"], requires_grad=False) for name, _, _ in layout.projections]
+        )
+        self.register_buffer("columns", self._columns(), persistent=False)
+        table_starts = np.cumsum([0, *(t.width for t in layout.tables)])
+        #: per projection, where each of its fields' columns start in the pooled values
+        self._projected_starts = [
+            [int(table_starts[layout.field_tables[f][0]]) for f in fields] for _, fields, _ in layout.projections
+        ]
+
+    def _columns(self) -> torch.Tensor:
+        """For each table (and one row for "no table"), where output column ``j < d`` comes from in
+        ``[pooled values | projected fields | one zero]``, int64 ``[K + 1, d]``."""
+        widths = [t.width for t in self.layout.tables]
+        starts = np.cumsum([0, *widths])
+        pooled = int(starts[-1])
+        zero = pooled + sum(len(fields) * self.dim for _, fields, _ in self.layout.projections)
+        columns = torch.full((self.num_tables + 1, self.dim), zero, dtype=torch.long)
+        for k, w in enumerate(widths):
+            columns[k, :w] = torch.arange(starts[k], starts[k] + w)
+        start = pooled
+        for _, fields, _ in self.layout.projections:
+            for f in fields:
+                columns[self.layout.field_tables[f][0]] = torch.arange(start, start + self.dim)
+                start += self.dim
+        return columns
+
+    def remap(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids ``[B, F]`` -> each id's table (index into the collection's tables; ``num_tables``: none, embeds
+        to zeros) and its row in that table, int64 ``[B, F]`` twice."""
+        batch = ids.shape[0]
+        tables = torch.full((batch, self.num_fields), self.num_tables, dtype=torch.long, device=ids.device)
+        rows = torch.zeros((batch, self.num_fields), dtype=torch.long, device=ids.device)
+        if len(self.direct_fields):
+            tables[:, self.direct_fields] = self.direct_tables
+            rows[:, self.direct_fields] = ids[:, self.direct_fields]
+        if len(self.remap_fields):
+            flat = ids[:, self.remap_fields] + self.remap_starts
+            tables[:, self.remap_fields] = self.remap_table[flat].long()
+            rows[:, self.remap_fields] = self.remap_row[flat].long()
+        return tables, rows
+
+    def features(self, ids: torch.Tensor) -> KeyedJaggedTensor:
+        """ids ``[B, F]`` -> the collection's input: one feature per table (:attr:`feature_names`, the
+        collection's order), ``B`` bags each; a bag holds the id's row when the id lives in that table,
+        else nothing."""
+        batch = ids.shape[0]
+        tables, rows = self.remap(ids)
+        used = tables < self.num_tables
+        bag = (tables * batch + torch.arange(batch, device=ids.device).unsqueeze(1))[used]  # feature-major
+        order = torch.argsort(bag)
+        lengths = torch.zeros(self.num_tables * batch, dtype=torch.int32, device=ids.device)
+        lengths[bag] = 1
+        return KeyedJaggedTensor(keys=self.feature_names, values=rows[used][order], lengths=lengths, stride=batch)
+
+    def combine(self, pooled: KeyedTensor, ids: torch.Tensor) -> torch.Tensor:
+        """The collection's output for :meth:`features` (``ids [B, F]``) -> embeddings ``[B, F, d]``: each
+        field's vector from its id's table, zero-padded to ``d`` or projected, zeros where it has none."""
+        values = pooled.values()
+        if pooled.keys() != self.feature_names:
+            by_key = pooled.to_dict()
+            values = torch.cat([by_key[k] for k in self.feature_names], dim=1)
+        batch = ids.shape[0]
+        parts = [values]
+        for projection, starts in zip(self.projections, self._projected_starts, strict=True):
+            # [B, F_p, w], as the slim group gathers it, through the same einsum: the same bits
+            width = projection.shape[1]
+            raw = torch.stack([values[:, s : s + width] for s in starts], dim=1)
+            parts.append(project_fields(raw, projection, self.dim).flatten(1))
+        parts.append(torch.zeros(batch, 1, dtype=values.dtype, device=values.device))
+        flat = torch.cat(parts, dim=1)
+        tables, _ = self.remap(ids)
+        index = self.columns[tables].view(batch, self.num_fields * self.dim)
+        return flat.gather(1, index).view(batch, self.num_fields, self.dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.num_tables == 0:  # every field dropped
+            return torch.zeros(ids.shape[0], self.num_fields, self.dim, device=ids.device)
+        return self.combine(self.collection(self.features(ids)), ids)
+
+
+__all__ = [
+    "TorchRecEmbedding",
+    "TorchRecExport",
+    "TorchRecLayout",
+    "export_torchrec",
+    "load_torchrec",
+    "verify_torchrec_folder",
+    "zero_pad",
+]
