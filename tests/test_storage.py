@@ -34,9 +34,10 @@ def test_field_bounds_place_fields_back_to_back():
     assert field_bounds([]).tolist() == [0]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 @pytest.mark.parametrize("dim", [6, 300])  # uint8 and int16 sizes / column indices
 @pytest.mark.parametrize("storage", ["dense", "ragged", "csr"])
-def test_a_plans_bytes_are_the_bytes_its_slim_model_stores(storage, dim):
+def test_a_plans_bytes_are_the_bytes_its_slim_model_stores(storage, dim, precision):
     gen = torch.Generator().manual_seed(dim)
     rows = (40, 25)
     n = sum(rows)
@@ -57,7 +58,8 @@ def test_a_plans_bytes_are_the_bytes_its_slim_model_stores(storage, dim):
         widths = [int(r.max()) for r in row_sizes]
         plan = EmbeddingPlan("x", ["a", "b"], list(rows), dim, widths, storage=storage, row_sizes=row_sizes)
         groups = [group]
-    slim = SlimEmbedding(plan, groups)
+    slim = SlimEmbedding(plan, groups).with_precision(precision)
+    plan = slim.plan
     assert plan.num_bytes == slim.stored_bytes()
     assert plan.num_bytes == sum(plan.field_bytes()) + plan.kind.index_bytes(plan)[1]
     if storage == "ragged":

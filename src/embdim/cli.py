@@ -273,9 +273,14 @@ def export(
     """Export a trained model: a bundle (optionally with fp16 or int8 tables), TorchRec tables with their
     weights, or the network as TorchScript or ONNX; prints what was written and its size."""
     from embdim.serve import EXPORT_FORMATS, export_bundle
+    from embdim.storage import VALUE_PRECISIONS
 
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"--format {shorten(repr(format))}: use one of {', '.join(EXPORT_FORMATS)}")
+    if precision not in VALUE_PRECISIONS:
+        raise ConfigError(f"--precision {shorten(repr(precision))}: use one of {', '.join(VALUE_PRECISIONS)}")
+    if format == "torchrec" and precision != "fp32":
+        raise ConfigError("--format torchrec writes float32 tables: use --precision fp32")
     target = output or Path(run) / (f"export-{format}" + ("" if precision == "fp32" else f"-{precision}"))
     if target.exists() and not force:
         raise ConfigError(f"{target} exists: use --force to replace it")

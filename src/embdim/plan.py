@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from embdim.storage import FLOAT_BYTES, STORAGE_KINDS, RaggedIndex, RaggedStorage, StorageKind
+from embdim.storage import FLOAT_BYTES, STORAGE_KINDS, VALUE_PRECISIONS, RaggedIndex, RaggedStorage, StorageKind
 
 
 @dataclass
@@ -32,6 +32,8 @@ class EmbeddingPlan:
             kept values; F int arrays ``[n_f]``. ``None`` for ``dense``.
         extra_params: parameters outside the tables that the slim embedding needs (projections).
         details: method-specific JSON-able summary (thresholds, temperatures, ...).
+        precision: how each kept value is stored: ``fp32`` (as trained), ``fp16`` or ``int8`` row-wise
+            (:data:`embdim.storage.VALUE_PRECISIONS`); projections stay float32.
     """
 
     method: str
@@ -43,6 +45,7 @@ class EmbeddingPlan:
     row_sizes: list[np.ndarray] | None = None
     extra_params: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         F = len(self.field_names)
@@ -52,6 +55,8 @@ class EmbeddingPlan:
             raise ValueError(f"field_dims must lie in [0, {self.dim}], got {self.field_dims}")
         if self.storage not in STORAGE_KINDS:
             raise ValueError(f"storage must be one of {sorted(STORAGE_KINDS)}, got {self.storage!r}")
+        if self.precision not in VALUE_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(VALUE_PRECISIONS)}, got {self.precision!r}")
         self.row_sizes = self.kind.checked_rows(self)
 
     # ------------------------------------------------------------------ sizes
@@ -110,6 +115,7 @@ class EmbeddingPlan:
         return {
             "method": self.method,
             "storage": self.storage,
+            "precision": self.precision,
             "embedding_params": self.num_params,
             "embedding_bytes": self.num_bytes,
             "full_embedding_params": full_params,
@@ -132,6 +138,7 @@ class EmbeddingPlan:
             "row_sizes": None if self.row_sizes is None else [r.tolist() for r in self.row_sizes],
             "extra_params": int(self.extra_params),
             "details": self.details,
+            "precision": self.precision,
         }
 
     @classmethod

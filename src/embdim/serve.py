@@ -49,12 +49,15 @@ from embdim.recommender import (
     BUNDLE_FILES,
     MODEL_JSON,
     Recommender,
+    export_model,
     folder_bytes,
     is_bundle,
     load_model,
+    staged_folder,
 )
 from embdim.registry import READERS
 from embdim.slim import RaggedGroup, SlimEmbedding, read_json
+from embdim.storage import VALUE_PRECISIONS
 from embdim.train.evaluate import DEFAULT_BUCKET_EDGES, group_by_frequency, row_frequencies
 from embdim.train.metrics import log_loss, roc_auc
 
@@ -307,10 +310,16 @@ NETWORK_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 EXPORT_JSON = "export.json"
 
 
-def export_bundle(source: str | Path, target: str | Path, format: str = "bundle") -> dict[str, Any]:
-    """Write ``source``'s bundle (a run folder or a bundle) to the folder ``target`` in ``format``:
+def export_bundle(
+    source: str | Path, target: str | Path, format: str = "bundle", precision: str = "fp32"
+) -> dict[str, Any]:
+    """Write ``source``'s bundle (a run folder or a bundle) to the folder ``target`` in ``format``, its
+    embedding values stored in ``precision`` (``fp32``; ``fp16``; ``int8`` row-wise, see
+    :meth:`~embdim.slim.SlimEmbedding.with_precision`):
 
-    - ``bundle``: a copy of the bundle (verified; scores raw rows with :func:`load`);
+    - ``bundle``: a bundle (verified; scores raw rows with :func:`load`);
+    - ``torchrec``: the slim embedding as TorchRec tables with their weights and id remaps
+      (:mod:`embdim.torchrec_export`; float32 tables only);
     - ``torchscript`` / ``onnx``: the network on encoded rows, ``(ids int64 [B, F], dense float32 [B, Dn])
       -> logits [B]`` (no ``dense`` input when the model has none), traced from the slim model, with the
       batch size free; the encoder stays in the bundle (``encoder.json``, ``vocab.parquet``) to encode
@@ -318,37 +327,41 @@ def export_bundle(source: str | Path, target: str | Path, format: str = "bundle"
       them only from a source you trust. ONNX has no sorted search, so run-indexed ragged tables (AMTL)
       are written with one offset per row there, which gives the same vectors.
 
-    ``target`` is written next to its place and renamed into it. Returns what was written: format, files,
-    bytes, and the largest logit difference to the bundle on a few hundred of its own random rows.
+    ``target`` is written next to its place and renamed into it. Returns what was written: format,
+    precision, files, bytes (the folder's, and the embedding's), and the largest difference to the fp32
+    bundle on a few hundred random rows of its own: logits, or embeddings for ``torchrec``.
     """
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+    if precision not in VALUE_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(VALUE_PRECISIONS)}, got {precision!r}")
     bundle = Bundle.load(source)
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    model = bundle.model
+    if precision != model.embedding.plan.precision:
+        model = Recommender(model.embedding.with_precision(precision), model.model, model.model_name, model.precision)
+    report: dict[str, Any] = {"format": format, "precision": precision, "source": str(bundle.folder)}
+    with staged_folder(Path(target)) as tmp:
         if format == "bundle":
-            shutil.copytree(bundle.folder, tmp)
-            check = Bundle.load(tmp).model
-        elif format in NETWORK_FILES:
-            tmp.mkdir(parents=True)
-            check = _export_network(bundle.model, tmp / NETWORK_FILES[format], format)
+            extra = {k: bundle.meta[k] for k in ("dataset", "method") if k in bundle.meta}
+            export_model(model, tmp, extra, {name: bundle.folder / name for name in BUNDLE_FILES})
+            report["max_abs_logit_diff"] = _max_logit_diff(bundle.model, Bundle.load(tmp).model)
+        elif format == "torchrec":
+            from embdim.torchrec_export import export_torchrec, load_torchrec
+
+            shutil.rmtree(tmp)  # the TorchRec export stages its own folder
+            report["torchrec_bytes"] = export_torchrec(model.embedding, tmp).bytes()
+            _, embedding = load_torchrec(tmp)
+            ids = _example_inputs(bundle.model, 512, seed=1)[0]
+            with torch.no_grad():
+                report["max_abs_embedding_diff"] = float((embedding(ids) - bundle.model.embedding(ids)).abs().max())
         else:
-            raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
-        report = {
-            "format": format,
-            "source": str(bundle.folder),
-            "files": sorted(p.name for p in tmp.iterdir()),
-            "bytes": folder_bytes(tmp),
-            "max_abs_logit_diff": _max_logit_diff(bundle.model, check),
-        }
-        if format != "bundle":  # a bundle holds only its own files
+            check = _export_network(model, tmp / NETWORK_FILES[format], format)
+            report["max_abs_logit_diff"] = _max_logit_diff(bundle.model, check)
+        report["embedding_bytes"] = model.embedding.stored_bytes()
+        report["files"] = sorted(p.name for p in tmp.iterdir())
+        report["bytes"] = folder_bytes(tmp)
+        if format in NETWORK_FILES:  # a bundle and a TorchRec export hold only their own files
             (tmp / EXPORT_JSON).write_text(json.dumps(report, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 
@@ -397,7 +410,8 @@ def _with_row_offsets(slim: SlimEmbedding) -> SlimEmbedding:
             sizes = group.stored_sizes()
             offsets = torch.zeros(len(sizes) + 1, dtype=torch.int64)
             offsets[1:] = sizes.cumsum(0)
-            group = RaggedGroup(group.field_ids, group.rows, group.values.detach(), {"offsets": offsets}, group.dim)
+            values, params = group.values.detach(), group.row_params()
+            group = RaggedGroup(group.field_ids, group.rows, values, {"offsets": offsets}, group.dim, params)
         groups.append(group)
     return SlimEmbedding(slim.plan, groups)
 

@@ -11,11 +11,17 @@ back to back (row ``offset_f + id``) in one of three layouts:
 - :class:`CsrGroup`: row i keeps ``nnz_i`` values at given columns: ``values``, ``columns`` (uint8
   or int16) and ``offsets [rows + 1]``.
 
+Values are stored in the plan's precision (:data:`embdim.storage.VALUE_PRECISIONS`): float32 as trained,
+float16, or int8 row-wise, uint8 codes with a float16 ``scale`` and ``bias`` per row
+(:func:`encode_values`); a lookup decodes the rows it reads to float32. :meth:`SlimEmbedding.with_precision`
+converts a float32 embedding.
+
 Saved as ``embedding.safetensors`` + ``embedding.json`` (no pickle).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -31,7 +37,10 @@ from embdim.errors import ModelFileError, shorten
 from embdim.measures import all_finite
 from embdim.plan import EmbeddingPlan
 from embdim.storage import (
+    ROW_PARAM_DTYPE,
+    ROW_WISE,
     VALUE_DTYPE,
+    VALUE_PRECISIONS,
     column_dtype,
     equal_size_runs,
     field_bounds,
@@ -51,7 +60,52 @@ def _torch(dtype: np.dtype) -> torch.dtype:
     return getattr(torch, dtype.name)
 
 
-VALUES = _torch(VALUE_DTYPE)  # every stored value and projection weight
+VALUES = _torch(VALUE_DTYPE)  # every trained value and projection weight
+STORED = {name: _torch(dtype) for name, dtype in VALUE_PRECISIONS.items()}  # stored values, by precision
+ROW_PARAMS = _torch(ROW_PARAM_DTYPE)  # an int8 row's scale and bias
+CODE_MAX = 255  # the largest uint8 code
+
+
+def precision_of(values: torch.Tensor) -> str:
+    """The precision whose stored dtype ``values`` has."""
+    for name, dtype in STORED.items():
+        if values.dtype == dtype:
+            return name
+    raise ValueError(f"values of dtype {values.dtype} are in no storage precision ({', '.join(STORED)})")
+
+
+def encode_values(
+    values: torch.Tensor, precision: str, row_of: torch.Tensor | None = None, num_rows: int | None = None
+) -> dict[str, torch.Tensor]:
+    """float32 values in a storage precision: ``{"values": ...}``, for int8 also ``"scale"``, ``"bias"``.
+
+    Args:
+        values: a table ``[R, w]`` (row ``i`` is ``values[i]``), or flat values ``[nnz]`` of ragged rows
+            whose row each value belongs to is ``row_of`` ``[nnz]`` (rows ``0..num_rows-1``).
+        precision: ``fp32``, ``fp16`` or ``int8``.
+    Returns:
+        values in the precision's dtype, same shape; int8: uint8 codes ``round((x - bias) / scale)`` with
+        float16 ``scale = (max - min) / 255`` and ``bias = min`` per row ``[R]`` (both rounded to float16
+        before the codes are computed, so decoding uses exactly what is stored; an empty or constant row
+        has scale 0 and codes 0).
+    """
+    if precision != ROW_WISE:
+        return {"values": values.detach().to(STORED[precision])}
+    values = values.detach().float()
+    if row_of is None:
+        lo, hi = values.amin(1), values.amax(1)
+        rows = torch.arange(values.shape[0]).unsqueeze(1)
+    else:
+        inf = torch.full((num_rows,), torch.inf)
+        lo = inf.scatter_reduce(0, row_of, values, "amin")
+        hi = (-inf).scatter_reduce(0, row_of, values, "amax")
+        empty = torch.isinf(lo)
+        lo, hi = lo.masked_fill(empty, 0.0), hi.masked_fill(empty, 0.0)
+        rows = row_of
+    scale, bias = ((hi - lo) / CODE_MAX).to(ROW_PARAMS), lo.to(ROW_PARAMS)
+    s, b = scale.float()[rows], bias.float()[rows]
+    codes = torch.where(s > 0, (values - b) / s.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    return {"values": codes.round().clamp(0, CODE_MAX).to(STORED[ROW_WISE]), "scale": scale, "bias": bias}
 
 
 def project_fields(raw: torch.Tensor, projection: torch.Tensor | None, dim: int) -> torch.Tensor:
@@ -102,7 +156,60 @@ class SlimGroup(nn.Module, ABC):
             "field_ids": list(self.field_ids),
             "rows": list(self.rows),
             "dim": self.dim,
+            "precision": self.precision,
         }
+
+    # ------------------------------------------------------------------ stored values
+    def _keep_values(self, name: str, values: torch.Tensor, row_params: dict[str, torch.Tensor]) -> None:
+        """Hold ``values`` as attribute ``name``: float32 as a trainable parameter, a stored precision as a
+        buffer, with an int8 group's per-row ``scale`` and ``bias`` [sum rows] (float16). Other float dtypes
+        (float64, bfloat16) are trained values: kept as float32."""
+        if values.is_floating_point() and values.dtype not in STORED.values():
+            values = values.to(VALUES)
+        self.precision = precision_of(values)
+        self._values_name = name
+        if self.precision == "fp32":
+            setattr(self, name, nn.Parameter(values.detach()))
+        else:
+            self.register_buffer(name, values.detach())
+        if (self.precision == ROW_WISE) != bool(row_params) or set(row_params) - {"scale", "bias"}:
+            raise ValueError("int8 values need a float16 'scale' and 'bias' per row; other precisions have none")
+        for key, tensor in row_params.items():
+            self.register_buffer(key, tensor.detach())
+
+    def row_params(self) -> dict[str, torch.Tensor]:
+        """An int8 group's ``scale`` and ``bias`` ``[sum rows]``; empty for other precisions."""
+        return {"scale": self.scale, "bias": self.bias} if self.precision == ROW_WISE else {}
+
+    def decode(self, stored: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Gathered stored values ``[..., k]`` of global rows ``rows`` ``[...]`` as float32 ``[..., k]``."""
+        if self.precision == "fp32":
+            return stored
+        if self.precision != ROW_WISE:
+            return stored.float()
+        scale, bias = self.scale[rows].float().unsqueeze(-1), self.bias[rows].float().unsqueeze(-1)
+        return stored.float() * scale + bias
+
+    def value_rows(self) -> torch.Tensor | None:
+        """The global row of each stored value ``[nnz]`` for flat values; ``None`` for a table."""
+        sizes = self.stored_sizes()
+        return torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+
+    def float_values(self) -> torch.Tensor:
+        """The stored values decoded to float32 (a table ``[R, w]`` or flat ``[nnz]``)."""
+        stored = getattr(self, self._values_name).detach()
+        rows = self.value_rows()
+        if rows is None:
+            return self.decode(stored, torch.arange(stored.shape[0]))
+        return self.decode(stored.unsqueeze(-1), rows).squeeze(-1)
+
+    @abstractmethod
+    def with_precision(self, precision: str) -> SlimGroup:
+        """The same rows with their (decoded) values stored in ``precision``."""
+
+    def _encoded(self, precision: str) -> dict[str, torch.Tensor]:
+        rows = self.value_rows()
+        return encode_values(self.float_values(), precision, rows, sum(self.rows))
 
     @property
     def width(self) -> int:
@@ -138,13 +245,22 @@ class SlimGroup(nn.Module, ABC):
 
 
 class DenseGroup(SlimGroup):
-    """A table ``weight [sum rows, w]``, zero-padded or projected (``projection [F_g, w, d]``) to ``d``."""
+    """A table ``weight [sum rows, w]``, zero-padded or projected (``projection [F_g, w, d]``) to ``d``; int8
+    tables also hold ``scale`` and ``bias`` ``[sum rows]``."""
 
     kind = "dense"
 
-    def __init__(self, field_ids, rows, weight: torch.Tensor, projection: torch.Tensor | None, dim: int) -> None:
+    def __init__(
+        self,
+        field_ids,
+        rows,
+        weight: torch.Tensor,
+        projection: torch.Tensor | None,
+        dim: int,
+        row_params: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__(field_ids, rows, dim)
-        self.weight = nn.Parameter(weight.detach().to(VALUES))
+        self._keep_values("weight", weight, row_params or {})
         self.projection = None if projection is None else nn.Parameter(projection.detach().to(VALUES))
 
     @property
@@ -152,32 +268,49 @@ class DenseGroup(SlimGroup):
         return self.dim if self.projection is not None else self.weight.shape[1]
 
     def narrow(self, ids: torch.Tensor) -> torch.Tensor:
-        raw = nn.functional.embedding(self.global_rows(ids), self.weight)
+        rows = self.global_rows(ids)
+        if self.precision == "fp32":
+            raw = nn.functional.embedding(rows, self.weight)
+        else:
+            raw = self.decode(self.weight[rows], rows)
         return raw if self.projection is None else project_fields(raw, self.projection, self.dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return project_fields(self.narrow(ids), None, self.dim)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"weight": self.weight.detach()}
+        out = {"weight": self.weight.detach(), **self.row_params()}
         if self.projection is not None:
             out["projection"] = self.projection.detach()
         return out
 
     @classmethod
     def from_saved(cls, layout, tensors):
-        return cls(layout["field_ids"], layout["rows"], tensors["weight"], tensors.get("projection"), layout["dim"])
+        params = {k: tensors[k] for k in ("scale", "bias") if k in tensors}
+        return cls(
+            layout["field_ids"], layout["rows"], tensors["weight"], tensors.get("projection"), layout["dim"], params
+        )
+
+    def value_rows(self) -> None:
+        return None
+
+    def with_precision(self, precision: str) -> DenseGroup:
+        encoded = self._encoded(precision)
+        weight = encoded.pop("values")
+        projection = None if self.projection is None else self.projection.detach()
+        return DenseGroup(self.field_ids, self.rows, weight, projection, self.dim, encoded)
 
     def stored_sizes(self) -> torch.Tensor:
         return torch.full((self.weight.shape[0],), self.weight.shape[1], dtype=torch.long)
 
     @classmethod
     def check_saved(cls, layout, tensors):
-        _expect_names(tensors, {"weight"}, {"projection"})
+        _expect_names(tensors, {"weight", *_row_param_names(layout)}, {"projection"})
         dim, rows = layout["dim"], sum(layout["rows"])
-        weight = _expect_tensor(tensors, "weight", FLOAT_DTYPES, 2)
+        weight = _expect_tensor(tensors, "weight", _stored_dtypes(layout), 2)
         if weight.shape[0] != rows or not 1 <= weight.shape[1] <= dim:
             raise ValueError(f"weight: shape {tuple(weight.shape)}, expected [{rows}, 1..{dim}]")
+        _check_row_params(layout, tensors, rows)
         if "projection" in tensors:
             proj = _expect_tensor(tensors, "projection", FLOAT_DTYPES, 3)
             want = (len(layout["field_ids"]), weight.shape[1], dim)
@@ -196,9 +329,17 @@ class RaggedGroup(SlimGroup):
 
     kind = "ragged"
 
-    def __init__(self, field_ids, rows, values: torch.Tensor, index: dict[str, torch.Tensor], dim: int) -> None:
+    def __init__(
+        self,
+        field_ids,
+        rows,
+        values: torch.Tensor,
+        index: dict[str, torch.Tensor],
+        dim: int,
+        row_params: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__(field_ids, rows, dim)
-        self.values = nn.Parameter(values.detach().to(VALUES))
+        self._keep_values("values", values, row_params or {})
         self.index_names = tuple(sorted(index))
         if self.index_names not in (("offsets",), ("run_offsets", "run_rows", "run_sizes")):
             raise ValueError(f"a ragged index is 'offsets' or 'run_rows', 'run_offsets', 'run_sizes'; got {index}")
@@ -243,16 +384,25 @@ class RaggedGroup(SlimGroup):
         return self.run_offsets[run].long() + (g - self.run_rows[run].long()) * sizes, sizes
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        pos, valid = self._ragged_positions(*self.starts_and_sizes(self.global_rows(ids)))
-        return torch.where(valid, self.values[pos], 0.0)
+        rows = self.global_rows(ids)
+        pos, valid = self._ragged_positions(*self.starts_and_sizes(rows))
+        return torch.where(valid, self.decode(self.values[pos], rows), 0.0)
 
     def tensors(self):
-        return {"values": self.values.detach(), **{name: getattr(self, name) for name in self.index_names}}
+        index = {name: getattr(self, name) for name in self.index_names}
+        return {"values": self.values.detach(), **self.row_params(), **index}
 
     @classmethod
     def from_saved(cls, layout, tensors):
-        index = {k: v for k, v in tensors.items() if k != "values"}
-        return cls(layout["field_ids"], layout["rows"], tensors["values"], index, layout["dim"])
+        index = {k: v for k, v in tensors.items() if k not in ("values", "scale", "bias")}
+        params = {k: tensors[k] for k in ("scale", "bias") if k in tensors}
+        return cls(layout["field_ids"], layout["rows"], tensors["values"], index, layout["dim"], params)
+
+    def with_precision(self, precision: str) -> RaggedGroup:
+        encoded = self._encoded(precision)
+        values = encoded.pop("values")
+        index = {name: getattr(self, name) for name in self.index_names}
+        return RaggedGroup(self.field_ids, self.rows, values, index, self.dim, encoded)
 
     def stored_sizes(self) -> torch.Tensor:
         return self.starts_and_sizes(torch.arange(sum(self.rows)))[1]
@@ -260,12 +410,14 @@ class RaggedGroup(SlimGroup):
     @classmethod
     def check_saved(cls, layout, tensors):
         dim, rows = layout["dim"], sum(layout["rows"])
-        values = _expect_tensor(tensors, "values", FLOAT_DTYPES, 1)
+        values = _expect_tensor(tensors, "values", _stored_dtypes(layout), 1)
+        _check_row_params(layout, tensors, rows)
+        params = _row_param_names(layout)
         if "offsets" in tensors:
-            _expect_names(tensors, {"values", "offsets"})
+            _expect_names(tensors, {"values", "offsets", *params})
             _check_offsets(tensors, "offsets", rows, len(values), dim)
             return
-        _expect_names(tensors, {"values", "run_rows", "run_offsets", "run_sizes"})
+        _expect_names(tensors, {"values", "run_rows", "run_offsets", "run_sizes", *params})
         run_rows = _expect_tensor(tensors, "run_rows", INDEX_DTYPES, 1).long()
         runs = len(run_rows) - 1
         if runs < 0 or run_rows[0] != 0 or run_rows[-1] != rows or bool((torch.diff(run_rows) <= 0).any()):
@@ -284,9 +436,11 @@ class CsrGroup(SlimGroup):
 
     kind = "csr"
 
-    def __init__(self, field_ids, rows, values, columns, offsets, dim: int) -> None:
+    def __init__(
+        self, field_ids, rows, values, columns, offsets, dim: int, row_params: dict[str, torch.Tensor] | None = None
+    ) -> None:
         super().__init__(field_ids, rows, dim)
-        self.values = nn.Parameter(values.detach().to(VALUES))
+        self._keep_values("values", values, row_params or {})
         self.register_buffer("columns", columns.detach())
         self.register_buffer("offsets", offsets.detach())
 
@@ -303,34 +457,35 @@ class CsrGroup(SlimGroup):
         g = self.global_rows(ids)
         starts = self.offsets[g].long()
         pos, valid = self._ragged_positions(starts, self.offsets[g + 1].long() - starts)
-        vals = torch.where(valid, self.values[pos], 0.0)
+        vals = torch.where(valid, self.decode(self.values[pos], g), 0.0)
         # invalid slots scatter a zero onto column 0, which a valid slot may also write: add, don't overwrite
         cols = torch.where(valid, self.columns[pos].long(), 0)
         out = torch.zeros(*ids.shape, self.dim, dtype=vals.dtype, device=vals.device)
         return out.scatter_add(-1, cols, vals)
 
     def tensors(self):
-        return {"values": self.values.detach(), "columns": self.columns, "offsets": self.offsets}
+        return {"values": self.values.detach(), **self.row_params(), "columns": self.columns, "offsets": self.offsets}
 
     @classmethod
     def from_saved(cls, layout, tensors):
-        return cls(
-            layout["field_ids"],
-            layout["rows"],
-            tensors["values"],
-            tensors["columns"],
-            tensors["offsets"],
-            layout["dim"],
-        )
+        params = {k: tensors[k] for k in ("scale", "bias") if k in tensors}
+        values, columns, offsets = tensors["values"], tensors["columns"], tensors["offsets"]
+        return cls(layout["field_ids"], layout["rows"], values, columns, offsets, layout["dim"], params)
+
+    def with_precision(self, precision: str) -> CsrGroup:
+        encoded = self._encoded(precision)
+        values = encoded.pop("values")
+        return CsrGroup(self.field_ids, self.rows, values, self.columns, self.offsets, self.dim, encoded)
 
     def stored_sizes(self) -> torch.Tensor:
         return torch.diff(self.offsets.long())
 
     @classmethod
     def check_saved(cls, layout, tensors):
-        _expect_names(tensors, {"values", "columns", "offsets"})
+        _expect_names(tensors, {"values", "columns", "offsets", *_row_param_names(layout)})
         dim, rows = layout["dim"], sum(layout["rows"])
-        values = _expect_tensor(tensors, "values", FLOAT_DTYPES, 1)
+        values = _expect_tensor(tensors, "values", _stored_dtypes(layout), 1)
+        _check_row_params(layout, tensors, rows)
         columns = _expect_tensor(tensors, "columns", SIZE_DTYPES, 1).long()
         if len(columns) != len(values) or bool(((columns < 0) | (columns >= dim)).any()):
             raise ValueError(f"columns: need {len(values)} column indices in [0, {dim})")
@@ -346,6 +501,27 @@ class CsrGroup(SlimGroup):
 FLOAT_DTYPES = (VALUES,)
 INDEX_DTYPES = (torch.int32, torch.int64)
 SIZE_DTYPES = (torch.uint8, torch.int16)
+
+
+def _stored_dtypes(layout: dict[str, Any]) -> tuple[torch.dtype, ...]:
+    """The dtype a group's values must have: its layout's precision's (``fp32`` when absent)."""
+    return (STORED[layout.get("precision", "fp32")],)
+
+
+def _row_param_names(layout: dict[str, Any]) -> set[str]:
+    return {"scale", "bias"} if layout.get("precision") == ROW_WISE else set()
+
+
+def _check_row_params(layout: dict[str, Any], tensors: dict[str, torch.Tensor], rows: int) -> None:
+    """An int8 group's ``scale`` and ``bias``: float16 ``[rows]``, finite, scales not negative."""
+    if missing := sorted(_row_param_names(layout) - set(tensors)):
+        raise ValueError(f"missing tensors {missing}")
+    for name in sorted(_row_param_names(layout)):
+        tensor = _expect_tensor(tensors, name, (ROW_PARAMS,), 1)
+        if len(tensor) != rows:
+            raise ValueError(f"{name}: {len(tensor)} values, expected one per row ({rows})")
+    if _row_param_names(layout) and bool((tensors["scale"] < 0).any()):
+        raise ValueError("scale: holds a negative scale")
 
 
 def _expect_names(tensors: dict[str, torch.Tensor], required: set[str], optional: set[str] = frozenset()) -> None:
@@ -393,6 +569,8 @@ class SlimEmbedding(nn.Module):
         held = [f for g in groups for f in g.field_ids]
         if len(set(held)) != len(held):
             raise ValueError("a field is stored by more than one group")
+        if any(g.precision != plan.precision for g in groups):
+            raise ValueError(f"every group must store its values in the plan's precision ({plan.precision})")
         self.num_fields = plan.num_fields
         self._identity = len(groups) == 1 and held == list(range(self.num_fields))
         for i, g in enumerate(groups):
@@ -426,6 +604,13 @@ class SlimEmbedding(nn.Module):
             parts.append(group.narrow(ids.index_select(1, getattr(self, f"_fields{i}"))).flatten(1))
         parts.append(torch.zeros(batch, 1, dtype=VALUES, device=ids.device))
         return torch.cat(parts, dim=1).index_select(1, self.gather).view(batch, self.num_fields, self.dim)
+
+    def with_precision(self, precision: str) -> SlimEmbedding:
+        """The same embedding with its values stored in ``precision`` (``fp32``, ``fp16`` or ``int8`` row-wise;
+        projections stay float32): what the bytes are and what a lookup returns change, the plan's sizes not.
+        Converting a converted embedding decodes its values first."""
+        plan = dataclasses.replace(self.plan, precision=precision)
+        return SlimEmbedding(plan, [g.with_precision(precision) for g in self.groups])
 
     def stored_bytes(self) -> int:
         """Bytes of every stored tensor (values, projections, index structures)."""
@@ -512,6 +697,9 @@ def _check_layout(layout: Any, plan: EmbeddingPlan, held: set[int], where: str) 
         raise ModelFileError(f"{where}: 'rows' {shorten(str(rows))} differ from the plan's vocabulary sizes {want}")
     if layout.get("dim") != plan.dim:
         raise ModelFileError(f"{where}: 'dim' {layout.get('dim')!r} differs from the plan's {plan.dim}")
+    if layout.get("precision", "fp32") != plan.precision:
+        found = layout.get("precision")
+        raise ModelFileError(f"{where}: 'precision' {found!r} differs from the plan's {plan.precision}")
 
 
 def read_json(path: Path) -> dict[str, Any]:

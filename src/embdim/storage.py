@@ -14,7 +14,13 @@ Rows that store nothing are features dropped entirely; they embed to zeros. The 
 stored array (values, offsets, sizes, column indices) are chosen here and nowhere else, so the
 bytes a plan reports are the bytes its slim model writes.
 
-A new kind (a quantised or hashed table) is one subclass here plus its slim group::
+Orthogonal to the kind, a plan's ``precision`` says how each kept value is stored
+(:data:`VALUE_PRECISIONS`): ``fp32`` (what training produces), ``fp16``, or ``int8`` row-wise: one
+unsigned byte per value and, per row, a float16 ``scale`` and ``bias`` (value = code * scale + bias),
+the layout of fbgemm's quantised tables. Every row of a stored field gets its scale and bias, empty
+rows included, so a lookup finds them by row without an index.
+
+A new kind (a hashed table, say) is one subclass here plus its slim group::
 
     class HalfStorage(DenseStorage):
         name = "half"
@@ -31,9 +37,25 @@ from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 
-#: Every stored embedding value (and every projection weight) is float32.
+#: Every trained embedding value (and every projection weight) is float32.
 VALUE_DTYPE = np.dtype(np.float32)
 FLOAT_BYTES = VALUE_DTYPE.itemsize
+
+#: How a plan's kept values are stored, by its ``precision``.
+VALUE_PRECISIONS: dict[str, np.dtype] = {
+    "fp32": VALUE_DTYPE,
+    "fp16": np.dtype(np.float16),
+    "int8": np.dtype(np.uint8),
+}
+ROW_WISE = "int8"
+"""The precision whose rows carry their own scale and bias."""
+ROW_PARAM_DTYPE = np.dtype(np.float16)
+"""Dtype of an int8 row's scale and of its bias."""
+
+
+def row_param_bytes(precision: str) -> int:
+    """Bytes a stored row costs besides its values: int8's scale and bias, nothing otherwise."""
+    return 2 * ROW_PARAM_DTYPE.itemsize if precision == ROW_WISE else 0
 
 STORAGE_KINDS: dict[str, StorageKind] = {}
 
@@ -89,6 +111,7 @@ class Sizes(Protocol):
     dim: int
     field_dims: list[int]
     row_sizes: list[np.ndarray] | None
+    precision: str
 
     @property
     def num_fields(self) -> int: ...
@@ -141,14 +164,24 @@ class StorageKind(ABC):
         by all fields, counted once)."""
 
     def value_bytes(self, plan: Sizes) -> int:
-        """Bytes of one stored value (with its column index where the layout keeps one)."""
-        return FLOAT_BYTES
+        """Bytes of one stored value in the plan's precision (with its column index where the layout keeps one)."""
+        return VALUE_PRECISIONS[plan.precision].itemsize
+
+    def stored_rows(self, plan: Sizes) -> list[int]:
+        """Per field, the rows its storage holds (every row; a dense field cut to width 0 holds none)."""
+        if self.per_row:
+            return list(plan.vocab_sizes)
+        return [n if d > 0 else 0 for n, d in zip(plan.vocab_sizes, plan.field_dims, strict=True)]
 
     def field_bytes(self, plan: Sizes) -> list[int]:
-        """Bytes each field's storage takes: its values plus its share of the row index."""
-        per_value = self.value_bytes(plan)
+        """Bytes each field's storage takes: its values, its rows' scales and biases (int8), and its share
+        of the row index."""
+        per_value, per_row = self.value_bytes(plan), row_param_bytes(plan.precision)
         index, _ = self.index_bytes(plan)
-        return [p * per_value + i for p, i in zip(self.field_params(plan), index, strict=True)]
+        return [
+            p * per_value + r * per_row + i
+            for p, r, i in zip(self.field_params(plan), self.stored_rows(plan), index, strict=True)
+        ]
 
     def table_bytes(self, plan: Sizes) -> int:
         """Bytes of every field's storage, the index's closing entries included."""
@@ -197,15 +230,15 @@ class CsrStorage(StorageKind):
     per_row = True
 
     def value_bytes(self, plan: Sizes) -> int:
-        return self.bytes_per_value(plan.dim)
+        return self.bytes_per_value(plan.dim, plan.precision)
 
     def index_bytes(self, plan: Sizes) -> tuple[list[int], int]:
         return _offsets_per_row(plan.vocab_sizes, sum(self.field_params(plan)))
 
     @staticmethod
-    def bytes_per_value(dim: int) -> int:
+    def bytes_per_value(dim: int, precision: str = "fp32") -> int:
         """A value and its column index."""
-        return FLOAT_BYTES + column_dtype(dim).itemsize
+        return VALUE_PRECISIONS[precision].itemsize + column_dtype(dim).itemsize
 
     @staticmethod
     def offsets_bytes(num_rows: int, num_values: int) -> int:

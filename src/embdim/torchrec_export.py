@@ -274,7 +274,14 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
     Returns:
         the folder, the ``EmbeddingBagConfig`` of every table, and the bytes of the exported tensors against
         the slim embedding's.
+    Raises:
+        ValueError: a slim embedding stored in fp16 or int8 (the export writes float32 tables).
     """
+    if slim.plan.precision != "fp32":
+        raise ValueError(
+            f"a TorchRec export writes float32 tables; this embedding stores {slim.plan.precision} values "
+            "(export it from the fp32 bundle)"
+        )
     split = _Split(slim)
     plan = split.plan
     infos = [info for f in range(plan.num_fields) for info, _ in split.tables[f]]
