@@ -369,6 +369,11 @@ def test_options_that_change_the_rows_stay_in_the_key(tmp_path):
         "columns": table(tmp_path, path="t.csv", has_header=False, columns=["c1", "c2", "x", "label"]),
         "label_threshold": table(tmp_path, path="t.csv", label_threshold=0.5),
         "categorical": TableReader(TableOptions(path="t.csv", categorical=["c1"], label="label"), tmp_path),
+        "label_positive": table(tmp_path, path="t.csv", label_positive=1),
+        "label_positive text": table(tmp_path, path="t.csv", label_positive="1"),
+        "missing_values": table(tmp_path, path="t.csv", missing_values=["?"]),
+        "missing_values of a column": table(tmp_path, path="t.csv", missing_values={"c1": ["?"]}),
+        "missing_values of another column": table(tmp_path, path="t.csv", missing_values={"c2": ["?"]}),
     }
     keys = {option: key_of(reader) for option, reader in changed.items()}
     assert base not in keys.values() and len(set(keys.values())) == len(keys), keys

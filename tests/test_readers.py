@@ -700,6 +700,177 @@ def test_table_ignores_a_utf8_byte_order_mark(tmp_path: Path) -> None:
     assert raw.splits["all"].rows() == [("x", 1.0)]
 
 
+ADULT = (  # Adult census rows as adult.data writes them: ", " between fields, "?" for missing, a text label
+    "39, State-gov, 77516, <=50K\n"
+    "50, ?, 83311, >50K\n"
+    "?, Private, 215646, <=50K\n"
+    "53, Private, ?, >50K\n"
+    "28, ?, 338409, <=50K\n"
+)
+ADULT_OPTIONS = {
+    "has_header": False,
+    "columns": ["age", "workclass", "fnlwgt", "income"],
+    "categorical": ["workclass"],
+    "numeric": ["age", "fnlwgt"],
+    "label": "income",
+}
+
+
+@pytest.fixture
+def embdim_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
+    """embdim's log records from INFO up (the CLI may have stopped them from reaching the root logger)."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("embdim"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="embdim")
+    return caplog
+
+
+def test_table_label_positive_maps_text_labels_to_one_and_the_rest_to_zero(tmp_path: Path) -> None:
+    (tmp_path / "adult.csv").write_text(ADULT)
+    options = TableOptions(path="adult.csv", label_positive=">50K", missing_values=["?"], **ADULT_OPTIONS)
+    frame = TableReader(options, tmp_path).read().splits["all"]
+    assert frame[LABEL].to_list() == [0.0, 1.0, 0.0, 1.0, 0.0]  # " >50K" is ">50K": labels compare stripped
+    assert frame["workclass"].to_list() == [" State-gov", None, " Private", " Private", None]
+    assert frame["age"].to_list() == [39.0, 50.0, None, 53.0, 28.0]
+    assert frame["fnlwgt"].to_list() == [77516.0, 83311.0, 215646.0, None, 338409.0]
+
+
+@pytest.mark.parametrize(
+    ("positive", "expected"),
+    [
+        (1, [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]),  # a number matches every spelling of it
+        ([2, 3], [0.0, 0.0, 1.0, 0.0, 1.0, 0.0]),
+        ("1", [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]),  # text matches the text alone
+        (["yes", "1.0"], [0.0, 1.0, 0.0, 0.0, 0.0, 1.0]),
+    ],
+)
+def test_table_label_positive_compares_numbers_as_numbers_and_text_as_text(
+    tmp_path: Path, positive: object, expected: list[float]
+) -> None:
+    (tmp_path / "t.csv").write_text("k,y\na,1\nb,1.0\nc,2\nd, 1 \ne,3\nf,yes\n")
+    options = TableOptions(path="t.csv", categorical=["k"], label="y", label_positive=positive)
+    reader = TableReader(options, tmp_path)
+    assert reader.read().splits["all"][LABEL].to_list() == expected
+    streamed = pl.concat(list(reader.chunked(2).sources[0].chunks()))
+    assert streamed[LABEL].to_list() == expected
+
+
+def test_table_label_positive_on_parquet_labels_of_any_type(tmp_path: Path) -> None:
+    frame = pl.DataFrame({"k": ["a", "b", "c"], "n": [1, 0, 2], "s": ["x", "y", "x"], "b": [True, False, True]})
+    frame.write_parquet(tmp_path / "t.parquet")
+    for label, positive, expected in (("n", [2], [0, 0, 1]), ("s", "x", [1, 0, 1]), ("b", 1, [1, 0, 1])):
+        options = TableOptions(path="t.parquet", categorical=["k"], label=label, label_positive=positive)
+        assert TableReader(options, tmp_path).read().splits["all"][LABEL].to_list() == expected, label
+
+
+def test_table_label_positive_logs_its_counts_and_warns_when_no_label_matches(tmp_path: Path, embdim_log) -> None:
+    (tmp_path / "adult.csv").write_text(ADULT)
+    options = {"path": "adult.csv", "missing_values": ["?"], **ADULT_OPTIONS}
+    TableReader(TableOptions(label_positive=">50K", **options), tmp_path).read()
+    assert [(r.levelname, r.getMessage()) for r in embdim_log.records] == [
+        ("INFO", "adult.csv: label_positive ['>50K']: rows labelled 1: 2, labelled 0: 3")
+    ]
+    embdim_log.clear()
+    TableReader(TableOptions(label_positive=">50K.", **options), tmp_path).read()  # adult.test's spelling
+    warning = [r.getMessage() for r in embdim_log.records if r.levelname == "WARNING"]
+    assert warning == [
+        "adult.csv: no label is one of label_positive ['>50K.'] (all 5 rows are 0); labels read include '<=50K', '>50K'"
+    ]
+
+
+def test_table_label_positive_keeps_an_empty_label_an_error(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("k,y\na,x\nb,\n")
+    with pytest.raises(DataError, match=r"t.csv line 3: label column 'y' is empty"):
+        TableReader(TableOptions(path="t.csv", categorical=["k"], label="y", label_positive="x"), tmp_path).read()
+    (tmp_path / "t.csv").write_text("k,y\na,x\nb,  \n")
+    with pytest.raises(DataError, match=r"t.csv line 3: label column 'y' is empty"):
+        TableReader(TableOptions(path="t.csv", categorical=["k"], label="y", label_positive="x"), tmp_path).read()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"label_positive": "x", "label_threshold": 1}, r"either 'label_threshold' or 'label_positive', not both"),
+        ({"label_positive": []}, r"'label_positive' is empty"),
+        ({"label_positive": True}, r"true is a boolean here; quote it"),
+        ({"label_positive": float("nan")}, r"label_positive"),
+        ({"missing_values": {"nope": ["?"]}}, r"'missing_values' names 'nope', which is not a categorical or numeric"),
+        ({"missing_values": {"y": ["?"]}}, r"'missing_values' names 'y', which is not a categorical or numeric"),
+        ({"missing_values": [False]}, r"false is a boolean here"),
+    ],
+)
+def test_table_label_and_missing_options_are_checked(options: dict, expected: str) -> None:
+    with pytest.raises(ValidationError, match=expected):
+        TableOptions(path="t.csv", categorical=["k"], numeric=["n"], label="y", **options)
+
+
+def test_conflicting_label_options_are_a_config_error_naming_both_keys(tmp_path: Path) -> None:
+    from embdim.config import load_config
+    from embdim.errors import ConfigError
+
+    dataset = {"name": "t", "reader": "table", "options": {"path": "t.csv", "categorical": ["k"], "label": "y"}}
+    dataset["options"].update(label_threshold=1, label_positive=">50K")
+    (tmp_path / "run.yaml").write_text(yaml_dump({"name": "r", "dataset": dataset, "model": "fm", "method": "full"}))
+    with pytest.raises(ConfigError, match=r"dataset.options.*'label_threshold' or 'label_positive', not both"):
+        load_config(tmp_path / "run.yaml")
+
+
+def yaml_dump(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data)
+
+
+def test_table_missing_values_read_as_empty_fields(tmp_path: Path) -> None:
+    with_tokens = "k,city,n,y\na,?,1.5,1\n?,Rome,NA,0\nc, ? ,?,1\nNA,NA,-1,0\n"
+    with_empty = "k,city,n,y\na,,1.5,1\n,Rome,,0\nc,,,1\n,,,0\n"
+    (tmp_path / "tokens.csv").write_text(with_tokens)
+    (tmp_path / "empty.csv").write_text(with_empty)
+    settings = {"categorical": ["k", "city"], "numeric": ["n"], "label": "y"}
+    empty = TableReader(TableOptions(path="empty.csv", **settings), tmp_path).read().splits["all"]
+    for missing in (["?", "NA", -1], {"k": ["?", "NA"], "city": ["?", "NA"], "n": ["NA", "?", -1.0]}):
+        options = TableOptions(path="tokens.csv", missing_values=missing, **settings)
+        frame = TableReader(options, tmp_path).read().splits["all"]
+        assert frame.equals(empty), missing
+        streamed = pl.concat(list(TableReader(options, tmp_path).chunked(3).sources[0].chunks()))
+        assert streamed.equals(empty), missing
+
+
+def test_table_missing_values_of_a_column_leave_the_others_alone(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("k,city,n,y\nNA,NA,1,1\nb,Rome,NA,0\n")
+    settings = {"path": "t.csv", "categorical": ["k", "city"], "numeric": ["n"], "label": "y"}
+    frame = TableReader(TableOptions(missing_values={"city": ["NA"], "n": ["NA"]}, **settings), tmp_path).read()
+    assert frame.splits["all"].rows() == [("NA", None, 1.0, 1.0), ("b", "Rome", None, 0.0)]
+    with pytest.raises(DataError, match=r"t.csv line 3: column 'n' value 'NA' is not a number"):
+        TableReader(TableOptions(missing_values={"city": ["NA"]}, **settings), tmp_path).read()
+
+
+def test_a_missing_token_becomes_the_missing_category_after_encoding(tmp_path: Path) -> None:
+    from embdim.data.encoder import MISSING_TOKEN, OOV_ID, Encoder
+
+    (tmp_path / "t.csv").write_text("city,n,y\nParis,1,1\n?,2,0\nRome,?,1\n,3,0\nParis,?,1\n")
+    options = TableOptions(path="t.csv", categorical=["city"], numeric=["n"], label="y", missing_values=["?"])
+    frame = TableReader(options, tmp_path).read().splits["all"]
+    encoder = Encoder(numeric="both").fit(frame, ["city"], ["n"])
+    ids, dense = encoder.transform(frame)
+    missing_city = encoder.vocab_["city"][MISSING_TOKEN]
+    assert missing_city != OOV_ID and ids[:, 0].tolist()[1] == ids[:, 0].tolist()[3] == missing_city
+    missing_n = encoder.vocab_["n"][MISSING_TOKEN]
+    assert ids[2, 1] == ids[4, 1] == missing_n and dense[:, 0].tolist() == [1.0, 2.0, 0.0, 3.0, 0.0]
+
+
+def test_table_missing_values_on_parquet_columns_of_any_type(tmp_path: Path) -> None:
+    frame = pl.DataFrame({"k": [1, -1, 3], "s": ["a", "?", " ? "], "n": [0.5, -1.0, 2.0], "y": [0, 1, 0]})
+    frame.write_parquet(tmp_path / "t.parquet")
+    options = TableOptions(path="t.parquet", categorical=["k", "s"], numeric=["n"], label="y", missing_values=["?", -1])
+    assert TableReader(options, tmp_path).read().splits["all"].rows() == [
+        ("1", "a", 0.5, 0.0),
+        (None, None, None, 1.0),
+        ("3", None, 2.0, 0.0),
+    ]
+
+
 # ---------------------------------------------------------------------------------------------------
 # odd bytes, line ends, archives
 

@@ -188,13 +188,49 @@ def _write_table(path: Path, rows: int, fmt: str) -> Path:
     return path
 
 
+def _write_coded_table(path: Path, rows: int, fmt: str) -> Path:
+    """A table whose label is text (``>50K`` / ``<=50K``) and whose missing values are spelt ``?`` and ``NA``."""
+    import random
+
+    import polars as pl
+
+    rnd = random.Random(3)
+    frame = pl.DataFrame(
+        {
+            "user": [rnd.choice([f"u{rnd.randrange(40)}", "?", " ? "]) for _ in range(rows)],
+            "item": [f"i{rnd.randrange(90)}" if rnd.random() > 0.1 else "NA" for _ in range(rows)],
+            "age": [rnd.choice(["?", "NA", "1.5", "20", str(rnd.randrange(80))]) for _ in range(rows)],
+            "y": [rnd.choice([">50K", " <=50K", "<=50K"]) for _ in range(rows)],
+        }
+    )
+    if fmt == "parquet":
+        frame.write_parquet(path)
+    else:
+        frame.write_csv(path, quote_style="never")
+    return path
+
+
 def _readers(tmp_path: Path):
     from embdim.data.readers.avazu import AvazuOptions, AvazuReader
     from embdim.data.readers.libfm import LibFMOptions, LibFMReader
     from embdim.data.readers.table import TableOptions, TableReader
 
     table = {"categorical": ["user", "item"], "numeric": ["age"], "label": "y"}
+    coded = {**table, "label_positive": ">50K"}
+    by_column = {"user": ["?"], "item": ["NA"], "age": ["?", "NA"]}
     return {
+        "csv-coded": TableReader(
+            TableOptions(
+                path=str(_write_coded_table(tmp_path / "g.csv", 400, "csv")), missing_values=["?", "NA"], **coded
+            ),
+            tmp_path,
+        ),
+        "parquet-coded": TableReader(
+            TableOptions(
+                path=str(_write_coded_table(tmp_path / "h.parquet", 400, "parquet")), missing_values=by_column, **coded
+            ),
+            tmp_path,
+        ),
         "avazu-header": AvazuReader(AvazuOptions(path=str(_write_avazu(tmp_path / "a.csv", 400, True))), tmp_path),
         "avazu-plain": AvazuReader(AvazuOptions(path=str(_write_avazu(tmp_path / "b.csv", 400, False))), tmp_path),
         "libfm": LibFMReader(LibFMOptions(path=str(_write_libfm(tmp_path / "c.libfm", 400))), tmp_path),
@@ -206,7 +242,9 @@ def _readers(tmp_path: Path):
     }
 
 
-@pytest.mark.parametrize("name", ["avazu-header", "avazu-plain", "libfm", "csv", "tsv", "parquet"])
+@pytest.mark.parametrize(
+    "name", ["avazu-header", "avazu-plain", "libfm", "csv", "tsv", "parquet", "csv-coded", "parquet-coded"]
+)
 def test_every_streaming_reader_writes_the_cache_of_its_in_memory_read(tmp_path, name):
     reader = _readers(tmp_path)[name]
     assert reader.chunked(16) is not None
@@ -214,6 +252,10 @@ def test_every_streaming_reader_writes_the_cache_of_its_in_memory_read(tmp_path,
     memory = prepare(reader, cfg, tmp_path / "a", "x", progress=False, streaming=False)
     streamed = prepare(reader, cfg, tmp_path / "b", "x", progress=False, streaming=True, chunk_rows=9)
     _same_cache(memory.cache_dir, streamed.cache_dir)
+    if name.endswith("-coded"):  # the text labels and the missing tokens were read as such
+        frame = reader.read().splits["all"]
+        assert 0 < frame["label"].sum() < frame.height
+        assert all(frame[column].null_count() > 0 for column in ("user", "item", "age"))
 
 
 def test_a_quoted_csv_is_read_whole_instead_of_streamed(tmp_path):

@@ -480,6 +480,9 @@ class SyntheticReader(Reader):
     def sources(self) -> list[Path]:
         return []
 
+    def for_scoring(self, path: Path) -> Reader | None:
+        return None  # it generates its rows; there is no file format to score
+
     def read(self) -> RawData:
         return generate_raw(self.options)
 

@@ -24,7 +24,7 @@ import polars as pl
 from pydantic import PositiveInt, model_validator
 
 from embdim.data.raw import DataError
-from embdim.data.readers.base import NotStreamable, Reader, ReaderOptions
+from embdim.data.readers.base import NotStreamable, Reader, ReaderOptions, scoring_path
 from embdim.errors import shorten
 
 ALL_SPLIT = "all"
@@ -51,6 +51,9 @@ ZIP_ENCRYPTED_FLAG = 0x1
 """Bit of a zip entry's general purpose flags that marks it encrypted."""
 MAX_SHOWN_COLUMNS = 50
 """Error messages list at most this many available column names."""
+UNLABELLED_HINT = "no label, as on the file's first line"
+"""Appended to a column-count error of a file read without label in scoring mode (a labelled line among
+unlabelled ones, or the reverse, is named by its wrong column count)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -116,6 +119,9 @@ class SplitFileReader(Reader):
 
     def display(self, path: Path) -> str:
         return display_name(path, self.root)
+
+    def for_scoring(self, path: Path) -> Reader | None:
+        return self.scoring_copy(path=scoring_path(path), files=None, nrows=None)
 
 
 def display_name(path: Path, root: Path) -> str:
@@ -767,6 +773,46 @@ def binary_label(
         shown = "empty" if value is None else shorten(repr(value))
         raise DataError(f"{locator.where(row)}: label {shown} is not one of {', '.join(allowed)}")
     return frame[column].is_in(list(positive)).cast(pl.Float32).alias(column)
+
+
+def null_label(height: int, name: str = "label") -> pl.Series:
+    """The label of rows read without one (scoring mode): ``height`` nulls of the label's dtype."""
+    return pl.Series(name, [None] * height, dtype=pl.Float32)
+
+
+def equals_any(column: pl.Expr, dtype: pl.DataType, values: Sequence[str | float]) -> pl.Expr:
+    """Whether each value of ``column`` (of ``dtype``) is one of ``values``; null is none of them.
+
+    Text values compare with the column's text, both stripped of surrounding blanks (``" ?"`` is
+    ``"?"``); numbers compare as numbers, with the column's numbers or its text read as a number
+    (``"1.0"`` is ``1``). Booleans are the numbers 1 and 0.
+    """
+    texts = [value.strip() for value in values if isinstance(value, str)]
+    numbers = [float(value) for value in values if not isinstance(value, str)]
+    text = column.cast(pl.Utf8).str.strip_chars()
+    hit = pl.lit(False)
+    if texts:
+        hit = hit | text.is_in(texts)
+    if numbers:
+        numeric = dtype.is_numeric() or dtype == pl.Boolean
+        number = column.cast(pl.Float64) if numeric else text.cast(pl.Float64, strict=False)
+        hit = hit | number.is_in(numbers)
+    return hit.fill_null(False)
+
+
+def positive_label(frame: pl.DataFrame, column: str, positive: Sequence[str | float], locator: RowLocator) -> pl.Series:
+    """A label column as ``Float32``: 1.0 where the value is one of ``positive`` (see :func:`equals_any`), else 0.0.
+
+    Raises:
+        DataError: an empty label (null or blank), naming the row's place.
+    """
+    values = frame[column]
+    empty = values.is_null() | (values.cast(pl.Utf8).str.strip_chars().str.len_bytes() == 0)
+    row = first_true(empty)
+    if row is not None:
+        raise DataError(f"{locator.where(row)}: label column {column!r} is empty")
+    hit = frame.select(equals_any(pl.col(column), values.dtype, positive)).to_series()
+    return hit.cast(pl.Float32).alias(column)
 
 
 def threshold_label(frame: pl.DataFrame, column: str, threshold: float | None, locator: RowLocator) -> pl.Series:

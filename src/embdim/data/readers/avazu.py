@@ -1,4 +1,8 @@
-"""Avazu (Kaggle 2014) CSV: ``id,click,hour,C1,...,C21``; a header line is optional in every file."""
+"""Avazu (Kaggle 2014) CSV: ``id,click,hour,C1,...,C21``; a header line is optional in every file.
+
+In scoring mode a file may also lack the ``click`` column (Kaggle's ``test.csv`` layout, with or
+without its header); its label is null.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import polars as pl
 
 from embdim.data.raw import LABEL, DataError, RawData
 from embdim.data.readers._common import (
+    UNLABELLED_HINT,
     SplitFileOptions,
     SplitFileReader,
     TextFile,
@@ -19,6 +24,7 @@ from embdim.data.readers._common import (
     first_true,
     iter_text_chunks,
     load_text,
+    null_label,
     split_columns,
 )
 from embdim.data.readers.base import ChunkedData, ChunkedSource
@@ -32,6 +38,8 @@ AVAZU_COLUMNS = [
 ]  # fmt: skip
 AVAZU_ID = "id"
 AVAZU_LABEL = "click"
+AVAZU_UNLABELLED_COLUMNS = [name for name in AVAZU_COLUMNS if name != AVAZU_LABEL]
+"""The columns of Kaggle's ``test.csv`` (no ``click``), read in scoring mode."""
 AVAZU_HOUR = "hour"
 AVAZU_OTHER_FIELDS = AVAZU_COLUMNS[3:]
 """The 21 categorical columns after ``id``, ``click`` and ``hour``."""
@@ -40,6 +48,8 @@ HOUR_FIELDS = ["hour_of_day", "weekday", "is_weekend"]
 AVAZU_SEPARATOR = ","
 HEADER_PREFIX = b"id,click"
 """A first line starting like this is a header."""
+UNLABELLED_HEADER_PREFIX = b"id,hour"
+"""A first line starting like this is the header of a file without ``click`` (scoring mode only)."""
 HOUR_LENGTH = 8
 DATE_LENGTH = 6
 HOURS_OF_DAY = [f"{hour:02d}" for hour in range(24)]
@@ -82,28 +92,32 @@ class AvazuReader(SplitFileReader):
         """One Avazu file (with or without header) as a frame with the contract's columns."""
         nrows = self.options.nrows
         text = load_text(path, self.display(path), max_lines=None if nrows is None else nrows + 1)
-        if text.first_line_text().startswith(HEADER_PREFIX):
-            text = expect_header(text, AVAZU_COLUMNS, AVAZU_SEPARATOR)
+        columns = self.columns_of(text)
+        if has_header(text, columns):
+            text = expect_header(text, columns, AVAZU_SEPARATOR)
         if nrows is not None:
             text = text.head(nrows)
-        return self.parse(text)
+        return self.parse(text, columns)
 
     def chunked(self, chunk_rows: int) -> ChunkedData | None:
         if self.options.nrows is not None:
             return None  # a row limit counts past an optional header: read such files whole
 
         def chunks(path: Path) -> Iterator[pl.DataFrame]:
+            columns = AVAZU_COLUMNS
             for k, text in enumerate(iter_text_chunks(path, self.display(path), chunk_rows)):
-                if k == 0 and text.first_line_text().startswith(HEADER_PREFIX):
-                    text = expect_header(text, AVAZU_COLUMNS, AVAZU_SEPARATOR)
-                    if not text.data:
-                        continue
-                yield self.parse(text)
+                if k == 0:
+                    columns = self.columns_of(text)
+                    if has_header(text, columns):
+                        text = expect_header(text, columns, AVAZU_SEPARATOR)
+                        if not text.data:
+                            continue
+                yield self.parse(text, columns)
 
         def rows(path: Path) -> int:
             display = self.display(path)
             first = next(iter_text_chunks(path, display, 1))
-            rows = count_lines(path, display) - first.first_line_text().startswith(HEADER_PREFIX)
+            rows = count_lines(path, display) - has_header(first, self.columns_of(first))
             if rows <= 0:
                 raise DataError(f"{display}: no data rows")
             return rows
@@ -114,13 +128,36 @@ class AvazuReader(SplitFileReader):
         ]
         return ChunkedData(sources, self.categorical(), files=self.sources())
 
-    def parse(self, text: TextFile) -> pl.DataFrame:
-        """Avazu lines without header (a file or a chunk of one) as a frame with the contract's columns."""
-        frame = split_columns(text, AVAZU_COLUMNS, AVAZU_SEPARATOR)
-        label = binary_label(frame, AVAZU_LABEL, text).alias(LABEL)
+    def columns_of(self, text: TextFile) -> list[str]:
+        """The columns of a file that starts with ``text``: :data:`AVAZU_COLUMNS`, or in scoring mode
+        :data:`AVAZU_UNLABELLED_COLUMNS` when its header or its first line's column count says so."""
+        first = text.first_line_text()
+        if self.scoring and (
+            first.startswith(UNLABELLED_HEADER_PREFIX)
+            or first.count(AVAZU_SEPARATOR.encode()) + 1 == len(AVAZU_UNLABELLED_COLUMNS)
+        ):
+            return AVAZU_UNLABELLED_COLUMNS
+        return AVAZU_COLUMNS
+
+    def parse(self, text: TextFile, columns: list[str] | None = None) -> pl.DataFrame:
+        """Avazu lines without header (a file or a chunk of one) as a frame with the contract's columns;
+        ``columns`` (default :data:`AVAZU_COLUMNS`) without ``click`` (scoring mode) give a null label."""
+        columns = AVAZU_COLUMNS if columns is None else columns
+        hint = "" if AVAZU_LABEL in columns else f"id, hour and 21 categorical, {UNLABELLED_HINT}"
+        frame = split_columns(text, columns, AVAZU_SEPARATOR, hint=hint)
+        if AVAZU_LABEL in columns:
+            label = binary_label(frame, AVAZU_LABEL, text).alias(LABEL)
+        else:
+            label = null_label(frame.height)
         if self.options.split_hour:
             frame = frame.with_columns(split_hour(frame[AVAZU_HOUR], text))
         return frame.select(self.categorical()).with_columns(label)
+
+
+def has_header(text: TextFile, columns: list[str]) -> bool:
+    """Whether the first line of ``text`` is a header (it starts with the first two column names)."""
+    prefix = HEADER_PREFIX if AVAZU_LABEL in columns else UNLABELLED_HEADER_PREFIX
+    return text.first_line_text().startswith(prefix)
 
 
 def split_hour(hour: pl.Series, text: TextFile) -> list[pl.Series]:

@@ -66,9 +66,14 @@ class Reader(ABC):
     Subclasses set ``Options`` (a :class:`ReaderOptions` subclass) and implement :meth:`read`.
     Relative paths in the options are resolved against ``root`` (the data root, by default
     ``../shared/datasets``).
+
+    A reader made by :meth:`for_scoring` has ``scoring`` set: its parsers then take files without
+    a label (the label column is all null) and keep every data row in file order.
     """
 
     Options: ClassVar[type[ReaderOptions]] = ReaderOptions
+    scoring: bool = False
+    """Scoring mode (set by :meth:`for_scoring`): the label is optional, no data row is dropped."""
 
     def __init__(self, options: ReaderOptions, root: Path) -> None:
         self.options = options
@@ -123,3 +128,27 @@ class Reader(ABC):
     @abstractmethod
     def read(self) -> RawData:
         """Read the files; raise :class:`~embdim.data.raw.DataError` naming file and line on bad input."""
+
+    def for_scoring(self, path: Path) -> Reader | None:
+        """A reader of the same format and options that reads only ``path`` as one pool of rows (split ``all``),
+        in scoring mode; ``None`` when this format cannot read a single file of rows (e.g. ``frappe`` builds its rows
+        from a log with sampled negatives, ``synthetic`` generates them).
+
+        Scoring mode: a file without the label gives a label column of nulls (``Float32``), one with
+        labels gives them as in training; one output row per input data row, in file order (a row
+        limit of the options does not apply). A relative ``path`` is relative to the working
+        directory, not the data root. :meth:`read` and :meth:`chunked` give the same rows.
+        """
+        return None
+
+    def scoring_copy(self, **changes: object) -> Reader:
+        """This reader's class in scoring mode, with ``changes`` made to its options (validated again)."""
+        options = type(self.options).model_validate({**self.options.model_dump(), **changes})
+        reader = type(self)(options, self.root)
+        reader.scoring = True
+        return reader
+
+
+def scoring_path(path: Path | str) -> str:
+    """A scoring input as an absolute path: relative to the working directory, not the data root."""
+    return str(Path(path).expanduser().absolute())

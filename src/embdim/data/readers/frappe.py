@@ -73,6 +73,9 @@ class FrappeReader(Reader):
     def sources(self) -> list[Path]:
         return list(self.source_files().values())
 
+    def for_scoring(self, path: Path) -> Reader | None:
+        return None  # its rows are built from the log with sampled negatives, not read one per line
+
     def read(self) -> RawData:
         positives, text = self.read_log()
         negatives = sample_negatives(positives, self.options.negatives_per_positive, self.options.seed, text)

@@ -3,7 +3,8 @@
 ``featindex`` maps ``field:value<TAB>index``, one feature per line; the fields are taken in order
 of first appearance, and pair ``k`` of every data row must be an index of field ``k``. Each field
 becomes a categorical column holding the value string (``field:other``, the original encoding's
-bucket for rare values, stays the value ``"other"``).
+bucket for rare values, stays the value ``"other"``). In scoring mode a data file may lack the
+label (its lines are the pairs alone); its label is null.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class IPinYouReader(SplitFileReader):
         featindex = read_featindex(self.featindex_path(), self.display(self.featindex_path()))
         splits = {}
         for name, path in self.split_paths().items():
-            rows = read_libfm_file(path, self.display(path), len(featindex.fields), self.options.nrows)
+            n_pairs, nrows = len(featindex.fields), self.options.nrows
+            rows = read_libfm_file(path, self.display(path), n_pairs, nrows, scoring=self.scoring)
             splits[name] = pl.DataFrame([*featindex.decode(rows), rows.label])
         return RawData(splits=splits, categorical=list(featindex.fields), sources=self.sources())

@@ -5,7 +5,11 @@ Three layouts: ``movielens_100k`` (``u.data`` / ``u.user`` / ``u.item``), ``movi
 (``ratings.csv`` / ``movies.csv``, no user table). Each file path is its own option, so a side
 table can come from elsewhere, or be left out (``None``: no fields from it). Genres are one
 categorical value, the combination string (``"Action|Comedy"``). The timestamp is not used.
-Ratings whose user or movie is missing from a side table get null side fields.
+Ratings whose user or movie is missing from a side table get null side fields; no rating is
+dropped (a rating below the threshold is a negative).
+
+In scoring mode the ratings file may lack the rating: its lines are user, item and timestamp, or
+user and item alone (ml-latest: a header naming those columns); its label is null.
 """
 
 from __future__ import annotations
@@ -20,23 +24,31 @@ from pydantic import Field, field_validator
 from embdim.data.raw import LABEL, DataError, RawData
 from embdim.data.readers._common import (
     ALL_SPLIT,
+    UNLABELLED_HINT,
     RowLocator,
+    TextFile,
     check_unique,
     display_name,
     expect_header,
     first_true,
     load_text,
+    null_label,
     reject_repeated_header,
     split_columns,
     threshold_label,
 )
-from embdim.data.readers.base import Reader, ReaderOptions
+from embdim.data.readers.base import Reader, ReaderOptions, scoring_path
 from embdim.errors import shorten
 from embdim.registry import READERS
 
 USER_ID = "user_id"
 ITEM_ID = "item_id"
 RATING = "rating"
+TIMESTAMP = "timestamp"
+RATINGS_COLUMNS = [USER_ID, ITEM_ID, RATING, TIMESTAMP]
+"""The columns of every layout's ratings file."""
+UNLABELLED_RATINGS_COLUMNS = ([USER_ID, ITEM_ID, TIMESTAMP], [USER_ID, ITEM_ID])
+"""The columns of a ratings file without ratings, read in scoring mode (told apart by their count)."""
 UserField = Literal["age", "gender", "occupation", "zip"]
 ItemField = Literal["genres", "year"]
 USER_FIELDS: list[UserField] = ["age", "gender", "occupation", "zip"]
@@ -129,9 +141,29 @@ class MovieLensReader(Reader):
             sources=self.sources(),
         )
 
+    def for_scoring(self, path: Path) -> Reader | None:
+        return self.scoring_copy(ratings=scoring_path(path))
+
     def rating_label(self, frame: pl.DataFrame, locator: RowLocator) -> pl.Series:
         """``rating >= label_threshold`` as the ``Float32`` label."""
         return threshold_label(frame, RATING, self.options.label_threshold, locator).alias(LABEL)
+
+    def ratings_columns(self, text: TextFile, separator: str) -> list[str]:
+        """The columns of a ratings file that starts with ``text``: :data:`RATINGS_COLUMNS`, or in
+        scoring mode one of :data:`UNLABELLED_RATINGS_COLUMNS` when its first line has as many."""
+        if self.scoring:
+            found = text.first_line_text().count(separator.encode()) + 1
+            for columns in UNLABELLED_RATINGS_COLUMNS:
+                if found == len(columns):
+                    return list(columns)
+        return list(RATINGS_COLUMNS)
+
+    def ratings_frame(self, text: TextFile, separator: str, columns: list[str]) -> pl.DataFrame:
+        """Ratings lines without header as ``user_id``, ``item_id`` and the label (null without ratings)."""
+        hint = "" if RATING in columns else UNLABELLED_HINT
+        frame = split_columns(text, columns, separator, hint=hint)
+        label = self.rating_label(frame, text) if RATING in columns else null_label(frame.height)
+        return frame.select(USER_ID, ITEM_ID, label)
 
 
 def year_from(column: pl.Series, pattern: str) -> pl.Series:
@@ -162,8 +194,7 @@ class MovieLens100KReader(MovieLensReader):
 
     def read_ratings(self, path: Path) -> pl.DataFrame:
         text = load_text(path, self.display(path))
-        frame = split_columns(text, [USER_ID, ITEM_ID, RATING, "timestamp"], "\t")
-        return frame.select(USER_ID, ITEM_ID, self.rating_label(frame, text))
+        return self.ratings_frame(text, "\t", self.ratings_columns(text, "\t"))
 
     def read_users(self, path: Path) -> pl.DataFrame:
         text = load_text(path, self.display(path), encoding=LATIN1)
@@ -223,8 +254,7 @@ class MovieLens1MReader(MovieLensReader):
 
     def read_ratings(self, path: Path) -> pl.DataFrame:
         text = load_text(path, self.display(path), encoding=LATIN1)
-        frame = split_columns(text, [USER_ID, ITEM_ID, RATING, "timestamp"], ML1M_SEPARATOR)
-        return frame.select(USER_ID, ITEM_ID, self.rating_label(frame, text))
+        return self.ratings_frame(text, ML1M_SEPARATOR, self.ratings_columns(text, ML1M_SEPARATOR))
 
     def read_users(self, path: Path) -> pl.DataFrame:
         text = load_text(path, self.display(path), encoding=LATIN1)
@@ -241,6 +271,10 @@ class MovieLens1MReader(MovieLensReader):
 
 # ---------------------------------------------------------------------------------------------------
 # ml-latest(-small)
+
+
+LATEST_HEADER = {USER_ID: "userId", ITEM_ID: "movieId", RATING: "rating", TIMESTAMP: "timestamp"}
+"""The header name of each column of ml-latest's ``ratings.csv``."""
 
 
 class MovieLensLatestOptions(MovieLensOptions):
@@ -266,9 +300,10 @@ class MovieLensLatestReader(MovieLensReader):
     options: MovieLensLatestOptions
 
     def read_ratings(self, path: Path) -> pl.DataFrame:
-        text = expect_header(load_text(path, self.display(path)), ["userId", "movieId", "rating", "timestamp"], ",")
-        frame = split_columns(text, [USER_ID, ITEM_ID, RATING, "timestamp"], ",")
-        return frame.select(USER_ID, ITEM_ID, self.rating_label(frame, text))
+        text = load_text(path, self.display(path))
+        columns = self.ratings_columns(text, ",")  # the header has as many columns as the lines
+        text = expect_header(text, [LATEST_HEADER[name] for name in columns], ",")
+        return self.ratings_frame(text, ",", columns)
 
     def read_movies(self, path: Path) -> pl.DataFrame:
         header = ["movieId", "title", "genres"]
