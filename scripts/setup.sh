@@ -12,7 +12,7 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" --upgrade pip
 # CPU torch first and pinned: an unpinned torch pulls the CUDA build with several GB of packages.
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e ".[dev]"
+"${PIP[@]}" -e ".[dev,onnx]"
 # TorchRec CPU stack: torchrec's metadata asks for the CUDA fbgemm-gpu, so install it without deps.
 "${PIP[@]}" "fbgemm-gpu-cpu==1.8.0" "tensordict==0.15.3" "pyre-extensions==0.0.32"
 "${PIP[@]}" --no-deps "torchrec==1.8.0"

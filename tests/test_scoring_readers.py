@@ -39,8 +39,10 @@ from embdim.registry import READERS
 
 CHUNK_ROWS = 3
 """Rows per chunk of a chunked read: every sample crosses a few chunk boundaries."""
-NOT_SCORABLE = {"frappe", "synthetic"}
-"""Readers that build their rows (sampled negatives, generated data) and cannot score a file."""
+NOT_SCORABLE = {"synthetic"}
+"""Readers that generate their rows and cannot score a file."""
+LOG_READERS = {"frappe"}
+"""Readers that build labelled rows from a log of positives (sampled negatives): they score the log's rows."""
 
 
 @dataclass
@@ -267,7 +269,7 @@ SAMPLES: dict[str, Callable[[Path], Sample]] = {
     "movielens_latest": movielens_latest_sample,
     "table": table_sample,
 }
-SCORABLE = [name for name in READERS.names() if name not in NOT_SCORABLE]
+SCORABLE = [name for name in READERS.names() if name not in NOT_SCORABLE | LOG_READERS]
 WITH_ROW_LIMIT = [name for name in SCORABLE if "nrows" in READERS.get(name).Options.model_fields]
 
 
@@ -298,10 +300,24 @@ def test_every_registered_reader_has_a_scoring_sample_unless_it_cannot_score() -
     assert sorted(SCORABLE) == sorted(SAMPLES), "a new reader needs a sample here, or a place in NOT_SCORABLE"
 
 
-def test_readers_that_build_their_rows_cannot_score_a_file(tmp_path: Path) -> None:
-    assert {FrappeReader: "frappe", SyntheticReader: "synthetic"} == {READERS.get(n): n for n in NOT_SCORABLE}
-    assert FrappeReader(FrappeOptions(), tmp_path).for_scoring(tmp_path / "log.csv") is None
+def test_readers_that_generate_their_rows_cannot_score_a_file(tmp_path: Path) -> None:
+    assert {SyntheticReader: "synthetic"} == {READERS.get(n): n for n in NOT_SCORABLE}
     assert SyntheticReader(SyntheticSpec(cardinalities=[3]), tmp_path).for_scoring(tmp_path / "x.csv") is None
+
+
+def test_a_log_reader_scores_the_logs_rows_unlabelled_without_sampling_negatives(tmp_path: Path) -> None:
+    from test_readers import write_frappe_zip
+
+    assert {FrappeReader: "frappe"} == {READERS.get(n): n for n in LOG_READERS}
+    context = "morning\tsunday\tweekend\tunknown\tfree\tsunny\tSpain\t0\n"
+    write_frappe_zip(tmp_path / "log.zip", [f"u{k}\ti{k}\t1\t{context}" for k in range(5)])
+    reader = FrappeReader(FrappeOptions(path="elsewhere.zip", negatives_per_positive=3), tmp_path)
+    frame = frame_of(reader.for_scoring(tmp_path / "log.zip"))
+    assert frame.height == 5 and frame[LABEL].null_count() == 5  # one row per log line, in log order
+    assert frame["user"].to_list() == [f"u{k}" for k in range(5)]
+    trained = reader.scoring_copy(path=str(tmp_path / "log.zip"), negatives_per_positive=0)
+    trained.scoring = False
+    assert_frame_equal(frame.drop(LABEL), trained.read().splits["all"].drop(LABEL))
 
 
 @pytest.mark.parametrize("name", SCORABLE)

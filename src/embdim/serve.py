@@ -41,9 +41,11 @@ from embdim.config import RunConfig, validate
 from embdim.data.cache import read_encoder, read_schema
 from embdim.data.encoder import Encoder
 from embdim.data.raw import LABEL, DataError
-from embdim.data.readers.base import Reader
+from embdim.data.readers._common import ParquetRows
+from embdim.data.readers.base import NotStreamable, Reader
+from embdim.data.readers.table import TableOptions, TableReader
 from embdim.data.schema import DatasetSchema
-from embdim.errors import ModelFileError, shorten
+from embdim.errors import ConfigError, ModelFileError, shorten
 from embdim.recommender import (
     BUNDLE_CONFIG,
     BUNDLE_FILES,
@@ -126,6 +128,8 @@ class Bundle:
         """Load and verify a bundle (a run folder's ``model/`` or a run folder itself); anything damaged,
         edited or missing is a :class:`~embdim.errors.ModelFileError` naming the file."""
         folder = bundle_folder(folder)
+        if not (folder / MODEL_JSON).is_file():
+            raise ModelFileError(f"{folder}: no bundle there (a bundle holds {MODEL_JSON}; a run folder, model/)")
         model = load_model(folder)  # verifies every file's hash before anything is read
         if not is_bundle(folder):
             raise ModelFileError(
@@ -171,16 +175,20 @@ class Bundle:
                 )
         return self._table_reader(path)
 
-    def _table_reader(self, path: Path) -> Reader:
-        from embdim.data.readers.table import TableOptions
-
-        options = TableOptions(
-            path=str(path),
-            categorical=list(self.encoder.categorical_),
-            numeric=list(self.encoder.numeric_),
-            label=self.schema.label or LABEL,
-        )
-        return READERS.get("table")(options, path.parent).for_scoring(path)
+    def _table_reader(self, path: Path) -> TableReader:
+        """A table reader of the model's input columns; a model trained on a table keeps that table's
+        missing tokens and label rule."""
+        options: dict[str, Any] = {
+            "categorical": list(self.encoder.categorical_),
+            "numeric": list(self.encoder.numeric_),
+            "label": self.schema.label or LABEL,
+        }
+        if self.config.dataset.reader == "table":
+            trained = self.config.dataset.reader_options()
+            rules = ("label", "label_positive", "label_threshold", "missing_values")
+            options |= {key: getattr(trained, key) for key in rules}
+        reader = TableReader(TableOptions(path=str(path), **options), path.parent)
+        return reader.for_scoring(path)
 
     def frames(
         self, source: str | Path | pl.DataFrame | Any, input_format: InputFormat = "auto"
@@ -189,7 +197,13 @@ class Bundle:
         Float32 or null)."""
         if isinstance(source, str | Path):
             reader = self.scoring_reader(source, input_format)
-            chunked = reader.chunked(CHUNK_ROWS)
+            try:
+                chunked = reader.chunked(CHUNK_ROWS)
+                if chunked is not None:
+                    for part in chunked.sources:
+                        part.count_rows()  # where a file turns out not to stream (a quoted CSV), before any row
+            except NotStreamable:
+                chunked = None
             if chunked is None:
                 yield from reader.read().splits.values()
                 return
@@ -199,7 +213,8 @@ class Bundle:
         yield self._typed(source)
 
     def _typed(self, frame: Any) -> pl.DataFrame:
-        """A frame handed over in Python: its input columns cast as the readers type them."""
+        """A frame handed over in Python, typed as a table file of the same columns is read (numbers parsed,
+        declared missing tokens null, the label binarised or null)."""
         if not isinstance(frame, pl.DataFrame):
             try:
                 frame = pl.from_pandas(frame)
@@ -207,19 +222,7 @@ class Bundle:
                 kind = type(frame).__name__
                 raise DataError(f"cannot score a {kind}: give a file, or a polars or pandas frame ({err})") from None
         self._check_columns(frame.columns, "the frame")
-        label = self.schema.label or LABEL
-        columns = [pl.col(c).cast(pl.Utf8) for c in self.encoder.categorical_]
-        for c in self.encoder.numeric_:
-            try:
-                frame.select(pl.col(c).cast(pl.Float64, strict=True))
-            except pl.exceptions.PolarsError:
-                raise DataError(f"the frame's column {c!r} holds values that are not numbers") from None
-            columns.append(pl.col(c).cast(pl.Float64))
-        if label in frame.columns:
-            columns.append(pl.col(label).cast(pl.Float32, strict=False).alias(LABEL))
-        else:
-            columns.append(pl.lit(None, dtype=pl.Float32).alias(LABEL))
-        return frame.select(columns)
+        return self._table_reader(Path("frame"))._typed(frame, ParquetRows("the frame"))
 
     def _check_columns(self, available: list[str], where: str) -> None:
         if missing := [c for c in self.input_columns if c not in available]:
@@ -382,8 +385,14 @@ def _export_network(model: Recommender, path: Path, format: str) -> Any:
             traced = torch.jit.trace(model, inputs)
         traced.save(str(path))
         return torch.jit.load(str(path))
-    import onnxruntime
-
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it, and onnxscript)
+        import onnxruntime
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(
+            f"--format onnx needs the onnx, onnxscript and onnxruntime packages ({err}): pip install 'embdim[onnx]'"
+        ) from None
     portable = copy.deepcopy(model)
     portable.embedding = _with_row_offsets(portable.embedding)
     batch = torch.export.Dim("batch")

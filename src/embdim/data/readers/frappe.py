@@ -1,6 +1,7 @@
 """Frappe CTR set built from the raw log ``Mobile_Frappe.zip`` (the NFM / AFN / BARS recipe).
 
-Every log row is a positive over 10 fields (all columns except ``cnt``). For each positive,
+Every log row is a positive over 10 fields (all columns except ``cnt``). In scoring mode
+(:meth:`FrappeReader.for_scoring`) the log's rows are read as they are, unlabelled. For each positive,
 ``negatives_per_positive`` negatives keep its user and context (daytime, weekday, isweekend,
 homework, cost, weather, country, city) and take an item drawn uniformly from all items of the log,
 redrawn while the (user, context, item) tuple is a positive. Sampling is vectorised and seeded.
@@ -27,7 +28,7 @@ from embdim.data.readers._common import (
     require_columns,
     split_columns,
 )
-from embdim.data.readers.base import Reader, ReaderOptions
+from embdim.data.readers.base import Reader, ReaderOptions, scoring_path
 from embdim.data.readers.libfm import FRAPPE_FIELDS
 from embdim.errors import shorten
 from embdim.registry import READERS
@@ -73,11 +74,16 @@ class FrappeReader(Reader):
     def sources(self) -> list[Path]:
         return list(self.source_files().values())
 
-    def for_scoring(self, path: Path) -> Reader | None:
-        return None  # its rows are built from the log with sampled negatives, not read one per line
+    def for_scoring(self, path: Path) -> Reader:
+        """The log at ``path`` (the zip, or a plain / gzipped ``frappe.csv``), one row per log line and no
+        negatives sampled: the rows a deployed model would score."""
+        return self.scoring_copy(path=scoring_path(path))
 
     def read(self) -> RawData:
         positives, text = self.read_log()
+        if self.scoring:  # the log's lines as they are, unlabelled
+            frame = positives.with_columns(pl.lit(None, dtype=pl.Float32).alias(LABEL))
+            return RawData(splits={ALL_SPLIT: frame}, categorical=list(FRAPPE_FIELDS), sources=self.sources())
         negatives = sample_negatives(positives, self.options.negatives_per_positive, self.options.seed, text)
         frame = pl.concat(
             [
