@@ -27,7 +27,7 @@ def test_readme_embedding_example_runs(capsys):
 
 def test_readme_names_both_commands():
     text = (REPO_ROOT / "README.md").read_text()
-    assert "bash scripts/setup.sh && .venv/bin/embdim run configs/experiments/quickstart.yaml" in text
+    assert "bash scripts/setup.sh && .venv/bin/embdim bench configs/bench/quickstart.yaml --jobs 2" in text
     assert ".venv/bin/python -m pytest -q" in text
     ci = (REPO_ROOT / ".ci" / "run").read_text()
     assert "scripts/setup.sh" in ci and ".venv/bin/python -m pytest -q" in ci

@@ -245,13 +245,13 @@ def test_zero_pad_fills_the_cut_columns():
 
 
 def test_the_docs_example_runs_against_an_export(tmp_path):
-    """docs/torchrec_export.md's example, run on a model exported here, so the docs cannot rot."""
-    text = (REPO_ROOT / "docs" / "torchrec_export.md").read_text()
+    """The README's TorchRec example, run on a model exported here, so the docs cannot rot."""
+    text = (REPO_ROOT / "README.md").read_text()
     example = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "load_torchrec" in b)
     assert "runs/quickstart/model" in example
     export_model(_model("pep"), tmp_path / "model")
     example = example.replace("runs/quickstart/", f"{tmp_path}/")
     scope: dict = {}
-    exec(compile(example, "docs/torchrec_export.md", "exec"), scope)
+    exec(compile(example, "README.md", "exec"), scope)
     assert (tmp_path / "torchrec" / TORCHREC_JSON).is_file()
     assert isinstance(scope["ebc"], EmbeddingBagCollection)

@@ -83,7 +83,7 @@ def _as_list(value: object) -> object:
 
 
 class TableOptions(SplitFileOptions):
-    """A table with named columns (CSV, TSV or Parquet; every key is documented in ``docs/table_reader.md``).
+    """A table with named columns (CSV, TSV or Parquet; every key is documented in the README).
 
     Attributes:
         categorical: columns read as categorical fields (strings).
