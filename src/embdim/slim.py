@@ -146,6 +146,7 @@ class SlimGroup(nn.Module, ABC):
         self.dim = dim
         starts = torch.from_numpy(field_bounds(self.rows)[:-1])
         self.register_buffer("row_offsets", starts, persistent=False)
+        self.register_buffer("_columns", torch.arange(dim), persistent=False)
 
     def global_rows(self, ids: torch.Tensor) -> torch.Tensor:
         return ids + self.row_offsets
@@ -160,14 +161,24 @@ class SlimGroup(nn.Module, ABC):
         }
 
     # ------------------------------------------------------------------ stored values
-    def _keep_values(self, name: str, values: torch.Tensor, row_params: dict[str, torch.Tensor]) -> None:
+    def _keep_values(
+        self, name: str, values: torch.Tensor, row_params: dict[str, torch.Tensor], pad: int = 0
+    ) -> None:
         """Hold ``values`` as attribute ``name``: float32 as a trainable parameter, a stored precision as a
         buffer, with an int8 group's per-row ``scale`` and ``bias`` [sum rows] (float16). Other float dtypes
-        (float64, bfloat16) are trained values: kept as float32."""
+        (float64, bfloat16) are trained values: kept as float32.
+
+        With ``pad``, flat values are held with ``pad`` zeros after them (``padded_<name>``; ``name`` is a view
+        of the stored ones), so that every row, wherever it starts, can be read as a window of ``pad`` values
+        (:meth:`_windows`). The zeros are never saved, and a lookup masks them, so training keeps them zero.
+        """
         if values.is_floating_point() and values.dtype not in STORED.values():
             values = values.to(VALUES)
         self.precision = precision_of(values)
         self._values_name = name
+        if pad:
+            values = _padded(values.detach(), pad)
+            name = f"padded_{name}"
         if self.precision == "fp32":
             setattr(self, name, nn.Parameter(values.detach()))
         else:
@@ -176,6 +187,15 @@ class SlimGroup(nn.Module, ABC):
             raise ValueError("int8 values need a float16 'scale' and 'bias' per row; other precisions have none")
         for key, tensor in row_params.items():
             self.register_buffer(key, tensor.detach())
+
+    def _windows(self, padded: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """The ``dim`` values from each of ``starts`` ``[...]`` in a padded flat tensor: ``[..., dim]`` (a row's
+        own values first, then whatever follows it, which the caller masks)."""
+        return padded.unfold(0, self.dim, 1)[starts]
+
+    def _prefix(self, sizes: torch.Tensor) -> torch.Tensor:
+        """bool ``[..., dim]``: the first ``sizes`` ``[...]`` columns."""
+        return self._columns < sizes.unsqueeze(-1)
 
     def row_params(self) -> dict[str, torch.Tensor]:
         """An int8 group's ``scale`` and ``bias`` ``[sum rows]``; empty for other precisions."""
@@ -236,12 +256,6 @@ class SlimGroup(nn.Module, ABC):
     def check_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """Raise ``ValueError`` naming the tensor when ``tensors`` are not a valid group of ``layout``
         (names, dtypes, shapes, index arrays): what :meth:`SlimEmbedding.load` runs before any use."""
-
-    def _ragged_positions(self, starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For rows with ``starts``/``lengths`` [...]: flat positions [..., d] and their validity."""
-        j = torch.arange(self.dim, device=starts.device)
-        valid = j < lengths.unsqueeze(-1)
-        return torch.where(valid, starts.unsqueeze(-1) + j, 0), valid
 
 
 class DenseGroup(SlimGroup):
@@ -339,12 +353,18 @@ class RaggedGroup(SlimGroup):
         row_params: dict[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__(field_ids, rows, dim)
-        self._keep_values("values", values, row_params or {})
+        self._keep_values("values", values, row_params or {}, pad=dim)
         self.index_names = tuple(sorted(index))
         if self.index_names not in (("offsets",), ("run_offsets", "run_rows", "run_sizes")):
             raise ValueError(f"a ragged index is 'offsets' or 'run_rows', 'run_offsets', 'run_sizes'; got {index}")
         for name, tensor in index.items():
             self.register_buffer(name, tensor.detach())
+        if "run_rows" in index:  # per run (few): where it ends, its size, and row r's start = base + r * size
+            sizes = self.run_sizes.long()
+            self.register_buffer("_run_ends", self.run_rows[1:].long(), persistent=False)
+            self.register_buffer("_run_sizes", sizes, persistent=False)
+            base = self.run_offsets[:-1].long() - self.run_rows[:-1].long() * sizes
+            self.register_buffer("_run_base", base, persistent=False)
 
     @classmethod
     def from_dense(cls, field_ids, rows, table: torch.Tensor, lengths: torch.Tensor, dim: int) -> RaggedGroup:
@@ -379,14 +399,19 @@ class RaggedGroup(SlimGroup):
         if "offsets" in self.index_names:
             starts = self.offsets[g].long()
             return starts, self.offsets[g + 1].long() - starts
-        run = torch.searchsorted(self.run_rows, g.to(self.run_rows.dtype), right=True) - 1
-        sizes = self.run_sizes[run].long()
-        return self.run_offsets[run].long() + (g - self.run_rows[run].long()) * sizes, sizes
+        run = torch.searchsorted(self._run_ends, g, right=True)
+        sizes = self._run_sizes[run]
+        return self._run_base[run] + g * sizes, sizes
+
+    @property
+    def values(self) -> torch.Tensor:
+        """The stored values ``[sum k]`` (a view, without the padding lookups read past)."""
+        return self.padded_values[: len(self.padded_values) - self.dim]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.global_rows(ids)
-        pos, valid = self._ragged_positions(*self.starts_and_sizes(rows))
-        return torch.where(valid, self.decode(self.values[pos], rows), 0.0)
+        starts, sizes = self.starts_and_sizes(rows)
+        return torch.where(self._prefix(sizes), self.decode(self._windows(self.padded_values, starts), rows), 0.0)
 
     def tensors(self):
         index = {name: getattr(self, name) for name in self.index_names}
@@ -440,8 +465,8 @@ class CsrGroup(SlimGroup):
         self, field_ids, rows, values, columns, offsets, dim: int, row_params: dict[str, torch.Tensor] | None = None
     ) -> None:
         super().__init__(field_ids, rows, dim)
-        self._keep_values("values", values, row_params or {})
-        self.register_buffer("columns", columns.detach())
+        self._keep_values("values", values, row_params or {}, pad=dim)
+        self.register_buffer("padded_columns", _padded(columns.detach(), dim))
         self.register_buffer("offsets", offsets.detach())
 
     @classmethod
@@ -453,13 +478,23 @@ class CsrGroup(SlimGroup):
         cols = torch.nonzero(mask, as_tuple=True)[1]
         return cls(field_ids, rows, table[mask], cols.to(_torch(column_dtype(dim))), offsets, dim)
 
+    @property
+    def values(self) -> torch.Tensor:
+        """The stored values ``[nnz]`` (a view, without the padding lookups read past)."""
+        return self.padded_values[: len(self.padded_values) - self.dim]
+
+    @property
+    def columns(self) -> torch.Tensor:
+        """Each stored value's column ``[nnz]``."""
+        return self.padded_columns[: len(self.padded_columns) - self.dim]
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         g = self.global_rows(ids)
         starts = self.offsets[g].long()
-        pos, valid = self._ragged_positions(starts, self.offsets[g + 1].long() - starts)
-        vals = torch.where(valid, self.decode(self.values[pos], g), 0.0)
+        valid = self._prefix(self.offsets[g + 1].long() - starts)
+        vals = torch.where(valid, self.decode(self._windows(self.padded_values, starts), g), 0.0)
         # invalid slots scatter a zero onto column 0, which a valid slot may also write: add, don't overwrite
-        cols = torch.where(valid, self.columns[pos].long(), 0)
+        cols = torch.where(valid, self._windows(self.padded_columns, starts).long(), 0)
         out = torch.zeros(*ids.shape, self.dim, dtype=vals.dtype, device=vals.device)
         return out.scatter_add(-1, cols, vals)
 
@@ -496,6 +531,13 @@ class CsrGroup(SlimGroup):
         rises[row_starts] = True
         if not bool(rises.all()):
             raise ValueError("columns: a row repeats or reorders its column indices")
+
+
+def _padded(flat: torch.Tensor, pad: int) -> torch.Tensor:
+    """``flat`` ``[n]`` followed by ``pad`` zeros, in one new tensor ``[n + pad]``."""
+    out = torch.zeros(len(flat) + pad, dtype=flat.dtype, device=flat.device)
+    out[: len(flat)] = flat
+    return out
 
 
 FLOAT_DTYPES = (VALUES,)
