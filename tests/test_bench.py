@@ -321,3 +321,26 @@ def test_report_draws_sizes_per_field_and_against_frequency_for_every_budget(tmp
         assert path.stat().st_size > 5000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="rows"):
         plot_sizes_vs_frequency_by_budget(value_level, fields[:2], tmp_path / "bad.png")
+
+
+def test_precisions_score_every_run_again_with_its_tables_quantised_once(tmp_path):
+    path = write_bench(tmp_path, methods=["full"], budgets=[0.5], seeds=[1], precisions=["fp32", "int8"])
+    cfg, base = load_bench(path)
+    results = run_bench(cfg, base)
+    done = results.filter(pl.col("status") == "done")
+    assert set(done["label"]) == {"reference", "full", "reference+int8", "full+int8"}
+    for label in ("reference", "full"):
+        fp32, int8 = (done.filter(pl.col("label") == name).row(0, named=True) for name in (label, f"{label}+int8"))
+        # int8 codes plus a float16 scale and bias per row: a quarter of the values' bytes and 4 bytes a row
+        rows = fp32["embedding_bytes"] // (4 * fp32["dim"])
+        assert int8["embedding_bytes"] == rows * fp32["dim"] + 4 * rows
+        assert int8["bytes_ratio"] == pytest.approx(int8["embedding_bytes"] / fp32["full_embedding_bytes"])
+        assert abs(int8["test_auc"] - fp32["test_auc"]) < 0.01 and int8["seed"] == fp32["seed"]
+    stored = bench_dir(cfg) / "runs" / "full_b0.5_s1" / "quantised.json"
+    first = stored.stat().st_mtime_ns
+    run_bench(cfg, base)  # finished runs are not scored again
+    assert stored.stat().st_mtime_ns == first
+    report = write_report(bench_dir(cfg)).read_text()
+    assert "| full+int8 | 0.5 |" in report
+    with pytest.raises(ConfigError, match="list fp32"):
+        load_bench(write_bench(tmp_path, precisions=["int8"]))

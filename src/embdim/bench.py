@@ -8,6 +8,7 @@ A bench config names an experiment (dataset, model, training settings) and sweep
     methods: [full, mde, {name: pep, label: pep_fast, threshold_lr: 0.1}]
     budgets: [0.5, 0.2, 0.1, 0.05]                # fractions of the uniform model's embedding bytes
     seeds: [1, 2, 3]
+    precisions: [fp32, int8]                      # also score every run with its tables stored in int8
 
 Each (method, budget, seed) is a normal run folder under ``<bench_root>/<name>/runs/``, so a killed
 sweep resumes where it stopped and finished runs are never trained again. Every method aims at a
@@ -15,6 +16,12 @@ budget through its own ``Searcher.for_budget`` (uniform by width, MDE by scale, 
 target, DML / AMTL by a penalty controller, MLET by width); where a method cannot reach a budget,
 the row says so instead of substituting another. The uniform model at the experiment's width is
 run once per seed as the reference (budget 1.0) that sizes and times are compared with.
+
+``precisions`` beyond ``fp32`` (what the runs train) score every finished run again post hoc with its
+slim embedding's values stored in that precision (fp16, or int8 row-wise): rows labelled
+``<label>+<precision>`` with their own bytes and test metrics, computed once per run and kept in its
+folder (``quantised.json``). Learned sizes and quantisation multiply: a method's int8 row sits at about a
+quarter of its fp32 row's bytes.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from embdim.config import ConfigError, RunConfig, _format_errors, check_folder_n
 from embdim.errors import DivergedError
 from embdim.options import Options
 from embdim.registry import SEARCHERS
+from embdim.storage import VALUE_PRECISIONS
 
 RESULTS_FILE = "results.csv"
 RUNS_DIR = "runs"  # the sweep's run folders, under its bench folder
@@ -71,7 +79,20 @@ class BenchConfig(Options):
     methods: list[MethodEntry] = Field(min_length=1, description="methods to compare")
     budgets: list[Budget] = Field(min_length=1, description="memory budgets (a number is a fraction)")
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1, description="training seeds")
+    precisions: list[str] = Field(
+        default_factory=lambda: ["fp32"],
+        description="stored precisions every run is scored at: fp32 (as trained), and post hoc fp16 / int8",
+    )
     bench_root: str = Field("runs/bench", description="where bench folders go")
+
+    @field_validator("precisions")
+    @classmethod
+    def _known_precisions(cls, precisions: list[str]) -> list[str]:
+        if unknown := [p for p in precisions if p not in VALUE_PRECISIONS]:
+            raise ValueError(f"unknown precision(s) {unknown}; use {', '.join(VALUE_PRECISIONS)}")
+        if "fp32" not in precisions or len(set(precisions)) != len(precisions):
+            raise ValueError(f"list fp32 (what the runs train) and each precision once, got {precisions}")
+        return precisions
 
     @field_validator("name")
     @classmethod
@@ -258,7 +279,50 @@ def run_bench(cfg: BenchConfig, base: Path, jobs: int = 1, rerun_stale: bool = F
                 finish(futures[future], future.result())
                 bar.update()
     bar.close()
-    return pl.DataFrame([rows[i] for i in sorted(rows)], infer_schema_length=None)
+    done = [rows[i] for i in sorted(rows)]
+    extra = [
+        _quantised_row(row, bench_dir(cfg) / RUNS_DIR / row["run"], precision)
+        for precision in cfg.precisions
+        if precision != "fp32"
+        for row in done
+        if row["status"] == "done"
+    ]
+    if extra:
+        _write_results(folder, done + extra)
+    return pl.DataFrame(done + extra, infer_schema_length=None)
+
+
+def _quantised_row(row: dict[str, Any], run_dir: Path, precision: str) -> dict[str, Any]:
+    """The results.csv row of a finished run scored with its tables stored in ``precision``: its own
+    label (``<label>+<precision>``), bytes and test metrics; the rest (budget, seed, time, landing) is the
+    run's. Computed once and kept in the run's ``quantised.json``."""
+    from embdim.serve import Bundle
+    from embdim.train.checkpoint import atomic_write_json
+    from embdim.train.evaluate import predict_logits
+    from embdim.train.layout import RunFolder
+    from embdim.train.metrics import log_loss, roc_auc
+    from embdim.train.run import prepare_dataset
+
+    folder = RunFolder(run_dir)
+    stored = json.loads(folder.quantised.read_text()) if folder.quantised.is_file() else {}
+    if precision not in stored:
+        bundle = Bundle.load(folder.model)
+        model = bundle.model
+        slim = model.embedding.with_precision(precision)
+        model.embedding = slim
+        test = prepare_dataset(bundle.config, progress=False).splits["test"]
+        logits = predict_logits(model, test, bundle.config.train.eval_batch_size)
+        network = sum(t.numel() * t.element_size() for t in model.model.state_dict().values())
+        stored[precision] = {
+            "test_auc": roc_auc(test.labels, logits),
+            "test_logloss": log_loss(test.labels, logits),
+            "embedding_bytes": slim.stored_bytes(),
+            "model_bytes": slim.stored_bytes() + network,
+        }
+        atomic_write_json(folder.quantised, stored)
+    measured = stored[precision]
+    full = row["full_embedding_bytes"]
+    return row | measured | {"label": f"{row['label']}+{precision}", "bytes_ratio": measured["embedding_bytes"] / full}
 
 
 def exit_with_parent(parent: int) -> None:

@@ -10,8 +10,9 @@ read their names from here).
       initial.safetensors  the step-0 weights (lottery-ticket rewinds)
       best.safetensors     the selected weights of the current stage
       plan.json            the learned sizes (EmbeddingPlan JSON)
-      model/               the exported slim model (see embdim.recommender.export_model)
+      model/               the bundle: the exported slim model and what scores raw rows (embdim.serve)
       result.json          the result; "status": "completed" or "diverged"
+      quantised.json       test metrics and bytes of the bundle with its tables in fp16 / int8 (bench precisions)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ BEST_FILE = "best.safetensors"
 PLAN_FILE = "plan.json"
 MODEL_DIR = "model"
 RESULT_FILE = "result.json"
+QUANTISED_FILE = "quantised.json"
 CORRUPT_SUFFIX = ".corrupt"  # an unreadable run-state file is moved aside to <name>.corrupt
 COMPLETED, DIVERGED = "completed", "diverged"  # result.json's status
 
@@ -68,3 +70,7 @@ class RunFolder:
     @property
     def result(self) -> Path:
         return self.root / RESULT_FILE
+
+    @property
+    def quantised(self) -> Path:
+        return self.root / QUANTISED_FILE
