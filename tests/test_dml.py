@@ -258,11 +258,35 @@ def test_budget_controller_lands_within_ten_percent(tmp_path, cache_root):
     assert result["export_max_abs_logit_diff"] < 1e-6
 
 
+def test_a_retrain_from_the_initial_weights_keeps_the_searched_widths(tmp_path, cache_root):
+    common = [*SMALL_MODELS["deepfm"], "train.epochs=2", "method.max_search_steps=20", "method.finetune_max_steps=10"]
+    common += ["method.penalty=2.0", "method.length_lr_scale=50"]
+    search = run_experiment(small_config(tmp_path, "name=search", *common, cache=cache_root))
+    initial = run_experiment(
+        small_config(tmp_path, "name=initial", *common, "method.finetune_from=initial", cache=cache_root)
+    )
+    # the same search (same seed), so the same cut; the fine-tunes start from different weights
+    assert initial["field_dims"] == search["field_dims"] and initial["params_ratio"] < 1.0
+    assert initial["stages"]["search"]["valid_auc"] == search["stages"]["search"]["valid_auc"]
+    start = initial["stages"]["finetune"]["valid_auc_at_start"]
+    assert start != pytest.approx(search["stages"]["finetune"]["valid_auc_at_start"], abs=1e-6)
+    assert start < initial["stages"]["search"]["valid_auc"]  # rewound: it has forgotten what the search learned
+    assert initial["export_max_abs_logit_diff"] < 1e-6
+    # killed in the retraining, it resumes with the searched widths (kept across the rewind) to the same end
+    killed = small_config(tmp_path, "name=killed_initial", *common, "method.finetune_from=initial", cache=cache_root)
+    killer = type("KilledInFinetune", (KilledAt,), {"kill_stage": 1, "kill_step": 5})
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(killed, trainer_cls=killer)
+    resumed = run_experiment(killed)
+    assert (resumed["test_auc"], resumed["field_dims"]) == (initial["test_auc"], initial["field_dims"])
+
+
 class KilledAt(Trainer):
+    kill_stage = 0
     kill_step = 23
 
     def after_step(self, p):
-        if p.stage_index == 0 and p.step == self.kill_step:
+        if p.stage_index == self.kill_stage and p.step == self.kill_step:
             raise KeyboardInterrupt("simulated kill")
 
 

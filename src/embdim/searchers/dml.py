@@ -38,6 +38,11 @@ every choice is a knob of :class:`DMLConfig`):
 - Cut (start of the ``finetune`` stage): ``N_f* = round(N_f)`` (the hard mask's width, where the
   soft mask crosses 0.5), lengths frozen, the penalty off; ``finetune_max_steps`` bounds the
   fine-tune (0: no fine-tune stage, the cut happens at the end of the search).
+- ``finetune_from``: the fine-tune continues from the search's last weights (``search``), or is a
+  retraining of the cut model from the step-0 weights (``initial``, lottery-ticket style, as PEP
+  retrains): the search's weights have already fit the training data while the controller moved
+  the sizes, so a model that only fine-tunes them may start overfit. With ``initial`` the widths are
+  cut at the end of the search and kept across the rewind.
 - Export: one dense table per distinct width holding each field's first ``N_f*`` columns,
   zero-padded back to ``d`` at lookup (dot products unchanged). For concat -> MLP models
   (DeepFM, AutoInt+) :meth:`embdim.models.base.CTRModel.compact_inputs` drops the first dense
@@ -140,6 +145,11 @@ class DMLConfig(SearcherConfig):
         description="after the cut, concat -> MLP models drop the first dense layer's input columns that only "
         "saw cut dimensions (model.compact_inputs; applied by the trainer through model_input_widths)",
     )
+    finetune_from: Literal["search", "initial"] = Field(
+        "search",
+        description="the fine-tune starts from the search's last weights, or retrains the cut model from the "
+        "step-0 weights (lottery-ticket style)",
+    )
     finetune_max_steps: int | None = Field(
         None, ge=0, description="bound of the fine-tune after the cut; 0 = no fine-tune; None = train.epochs/patience"
     )
@@ -193,6 +203,8 @@ class DMLSearcher(Searcher):
         self.finetune_steps = 0
         self.history: list[list[int]] = []
         self.repaired = 0
+        #: with ``finetune_from: initial``, the widths cut at the end of the search (kept across the rewind)
+        self.search_widths: list[int] | None = None
         self.target_share: float | None = None
         if config.budget is not None:
             self.target_share = config.budget.share(self.fields, dim)
@@ -298,7 +310,8 @@ class DMLSearcher(Searcher):
         search = Stage(SEARCH, patience=False, selection="last", max_steps=self.config.max_search_steps)
         if self.config.finetune_max_steps == 0:
             return (search,)
-        return search, Stage(FINETUNE, max_steps=self.config.finetune_max_steps)
+        rewind = self.config.finetune_from == "initial"
+        return search, Stage(FINETUNE, max_steps=self.config.finetune_max_steps, rewind=rewind)
 
     def _landed(self, widths: list[int]) -> bool:
         if self.target_share is None:
@@ -326,12 +339,20 @@ class DMLSearcher(Searcher):
         return self.search_steps >= min_steps and stable and on_target
 
     def start_stage(self, stage: Stage, lookup: Lookup) -> None:
-        if stage.name == FINETUNE and not self.is_cut:
+        if stage.name != FINETUNE:
+            return
+        if self.search_widths is not None:  # the rewind reset the cut widths with every other weight
+            self.cut_dims.copy_(torch.tensor(self.search_widths, dtype=torch.long))
+        elif not self.is_cut:
             self.cut()
 
     def end_stage(self, stage: Stage, lookup: Lookup) -> None:
-        if stage.name == SEARCH and self.config.finetune_max_steps == 0 and not self.is_cut:
+        if stage.name != SEARCH or self.is_cut:
+            return
+        if self.config.finetune_max_steps == 0:
             self.cut()
+        elif self.config.finetune_from == "initial":  # cut what the search learned, before it is rewound
+            self.search_widths = self.cut()
 
     # ------------------------------------------------------------------ the cut
     def cut(self) -> list[int]:
@@ -416,6 +437,7 @@ class DMLSearcher(Searcher):
             "finetune_steps": self.finetune_steps,
             "history": [list(w) for w in self.history],
             "repaired": self.repaired,
+            "search_widths": self.search_widths,
         }
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
@@ -426,6 +448,7 @@ class DMLSearcher(Searcher):
         self.finetune_steps = int(state["finetune_steps"])
         self.history = [list(w) for w in state["history"]]
         self.repaired = int(state["repaired"])
+        self.search_widths = state.get("search_widths")
 
     def plan(self, lookup: Lookup) -> EmbeddingPlan:
         details = {
