@@ -10,8 +10,8 @@ as a server would load it:
 - throughput: the model's forward on a batch of 4096 test rows, samples/s;
 - latency: the forward on one row at a time, p50 and p99 in milliseconds.
 
-Speed is measured side by side in one process: every round times every model once, in turn, so load on
-the machine hits them alike; throughput is the median over rounds, latencies pool every round's calls.
+Speed is measured side by side in one process: every round times every model once, in an order drawn
+anew each round, so load on the machine hits them alike; throughput is the median over rounds, latencies pool every round's calls.
 Ratios are to the reference's fp32 model measured in the same rounds. Wall and CPU seconds of the timed
 loops are printed, and the peak RSS of the process.
 """
@@ -118,7 +118,8 @@ def main() -> None:
             tuple(t for t in batch_tensors(test, np.array([i]))[:2] if t is not None)
             for i in gen.integers(0, len(test), args.single_calls)
         ]
-        for name, model in models.items():
+        for name in gen.permutation(list(models)):  # a new order each round: no model always follows another
+            model = models[name]
             batch_seconds[name].append(statistics.median(time_calls(model, [batch] * args.batch_calls)))
             single_seconds[name] += time_calls(model, singles)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

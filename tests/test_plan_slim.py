@@ -128,3 +128,21 @@ def test_mixed_groups_equal_each_group_padded_and_placed():
         fields = list(group.field_ids)
         assert torch.equal(out[:, fields], group(ids[:, fields]))
     assert torch.equal(out[:, 2], torch.zeros(batch, dim))  # field c: stored by no group
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_dense_tables_of_several_widths_read_packed_exactly_as_group_by_group(precision, tmp_path):
+    """A model read from disk whose groups are plain dense tables (DML's cut) is packed into one buffer and
+    looked up in one gather; every id of every field, a dropped field included, comes back as before."""
+    gen = torch.Generator().manual_seed(2)
+    dim = 6
+    wide = DenseGroup((2, 0), (5, 3), torch.randn(8, 6, generator=gen), None, dim)
+    narrow = DenseGroup((3,), (4,), torch.randn(4, 2, generator=gen), None, dim)
+    plan = EmbeddingPlan("x", list("abcd"), [3, 7, 5, 4], dim, [6, 0, 6, 2])
+    unpacked = SlimEmbedding(plan, [wide, narrow]).with_precision(precision)
+    unpacked.save(tmp_path)
+    packed = SlimEmbedding.load(tmp_path)
+    assert packed._packed is not None and unpacked._packed is None
+    ids = torch.stack([torch.arange(7) % n for n in plan.vocab_sizes], 1)
+    assert torch.equal(packed(ids), unpacked(ids))
+    assert packed.stored_bytes() == unpacked.stored_bytes() == plan.num_bytes // (2 if precision == "fp16" else 1)

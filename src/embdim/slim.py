@@ -600,10 +600,13 @@ def _check_offsets(tensors: dict[str, torch.Tensor], name: str, rows: int, total
 class SlimEmbedding(nn.Module):
     """ids ``[B, F]`` -> embeddings ``[B, F, d]`` from slim storage groups.
 
-    Fields that no group holds (dropped entirely) embed to zeros.
+    Fields that no group holds (dropped entirely) embed to zeros. A model read from disk whose groups are
+    all plain dense tables of several widths (DML's cut) is *packed* by :meth:`load`: the tables are views
+    of one flat buffer followed by ``d`` zeros, so a lookup reads every field's row as one window of that
+    buffer (a gather and a mask) instead of one gather per group and a reordering (``packed``).
     """
 
-    def __init__(self, plan: EmbeddingPlan, groups: Sequence[SlimGroup]) -> None:
+    def __init__(self, plan: EmbeddingPlan, groups: Sequence[SlimGroup], packed: torch.Tensor | None = None) -> None:
         super().__init__()
         self.plan = plan
         self.dim = plan.dim
@@ -618,6 +621,16 @@ class SlimEmbedding(nn.Module):
         for i, g in enumerate(groups):
             self.register_buffer(f"_fields{i}", torch.tensor(g.field_ids, dtype=torch.long), persistent=False)
         self.register_buffer("gather", self._gather_columns(), persistent=False)
+        self._packed = packed
+        if packed is not None:  # each field's first value in the buffer, its row width, and its kept columns
+            base, width = torch.zeros(self.num_fields, dtype=torch.long), torch.zeros(self.num_fields, dtype=torch.long)
+            for g in groups:
+                start = g.weight.storage_offset() - packed.storage_offset()
+                for f, row in zip(g.field_ids, g.row_offsets.tolist(), strict=True):
+                    base[f], width[f] = start + row * g.weight.shape[1], g.weight.shape[1]
+            self.register_buffer("_field_base", base, persistent=False)
+            self.register_buffer("_field_width", width, persistent=False)
+            self.register_buffer("_field_mask", torch.arange(self.dim) < width.unsqueeze(1), persistent=False)
 
     def _gather_columns(self) -> torch.Tensor:
         """Output column ``f * d + j`` -> its position in the groups' flattened narrow outputs, int64 [F * d].
@@ -639,6 +652,9 @@ class SlimEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self._identity:
             return self.groups[0](ids)
+        if self._packed is not None and self._packed.device == ids.device:  # (moved elsewhere: the groups read)
+            rows = self._packed.unfold(0, self.dim, 1)[self._field_base + ids * self._field_width]
+            return torch.where(self._field_mask, rows.to(VALUES), 0.0)
         # one gather of flat columns instead of padding each group to d and reordering fields (fewer copies)
         batch = ids.shape[0]
         parts = []
@@ -699,7 +715,25 @@ class SlimEmbedding(nn.Module):
         if strays:
             raise ModelFileError(f"{folder / EMBEDDING_TENSORS}: tensors of no group: {shorten(str(strays))}")
         _check_sizes_match_plan(groups, plan, where)
-        return cls(plan, groups)
+        return cls(plan, groups, _pack_dense(groups, plan))
+
+
+def _pack_dense(groups: list[SlimGroup], plan: EmbeddingPlan) -> torch.Tensor | None:
+    """For plain dense tables (no projection) of a float precision, not already one group of every field:
+    one flat buffer holding every table back to back, then ``dim`` zeros; the tables become views of it."""
+    plain = all(isinstance(g, DenseGroup) and g.projection is None for g in groups)
+    one_table = len(groups) == 1 and list(groups[0].field_ids) == list(range(plan.num_fields))
+    if not groups or not plain or one_table or plan.precision == ROW_WISE:
+        return None
+    sizes = [g.weight.numel() for g in groups]
+    packed = torch.zeros(sum(sizes) + plan.dim, dtype=groups[0].weight.dtype)
+    start = 0
+    for group, size in zip(groups, sizes, strict=True):
+        view = packed[start : start + size].view_as(group.weight)
+        view.copy_(group.weight.detach())
+        group.weight = nn.Parameter(view) if isinstance(group.weight, nn.Parameter) else view
+        start += size
+    return packed
 
 
 def _check_sizes_match_plan(groups: list[SlimGroup], plan: EmbeddingPlan, where: Path) -> None:
