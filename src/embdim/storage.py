@@ -66,8 +66,9 @@ def row_param_bytes(precision: str) -> int:
 
 
 HASH_PRIME = 2**31 - 1
-"""The prime ``p`` of the hashed kind's hash ``((a * id + b) mod p)``: a Mersenne prime above every id an
-int32 id column holds, so that ``a * id + b`` (``a, b < p``) stays exact in int64 arithmetic."""
+"""The prime ``p`` of the hashed kind's hash ``((a * id + b) mod p)``: the Mersenne prime that is int32's
+largest value, so above every id (an id is below its vocabulary size, itself an int32), and small enough
+that ``a * id + b`` (``a, b < p``) stays exact in int64 arithmetic."""
 HASH_PARAM_DTYPE = np.dtype(np.int32)
 """Dtype of a hashed field's stored ``a`` and ``b`` (both below :data:`HASH_PRIME`)."""
 MIN_BUCKETS = 2

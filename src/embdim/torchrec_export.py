@@ -82,7 +82,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from embdim.errors import ModelFileError, shorten
+from embdim.errors import ConfigError, ModelFileError, shorten
 from embdim.measures import all_finite
 from embdim.recommender import staged_folder, verify_folder, write_manifest
 from embdim.slim import (
@@ -312,15 +312,15 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
         the slim embedding's.
     Raises:
         ValueError: a slim embedding stored in fp16 or int8 (the export writes float32 tables), or in ``qr``
-            storage (no TorchRec layout computes it).
+            storage (no TorchRec layout computes it; a :class:`~embdim.errors.ConfigError`).
     """
     if slim.plan.precision != "fp32":
         raise ValueError(
             f"a TorchRec export writes float32 tables; this embedding stores {slim.plan.precision} values "
             "(export it from the fp32 bundle)"
         )
-    if slim.plan.storage == "qr":
-        raise ValueError(
+    if slim.plan.storage == "qr":  # a ValueError the command line reports as the request's error, not a bug
+        raise ConfigError(
             "no TorchRec export for qr storage (quotient-remainder embeddings): an id's vector combines a row "
             "of each of two tables, which a TorchRec collection's pooling does not compute"
         )

@@ -12,15 +12,17 @@ serves every field [paper: the DLRM reference's ``--qr-collisions``]; a field wh
 no fewer rows than its plain table (``ceil(n_f / c) + c >= n_f``) keeps its plain ``n_f x d`` table
 [ours: the reference keeps fields below a fixed row count plain instead].
 
-Initialisation [ours]. The reference draws both tables from ``U(sqrt(1 / n_f), 1)`` (a ``uniform_`` call
-whose upper bound defaults to 1), so a product starts far from a plain table's values. Here the combined
-vector starts at the ``full`` table's scale, with both tables alike: ``mult``: ``Q, R ~ N(0, std)`` (variance ``std``,
-standard deviation ``sqrt(std)``), so every value of ``Q[q] * R[r]`` has mean 0 and variance ``std^2``, the ``full``
-table's (a product of two normals: the same variance, heavier tails); ``add``: ``Q, R ~ N(0, std^2 / 2)``,
-so the sum is ``N(0, std^2)``, the ``full`` table's law exactly. The two factors get the same scale
-because an adaptive optimizer moves each value by about its learning rate whatever its size, so a factor
-started near 1 against one near ``std`` would hardly move: the ids that share a quotient row would stay
-nearly alike, and the model learns markedly slower on the tests' data.
+Initialisation [ours]. The reference draws both tables from ``U(sqrt(1 / n_f), 1)`` (a ``uniform_``
+call whose upper bound defaults to 1), so a product starts far from a plain table's values. Here the
+combined vector starts at the ``full`` table's scale, with both tables alike. ``mult``: ``Q`` and ``R``
+normal with mean 0 and standard deviation ``sqrt(std)``, so every value of ``Q[q] * R[r]`` has mean 0
+and variance ``std^2``, the ``full`` table's (a product of two normals: the same variance, heavier
+tails). ``add``: both ``N(0, std^2 / 2)``, so the sum is ``N(0, std^2)``, the ``full`` table's law
+exactly. The two factors get the same scale because an adaptive optimizer moves each value by about its
+learning rate whatever its size: a factor started near 1 beside one near ``std`` would hardly move, the
+ids that share a quotient row would stay nearly alike, and the model learned markedly slower on the
+tests' data. Weight decay on the tables (``train.embedding_weight_decay``) pulls both factors toward 0,
+so it shrinks a product faster than a plain row.
 
 OOV: id 0 is an id like any other (quotient 0, remainder 0): its pair of rows is its own.
 
