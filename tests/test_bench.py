@@ -27,6 +27,7 @@ from embdim.report.bench_sizes import (
     plot_sizes_vs_frequency_by_budget,
 )
 from embdim.searchers.base import Searcher
+from embdim.storage import STORAGE_KINDS
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "quickstart.yaml"
 FIELDS = [FieldInfo("a", 30), FieldInfo("b", 400), FieldInfo("c", 2000)]
@@ -56,7 +57,7 @@ def write_bench(tmp_path: Path, **changes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("method", ["full", "mde"])
+@pytest.mark.parametrize("method", ["full", "mde", "hash", "qr"])
 @pytest.mark.parametrize("fraction", [0.5, 0.25])
 def test_size_set_methods_land_on_budgets(method, fraction):
     cls = SEARCHERS.get(method)
@@ -203,7 +204,7 @@ def test_every_method_lands_on_a_budget(tmp_path, method):
     cfg, _ = load_bench(path)
     report = write_report(bench_dir(cfg)).read_text()
     plan = json.loads((bench_dir(cfg) / "runs" / row["run"] / "plan.json").read_text())
-    value_level = plan["storage"] != "dense"
+    value_level = STORAGE_KINDS[plan["storage"]].per_row  # sizes per row (ragged, csr), not per field
     field_level = not value_level and len(set(plan["field_dims"])) > 1
     assert ("sizes_vs_frequency.png" in report) == value_level
     assert ("field_sizes.png" in report) == field_level

@@ -30,6 +30,35 @@ def test_ragged_and_csr_bytes_include_index_structures():
     assert csr.num_bytes == 13 * 4 + 13 * 1 + 6 * 4  # uint8 column per value
 
 
+def test_hashed_and_quotient_remainder_bytes_count_the_shared_rows():
+    # field a (10 ids) in 4 buckets, field b (3 ids) kept as a plain table; width 8
+    hashed = EmbeddingPlan("hash", ["a", "b"], [10, 3], 8, [8, 8], storage="hashed", buckets=[4, 3])
+    assert hashed.kind.stored_rows(hashed) == [4, 3] and hashed.num_params == 7 * 8
+    assert hashed.num_bytes == 7 * 8 * 4 + 2 * 4  # the rows, and field a's hash (a, b: int32)
+    assert hashed.dropped_features() == [0, 0]
+    # qr: field a with 4 remainder rows keeps ceil(10 / 4) = 3 quotient rows; no index
+    qr = EmbeddingPlan("qr", ["a", "b"], [10, 3], 8, [8, 8], storage="qr", buckets=[4, 3])
+    assert qr.kind.stored_rows(qr) == [3 + 4, 3] and qr.num_bytes == 10 * 8 * 4
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(buckets=None), "needs buckets for each of the 2 fields"),
+        (dict(buckets=[1, 3]), r"buckets must be 10 \(a plain table\) or in \[2, 10\): 1"),
+        (dict(buckets=[11, 3]), "buckets must be 10"),
+        (dict(field_dims=[8, 4]), "keeps rows of the full width 8: 4"),
+        (dict(storage="dense"), "dense storage has no buckets"),
+    ],
+)
+def test_a_plan_whose_buckets_do_not_fit_its_kind_is_refused(bad, message):
+    kwargs = dict(
+        method="x", field_names=["a", "b"], vocab_sizes=[10, 3], dim=8, field_dims=[8, 8], storage="hashed"
+    )
+    with pytest.raises(ValueError, match=message):
+        EmbeddingPlan(**(kwargs | {"buckets": [4, 3]} | bad))
+
+
 def test_plan_json_round_trip(tmp_path):
     plan = EmbeddingPlan(
         "amtl", ["a"], [4], 6, [5], storage="ragged", row_sizes=[np.array([5, 0, 2, 1])], details={"tau": 0.1}
@@ -38,6 +67,11 @@ def test_plan_json_round_trip(tmp_path):
     back = EmbeddingPlan.load(tmp_path / "plan.json")
     assert back.to_dict() == plan.to_dict()
     assert back.num_bytes == plan.num_bytes
+    hashed = EmbeddingPlan("hash", ["a", "b"], [10, 3], 8, [8, 8], storage="hashed", buckets=[4, 3])
+    back = EmbeddingPlan.from_json(hashed.to_json())
+    assert back.to_dict() == hashed.to_dict() and back.buckets == [4, 3] and back.num_bytes == hashed.num_bytes
+    older = {k: v for k, v in plan.to_dict().items() if k != "buckets"}  # a plan saved before buckets existed
+    assert EmbeddingPlan.from_dict(older).to_dict() == plan.to_dict()
 
 
 @pytest.mark.parametrize("bad", [dict(field_dims=[9]), dict(storage="ragged"), dict(vocab_sizes=[1, 2])])

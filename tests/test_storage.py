@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from embdim.plan import EmbeddingPlan
-from embdim.slim import GROUP_KINDS, CsrGroup, DenseGroup, RaggedGroup, SlimEmbedding
+from embdim.slim import GROUP_KINDS, CsrGroup, DenseGroup, HashedGroup, QRGroup, RaggedGroup, SlimEmbedding
 from embdim.storage import (
     STORAGE_KINDS,
     DenseStorage,
@@ -20,7 +20,7 @@ from embdim.storage import (
 
 
 def test_every_storage_kind_has_a_slim_group_of_the_same_name():
-    assert set(STORAGE_KINDS) == set(GROUP_KINDS) == {"dense", "ragged", "csr"}
+    assert set(STORAGE_KINDS) == set(GROUP_KINDS) == {"dense", "ragged", "csr", "hashed", "qr"}
 
 
 def test_index_dtypes_widen_exactly_at_their_limits():
@@ -36,7 +36,7 @@ def test_field_bounds_place_fields_back_to_back():
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 @pytest.mark.parametrize("dim", [6, 300])  # uint8 and int16 sizes / column indices
-@pytest.mark.parametrize("storage", ["dense", "ragged", "csr"])
+@pytest.mark.parametrize("storage", ["dense", "ragged", "csr", "hashed", "qr"])
 def test_a_plans_bytes_are_the_bytes_its_slim_model_stores(storage, dim, precision):
     gen = torch.Generator().manual_seed(dim)
     rows = (40, 25)
@@ -46,6 +46,16 @@ def test_a_plans_bytes_are_the_bytes_its_slim_model_stores(storage, dim, precisi
         widths = [dim, dim // 2]
         groups = [DenseGroup((f,), (rows[f],), table[: rows[f], : widths[f]], None, dim) for f in range(2)]
         plan = EmbeddingPlan("x", ["a", "b"], list(rows), dim, widths)
+    elif storage in ("hashed", "qr"):  # field a shares rows (7 buckets), field b keeps its plain table
+        buckets = [7, rows[1]]
+        plan = EmbeddingPlan("x", ["a", "b"], list(rows), dim, [dim, dim], storage=storage, buckets=buckets)
+        shared = plan.kind.stored_rows(plan)[0]  # hashed: 7; qr: ceil(40 / 7) + 7 = 13
+        if storage == "hashed":
+            params = torch.tensor([12345], dtype=torch.int32), torch.tensor([678], dtype=torch.int32)
+            group = HashedGroup((0,), rows[:1], buckets[:1], table[:shared], *params, dim)
+        else:
+            group = QRGroup((0,), rows[:1], buckets[:1], "mult", table[:shared], dim)
+        groups = [group, DenseGroup((1,), rows[1:], table[: rows[1]], None, dim)]
     else:
         if storage == "ragged":  # sizes in runs (frequency order), so the per-run index is chosen
             sizes = torch.cat([torch.full((30,), dim), torch.full((10,), 2), torch.full((25,), 1)])

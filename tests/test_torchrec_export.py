@@ -37,8 +37,8 @@ FIELDS = [
 ]
 DIM = 8
 #: every storage kind: dense (full, cut widths with a dropped field, mde's projections), ragged with
-#: either index (amtl), csr (pep with part of the table pruned)
-CASES = ["full", "cut", "mde", "amtl_rows", "amtl_runs", "pep"]
+#: either index (amtl), csr (pep with part of the table pruned), hashed (hash: a plain field and two hashed)
+CASES = ["full", "cut", "mde", "amtl_rows", "amtl_runs", "pep", "hash"]
 
 
 def _runs(n: int, sizes: list[int]) -> torch.Tensor:
@@ -49,7 +49,7 @@ def _runs(n: int, sizes: list[int]) -> torch.Tensor:
 def _model(case: str) -> Recommender:
     torch.manual_seed(0)
     method = {"cut": "full", "amtl_rows": "amtl", "amtl_runs": "amtl"}.get(case, case)
-    options = {"mde": {"alpha": 0.5}}.get(method, {})
+    options = {"mde": {"alpha": 0.5}, "hash": {"buckets": 0.9}}.get(method, {})
     rec = build_recommender(FIELDS, 0, DIM, "deepfm", {"hidden": [8]}, method, options)
     searcher = rec.embedding.searcher
     with torch.no_grad():
@@ -136,8 +136,18 @@ def test_each_kind_is_laid_out_as_documented(exported):
         assert ids_kinds == ["remapped", "remapped", "remapped"]  # small: id 2 stores nothing
     if case == "pep":
         assert "remapped" in ids_kinds and any(len(w) > 1 for w in widths.values())
+    if case == "hash":  # the 3-id field keeps its table; the others: one table of their buckets each
+        assert ids_kinds == ["direct", "hashed", "hashed"] and widths == {0: [8], 1: [8], 2: [8]}
+        buckets = [t["num_embeddings"] for t in meta["tables"]]
+        assert buckets == [3, 36, 450] == slim.plan.kind.stored_rows(slim.plan)
+        lookup = load_file(str(folder / LOOKUP_TENSORS))
+        for f in (1, 2):  # every id's bucket, as the slim model hashes it; the OOV id alone in bucket 0
+            row = lookup[f"remap.{f}.row"].long()
+            every_id = torch.arange(FIELDS[f].vocab_size).repeat(2, 1).T  # [n_f, 2]: the group's two fields
+            assert torch.equal(row, slim.groups[0].bucket(every_id)[:, f - 1])
+            assert row[0] == 0 and bool((row[1:] > 0).all()) and len(row.unique()) <= buckets[f]
     for f, kind in enumerate(ids_kinds):
-        if kind == "remapped":
+        if kind in ("remapped", "hashed"):
             table, row = (load_file(str(folder / LOOKUP_TENSORS))[f"remap.{f}.{p}"] for p in ("table", "row"))
             assert table.dtype == torch.int8 and row.dtype == torch.int32 and len(table) == FIELDS[f].vocab_size
 
@@ -238,6 +248,33 @@ def test_resigned_edits_are_refused_naming_the_file_and_field(ragged_export):
         load_torchrec(ragged_export)
     restore()
     load_torchrec(ragged_export)  # restored: loads again
+
+
+def test_a_hashed_fields_remap_is_checked_on_load(tmp_path):
+    export_torchrec(_model("hash").embedding.export(), tmp_path / "torchrec")
+    original = (tmp_path / "torchrec" / LOOKUP_TENSORS).read_bytes()
+    edits = {
+        "row": (lambda t: t["remap.2.row"].fill_(450), r"need buckets in \[0, 450\)"),
+        "table": (lambda t: t["remap.2.table"].fill_(-1), "read its table 0"),
+    }
+    for part, (change, message) in edits.items():
+        tensors = load_file(str(tmp_path / "torchrec" / LOOKUP_TENSORS))
+        change(tensors)
+        save_file(tensors, str(tmp_path / "torchrec" / LOOKUP_TENSORS))
+        _resign(tmp_path / "torchrec")
+        with pytest.raises(ModelFileError, match=rf"tensor 'remap\.2\.{part}': a hashed field's ids {message}"):
+            load_torchrec(tmp_path / "torchrec")
+        (tmp_path / "torchrec" / LOOKUP_TENSORS).write_bytes(original)
+        _resign(tmp_path / "torchrec")
+    load_torchrec(tmp_path / "torchrec")  # restored: loads again
+
+
+def test_a_quotient_remainder_embedding_is_refused_naming_its_kind(tmp_path):
+    slim = _model("qr").embedding.export()
+    assert slim.plan.storage == "qr"
+    with pytest.raises(ValueError, match="no TorchRec export for qr storage"):
+        export_torchrec(slim, tmp_path / "torchrec")
+    assert not (tmp_path / "torchrec").exists()
 
 
 def test_zero_pad_fills_the_cut_columns():

@@ -76,7 +76,7 @@ class EmbeddingLayer(nn.Module):
         self.fields = list(fields)
         self.dim = dim
         self.searcher = create_searcher(method, self.fields, dim, method_config, init_std)
-        self.lookup = create_lookup(backend, self.searcher.table_specs(), len(self.fields), sparse)
+        self.lookup = create_lookup(backend, self.searcher.table_specs(), self.searcher.num_lookup_fields, sparse)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embed(ids).embeddings
@@ -85,7 +85,7 @@ class EmbeddingLayer(nn.Module):
         """Embeddings ``[B, F, d]`` of ``ids`` [B, F] and the batch's penalty: the searcher's, plus
         (training, ``looked_up_l2 > 0``) ``looked_up_l2 / 2 * sum ||w_r||^2`` over the distinct raw
         table rows the batch reads (the looked-up form of the embedding L2)."""
-        raw = self.lookup(ids)
+        raw = self.lookup(self.searcher.lookup_ids(ids))
         out = self.searcher(raw, ids)
         if looked_up_l2 > 0 and self.training:
             return Embedded(out.embeddings, add_penalty(out.penalty, 0.5 * looked_up_l2 * raw.distinct_row_l2()))

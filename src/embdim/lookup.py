@@ -29,8 +29,10 @@ class TableSpec:
     Attributes:
         name: table name (unique within a layer).
         field_ids: the fields stored in this table, in order; field ``field_ids[j]`` owns rows
-            ``offsets[j] : offsets[j] + rows[j]``.
-        rows: vocabulary size of each of those fields.
+            ``offsets[j] : offsets[j] + rows[j]``. A field is a column of the ids the lookup reads: the
+            model's fields, unless a searcher maps them first (:meth:`Searcher.lookup_ids
+            <embdim.searchers.base.Searcher.lookup_ids>`: hashed buckets, a quotient and a remainder).
+        rows: the rows of each of those fields (its vocabulary size, or its buckets).
         dim: raw width of the table (may differ from the model's ``d``: MDE, MLET).
         init_std: standard deviation of the normal initialisation.
     """

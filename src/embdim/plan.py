@@ -1,8 +1,8 @@
 """EmbeddingPlan: what a method decided to store, as data (sizes, parameter count, bytes, JSON).
 
 How the kept values are laid out and what each layout costs is the plan's storage kind
-(:mod:`embdim.storage`: ``dense``, ``ragged``, ``csr``); the plan records the sizes and delegates
-its counts and bytes to that kind.
+(:mod:`embdim.storage`: ``dense``, ``ragged``, ``csr``, ``hashed``, ``qr``); the plan records the sizes
+and delegates its counts and bytes to that kind.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ class EmbeddingPlan:
         details: method-specific JSON-able summary (thresholds, temperatures, ...).
         precision: how each kept value is stored: ``fp32`` (as trained), ``fp16`` or ``int8`` row-wise
             (:data:`embdim.storage.VALUE_PRECISIONS`); projections stay float32.
+        buckets: for the kinds whose ids share rows, per field how many buckets its ids fall into:
+            ``hashed``: the hash buckets ``m_f`` (rows of its table); ``qr``: the remainder rows ``c_f``
+            (its quotient table has ``ceil(n_f / c_f)``). ``n_f`` keeps the field's plain table. F ints;
+            ``None`` for the other kinds.
     """
 
     method: str
@@ -46,6 +50,7 @@ class EmbeddingPlan:
     extra_params: int = 0
     details: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
+    buckets: list[int] | None = None
 
     def __post_init__(self) -> None:
         F = len(self.field_names)
@@ -58,6 +63,7 @@ class EmbeddingPlan:
         if self.precision not in VALUE_PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(VALUE_PRECISIONS)}, got {self.precision!r}")
         self.row_sizes = self.kind.checked_rows(self)
+        self.buckets = self.kind.checked_buckets(self)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -139,6 +145,7 @@ class EmbeddingPlan:
             "extra_params": int(self.extra_params),
             "details": self.details,
             "precision": self.precision,
+            "buckets": None if self.buckets is None else [int(m) for m in self.buckets],
         }
 
     @classmethod

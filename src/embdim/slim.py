@@ -2,7 +2,7 @@
 
 A :class:`SlimEmbedding` maps ids ``[B, F]`` to ``[B, F, d]`` exactly like the masked model it came
 from, but stores only what the plan keeps. Fields are grouped; each group stores its fields' rows
-back to back (row ``offset_f + id``) in one of three layouts:
+back to back (row ``offset_f + id``) in one of these layouts:
 
 - :class:`DenseGroup`: a table ``[rows, w]``; shorter rows are zero-padded to ``d``, or projected
   to ``d`` by a per-field matrix ``[w, d]`` (MDE).
@@ -10,6 +10,14 @@ back to back (row ``offset_f + id``) in one of three layouts:
   or, when equal sizes come in long runs of rows, a per-run index (:func:`embdim.storage.ragged_index`).
 - :class:`CsrGroup`: row i keeps ``nnz_i`` values at given columns: ``values``, ``columns`` (uint8
   or int16) and ``offsets [rows + 1]``.
+- :class:`HashedGroup`: field f's ids share the ``m_f`` full-width rows of a table by a seeded universal
+  hash (:func:`hashed_buckets`): ``weight [sum m, d]``, ``hash_a`` and ``hash_b`` (int32, one per field).
+- :class:`QRGroup`: field f's id reads a quotient row (``id // c_f``) and a remainder row (``id % c_f``) of
+  ``weight``, which holds each field's quotient rows and then its remainder rows, and combines them
+  (element-wise product or sum).
+
+In the last two, ids share rows, so a group's ``rows`` (ids per field, as the plan's vocabulary sizes)
+differ from the rows its table stores (:meth:`SlimGroup.table_rows`).
 
 Values are stored in the plan's precision (:data:`embdim.storage.VALUE_PRECISIONS`): float32 as trained,
 float16, or int8 row-wise, uint8 codes with a float16 ``scale`` and ``bias`` per row
@@ -37,6 +45,9 @@ from embdim.errors import ModelFileError, shorten
 from embdim.measures import all_finite
 from embdim.plan import EmbeddingPlan
 from embdim.storage import (
+    HASH_PARAM_DTYPE,
+    HASH_PRIME,
+    MIN_BUCKETS,
     ROW_PARAM_DTYPE,
     ROW_WISE,
     VALUE_DTYPE,
@@ -137,7 +148,8 @@ class SlimGroup(nn.Module, ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        GROUP_KINDS[cls.kind] = cls
+        if "kind" in vars(cls):  # a shared base without a kind of its own is no group kind
+            GROUP_KINDS[cls.kind] = cls
 
     def __init__(self, field_ids: Sequence[int], rows: Sequence[int], dim: int) -> None:
         super().__init__()
@@ -150,6 +162,10 @@ class SlimGroup(nn.Module, ABC):
 
     def global_rows(self, ids: torch.Tensor) -> torch.Tensor:
         return ids + self.row_offsets
+
+    def table_rows(self) -> list[int]:
+        """Rows each field's storage holds: one per id (its ``rows``), unless its ids share rows."""
+        return list(self.rows)
 
     def layout(self) -> dict[str, Any]:
         return {
@@ -533,6 +549,211 @@ class CsrGroup(SlimGroup):
             raise ValueError("columns: a row repeats or reorders its column indices")
 
 
+def hashed_buckets(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
+    """The hashing trick's bucket of each id: id 0 (the OOV id) keeps bucket 0 to itself, any other id goes
+    to ``1 + ((a * id + b) mod p) mod (m - 1)`` (``p``: :data:`~embdim.storage.HASH_PRIME`), integer
+    arithmetic only, so the buckets are the same on every machine.
+
+    Args:
+        ids: int [..., F_g], ids in ``[0, n_f)`` of each field (below ``p``).
+        a: int64 [F_g], each field's multiplier in ``[1, p)``.
+        b: int64 [F_g], each field's offset in ``[0, p)``.
+        buckets: int64 [F_g], each field's bucket count ``m_f >= 2``.
+    Returns:
+        int64 [..., F_g], buckets in ``[0, m_f)``.
+    """
+    ids = ids.long()
+    spread = torch.remainder(torch.remainder(a * ids + b, HASH_PRIME), buckets - 1)
+    return torch.where(ids == 0, 0, spread + 1)
+
+
+class _SharedRowGroup(SlimGroup):
+    """Fields whose ids read full-width rows of one table ``weight [R, d]`` that ids share (R: the stored
+    rows, :meth:`table_rows`, fields back to back); int8 tables also hold ``scale`` and ``bias`` ``[R]``."""
+
+    def __init__(
+        self,
+        field_ids,
+        rows,
+        table_rows: Sequence[int],
+        weight: torch.Tensor,
+        dim: int,
+        row_params: dict[str, torch.Tensor] | None,
+    ) -> None:
+        super().__init__(field_ids, rows, dim)
+        self._table_rows = tuple(int(r) for r in table_rows)
+        self._keep_values("weight", weight, row_params or {})
+        starts = torch.from_numpy(field_bounds(self._table_rows)[:-1])
+        self.register_buffer("table_offsets", starts, persistent=False)
+
+    def table_rows(self) -> list[int]:
+        return list(self._table_rows)
+
+    def read(self, table_rows: torch.Tensor) -> torch.Tensor:
+        """Rows ``[...]`` of ``weight`` (int64) -> their values, float32 ``[..., d]``."""
+        if self.precision == "fp32":
+            return nn.functional.embedding(table_rows, self.weight)
+        return self.decode(self.weight[table_rows], table_rows)
+
+    def value_rows(self) -> None:
+        return None
+
+    def stored_sizes(self) -> torch.Tensor:
+        # every id reads a full-width row (rows are shared, never cut)
+        return torch.full((sum(self.rows),), self.dim, dtype=torch.long)
+
+    @staticmethod
+    def _check_weight(layout: dict[str, Any], tensors: dict[str, torch.Tensor], table_rows: int, what: str) -> None:
+        """``weight`` ``[table_rows, d]`` in the layout's precision, and an int8 table's scales and biases."""
+        dim = layout["dim"]
+        weight = _expect_tensor(tensors, "weight", _stored_dtypes(layout), 2)
+        if tuple(weight.shape) != (table_rows, dim):
+            raise ValueError(f"weight: shape {list(weight.shape)}, expected [{table_rows}, {dim}] ({what})")
+        _check_row_params(layout, tensors, table_rows)
+
+
+def _layout_counts(layout: dict[str, Any], key: str) -> list[int]:
+    """A shared-row group's per-field bucket counts under ``key``: one int per field, each in
+    ``[MIN_BUCKETS, n_f)`` (a field whose ids share no row is stored as a plain table, not here)."""
+    counts, rows = layout.get(key), layout["rows"]
+    valid = isinstance(counts, list) and len(counts) == len(rows)
+    valid = valid and all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
+    if not valid or any(not MIN_BUCKETS <= c < n for c, n in zip(counts, rows, strict=True)):
+        raise ValueError(
+            f"layout '{key}': need one count per field in [{MIN_BUCKETS}, its rows {rows}), got {counts!r}"
+        )
+    return counts
+
+
+class HashedGroup(_SharedRowGroup):
+    """The hashing trick: field f's ids share its ``m_f`` rows of ``weight [sum m, d]`` by
+    :func:`hashed_buckets` with its ``hash_a`` and ``hash_b`` (int32 ``[F_g]``); layout key ``buckets``."""
+
+    kind = "hashed"
+
+    def __init__(
+        self,
+        field_ids,
+        rows,
+        buckets: Sequence[int],
+        weight: torch.Tensor,
+        hash_a: torch.Tensor,
+        hash_b: torch.Tensor,
+        dim: int,
+        row_params: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(field_ids, rows, buckets, weight, dim, row_params)
+        self.buckets = tuple(int(m) for m in buckets)
+        self.register_buffer("hash_a", hash_a.detach())
+        self.register_buffer("hash_b", hash_b.detach())
+        # the hash in int64 (a * id needs 62 bits), derived from the stored int32 parameters
+        self.register_buffer("_a", hash_a.detach().long(), persistent=False)
+        self.register_buffer("_b", hash_b.detach().long(), persistent=False)
+        self.register_buffer("_m", torch.tensor(self.buckets, dtype=torch.long), persistent=False)
+
+    def bucket(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids ``[B, F_g]`` -> each id's bucket within its field, int64 ``[B, F_g]``."""
+        return hashed_buckets(ids, self._a, self._b, self._m)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.read(self.bucket(ids) + self.table_offsets)
+
+    def layout(self) -> dict[str, Any]:
+        return {**super().layout(), "buckets": list(self.buckets)}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight.detach(), **self.row_params(), "hash_a": self.hash_a, "hash_b": self.hash_b}
+
+    @classmethod
+    def from_saved(cls, layout, tensors):
+        params = {k: tensors[k] for k in ("scale", "bias") if k in tensors}
+        fields, rows, buckets, dim = layout["field_ids"], layout["rows"], layout["buckets"], layout["dim"]
+        return cls(fields, rows, buckets, tensors["weight"], tensors["hash_a"], tensors["hash_b"], dim, params)
+
+    def with_precision(self, precision: str) -> HashedGroup:
+        encoded = self._encoded(precision)
+        weight = encoded.pop("values")
+        return HashedGroup(self.field_ids, self.rows, self.buckets, weight, self.hash_a, self.hash_b, self.dim, encoded)
+
+    @classmethod
+    def check_saved(cls, layout, tensors):
+        _expect_names(tensors, {"weight", "hash_a", "hash_b", *_row_param_names(layout)})
+        buckets = _layout_counts(layout, "buckets")
+        cls._check_weight(layout, tensors, sum(buckets), "the fields' buckets")
+        param = _torch(HASH_PARAM_DTYPE)
+        for name, low in (("hash_a", 1), ("hash_b", 0)):
+            values = _expect_tensor(tensors, name, (param,), 1)
+            if len(values) != len(buckets):
+                raise ValueError(f"{name}: {len(values)} values, expected one per field ({len(buckets)})")
+            if bool(((values < low) | (values >= HASH_PRIME)).any()):
+                raise ValueError(f"{name}: a hash parameter outside [{low}, {HASH_PRIME})")
+
+
+class QRGroup(_SharedRowGroup):
+    """Quotient-remainder embeddings: field f with ``c_f`` buckets (layout key ``collisions``) stores
+    ``q_f = ceil(n_f / c_f)`` quotient rows and then ``c_f`` remainder rows in ``weight [sum (q + c), d]``;
+    id ``i`` reads quotient row ``i // c_f`` and remainder row ``i % c_f`` and combines them (layout key
+    ``combine``: ``mult``, their element-wise product, or ``add``, their sum)."""
+
+    kind = "qr"
+    COMBINE = ("mult", "add")
+
+    def __init__(
+        self,
+        field_ids,
+        rows,
+        collisions: Sequence[int],
+        combine: str,
+        weight: torch.Tensor,
+        dim: int,
+        row_params: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        quotient_rows = [-(-int(n) // int(c)) for n, c in zip(rows, collisions, strict=True)]
+        table_rows = [q + int(c) for q, c in zip(quotient_rows, collisions, strict=True)]
+        super().__init__(field_ids, rows, table_rows, weight, dim, row_params)
+        if combine not in self.COMBINE:
+            raise ValueError(f"combine must be one of {', '.join(self.COMBINE)}, got {combine!r}")
+        self.collisions = tuple(int(c) for c in collisions)
+        self.combine = combine
+        self.register_buffer("_c", torch.tensor(self.collisions, dtype=torch.long), persistent=False)
+        # field f's remainder rows start after its quotient rows
+        remainder_starts = self.table_offsets + torch.tensor(quotient_rows, dtype=torch.long)
+        self.register_buffer("remainder_offsets", remainder_starts, persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.long()
+        quotient = self.read(torch.div(ids, self._c, rounding_mode="floor") + self.table_offsets)
+        remainder = self.read(torch.remainder(ids, self._c) + self.remainder_offsets)
+        return quotient * remainder if self.combine == "mult" else quotient + remainder
+
+    def layout(self) -> dict[str, Any]:
+        return {**super().layout(), "collisions": list(self.collisions), "combine": self.combine}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight.detach(), **self.row_params()}
+
+    @classmethod
+    def from_saved(cls, layout, tensors):
+        params = {k: tensors[k] for k in ("scale", "bias") if k in tensors}
+        fields, rows, collisions, dim = layout["field_ids"], layout["rows"], layout["collisions"], layout["dim"]
+        return cls(fields, rows, collisions, layout["combine"], tensors["weight"], dim, params)
+
+    def with_precision(self, precision: str) -> QRGroup:
+        encoded = self._encoded(precision)
+        weight = encoded.pop("values")
+        return QRGroup(self.field_ids, self.rows, self.collisions, self.combine, weight, self.dim, encoded)
+
+    @classmethod
+    def check_saved(cls, layout, tensors):
+        _expect_names(tensors, {"weight", *_row_param_names(layout)})
+        collisions = _layout_counts(layout, "collisions")
+        if layout.get("combine") not in cls.COMBINE:
+            found = layout.get("combine")
+            raise ValueError(f"layout 'combine': must be one of {', '.join(cls.COMBINE)}, got {found!r}")
+        rows = sum(-(-n // c) + c for n, c in zip(layout["rows"], collisions, strict=True))
+        cls._check_weight(layout, tensors, rows, "each field's quotient rows, then its remainder rows")
+
+
 def _padded(flat: torch.Tensor, pad: int) -> torch.Tensor:
     """``flat`` ``[n]`` followed by ``pad`` zeros, in one new tensor ``[n + pad]``."""
     out = torch.zeros(len(flat) + pad, dtype=flat.dtype, device=flat.device)
@@ -737,11 +958,18 @@ def _pack_dense(groups: list[SlimGroup], plan: EmbeddingPlan) -> torch.Tensor | 
 
 
 def _check_sizes_match_plan(groups: list[SlimGroup], plan: EmbeddingPlan, where: Path) -> None:
-    """Every field the plan keeps is stored, with exactly the per-field widths or per-row sizes it records."""
+    """Every field the plan keeps is stored, with exactly the per-field widths or per-row sizes it records,
+    in as many table rows as its storage kind keeps (ids that share rows: their buckets)."""
     stored: dict[int, torch.Tensor] = {}
+    table_rows: dict[int, int] = {}
     for group in groups:
         for f, sizes in zip(group.field_ids, torch.split(group.stored_sizes(), list(group.rows)), strict=True):
             stored[f] = sizes
+        table_rows.update(zip(group.field_ids, group.table_rows(), strict=True))
+    for f, (name, want) in enumerate(zip(plan.field_names, plan.kind.stored_rows(plan), strict=True)):
+        if table_rows.get(f, 0) != want:
+            got = table_rows.get(f, 0)
+            raise ModelFileError(f"{where}: field {name!r}: {got} stored rows, its {plan.storage} storage keeps {want}")
     for f, name in enumerate(plan.field_names):
         if plan.row_sizes is not None:
             want = torch.as_tensor(plan.row_sizes[f], dtype=torch.long)

@@ -1,14 +1,21 @@
 """Storage kinds: how a plan's kept values are laid out, and the byte rules of each layout.
 
-Three kinds cover every method; each is one class registered by name in :data:`STORAGE_KINDS`,
-which :class:`~embdim.plan.EmbeddingPlan` delegates to and whose names the slim groups
-(:mod:`embdim.slim`) share:
+Each kind is one class registered by name in :data:`STORAGE_KINDS`, which
+:class:`~embdim.plan.EmbeddingPlan` delegates to and whose names the slim groups (:mod:`embdim.slim`)
+share:
 
 - ``dense``: field f stores an ``n_f x d_f`` table (full, MDE, DML after the cut, MLET collapsed);
 - ``ragged``: row i of field f stores its first ``k_i`` values (AMTL), plus an index: one offset
   per row, or, when rows of equal size come in long runs (AMTL's sizes follow frequency and ids are
   numbered by frequency), one entry per run (:func:`ragged_index`);
-- ``csr``: row i stores ``nnz_i`` values at arbitrary columns (PEP), plus column indices and offsets.
+- ``csr``: row i stores ``nnz_i`` values at arbitrary columns (PEP), plus column indices and offsets;
+- ``hashed``: field f's ids share ``m_f`` full-width rows through a seeded universal hash (the hashing
+  trick), plus the hash's two parameters per field (:data:`HASH_PARAM_DTYPE`);
+- ``qr``: field f stores a quotient table ``[ceil(n_f / c_f), d]`` and a remainder table ``[c_f, d]``
+  whose rows an id combines (quotient-remainder embeddings); no index.
+
+The last two record per field a bucket count (``plan.buckets``: ``m_f``, ``c_f``); a field whose count
+is its vocabulary keeps a plain ``n_f x d`` table.
 
 Rows that store nothing are features dropped entirely; they embed to zeros. The dtypes of every
 stored array (values, offsets, sizes, column indices) are chosen here and nowhere else, so the
@@ -56,6 +63,16 @@ ROW_PARAM_DTYPE = np.dtype(np.float16)
 def row_param_bytes(precision: str) -> int:
     """Bytes a stored row costs besides its values: int8's scale and bias, nothing otherwise."""
     return 2 * ROW_PARAM_DTYPE.itemsize if precision == ROW_WISE else 0
+
+
+HASH_PRIME = 2**31 - 1
+"""The prime ``p`` of the hashed kind's hash ``((a * id + b) mod p)``: the Mersenne prime that is int32's
+largest value, so above every id (an id is below its vocabulary size, itself an int32), and small enough
+that ``a * id + b`` (``a, b < p``) stays exact in int64 arithmetic."""
+HASH_PARAM_DTYPE = np.dtype(np.int32)
+"""Dtype of a hashed field's stored ``a`` and ``b`` (both below :data:`HASH_PRIME`)."""
+MIN_BUCKETS = 2
+"""The fewest buckets a hashed or quotient-remainder field may have (fewer never saves a row)."""
 
 STORAGE_KINDS: dict[str, StorageKind] = {}
 
@@ -111,6 +128,7 @@ class Sizes(Protocol):
     dim: int
     field_dims: list[int]
     row_sizes: list[np.ndarray] | None
+    buckets: list[int] | None
     precision: str
 
     @property
@@ -120,7 +138,8 @@ class Sizes(Protocol):
 class StorageKind(ABC):
     """One layout of kept values: which sizes it records, and what they cost.
 
-    Subclasses set :attr:`name` (registered on definition) and :attr:`per_row`.
+    Subclasses set :attr:`name` (registered on definition; a shared base without its own name is not)
+    and :attr:`per_row`.
     """
 
     name: ClassVar[str]
@@ -129,7 +148,15 @@ class StorageKind(ABC):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        STORAGE_KINDS[cls.name] = cls()
+        if "name" in vars(cls):
+            STORAGE_KINDS[cls.name] = cls()
+
+    def checked_buckets(self, plan: Sizes) -> list[int] | None:
+        """``plan.buckets`` as ints, or ``ValueError`` when they do not fit this kind (only the kinds whose
+        ids share rows record them)."""
+        if plan.buckets is not None:
+            raise ValueError(f"{self.name} storage has no buckets")
+        return None
 
     def checked_rows(self, plan: Sizes) -> list[np.ndarray] | None:
         """``plan.row_sizes`` as int64 arrays, or ``ValueError`` when they do not fit this kind."""
@@ -193,6 +220,69 @@ class DenseStorage(StorageKind):
 
     name = "dense"
     per_row = False
+
+    def index_bytes(self, plan: Sizes) -> tuple[list[int], int]:
+        return [0] * plan.num_fields, 0
+
+
+class SharedRowStorage(StorageKind):
+    """Field f: full-width rows that its ids share, as many as its bucket count ``plan.buckets[f]`` sets
+    (:meth:`shared_rows`); a field whose bucket count is its vocabulary ``n_f`` keeps a plain table
+    ``[n_f, d]``. Nothing is dropped: every id reads ``d`` values."""
+
+    per_row = False
+
+    def checked_buckets(self, plan: Sizes) -> list[int]:
+        F = plan.num_fields
+        if plan.buckets is None or len(plan.buckets) != F:
+            raise ValueError(f"{self.name} storage needs buckets for each of the {F} fields")
+        buckets = [int(m) for m in plan.buckets]
+        for name, n, m, d in zip(plan.field_names, plan.vocab_sizes, buckets, plan.field_dims, strict=True):
+            if m != n and not MIN_BUCKETS <= m < n:
+                raise ValueError(f"field {name!r}: buckets must be {n} (a plain table) or in [{MIN_BUCKETS}, {n}): {m}")
+            if d != plan.dim:
+                raise ValueError(f"field {name!r}: {self.name} storage keeps rows of the full width {plan.dim}: {d}")
+        return buckets
+
+    def compressed(self, plan: Sizes) -> list[bool]:
+        """Per field, whether its ids share rows (else it keeps a plain table)."""
+        return [m < n for m, n in zip(plan.buckets, plan.vocab_sizes, strict=True)]
+
+    @abstractmethod
+    def shared_rows(self, vocab_size: int, buckets: int) -> int:
+        """Rows a field of ``vocab_size`` ids stores with ``buckets`` buckets (``buckets < vocab_size``)."""
+
+    def stored_rows(self, plan: Sizes) -> list[int]:
+        return [self.shared_rows(n, m) if m < n else n for n, m in zip(plan.vocab_sizes, plan.buckets, strict=True)]
+
+    def field_params(self, plan: Sizes) -> list[int]:
+        return [rows * plan.dim for rows in self.stored_rows(plan)]
+
+    def dropped_features(self, plan: Sizes) -> list[int]:
+        return [0] * plan.num_fields
+
+
+class HashedStorage(SharedRowStorage):
+    """A hashed field: ``m_f`` rows ``[m_f, d]`` and its hash's ``a`` and ``b``; no other index."""
+
+    name = "hashed"
+
+    def shared_rows(self, vocab_size: int, buckets: int) -> int:
+        return buckets
+
+    def index_bytes(self, plan: Sizes) -> tuple[list[int], int]:
+        per_field = 2 * HASH_PARAM_DTYPE.itemsize
+        return [per_field if c else 0 for c in self.compressed(plan)], 0
+
+
+class QuotientRemainderStorage(SharedRowStorage):
+    """A quotient-remainder field with ``c_f`` buckets: ``ceil(n_f / c_f)`` quotient rows and ``c_f``
+    remainder rows, ``[d]`` each; no index (``c_f`` is in the layout, like a table's row count)."""
+
+    name = "qr"
+
+    def shared_rows(self, vocab_size: int, buckets: int) -> int:
+        return -(-vocab_size // buckets) + buckets
 
     def index_bytes(self, plan: Sizes) -> tuple[list[int], int]:
         return [0] * plan.num_fields, 0

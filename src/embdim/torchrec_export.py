@@ -21,12 +21,18 @@ one field each; a table of width ``w < d`` is read as its ``w`` values followed 
   are at most ``d`` tables per field, each a plain TorchRec table. The price is the zeros inside spans
   (PEP's pruning is spread over the columns, so spans are often close to ``d``); the alternative, a table
   per distinct set of kept columns, stores no zeros but can make thousands of tiny tables.
+- ``hashed`` (the hashing trick): a hashed field is one table of its ``m_f`` bucket rows, and its remap
+  gives every id its bucket (the hash is computed once, at export; ids share rows: ``ids: "hashed"``); its
+  plain fields are ``dense``.
+- ``qr`` is not exported: an id's vector combines rows of two tables (a product or a sum), which a
+  TorchRec collection's pooling does not compute; :func:`export_torchrec` refuses it with a ``ValueError``.
 
 A field whose rows fall into several tables (or whose rows are not all kept) ships an id remap: for each
 id, its table among the field's tables (``int8``, ``int16`` beyond 127 tables; ``-1``: the row stores
-nothing and embeds to zeros) and its row in that table (``int32``, ``int64`` beyond 2**31 rows). A field
-with one table holding every row in id order needs none (``ids: "direct"``); a field storing nothing has
-no table (``ids: "zero"``).
+nothing and embeds to zeros) and its row in that table (``int32``, ``int64`` beyond 2**31 rows); each row
+of a remapped field belongs to one id, while a hashed field's ids share them. A field with one table
+holding every row in id order needs none (``ids: "direct"``); a field storing nothing has no table
+(``ids: "zero"``).
 
 The export folder (``torchrec.json`` + two safetensors files, no pickle):
 
@@ -35,7 +41,7 @@ The export folder (``torchrec.json`` + two safetensors files, no pickle):
 - ``lookup.safetensors``: ``remap.<field>.table`` / ``remap.<field>.row`` ``[n_f]`` for remapped fields,
   ``projection.<p>`` float32 ``[F_p, w, d]`` for projected fields;
 - ``torchrec.json``: ``dim``, ``fields`` (name, ``vocab_size``, its ``tables``, ``ids``: ``direct`` |
-  ``remapped`` | ``zero``), ``tables`` (``name``, ``feature_name``, ``num_embeddings``, ``embedding_dim``,
+  ``remapped`` | ``hashed`` | ``zero``), ``tables`` (``name``, ``feature_name``, ``num_embeddings``, ``embedding_dim``,
   ``pooling``, ``field``, ``field_name``, ``width``), ``projections`` (``name``, ``fields``, ``width``),
   ``bytes``, and the SHA-256 of both other files and of itself, verified on load like a model folder
   (:func:`embdim.recommender.verify_folder`); any damage or edit is a :class:`~embdim.errors.ModelFileError`
@@ -76,10 +82,18 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from embdim.errors import ModelFileError, shorten
+from embdim.errors import ConfigError, ModelFileError, shorten
 from embdim.measures import all_finite
 from embdim.recommender import staged_folder, verify_folder, write_manifest
-from embdim.slim import CsrGroup, DenseGroup, RaggedGroup, SlimEmbedding, project_fields, read_safetensors
+from embdim.slim import (
+    CsrGroup,
+    DenseGroup,
+    HashedGroup,
+    RaggedGroup,
+    SlimEmbedding,
+    project_fields,
+    read_safetensors,
+)
 from embdim.storage import offset_dtype
 from embdim.tensorfile import write_tensors
 
@@ -88,8 +102,10 @@ TORCHREC_JSON = "torchrec.json"
 TABLES_TENSORS = "tables.safetensors"
 LOOKUP_TENSORS = "lookup.safetensors"
 TORCHREC_FILES = frozenset({TORCHREC_JSON, TABLES_TENSORS, LOOKUP_TENSORS})
-#: how a field's ids reach its tables
-DIRECT, REMAPPED, ZERO = "direct", "remapped", "zero"
+#: how a field's ids reach its tables (``hashed``: remapped to rows that ids share)
+DIRECT, REMAPPED, HASHED, ZERO = "direct", "remapped", "hashed", "zero"
+#: field kinds whose ids go through a remap
+THROUGH_REMAP = (REMAPPED, HASHED)
 
 
 def weight_key(table: str) -> str:
@@ -181,11 +197,14 @@ class _Split:
         self.tables: dict[int, list[tuple[TableInfo, torch.Tensor]]] = {f: [] for f in range(plan.num_fields)}
         self.remaps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.projections: list[tuple[tuple[int, ...], torch.Tensor]] = []
+        self.hashed: set[int] = set()
         for group in slim.groups:
             if isinstance(group, DenseGroup):
                 self._dense(group)
             elif isinstance(group, (RaggedGroup, CsrGroup)):
                 self._per_row(group)
+            elif isinstance(group, HashedGroup):
+                self._hashed(group)
             else:
                 raise TypeError(f"no TorchRec export for slim groups of kind {group.kind!r}")
 
@@ -198,6 +217,21 @@ class _Split:
             )
         if group.projection is not None:
             self.projections.append((group.field_ids, group.projection.detach().cpu()))
+
+    def _hashed(self, group: HashedGroup) -> None:
+        """One table per field of its bucket rows; the remap sends every id to its bucket, in table 0."""
+        weight = group.weight.detach().cpu()
+        for j, (f, n, m) in enumerate(zip(group.field_ids, group.rows, group.buckets, strict=True)):
+            start = int(group.table_offsets[j])
+            info = TableInfo(table_name(f, group.dim), f, self.plan.field_names[f], group.dim, m)
+            self.tables[f].append((info, weight[start : start + m]))
+            device = group.weight.device
+            ids = torch.zeros(n, len(group.field_ids), dtype=torch.long, device=device)
+            ids[:, j] = torch.arange(n, device=device)  # this field's every id (the other columns are unused)
+            buckets = group.bucket(ids)[:, j].cpu()
+            row_dtype = getattr(torch, offset_dtype(m).name)
+            self.remaps[f] = (torch.zeros(n, dtype=remap_table_dtype(1)), buckets.to(row_dtype))
+            self.hashed.add(f)
 
     def _per_row(self, group: RaggedGroup | CsrGroup) -> None:
         """Rows of one width per table: every stored value is written into its table at (row, column)."""
@@ -244,6 +278,8 @@ class _Split:
     def ids_kind(self, f: int) -> str:
         if not self.tables[f]:
             return ZERO
+        if f in self.hashed:
+            return HASHED
         return REMAPPED if f in self.remaps else DIRECT
 
 
@@ -275,12 +311,18 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
         the folder, the ``EmbeddingBagConfig`` of every table, and the bytes of the exported tensors against
         the slim embedding's.
     Raises:
-        ValueError: a slim embedding stored in fp16 or int8 (the export writes float32 tables).
+        ValueError: a slim embedding stored in fp16 or int8 (the export writes float32 tables), or in ``qr``
+            storage (no TorchRec layout computes it; a :class:`~embdim.errors.ConfigError`).
     """
     if slim.plan.precision != "fp32":
         raise ValueError(
             f"a TorchRec export writes float32 tables; this embedding stores {slim.plan.precision} values "
             "(export it from the fp32 bundle)"
+        )
+    if slim.plan.storage == "qr":  # a ValueError the command line reports as the request's error, not a bug
+        raise ConfigError(
+            "no TorchRec export for qr storage (quotient-remainder embeddings): an id's vector combines a row "
+            "of each of two tables, which a TorchRec collection's pooling does not compute"
         )
     split = _Split(slim)
     plan = split.plan
@@ -333,7 +375,7 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
 @dataclass(frozen=True)
 class TorchRecLayout:
     """An export's structure, read from ``torchrec.json``: tables in collection order, each field's ids
-    (``direct`` | ``remapped`` | ``zero``) and tables, and the projections (name, fields, width)."""
+    (``direct`` | ``remapped`` | ``hashed`` | ``zero``) and tables, and the projections (name, fields, width)."""
 
     dim: int
     field_names: list[str]
@@ -380,7 +422,7 @@ class TorchRecLayout:
         names, vocab, kinds, field_tables = [], [], [], []
         for f, entry in enumerate(raw_fields):
             ok = isinstance(entry, dict) and isinstance(entry.get("name"), str) and _is_int(entry.get("vocab_size"))
-            ok = ok and entry["vocab_size"] >= 1 and entry.get("ids") in (DIRECT, REMAPPED, ZERO)
+            ok = ok and entry["vocab_size"] >= 1 and entry.get("ids") in (DIRECT, REMAPPED, HASHED, ZERO)
             ok = ok and isinstance(entry.get("tables"), list) and all(n in index for n in entry["tables"])
             if not ok:
                 raise fail(
@@ -397,6 +439,8 @@ class TorchRecLayout:
                 raise fail(f"fields[{f}]", f"a field of ids 'direct' has one table of its {n} rows")
             if kind == REMAPPED and not mine:
                 raise fail(f"fields[{f}]", "a field of ids 'remapped' has tables")
+            if kind == HASHED and len(mine) != 1:
+                raise fail(f"fields[{f}]", "a field of ids 'hashed' has one table of its buckets")
             names.append(entry["name"])
             vocab.append(n)
             kinds.append(kind)
@@ -436,13 +480,14 @@ class TorchRecLayout:
                 raise ModelFileError(f"{where}: tensor '{key}': holds non-finite values")
 
     def check_lookup(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
-        """Remaps of remapped fields (every id to a table of the field or -1, each table's rows taken once)
+        """Remaps of remapped fields (every id to a table of the field or -1, each table's rows taken once;
+        a hashed field's ids to buckets of its one table, shared)
         and projections ``[F_p, w, d]`` of finite float32."""
         want = {f"projection.{name}" for name, _, _ in self.projections}
         want |= {
             f"remap.{f}.{part}"
             for f, kind in enumerate(self.field_ids)
-            if kind == REMAPPED
+            if kind in THROUGH_REMAP
             for part in ("table", "row")
         }
         if extra := sorted(set(tensors) - want):
@@ -459,7 +504,7 @@ class TorchRecLayout:
             if not all_finite(proj):
                 raise ModelFileError(f"{where}: tensor '{key}': holds non-finite values")
         for f, kind in enumerate(self.field_ids):
-            if kind != REMAPPED:
+            if kind not in THROUGH_REMAP:
                 continue
             n, mine = self.vocab_sizes[f], self.field_tables[f]
             table, row = tensors[f"remap.{f}.table"], tensors[f"remap.{f}.row"]
@@ -474,6 +519,15 @@ class TorchRecLayout:
             table, row = table.long(), row.long()
             if bool(((table < -1) | (table >= len(mine))).any()):
                 raise ModelFileError(f"{where}: tensor 'remap.{f}.table': a value outside [-1, {len(mine)})")
+            if kind == HASHED:  # every id reads a bucket of the field's one table; ids share buckets
+                buckets = self.tables[mine[0]].num_embeddings
+                if bool((table != 0).any()):
+                    raise ModelFileError(f"{where}: tensor 'remap.{f}.table': a hashed field's ids read its table 0")
+                if bool(((row < 0) | (row >= buckets)).any()):
+                    raise ModelFileError(
+                        f"{where}: tensor 'remap.{f}.row': a hashed field's ids need buckets in [0, {buckets})"
+                    )
+                continue
             stored = table >= 0
             counts = torch.tensor([self.tables[k].num_embeddings for k in mine], dtype=torch.long)
             t, r = table[stored], row[stored]
@@ -538,7 +592,7 @@ class TorchRecEmbedding(nn.Module):
         self.num_tables = num_tables = len(layout.tables)
         self.feature_names = [t.name for t in layout.tables]
         direct = [f for f, kind in enumerate(layout.field_ids) if kind == DIRECT]
-        remapped = [f for f, kind in enumerate(layout.field_ids) if kind == REMAPPED]
+        remapped = [f for f, kind in enumerate(layout.field_ids) if kind in THROUGH_REMAP]
         self.register_buffer("direct_fields", torch.tensor(direct, dtype=torch.long), persistent=False)
         direct_tables = [layout.field_tables[f][0] for f in direct]
         self.register_buffer("direct_tables", torch.tensor(direct_tables, dtype=torch.long), persistent=False)

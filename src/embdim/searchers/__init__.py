@@ -4,9 +4,11 @@ from embdim.searchers import (
     amtl,  # noqa: F401
     dml,  # noqa: F401
     full,  # noqa: F401
+    hashing,  # noqa: F401
     mde,  # noqa: F401
     mlet,  # noqa: F401
     pep,  # noqa: F401
+    qr,  # noqa: F401
 )
 from embdim.searchers.base import Searcher, SearcherConfig
 

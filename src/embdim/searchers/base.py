@@ -117,7 +117,8 @@ class Searcher(nn.Module, ABC):
         init_std: normal-init standard deviation of the raw tables.
 
     ``forward(raw, ids)``:
-        raw: the looked-up raw vectors of the tables declared by :meth:`table_specs`.
+        raw: the looked-up raw vectors of the tables declared by :meth:`table_specs`, read at the rows
+            :meth:`lookup_ids` gives.
         ids: int64 [B, F], per-field ids (value-level methods index their own state with them).
         returns: :class:`Embedded`: float [B, F, d] and the penalty of this batch (``None`` outside
         training, or for methods without one).
@@ -176,8 +177,20 @@ class Searcher(nn.Module, ABC):
         return []
 
     def table_specs(self) -> list[TableSpec]:
-        """Raw tables this method trains; default: one ``n x d`` table holding every field."""
+        """Raw tables this method trains; default: one ``n x d`` table holding every field. Their
+        ``field_ids`` name columns of :meth:`lookup_ids`."""
         return [TableSpec("all", tuple(range(self.num_fields)), tuple(self.vocab_sizes), self.dim, self.init_std)]
+
+    @property
+    def num_lookup_fields(self) -> int:
+        """Columns of :meth:`lookup_ids`, the ids the lookup reads; default: one per field."""
+        return self.num_fields
+
+    def lookup_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids int [B, F] -> the rows the lookup reads, int64 [B, :attr:`num_lookup_fields`]: column ``j`` is
+        a row of the share of column ``j`` in its table (:meth:`table_specs`). Default: the ids themselves; a
+        method whose ids share rows maps them here (hashed buckets; a quotient and a remainder column)."""
+        return ids
 
     @abstractmethod
     def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> Embedded: ...
