@@ -11,9 +11,9 @@ as a server would load it:
 - latency: the forward on one row at a time, p50 and p99 in milliseconds.
 
 Speed is measured side by side in one process: every round times every model once, in an order drawn
-anew each round, so load on the machine hits them alike; throughput is the median over rounds, latencies pool every round's calls.
-Ratios are to the reference's fp32 model measured in the same rounds. Wall and CPU seconds of the timed
-loops are printed, and the peak RSS of the process.
+anew each round, so load on the machine hits them alike; throughput is the median over rounds,
+latencies pool every round's calls. Ratios are to the reference's fp32 model measured in the same
+rounds. Wall and CPU seconds of the timed loops are printed, and the peak RSS of the process.
 """
 
 from __future__ import annotations
