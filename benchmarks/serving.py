@@ -10,10 +10,11 @@ as a server would load it:
 - throughput: the model's forward on a batch of 4096 test rows, samples/s;
 - latency: the forward on one row at a time, p50 and p99 in milliseconds.
 
-Speed is measured side by side in one process: every round times every model once, in an order drawn
-anew each round, so load on the machine hits them alike; throughput is the median over rounds,
-latencies pool every round's calls. Ratios are to the reference's fp32 model measured in the same
-rounds. Wall and CPU seconds of the timed loops are printed, and the peak RSS of the process.
+Speed is measured side by side in one process, interleaved so that load on the machine hits every model
+alike: every round times every model's batch in an order drawn anew, then scores one row after another
+with every model in turn (so no model's lookup runs with warm caches from its previous call); throughput
+is the median over rounds, latencies pool every call. Ratios are to the reference's fp32 model measured in
+the same rounds. Wall and CPU seconds of the timed loops are printed, and the peak RSS of the process.
 """
 
 from __future__ import annotations
@@ -113,15 +114,15 @@ def main() -> None:
     for model in models.values():  # warm-up
         time_calls(model, [batch] * 2)
     wall, cpu = time.perf_counter(), time.process_time()
+    names = list(models)
     for _ in range(args.rounds):
-        singles = [
-            tuple(t for t in batch_tensors(test, np.array([i]))[:2] if t is not None)
-            for i in gen.integers(0, len(test), args.single_calls)
-        ]
-        for name in gen.permutation(list(models)):  # a new order each round: no model always follows another
-            model = models[name]
-            batch_seconds[name].append(statistics.median(time_calls(model, [batch] * args.batch_calls)))
-            single_seconds[name] += time_calls(model, singles)
+        for name in gen.permutation(names):  # a new order each round: no model always follows another
+            batch_seconds[name].append(statistics.median(time_calls(models[name], [batch] * args.batch_calls)))
+        # one row at a time, every model on the same row in turn: drift hits every model alike
+        for i in gen.integers(0, len(test), args.single_calls):
+            single = tuple(t for t in batch_tensors(test, np.array([i]))[:2] if t is not None)
+            for name in gen.permutation(names):
+                single_seconds[name] += time_calls(models[name], [single])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 
     ref_rate = len(batch[0]) / statistics.median(batch_seconds[reference])
