@@ -887,9 +887,12 @@ class SlimEmbedding(nn.Module):
     def with_precision(self, precision: str) -> SlimEmbedding:
         """The same embedding with its values stored in ``precision`` (``fp32``, ``fp16`` or ``int8`` row-wise;
         projections stay float32): what the bytes are and what a lookup returns change, the plan's sizes not.
-        Converting a converted embedding decodes its values first."""
+        Converting a converted embedding decodes its values first; the precision it has already is itself."""
+        if precision == self.plan.precision:
+            return self
         plan = dataclasses.replace(self.plan, precision=precision)
-        return SlimEmbedding(plan, [g.with_precision(precision) for g in self.groups])
+        groups = [g.with_precision(precision) for g in self.groups]
+        return SlimEmbedding(plan, groups, _pack_dense(groups, plan))
 
     def stored_bytes(self) -> int:
         """Bytes of every stored tensor (values, projections, index structures)."""
