@@ -142,7 +142,7 @@ def test_unseen_values_missing_tokens_and_missing_columns(shop):
     run, _ = train(shop, "name=values")
     bundle = embdim.load(run)
     rows = pl.DataFrame({"city": ["c1", "nowhere", "?", None], "item": ["i0", "i0", "i0", "i0"], "price": [1.0] * 4})
-    ids, _ = bundle.encoder.transform(bundle._typed(rows))  # the ids the model reads
+    ids, _ = bundle.encoder.transform(bundle.typed(rows))  # the ids the model reads
     city = bundle.encoder.vocab_["city"]
     assert ids[1, 0] == OOV_ID  # never seen in training
     assert ids[2, 0] == ids[3, 0] == city[bundle.encoder.missing_token] != OOV_ID  # '?' is declared missing
@@ -190,12 +190,12 @@ def test_every_export_format_loads_and_predicts(shop, method, tmp_path):
         assert np.abs(quantised.predict(shop / "test.csv") - expected).max() <= tolerance
     report = export_bundle(run, tmp_path / "torchrec", "torchrec")
     assert report["max_abs_embedding_diff"] == 0.0
-    ids = torch.from_numpy(bundle.encoder.transform(bundle._typed(pl.read_csv(shop / "test.csv")))[0]).long()
+    ids = torch.from_numpy(bundle.encoder.transform(bundle.typed(pl.read_csv(shop / "test.csv")))[0]).long()
     for fmt in ("torchscript", "onnx"):
         report = export_bundle(run, tmp_path / fmt, fmt)
         assert report["max_abs_logit_diff"] <= 1e-5, fmt
     scripted = torch.jit.load(str(tmp_path / "torchscript" / "model.torchscript.pt"))
-    dense = torch.from_numpy(bundle.encoder.transform(bundle._typed(pl.read_csv(shop / "test.csv")))[1])
+    dense = torch.from_numpy(bundle.encoder.transform(bundle.typed(pl.read_csv(shop / "test.csv")))[1])
     with torch.no_grad():
         logits = scripted(ids, dense).numpy()
     assert np.abs(1 / (1 + np.exp(-logits)) - expected).max() <= 1e-5

@@ -95,8 +95,10 @@ class Scored:
         return bool((~np.isnan(self.labels)).any())
 
 
+@dataclass
 class Bundle:
-    """A verified bundle: the model, in eval mode and its trained precision, with what encodes raw rows.
+    """A verified bundle: the model, in eval mode and its trained precision, with what encodes raw rows
+    (:meth:`load` reads one).
 
     Attributes:
         folder: where it was loaded from.
@@ -107,21 +109,12 @@ class Bundle:
         meta: ``model.json`` (format, sizes, file hashes).
     """
 
-    def __init__(
-        self,
-        folder: Path,
-        model: Recommender,
-        encoder: Encoder,
-        schema: DatasetSchema,
-        config: RunConfig,
-        meta: dict[str, Any],
-    ) -> None:
-        self.folder = folder
-        self.model = model
-        self.encoder = encoder
-        self.schema = schema
-        self.config = config
-        self.meta = meta
+    folder: Path
+    model: Recommender
+    encoder: Encoder
+    schema: DatasetSchema
+    config: RunConfig
+    meta: dict[str, Any]
 
     @classmethod
     def load(cls, folder: str | Path) -> Bundle:
@@ -210,11 +203,12 @@ class Bundle:
             for part in chunked.sources:
                 yield from part.chunks()
             return
-        yield self._typed(source)
+        yield self.typed(source)
 
-    def _typed(self, frame: Any) -> pl.DataFrame:
-        """A frame handed over in Python, typed as a table file of the same columns is read (numbers parsed,
-        declared missing tokens null, the label binarised or null)."""
+    def typed(self, frame: Any) -> pl.DataFrame:
+        """A frame of raw columns handed over in Python (polars or pandas), typed as a table file of the same
+        columns is read: numbers parsed, declared missing tokens null, the label binarised or null; what
+        the encoder's ``transform`` takes."""
         if not isinstance(frame, pl.DataFrame):
             try:
                 frame = pl.from_pandas(frame)
