@@ -434,7 +434,11 @@ class TorchRecLookup(Lookup):
             offsets=torch.arange(n + 1, dtype=torch.int32),
             stride=batch,
         )
-        pooled = self.collection(kjt).values()  # [B, sum_t F_t * W_t], W_t the physical width
+        keyed = self.collection(kjt)
+        pooled = keyed.values()  # [B, sum_t F_t * W_t], W_t the physical width
+        if self.sharded and keyed.keys() != self.keys:  # a sharded collection returns its features by shard
+            per_key = dict(zip(keyed.keys(), torch.split(pooled, keyed.length_per_key(), dim=1), strict=True))
+            pooled = torch.cat([per_key[key] for key in self.keys], dim=1)
         out, start = [], 0
         for spec, width in zip(self.specs, self.widths, strict=True):
             span = len(spec.field_ids) * width

@@ -1,12 +1,12 @@
-"""Starting a run on several local processes: ``embdim run CONFIG train.processes=N``.
+"""Starting the processes of a run on several local processes: ``embdim run CONFIG train.processes=N``.
 
-:func:`launch_run` starts ``N`` workers with torch's elastic launcher (the API behind ``torchrun``:
+:func:`launch_workers` starts ``N`` workers with torch's elastic launcher (the API behind ``torchrun``:
 spawned processes, a c10d rendezvous on a free local port, no restarts). Each worker is one rank: it
-runs :func:`embdim.train.run.run_experiment` on the same config, which joins the process group from
-the launcher's environment. Rank 0's result is returned. A worker that fails writes what failed to a
-file before it exits, so the launcher's caller gets that error back as itself (a ``ConfigError`` stays
-a ``ConfigError``, an interrupt an interrupt), never the launcher's report; the other workers are
-stopped by the launcher.
+calls the entry point it is given (:func:`embdim.train.run.run_experiment` on the same config, which
+joins the process group from the launcher's environment), and rank 0's return value is returned. A
+worker that fails writes what failed to a file before it exits, so the caller gets that error back as
+itself (a ``ConfigError`` stays a ``ConfigError``, an interrupt an interrupt), never the launcher's
+report; the other workers are stopped by the launcher.
 
 ``torchrun --nproc_per_node N -m embdim run CONFIG`` (and ``--nnodes``, for several machines) starts the
 same ranks from outside: there ``run_experiment`` finds the launcher's environment and needs no launch.
@@ -24,19 +24,16 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import embdim.errors as embdim_errors
-from embdim.config import RunConfig
 from embdim.distributed.group import RANK_ENV
 from embdim.errors import EmbdimError
 
 #: The launcher's loggers: their notices and their report of a failed worker (whose own error is raised).
-LAUNCHER_LOGGERS = ("torch.distributed.elastic", "torch.distributed.launcher")
+LAUNCHER_LOGGERS = ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing")
 ERROR_FILE = "rank{rank}.json"
 
 
@@ -52,17 +49,14 @@ class RemoteTraceback(Exception):
         return str(self.args[0])
 
 
-def launch_run(
-    cfg: RunConfig, run_dir: Path | None, force: bool, trainer_cls: type, memory_check: bool
-) -> dict[str, Any]:
-    """Train ``cfg`` on ``cfg.train.processes`` local processes; rank 0's result (see the module docstring).
+def launch_workers(processes: int, entrypoint: Callable[..., Any], *args: Any) -> Any:
+    """``entrypoint(*args)`` on ``processes`` local processes, each one rank; rank 0's return value.
 
-    ``trainer_cls`` must be importable by name (a module-level class): the workers are spawned.
+    ``entrypoint`` and ``args`` are pickled (the workers are spawned): module-level functions and classes.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    processes = cfg.train.processes
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -73,34 +67,21 @@ def launch_run(
         max_restarts=0,  # a failed run resumes from its checkpoint when run again
         start_method="spawn",
     )
-    arguments = (cfg.model_dump(mode="json"), None if run_dir is None else str(run_dir), force, memory_check)
     with tempfile.TemporaryDirectory(prefix="embdim-workers-") as error_dir, _quiet_launcher():
         try:
-            results = elastic_launch(config, _worker)(*arguments, trainer_cls, error_dir)
+            results = elastic_launch(config, _worker)(entrypoint, error_dir, *args)
         except ChildFailedError as failed:
-            raise _worker_error(Path(error_dir), failed) from None
+            error = _worker_error(Path(error_dir), failed)
+            raise error from error.__cause__  # the worker's traceback, if it had one, and not the launcher's
     return results[0]
 
 
-def _worker(
-    cfg_data: dict[str, Any],
-    run_dir: str | None,
-    force: bool,
-    memory_check: bool,
-    trainer_cls: type,
-    error_dir: str,
-) -> dict[str, Any]:
-    """One rank of :func:`launch_run` (spawned: it imports what it needs by name)."""
-    from embdim.train.run import run_experiment
-
+def _worker(entrypoint: Callable[..., Any], error_dir: str, *args: Any) -> Any:
+    """One rank of :func:`launch_workers`."""
     rank = int(os.environ[RANK_ENV])
     _log_like_the_command_line(rank)
     try:
-        cfg = RunConfig.model_validate(cfg_data)
-        if cfg.train.threads is None:  # the cores are shared out, not each worker's to take
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.train.processes))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-        return run_experiment(cfg, None if run_dir is None else Path(run_dir), force, trainer_cls, memory_check)
+        return entrypoint(*args)
     except BaseException as err:
         _record(Path(error_dir), rank, err)
         sys.exit(1)  # a failed worker: the launcher stops the others

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from embdim.config import ConfigError, RunConfig, to_yaml, validate, with_processes
@@ -136,11 +137,9 @@ def run_experiment(
     world = launched_world()
     if world is not None:
         return _run_as_rank(with_processes(cfg, world), run_dir, force, trainer_cls, memory_check)
-    if cfg.train.processes > 1:
-        from embdim.train.launch import launch_run
-
-        return launch_run(cfg, run_dir, force, trainer_cls, memory_check)
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
+    if cfg.train.processes > 1:
+        return _launch(cfg, run_dir, force, trainer_cls, memory_check)
     resolved = to_yaml(cfg)
     config_path, result_path = run_dir / CONFIG_FILE, run_dir / RESULT_FILE
     finished = _existing_run(cfg, run_dir, force)
@@ -183,6 +182,36 @@ def _existing_run(cfg: RunConfig, run_dir: Path, force: bool) -> dict[str, Any] 
                 raise DivergedError(result["error"])
             return result
     return None
+
+
+def _launch(
+    cfg: RunConfig, run_dir: Path, force: bool, trainer_cls: type[Trainer], memory_check: bool
+) -> dict[str, Any]:
+    """Start the run's ``train.processes`` ranks here; rank 0's result. A run that never reached its first
+    checkpoint leaves nothing behind (the workers may have been stopped before they could clean up)."""
+    from embdim.train.launch import launch_workers
+
+    created = not run_dir.exists()
+    try:
+        return launch_workers(
+            cfg.train.processes, _worker_run, cfg.model_dump(mode="json"), run_dir, force, trainer_cls, memory_check
+        )
+    except DivergedError:
+        raise
+    except BaseException:
+        if created and not (run_dir / CHECKPOINT_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _worker_run(
+    cfg_data: dict[str, Any], run_dir: Path, force: bool, trainer_cls: type[Trainer], memory_check: bool
+) -> dict[str, Any]:
+    """The entry point of each process :func:`_launch` starts."""
+    cfg = RunConfig.model_validate(cfg_data)
+    if cfg.train.threads is None:  # the cores are shared out, not each process's to take
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.train.processes))
+    return run_experiment(cfg, run_dir, force, trainer_cls, memory_check)
 
 
 #: How long a rank waits for the others at a collective: rank 0 alone reads and caches the data first.
