@@ -19,6 +19,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -54,6 +55,7 @@ def launch_workers(processes: int, entrypoint: Callable[..., Any], *args: Any) -
 
     ``entrypoint`` and ``args`` are pickled (the workers are spawned): module-level functions and classes.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -73,6 +75,8 @@ def launch_workers(processes: int, entrypoint: Callable[..., Any], *args: Any) -
         except ChildFailedError as failed:
             error = _worker_error(Path(error_dir), failed)
             raise error from error.__cause__  # the worker's traceback, if it had one, and not the launcher's
+        except SignalException as signalled:  # Ctrl-C or SIGTERM here: the launcher has stopped the workers
+            raise KeyboardInterrupt(f"signal {signal.Signals(signalled.sigval).name}") from None
     return results[0]
 
 
@@ -167,9 +171,14 @@ def _embdim_error_class(module: str, name: str) -> type[EmbdimError] | None:
 
 @contextlib.contextmanager
 def _quiet_launcher() -> Iterator[None]:
-    """The launcher's own logs (rendezvous notices, its report of a failed worker) are not shown: a worker's
-    error is raised here as itself."""
-    loggers = [logging.getLogger(name) for name in LAUNCHER_LOGGERS]
+    """The launcher's own logs (rendezvous notices, its report of a failed worker or a signal) are not
+    shown: a worker's error is raised here as itself. Each of its modules sets its own logger's level, so
+    every one of them is quietened (and restored after)."""
+    loggers = [
+        logging.getLogger(name)
+        for name in list(logging.root.manager.loggerDict)
+        if any(name == prefix or name.startswith(prefix + ".") for prefix in LAUNCHER_LOGGERS)
+    ]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
