@@ -80,11 +80,22 @@ def config_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]
 
 
 def stored_config_changes(cfg: RunConfig, run_dir: Path | None = None) -> list[str]:
-    """How the config stored in the run folder differs from ``cfg`` (empty: same, or no folder yet)."""
+    """How the config stored in the run folder differs from ``cfg`` (empty: same, or no folder yet). Keys a
+    later version added (``train.processes``, say) count as changed only when ``cfg`` moves them off their
+    defaults: the stored config is read as this version would have written it."""
     config_path = (Path(run_dir) if run_dir else run_dir_for(cfg)) / CONFIG_FILE
     if not config_path.exists():
         return []
-    return config_changes(yaml.safe_load(config_path.read_text()), yaml.safe_load(to_yaml(cfg)))
+    return config_changes(_as_written_now(yaml.safe_load(config_path.read_text())), yaml.safe_load(to_yaml(cfg)))
+
+
+def _as_written_now(stored: Any) -> Any:
+    """A stored config with the keys added since it was written at their defaults (itself when it no
+    longer validates: every difference then shows)."""
+    try:
+        return yaml.safe_load(to_yaml(validate(stored)))
+    except (ConfigError, TypeError, ValueError):
+        return stored
 
 
 def describe_changes(changes: list[str], separator: str = "\n  ") -> str:
