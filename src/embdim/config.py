@@ -96,8 +96,8 @@ class ShardingConfig(Strict):
     memory_per_process: int | None = Field(
         None,
         ge=1,
-        description="bytes of table shards and their optimizer state one process may hold (the planner's "
-        "per-rank cap); default: TorchRec's",
+        description="bytes of table shards one process may hold, as TorchRec's planner counts them (weights, "
+        "optimizer state and its lookup buffers): the per-rank cap of its plan; default: TorchRec's",
     )
 
     @field_validator("types")
