@@ -253,6 +253,23 @@ def test_a_killed_two_process_run_resumes_to_the_one_process_result(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
+def test_a_rank_s_damaged_checkpoint_starts_every_rank_again_from_step_zero(tmp_path):
+    one = run_experiment(small_config(tmp_path, "name=one", *EXACT))
+    cfg = small_config(tmp_path, "name=two", *EXACT, *COLUMN_SHARDS, TWO)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, trainer_cls=KilledAtStepSeven)
+    run = tmp_path / "runs" / "two"
+    (part,) = (run / "ranks" / "1").glob("checkpoint-*.pt")
+    part.write_bytes(part.read_bytes()[:100])
+    two = run_experiment(cfg)
+    assert (run / "checkpoint.pt.corrupt").is_file()
+    assert any("cannot be resumed" in w for w in two["warnings"])
+    assert two["test_auc"] == pytest.approx(one["test_auc"], abs=TOLERANCE)
+    assert [x["step"] for x in _metrics(run)] == [x["step"] for x in _metrics(tmp_path / "runs" / "one")]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_train_mde_s_tables_placed_on_both_ranks_as_one_process_does(tmp_path):
     opts = (*EXACT, "method=mde", "method.alpha=0.5", "train.optimizer=adagrad", "train.lr=0.02")
     one = run_experiment(small_config(tmp_path, "name=one", *opts, "train.eval_every_steps=3"))
