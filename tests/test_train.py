@@ -91,6 +91,22 @@ def test_finished_run_is_not_trained_again_and_other_config_is_refused(tmp_path)
         run_experiment(small_config(tmp_path, "name=r", "train.lr=0.01"))
 
 
+def test_a_run_folder_written_before_a_key_existed_resumes_while_the_key_keeps_its_default(tmp_path):
+    import yaml
+
+    from embdim.train.run import stored_config_changes
+
+    cfg = small_config(tmp_path, "name=old")
+    run_experiment(cfg)
+    config = tmp_path / "runs" / "old" / "config.yaml"
+    older = yaml.safe_load(config.read_text())
+    del older["train"]["processes"], older["embedding"]["sharding"]  # keys an earlier version did not write
+    config.write_text(yaml.safe_dump(older, sort_keys=False))
+    assert stored_config_changes(cfg) == []
+    moved = small_config(tmp_path, "name=old", "embedding.sharding.min_column_width=8")
+    assert stored_config_changes(moved) == ["embedding.sharding.min_column_width: None -> 8"]
+
+
 @pytest.mark.parametrize(
     "override, key",
     [

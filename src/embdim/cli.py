@@ -63,6 +63,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _print_error(message: str) -> None:
     lines = [shorten(line, MAX_LINE_CHARS) for line in str(message).splitlines() or [""]]
+    rank = _launched_rank()
+    if rank:  # one rank of several (torchrun): say which
+        lines[0] = f"rank {rank}: {lines[0]}"
     console.print("[bold red]error:[/] " + escape("\n".join(lines)), soft_wrap=True)
 
 
@@ -75,6 +78,13 @@ def _os_message(err: OSError) -> str:
     where = f"{err.filename}: " if err.filename else ""
     hint = OS_HINTS.get(err.errno or 0)
     return f"{where}{err.strerror or err}" + (f" ({hint})" if hint else "")
+
+
+def _launched_rank() -> int | None:
+    """This process's rank when a launcher (torchrun) started it as one of several, else ``None``."""
+    from embdim.distributed.group import RANK_ENV, launched_world
+
+    return int(os.environ[RANK_ENV]) if launched_world() else None
 
 
 def _log_warnings_to_stderr() -> None:
@@ -131,12 +141,16 @@ def run(
         bool, typer.Option(help="refuse a run whose memory estimate exceeds the free memory")
     ] = True,
 ) -> None:
-    """Train (or resume) the experiment; prints result.json and writes runs/<name>/."""
+    """Train (or resume) the experiment; prints result.json and writes runs/<name>/. With train.processes=N it
+    trains on N local processes (tables sharded by TorchRec); torchrun ... -m embdim run CONFIG starts the
+    processes from outside (docs/scale.md)."""
     from embdim.train.checkpoint import strict_json
     from embdim.train.run import run_dir_for, run_experiment
 
     cfg = load_config(config, [*(overrides or []), *([] if progress else ["train.progress=false"])])
     result = run_experiment(cfg, force=force, memory_check=memory_check)
+    if _launched_rank():
+        return  # one rank of several (torchrun): rank 0 reports
     from embdim.report.plots import plot_run
     from embdim.train.run import prepare_dataset
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from embdim.budget import BudgetUnreachable
 from embdim.data.prepare import PreprocessConfig
 from embdim.data.schema import FieldInfo
+from embdim.distributed import CPU_SHARDING_TYPES
 from embdim.errors import ConfigError, shorten
 from embdim.lookup import FUSABLE_OPTIMIZERS
 from embdim.options import Options
@@ -62,6 +63,63 @@ class PluginConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+#: Sharding types TorchRec has that a run on the CPU cannot use, and why (the error names the key).
+UNAVAILABLE_SHARDING_TYPES = {
+    "row_wise": "TorchRec shards rows only on CUDA devices",
+    "table_row_wise": "TorchRec shards rows only on CUDA devices",
+    "grid_shard": "TorchRec shards rows only on CUDA devices",
+    "data_parallel": "a data-parallel table needs a dense kernel and a torch optimizer, which sharded runs do "
+    "not build yet",
+}
+#: Fused kernels need column shards whose width is a multiple of this (fbgemm's requirement).
+COLUMN_WIDTH_MULTIPLE = 4
+
+
+class ShardingConfig(Strict):
+    """How TorchRec's planner may place the tables of a run on several processes (``train.processes``).
+
+    Every table gets one of ``types`` (the planner picks by its cost model): ``table_wise`` (the whole table
+    on one rank), ``column_wise`` (column blocks on several ranks), ``table_column_wise`` (column blocks,
+    each on one rank of a machine). Tables are always trained by a fused kernel (``train.optimizer`` adagrad
+    or sgd inside the backward pass).
+    """
+
+    types: list[str] = Field(
+        default_factory=lambda: list(CPU_SHARDING_TYPES),
+        description=f"sharding types the planner may choose per table: {', '.join(CPU_SHARDING_TYPES)}",
+    )
+    min_column_width: int | None = Field(
+        None,
+        ge=COLUMN_WIDTH_MULTIPLE,
+        description="narrowest column shard (a multiple of 4); default: TorchRec's (it rarely splits narrow tables)",
+    )
+    memory_per_process: int | None = Field(
+        None,
+        ge=1,
+        description="bytes of table shards one process may hold, as TorchRec's planner counts them (weights, "
+        "optimizer state and its lookup buffers): the per-rank cap of its plan; default: TorchRec's",
+    )
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, types: list[str]) -> list[str]:
+        if not types:
+            raise ValueError(f"name at least one sharding type: {', '.join(CPU_SHARDING_TYPES)}")
+        for name in types:
+            if name in UNAVAILABLE_SHARDING_TYPES:
+                raise ValueError(f"{name}: {UNAVAILABLE_SHARDING_TYPES[name]}; use {', '.join(CPU_SHARDING_TYPES)}")
+            if name not in CPU_SHARDING_TYPES:
+                raise ValueError(f"unknown sharding type {shorten(repr(name))}; use {', '.join(CPU_SHARDING_TYPES)}")
+        return list(dict.fromkeys(types))
+
+    @field_validator("min_column_width")
+    @classmethod
+    def _fused_width(cls, width: int | None) -> int | None:
+        if width is not None and width % COLUMN_WIDTH_MULTIPLE:
+            raise ValueError(f"{width} is not a multiple of {COLUMN_WIDTH_MULTIPLE} (fused kernels need it)")
+        return width
+
+
 class EmbeddingConfig(Strict):
     dim: int = Field(16, ge=1, description="output width d of every field")
     backend: Literal["torch", "torchrec"] = Field(
@@ -72,6 +130,9 @@ class EmbeddingConfig(Strict):
         False, description="with sparse: the models' n x 1 first-order tables too (pays only for huge vocabularies)"
     )
     init_std: float = Field(0.01, gt=0, description="normal-init std of the tables")
+    sharding: ShardingConfig = Field(
+        default_factory=ShardingConfig, description="placement of the tables on several processes (train.processes)"
+    )
 
 
 class LRScheduleConfig(Strict):
@@ -144,8 +205,16 @@ class TrainConfig(Strict):
         "or bf16 (torch.autocast; weights, tables, lookups, the loss and the metrics stay float32); bf16 needs "
         "native bfloat16 (AVX512_BF16 or AMX-BF16 CPUs, CUDA compute capability 8.0+) and is refused elsewhere",
     )
-    batch_size: int = Field(4096, ge=1)
-    eval_batch_size: int = Field(16384, ge=1)
+    batch_size: int = Field(
+        4096, ge=1, description="rows per step in all (on several processes: the global batch, shared out)"
+    )
+    eval_batch_size: int = Field(16384, ge=1, description="rows scored at a time in all (shared out likewise)")
+    processes: int = Field(
+        1,
+        ge=1,
+        description="train on this many local processes (torch's elastic launcher; torchrun sets it): tables "
+        "sharded by TorchRec, the rest data-parallel, each process reading its share of every batch",
+    )
     epochs: int = Field(10, ge=1, description="maximum epochs per stage")
     max_steps: int | None = Field(None, ge=1, description="stop a stage after this many steps")
     eval_every_steps: int | None = Field(None, ge=1, description="evaluate every N steps; default each epoch")
@@ -211,12 +280,46 @@ class RunConfig(Strict):
                 f"train.embedding_weight_decay: {tables} cannot decay every row each step; "
                 "set train.embedding_decay=looked_up (decay the rows a batch reads)"
             )
+        if t.processes > 1:
+            self._check_shardable()
         if t.lr_schedule.kind == "plateau" and t.lr_schedule.patience >= t.patience:
             raise ValueError(
                 f"train.lr_schedule.patience={t.lr_schedule.patience} must be below train.patience={t.patience}: "
                 "the stage would stop before the learning rate drops"
             )
         return self
+
+    def _check_shardable(self) -> None:
+        """What a run on several processes needs (the error names ``train.processes`` and the setting)."""
+        t, emb, n = self.train, self.embedding, self.train.processes
+        method = self.method.name
+        if method in SEARCHERS and not SEARCHERS.get(method).shardable:
+            able = [name for name in SEARCHERS.names() if SEARCHERS.get(name).shardable]
+            raise ValueError(
+                f"train.processes={n}: method {method} does not train on several processes yet (those that do: "
+                f"{', '.join(able)}); use train.processes=1"
+            )
+        if emb.backend != "torchrec":
+            raise ValueError(f"train.processes={n} shards the tables with TorchRec: set embedding.backend=torchrec")
+        if not t.fused:
+            raise ValueError(
+                f"train.processes={n}: TorchRec's sharded tables on the CPU train only with fused kernels: set "
+                "train.fused=true (train.optimizer adagrad or sgd)"
+            )
+        if t.looked_up_l2 > 0:
+            raise ValueError(
+                f"train.processes={n}: train.embedding_decay=looked_up would count the distinct rows of each "
+                "process's share of a batch, not of the batch; set train.embedding_weight_decay=0 (not yet supported)"
+            )
+        if emb.sparse_first_order:
+            raise ValueError(
+                f"train.processes={n}: embedding.sparse_first_order (sparse gradients in the data-parallel part) is "
+                "not supported; set it to false"
+            )
+        if t.batch_size < n:
+            raise ValueError(
+                f"train.batch_size={t.batch_size} gives a process no row: use at least train.processes={n}"
+            )
 
     def resolved_data_root(self) -> Path:
         if self.data_root:
@@ -228,6 +331,24 @@ class RunConfig(Strict):
 
     def method_options(self) -> BaseModel:
         return SEARCHERS.get(self.method.name).Config(**self.method.options)
+
+
+def with_processes(cfg: RunConfig, processes: int) -> RunConfig:
+    """``cfg`` run on ``processes`` processes (a launcher's ``WORLD_SIZE``), validated again; a config that asks
+    for another number, or cannot run on that many, is a :class:`ConfigError` naming ``train.processes``."""
+    if cfg.train.processes == processes:
+        return cfg
+    if cfg.train.processes != 1:
+        raise ConfigError(
+            f"train.processes={cfg.train.processes}, but the launcher started {processes} processes (WORLD_SIZE): "
+            f"set train.processes={processes}, or leave it out under torchrun"
+        )
+    data = cfg.model_dump()
+    data["train"]["processes"] = processes
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{processes} processes (WORLD_SIZE): invalid configuration\n{_format_errors(err)}") from None
 
 
 def resolve_budget(cfg: RunConfig, fields: list[FieldInfo]) -> RunConfig:

@@ -25,28 +25,37 @@ Fused tables are zero-padded to a width divisible by 4 (fbgemm's requirement); o
 are overwritten; the global RNG is restored around those draws so that a seed gives the same
 tables, model weights and dropout masks as the torch backend.
 
-Sharding (a later issue, not built here): the collection is built in one place
-(:func:`bag_configs` + :meth:`TorchRecLookup._plain` / :meth:`TorchRecLookup._fused`) and is only
-ever called with a KJT whose ``KeyedTensor.values()`` is read, so a ``DistributedModelParallel``
-wrapper can shard ``self.collection`` (table-wise, column-wise over gloo; fused tables need
-``dim % 4 == 0``, which the padding gives) without changing ``forward``. ``table_weight`` (and the
-state-dict hooks, which will see ShardedTensors) are where shards are then gathered; torchrec
-averages gradients over ranks, so learning rates will need scaling there.
+Sharding (:meth:`TorchRecLookup.shard`, for a run on several processes): TorchRec's planner places
+the tables on the ranks of the default process group (table-wise, column-wise or table-column-wise:
+on the CPU TorchRec shards rows only on GPUs, and model-parallel shards have only fused kernels) and
+``DistributedModelParallel`` replaces ``self.collection`` by the sharded collection in place, so
+``forward`` is unchanged: each rank looks up its own slice of a batch and gets that slice's rows back
+(TorchRec's all-to-alls route the ids to the shards and the vectors back). The fused optimizer's
+updates follow TorchRec's gradient division: the gradient a shard applies is the mean of the ranks'
+gradients, as data parallelism averages a dense layer's. A sharded lookup's tables are read and
+written through :meth:`TorchRecLookup.local_shards` / :meth:`TorchRecLookup.load_local_shards` (this
+rank's part, for checkpoints) and :meth:`TorchRecLookup.gather_tables` (whole tables on one rank, for
+the export); ``table_weight`` refuses, since a whole table exists nowhere.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from embdim.distributed import CPU_SHARDING_TYPES
+from embdim.errors import ConfigError
 from embdim.lookup import FUSABLE_OPTIMIZERS, FusedTableOptimizer, Lookup, RawEmbeddings, TableSpec
 
 #: torch.optim.Adagrad's default eps; fbgemm's default (1e-8) would make fused and torch Adagrad differ.
@@ -55,6 +64,10 @@ TORCH_ADAGRAD_EPS = 1e-10
 #: fbgemm's fused kernels need table widths divisible by this; narrower widths are zero-padded (the
 #: padding never receives a gradient, so it stays zero, and it is hidden from outputs and state dicts).
 FUSED_DIM_MULTIPLE = 4
+
+
+#: Key of one local shard of table ``name`` in :meth:`TorchRecLookup.local_shards`: its first row and column.
+SHARD_KEY = "tables.{name}.weight@{row},{col}"
 
 
 def padded_dim(dim: int) -> int:
@@ -90,6 +103,30 @@ def _rng_untouched() -> Iterator[None]:
         yield
     finally:
         torch.set_rng_state(state)
+
+
+@contextmanager
+def _quiet_torchrec() -> Iterator[None]:
+    """Silence TorchRec's notices about its own internals (a topology built by hand, a heuristic storage
+    reservation, the deprecation of the sharded tensors its state dicts hold): not the user's to act on."""
+    logger = logging.getLogger("torchrec")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _fused_params(name: str, lr: float) -> dict[str, Any]:
+    """The sharder's fused kernel settings for ``train.optimizer`` ``name`` (as the unsharded fused tables')."""
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+
+    if name == "adagrad":
+        return {"optimizer": EmbOptimType.EXACT_ADAGRAD, "learning_rate": lr, "eps": TORCH_ADAGRAD_EPS}
+    return {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": lr}
 
 
 class TorchRecFusedOptimizer(FusedTableOptimizer):
@@ -145,6 +182,7 @@ class TorchRecLookup(Lookup):
     def __init__(self, specs: Sequence[TableSpec], num_fields: int, sparse: bool = False) -> None:
         super().__init__(specs, num_fields)
         self.sparse = sparse
+        self.sharded = False  # the collection is sharded over the default process group's ranks (shard())
         self.collection: nn.Module = self._plain()
         with torch.no_grad():
             for spec in self.specs:
@@ -192,12 +230,9 @@ class TorchRecLookup(Lookup):
         Called again (next stage), it resets the state like a new torch optimizer would, keeping the
         same parameter objects.
         """
-        if name not in FUSABLE_OPTIMIZERS:
-            raise ValueError(
-                f"train.optimizer={name} cannot be fused into TorchRec's backward on CPU (fbgemm has no CPU "
-                f"Adam): use train.optimizer={' or '.join(FUSABLE_OPTIMIZERS)}, or train.fused=false to train the "
-                "TorchRec tables with torch optimizers"
-            )
+        _check_fusable(name)
+        if self.sharded and self.fused_name != name:
+            raise ValueError(f"the tables were sharded with fused {self.fused_name}, not {name}")
         if self.fused_name != name:
             fused = self._fused(name, lr)
             with torch.no_grad():
@@ -216,23 +251,174 @@ class TorchRecLookup(Lookup):
         return TorchRecFusedOptimizer(self, name, lr)
 
     def _fused_modules(self) -> list[tuple[list[EmbeddingBagConfig], Any]]:
-        if self.fused_name is None:
+        if self.fused_name is None or self.sharded:
             return []
         coll = self.collection
         # torchrec groups tables by (pooling, dtype) into one fbgemm module each
         return list(zip(coll._key_to_tables.values(), coll._emb_modules, strict=True))
 
     def fused_states(self) -> dict[str, list[torch.Tensor]]:
-        """Per table, the fbgemm optimizer state tensors (views, updated in place)."""
+        """Per table, the fbgemm optimizer state tensors (views, updated in place; sharded: this rank's
+        shards of them, none for a table held elsewhere)."""
+        if self.sharded:
+            return self._sharded_fused_states()
         out = {}
         for tables, module in self._fused_modules():
-            for table, states in zip(tables, module._emb_module.split_optimizer_states(), strict=True):
+            # SGD keeps no state: fbgemm then lists no tables at all
+            per_table = module._emb_module.split_optimizer_states() or [[] for _ in tables]
+            for table, states in zip(tables, per_table, strict=True):
                 out[table.name] = list(states)
         return out
 
     def set_fused_lr(self, lr: float) -> None:
+        if self.sharded:  # every fbgemm kernel this rank runs, whatever TorchRec grouped into it
+            for module in self.collection.modules():
+                if hasattr(module, "set_learning_rate") and hasattr(module, "split_optimizer_states"):
+                    module.set_learning_rate(lr)
+            return
         for _, module in self._fused_modules():
             module._emb_module.set_learning_rate(lr)
+
+    # ------------------------------------------------------------------ sharding
+    def shard(
+        self,
+        optimizer: str,
+        lr: float,
+        types: Sequence[str] = CPU_SHARDING_TYPES,
+        min_column_width: int | None = None,
+        memory_per_process: int | None = None,
+        local_world: int | None = None,
+    ) -> dict[str, Any]:
+        """Shard the tables over the ranks of the default process group, with ``optimizer`` (adagrad |
+        sgd) at rate ``lr`` fused into their backward; every rank must call it, with the same tables.
+
+        TorchRec's planner chooses, per table, one of ``types`` (``embedding.sharding.types``) and the
+        ranks, within ``memory_per_process`` bytes per rank (weights and optimizer state; default
+        TorchRec's) and column shards at least ``min_column_width`` wide. Rank 0 plans and the plan is
+        broadcast; the current weights are copied into the shards (widths padded to a multiple of
+        :data:`FUSED_DIM_MULTIPLE`). Returns the plan as JSON-able data: per table its sharding type,
+        ranks and shards (rank, first row and column, rows and columns).
+        """
+        from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+        from torchrec.distributed.model_parallel import DistributedModelParallel
+        from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+        from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+
+        _check_fusable(optimizer)
+        if self.sharded or self.fused_name is not None:
+            raise RuntimeError("shard() takes the plain collection: call it before any fuse_optimizer()")
+        world, rank = dist.get_world_size(), dist.get_rank()
+        with _rng_untouched():
+            padded = EmbeddingBagCollection(tables=bag_configs(self.specs, pad=True), is_weighted=False)
+        with torch.no_grad():
+            for spec in self.specs:
+                weight = padded.embedding_bags[spec.name].weight
+                weight.zero_()
+                weight[:, : spec.dim].copy_(self.table_weight(spec.name))
+        self.collection = padded  # the unpadded tables are freed
+        sharder = EmbeddingBagCollectionSharder(fused_params=_fused_params(optimizer, lr))
+        constraints = {
+            spec.name: ParameterConstraints(
+                sharding_types=list(types), compute_kernels=["fused"], min_partition=min_column_width
+            )
+            for spec in self.specs
+        }
+        # the fx notice is raised at the first sharded lookup, once per process, about TorchRec's own tracing
+        logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+        with _quiet_torchrec():
+            topology = Topology(
+                world_size=world,
+                compute_device="cpu",
+                ddr_cap=memory_per_process,
+                local_world_size=local_world or world,
+            )
+            # nothing else shares a rank's memory cap with the shards here: no reservation on top of it
+            planner = EmbeddingShardingPlanner(
+                topology=topology, constraints=constraints, storage_reservation=FixedPercentageStorageReservation(0.0)
+            )
+            plan, error = None, None
+            if rank == 0:  # planned once and broadcast, so a plan that fails, fails on every rank alike
+                try:
+                    plan = planner.plan(self, [sharder])
+                except Exception as err:  # PlannerError, or a RuntimeError for constraints nothing meets
+                    error = f"{type(err).__name__}: {err}"
+            box = [(plan, error)]
+            dist.broadcast_object_list(box, src=0)
+            plan, error = box[0]
+            if error is not None:
+                raise ConfigError(
+                    f"embedding.sharding: TorchRec's planner found no placement of the tables "
+                    f"{[(s.name, s.num_rows, padded_dim(s.dim)) for s in self.specs]} on {world} processes with "
+                    f"types {list(types)}, memory_per_process={memory_per_process}, "
+                    f"min_column_width={min_column_width} ({error.splitlines()[0][:300]}); allow more "
+                    "embedding.sharding.types, raise embedding.sharding.memory_per_process or use more processes"
+                )
+            # shards self.collection in place (the sharded collection is what forward calls from now on)
+            DistributedModelParallel(self, plan=plan, sharders=[sharder], device=torch.device("cpu"))
+        self.sharded, self.fused_name = True, optimizer
+        self.widths = [padded_dim(spec.dim) for spec in self.specs]
+        with torch.no_grad():  # TorchRec drew its own shards: the weights are the plain collection's
+            for key, shard in self.local_shards().items():
+                name, (row, col) = _parse_shard_key(key)
+                source = padded.embedding_bags[name].weight
+                shard.copy_(source[row : row + shard.shape[0], col : col + shard.shape[1]])
+        return _describe_plan(plan.plan["collection"], self.specs, world, optimizer)
+
+    def _sharded_state(self) -> dict[str, Any]:
+        with _quiet_torchrec():
+            return self.collection.state_dict()
+
+    def local_shards(self) -> dict[str, torch.Tensor]:
+        """This rank's shards of the tables (views, padding included), by :data:`SHARD_KEY`; none for a
+        table held elsewhere."""
+        out = {}
+        state = self._sharded_state()
+        for spec in self.specs:
+            for shard in state[f"embedding_bags.{spec.name}.weight"].local_shards():
+                row, col = shard.metadata.shard_offsets
+                out[SHARD_KEY.format(name=spec.name, row=row, col=col)] = shard.tensor
+        return out
+
+    @torch.no_grad()
+    def load_local_shards(self, saved: dict[str, torch.Tensor]) -> None:
+        """Write :meth:`local_shards` of a checkpoint back in place; shards that do not match (another
+        plan: a different number of processes or sharding) are a ``ValueError``."""
+        own = self.local_shards()
+        saved = {k: v for k, v in saved.items() if _is_shard_key(k)}
+        if set(saved) != set(own):
+            raise ValueError(
+                f"the saved table shards {sorted(saved)} are not this rank's {sorted(own)} (a different "
+                "train.processes or embedding.sharding)"
+            )
+        for key, shard in own.items():
+            if saved[key].shape != shard.shape:
+                raise ValueError(f"{key}: saved shard {tuple(saved[key].shape)}, this rank's {tuple(shard.shape)}")
+            shard.copy_(saved[key])
+
+    @torch.no_grad()
+    def gather_tables(self, dst: int = 0) -> dict[str, torch.Tensor] | None:
+        """Every table whole (``[num_rows, dim]``, padding dropped) on rank ``dst``, ``None`` on the others;
+        every rank must call it."""
+        state = self._sharded_state()
+        out = {}
+        for spec in self.specs:
+            sharded = state[f"embedding_bags.{spec.name}.weight"]
+            with _quiet_torchrec():
+                whole = torch.empty(tuple(sharded.size())) if dist.get_rank() == dst else None
+                sharded.gather(dst=dst, out=whole)
+            if whole is not None:
+                out[spec.name] = whole if whole.shape[1] == spec.dim else whole[:, : spec.dim].contiguous()
+        return out if dist.get_rank() == dst else None
+
+    def _sharded_fused_states(self) -> dict[str, list[torch.Tensor]]:
+        with _quiet_torchrec():
+            states = self.collection.fused_optimizer.state_dict()["state"]
+        out: dict[str, list[torch.Tensor]] = {}
+        for spec in self.specs:
+            suffix = f"embedding_bags.{spec.name}.weight"
+            per_state = next((v for k, v in states.items() if k.endswith(suffix)), {})
+            out[spec.name] = [s.tensor for _, t in sorted(per_state.items()) for s in t.local_shards()]
+        return out
 
     # ------------------------------------------------------------------ lookup
     def forward(self, ids: torch.Tensor) -> RawEmbeddings:
@@ -248,7 +434,11 @@ class TorchRecLookup(Lookup):
             offsets=torch.arange(n + 1, dtype=torch.int32),
             stride=batch,
         )
-        pooled = self.collection(kjt).values()  # [B, sum_t F_t * W_t], W_t the physical width
+        keyed = self.collection(kjt)
+        pooled = keyed.values()  # [B, sum_t F_t * W_t], W_t the physical width
+        if self.sharded and keyed.keys() != self.keys:  # a sharded collection returns its features by shard
+            per_key = dict(zip(keyed.keys(), torch.split(pooled, keyed.length_per_key(), dim=1), strict=True))
+            pooled = torch.cat([per_key[key] for key in self.keys], dim=1)
         out, start = [], 0
         for spec, width in zip(self.specs, self.widths, strict=True):
             span = len(spec.field_ids) * width
@@ -259,6 +449,11 @@ class TorchRecLookup(Lookup):
         return RawEmbeddings(self.specs, out, self.num_fields, rows)
 
     def table_weight(self, name: str) -> torch.Tensor:
+        if self.sharded:
+            raise RuntimeError(
+                f"table {name!r} is sharded over {dist.get_world_size()} processes: no rank holds it whole "
+                "(gather_tables() collects it on one rank)"
+            )
         weight = self.collection.embedding_bags[name].weight
         dim = self._spec(name).dim
         return weight if weight.shape[1] == dim else weight[:, :dim]
@@ -270,6 +465,8 @@ class TorchRecLookup(Lookup):
         """``tables.<name>.weight`` [n, D] -> the collection's (padded) parameter, padding kept."""
         for spec in self.specs:
             key = f"{prefix}tables.{spec.name}.weight"
+            if key in state and self.sharded:
+                raise RuntimeError(f"{key}: a sharded lookup loads its shards with load_local_shards()")
             if key in state:
                 value = state.pop(key)
                 own = self.collection.embedding_bags[spec.name].weight.detach()
@@ -286,9 +483,66 @@ COLLECTION_KEY = "collection.embedding_bags.{name}.weight"
 
 
 def _public_state_dict(module: TorchRecLookup, state: dict[str, Any], prefix: str, *args: Any) -> None:
-    """The collection's ``embedding_bags.<name>.weight`` -> ``tables.<name>.weight`` without padding."""
+    """The collection's ``embedding_bags.<name>.weight`` -> ``tables.<name>.weight`` without padding
+    (sharded: TorchRec's sharded tensor, padding included, renamed only)."""
     for spec in module.specs:
         value = state.pop(f"{prefix}{COLLECTION_KEY.format(name=spec.name)}")
+        if module.sharded:
+            state[f"{prefix}tables.{spec.name}.weight"] = value
+            continue
         state[f"{prefix}tables.{spec.name}.weight"] = (
             value if value.shape[1] == spec.dim else value[:, : spec.dim].contiguous()
         )
+
+
+def _check_fusable(name: str) -> None:
+    if name not in FUSABLE_OPTIMIZERS:
+        raise ValueError(
+            f"train.optimizer={name} cannot be fused into TorchRec's backward on CPU (fbgemm has no CPU "
+            f"Adam): use train.optimizer={' or '.join(FUSABLE_OPTIMIZERS)}, or train.fused=false to train the "
+            "TorchRec tables with torch optimizers"
+        )
+
+
+def _is_shard_key(key: str) -> bool:
+    return key.startswith("tables.") and "@" in key
+
+
+def _parse_shard_key(key: str) -> tuple[str, tuple[int, int]]:
+    """:data:`SHARD_KEY` -> (table name, (first row, first column))."""
+    head, _, at = key.rpartition("@")
+    row, col = at.split(",")
+    return head.removeprefix("tables.").removesuffix(".weight"), (int(row), int(col))
+
+
+def _describe_plan(module_plan: Any, specs: Sequence[TableSpec], world: int, optimizer: str) -> dict[str, Any]:
+    """A TorchRec module plan as JSON-able data: per table its sharding, ranks and shards, and per rank the
+    bytes of the shards it holds (float32 weights, padding included; the fused optimizer's state comes on top)."""
+    tables, rank_bytes = {}, [0] * world
+    for spec in specs:
+        sharding = module_plan[spec.name]
+        shards = []
+        for meta in sharding.sharding_spec.shards:
+            rank = meta.placement.rank()
+            rows, cols = meta.shard_sizes
+            rank_bytes[rank] += rows * cols * 4
+            shards.append(
+                {
+                    "rank": rank,
+                    "row": meta.shard_offsets[0],
+                    "column": meta.shard_offsets[1],
+                    "rows": rows,
+                    "columns": cols,
+                }
+            )
+        tables[spec.name] = {
+            "rows": spec.num_rows,
+            "dim": spec.dim,
+            "stored_dim": padded_dim(spec.dim),
+            "fields": list(spec.field_ids),
+            "sharding_type": sharding.sharding_type,
+            "compute_kernel": sharding.compute_kernel,
+            "ranks": list(sharding.ranks or []),
+            "shards": shards,
+        }
+    return {"processes": world, "optimizer": optimizer, "tables": tables, "weight_bytes_per_rank": rank_bytes}

@@ -127,6 +127,9 @@ class Searcher(nn.Module, ABC):
     Config: ClassVar[type[SearcherConfig]] = SearcherConfig
     #: the method steers its sizes to ``config.budget`` while it trains (a sparsity target, a controller)
     steers_to_budget: ClassVar[bool] = False
+    #: the method trains on several processes (``train.processes``): its tables sharded by TorchRec, its
+    #: own parameters data-parallel, every query and export of its state answered from what the ranks hold
+    shardable: ClassVar[bool] = False
 
     def __init__(
         self, fields: list[FieldInfo], dim: int, config: SearcherConfig, init_std: float = DEFAULT_INIT_STD

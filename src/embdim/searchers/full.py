@@ -22,6 +22,7 @@ class FullSearcher(Searcher):
     """Uniform embeddings: one ``n x d`` table, raw vectors passed through unchanged."""
 
     Config = FullConfig
+    shardable = True  # nothing but the lookup's table
 
     @classmethod
     def for_budget(

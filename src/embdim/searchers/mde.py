@@ -62,6 +62,7 @@ class MDESearcher(Searcher):
     """Mixed dimensions per field, projected to ``d``."""
 
     Config = MDEConfig
+    shardable = True  # its tables are the lookup's alone, its projections dense parameters
 
     @classmethod
     def for_budget(

@@ -16,7 +16,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -38,12 +38,24 @@ class Prefetcher(Ahead[Batch]):
 
     Use it as a context manager: leaving the block (a finished stage, an early stop, an error)
     stops the thread. An error while gathering is raised by the iteration that would have used it.
+    ``share`` picks this process's rows of each batch's row indices (a run on several processes).
     """
 
-    def __init__(self, split: SplitArrays, order: np.ndarray, batch_size: int, first_batch: int = 0) -> None:
-        super().__init__(_batches(split, order, batch_size, first_batch), PREFETCH_DEPTH, name="embdim-batches")
+    def __init__(
+        self,
+        split: SplitArrays,
+        order: np.ndarray,
+        batch_size: int,
+        first_batch: int = 0,
+        share: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        batches = _batches(split, order, batch_size, first_batch, share)
+        super().__init__(batches, PREFETCH_DEPTH, name="embdim-batches")
 
 
-def _batches(split: SplitArrays, order: np.ndarray, size: int, first: int) -> Iterator[Batch]:
+def _batches(
+    split: SplitArrays, order: np.ndarray, size: int, first: int, share: Callable[[np.ndarray], np.ndarray] | None
+) -> Iterator[Batch]:
     for start in range(first * size, len(order), size):
-        yield batch_tensors(split, order[start : start + size])
+        rows = order[start : start + size]
+        yield batch_tensors(split, rows if share is None else share(rows))

@@ -109,8 +109,12 @@ def load_torch(path: Path) -> Any:
 
 def save_weights(path: Path, module: torch.nn.Module) -> None:
     """A module's state dict as safetensors (atomically), written from the weights' own memory."""
-    state = module.state_dict()
-    _replace_through_temp(path, lambda tmp: write_tensors(tmp, state))
+    save_tensors(path, module.state_dict())
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Named tensors as safetensors (atomically), written from their own memory."""
+    _replace_through_temp(path, lambda tmp: write_tensors(tmp, tensors))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

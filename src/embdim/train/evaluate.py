@@ -46,8 +46,13 @@ def predict_logits(rec: torch.nn.Module, split: SplitArrays, batch_size: int) ->
 
 
 def evaluate(rec: torch.nn.Module, split: SplitArrays, batch_size: int) -> dict[str, float]:
-    logits = predict_logits(rec, split, batch_size)
-    return {"auc": roc_auc(split.labels, logits), "logloss": log_loss(split.labels, logits)}
+    return scores_metrics(split.labels, predict_logits(rec, split, batch_size))
+
+
+def scores_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """Global AUC and logloss of logits [N] against 0/1 labels [N] (:class:`NonFiniteScores` for a
+    non-finite logit)."""
+    return {"auc": roc_auc(labels, logits), "logloss": log_loss(labels, logits)}
 
 
 def row_frequencies(ids: np.ndarray, fields: Sequence[FieldInfo], field: int | str | None = None) -> np.ndarray:

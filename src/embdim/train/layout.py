@@ -13,6 +13,10 @@ read their names from here).
       model/               the bundle: the exported slim model and what scores raw rows (embdim.serve)
       result.json          the result; "status": "completed" or "diverged"
       quantised.json       test metrics and bytes of the bundle with its tables in fp16 / int8 (bench precisions)
+      sharding_plan.json   a run on several processes: where TorchRec placed each table (type, ranks, shards)
+      ranks/<r>/           a run on several processes: what rank r alone holds (its table shards and their
+                           optimizer state in checkpoint-<generation>.pt, initial and best weights); the
+                           checkpoint.pt above then holds the progress and names the generation to resume
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ PLAN_FILE = "plan.json"
 MODEL_DIR = "model"
 RESULT_FILE = "result.json"
 QUANTISED_FILE = "quantised.json"
+SHARDING_PLAN_FILE = "sharding_plan.json"
+RANKS_DIR = "ranks"
 CORRUPT_SUFFIX = ".corrupt"  # an unreadable run-state file is moved aside to <name>.corrupt
 COMPLETED, DIVERGED = "completed", "diverged"  # result.json's status
 
@@ -74,3 +80,11 @@ class RunFolder:
     @property
     def quantised(self) -> Path:
         return self.root / QUANTISED_FILE
+
+    @property
+    def sharding_plan(self) -> Path:
+        return self.root / SHARDING_PLAN_FILE
+
+    def rank(self, rank: int) -> Path:
+        """The folder of what rank ``rank`` of a run on several processes holds alone."""
+        return self.root / RANKS_DIR / str(rank)

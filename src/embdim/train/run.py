@@ -10,19 +10,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from embdim.config import ConfigError, RunConfig, to_yaml, validate
+from embdim.config import ConfigError, RunConfig, to_yaml, validate, with_processes
 from embdim.data.cache import read_schema
 from embdim.data.prepare import STREAM_MIN_BYTES, PreparedData, prepare
-from embdim.errors import DivergedError, shorten
+from embdim.distributed.group import Group, join, launched_world, leave
+from embdim.errors import DivergedError, EmbdimError, shorten
 from embdim.recommender import Recommender, check_precision, is_bundle
 from embdim.registry import READERS
 from embdim.train.checkpoint import atomic_write_json, atomic_write_text, init_weights_path, load_torch
-from embdim.train.layout import CHECKPOINT_FILE, CONFIG_FILE, DIVERGED, RESULT_FILE, RunFolder
+from embdim.train.layout import CHECKPOINT_FILE, CONFIG_FILE, DIVERGED, RANKS_DIR, RESULT_FILE, RunFolder
 from embdim.train.trainer import Trainer, build_run_recommender
 
 SHOWN_CHANGES = 5  # differing keys named in an error before "and N more"
@@ -77,11 +80,22 @@ def config_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]
 
 
 def stored_config_changes(cfg: RunConfig, run_dir: Path | None = None) -> list[str]:
-    """How the config stored in the run folder differs from ``cfg`` (empty: same, or no folder yet)."""
+    """How the config stored in the run folder differs from ``cfg`` (empty: same, or no folder yet). Keys a
+    later version added (``train.processes``, say) count as changed only when ``cfg`` moves them off their
+    defaults: the stored config is read as this version would have written it."""
     config_path = (Path(run_dir) if run_dir else run_dir_for(cfg)) / CONFIG_FILE
     if not config_path.exists():
         return []
-    return config_changes(yaml.safe_load(config_path.read_text()), yaml.safe_load(to_yaml(cfg)))
+    return config_changes(_as_written_now(yaml.safe_load(config_path.read_text())), yaml.safe_load(to_yaml(cfg)))
+
+
+def _as_written_now(stored: Any) -> Any:
+    """A stored config with the keys added since it was written at their defaults (itself when it no
+    longer validates: every difference then shows)."""
+    try:
+        return yaml.safe_load(to_yaml(validate(stored)))
+    except (ConfigError, TypeError, ValueError):
+        return stored
 
 
 def describe_changes(changes: list[str], separator: str = "\n  ") -> str:
@@ -126,25 +140,22 @@ def run_experiment(
     with ``"status": "diverged"`` and no metrics; running it again raises the same
     :class:`~embdim.errors.DivergedError` (``force`` trains it from scratch). ``memory_check`` refuses a
     run whose memory estimate exceeds the free memory (:mod:`embdim.train.memory`).
+
+    With ``train.processes`` above one, the run's processes are started here (:mod:`embdim.train.launch`;
+    ``trainer_cls`` must then be a module-level class); in a process a launcher started as one rank of
+    several (``torchrun``), this rank of the run is trained, and every rank returns the result.
     """
+    world = launched_world()
+    if world is not None:
+        return _run_as_rank(with_processes(cfg, world), run_dir, force, trainer_cls, memory_check)
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
+    if cfg.train.processes > 1:
+        return _launch(cfg, run_dir, force, trainer_cls, memory_check)
     resolved = to_yaml(cfg)
     config_path, result_path = run_dir / CONFIG_FILE, run_dir / RESULT_FILE
-    preflight(cfg)
-    if force:
-        remove_run_folder(run_dir)
-    if config_path.exists():
-        changes = stored_config_changes(cfg, run_dir)
-        if changes:
-            raise ConfigError(
-                f"{run_dir} holds a run with a different config (stored -> now):\n  {describe_changes(changes)}\n"
-                f"choose another name (name=...) or pass --force to start it again"
-            )
-        if result_path.exists():
-            result = json.loads(result_path.read_text())
-            if result.get("status") == DIVERGED:
-                raise DivergedError(result["error"])
-            return result
+    finished = _existing_run(cfg, run_dir, force)
+    if finished is not None:
+        return finished
     data = prepare_dataset(cfg, progress=cfg.train.progress)
     created = not run_dir.exists()
     try:
@@ -160,6 +171,119 @@ def run_experiment(
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     atomic_write_json(result_path, result)
+    return result
+
+
+def _existing_run(cfg: RunConfig, run_dir: Path, force: bool) -> dict[str, Any] | None:
+    """Checks before a run trains: the config is runnable, ``force`` removes the old folder, a folder with
+    another config is refused, a finished run returns its result (a diverged one raises its error)."""
+    preflight(cfg)
+    if force:
+        remove_run_folder(run_dir)
+    if (run_dir / CONFIG_FILE).exists():
+        changes = stored_config_changes(cfg, run_dir)
+        if changes:
+            raise ConfigError(
+                f"{run_dir} holds a run with a different config (stored -> now):\n  {describe_changes(changes)}\n"
+                f"choose another name (name=...) or pass --force to start it again"
+            )
+        if (run_dir / RESULT_FILE).exists():
+            result = json.loads((run_dir / RESULT_FILE).read_text())
+            if result.get("status") == DIVERGED:
+                raise DivergedError(result["error"])
+            return result
+    return None
+
+
+def _launch(
+    cfg: RunConfig, run_dir: Path, force: bool, trainer_cls: type[Trainer], memory_check: bool
+) -> dict[str, Any]:
+    """Start the run's ``train.processes`` ranks here; rank 0's result. A run that never reached its first
+    checkpoint leaves nothing behind (the workers may have been stopped before they could clean up)."""
+    from embdim.train.launch import launch_workers
+
+    created = not run_dir.exists()
+    try:
+        return launch_workers(
+            cfg.train.processes, _worker_run, cfg.model_dump(mode="json"), run_dir, force, trainer_cls, memory_check
+        )
+    except DivergedError:
+        raise
+    except BaseException:
+        if created and not (run_dir / CHECKPOINT_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _worker_run(
+    cfg_data: dict[str, Any], run_dir: Path, force: bool, trainer_cls: type[Trainer], memory_check: bool
+) -> dict[str, Any]:
+    """The entry point of each process :func:`_launch` starts."""
+    cfg = RunConfig.model_validate(cfg_data)
+    if cfg.train.threads is None:  # the cores are shared out, not each process's to take
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.train.processes))
+    return run_experiment(cfg, run_dir, force, trainer_cls, memory_check)
+
+
+#: How long a rank waits for the others at a collective: rank 0 alone reads and caches the data first.
+RANK_TIMEOUT = timedelta(hours=6)
+
+
+def _run_as_rank(
+    cfg: RunConfig, run_dir: Path | None, force: bool, trainer_cls: type[Trainer], memory_check: bool
+) -> dict[str, Any]:
+    """This process's rank of a run on several processes: rank 0 decides what to do and writes the shared
+    files, every rank trains (see :mod:`embdim.train.sharded`)."""
+    run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
+    group, opened = join(timeout=RANK_TIMEOUT)
+    try:
+        return _train_rank(group, cfg, run_dir, force, trainer_cls, memory_check)
+    finally:
+        if opened:
+            leave()
+
+
+def _train_rank(
+    group: Group, cfg: RunConfig, run_dir: Path, force: bool, trainer_cls: type[Trainer], memory_check: bool
+) -> dict[str, Any]:
+    decision: tuple[str, Any] = ("train", None)
+    if group.is_main:
+        try:
+            result = _existing_run(cfg, run_dir, force)
+            if result is not None:
+                decision = ("done", result)
+        except EmbdimError as err:  # every rank raises it, rather than wait for rank 0
+            decision = ("error", (type(err), str(err)))
+    kind, payload = group.broadcast(decision)
+    if kind == "error":
+        error_type, message = payload
+        raise error_type(message)
+    if kind == "done":
+        return payload
+    # rank 0 reads and caches the data; the others then open its cache
+    data = prepare_dataset(cfg, progress=cfg.train.progress) if group.is_main else None
+    group.barrier()
+    if data is None:
+        data = prepare_dataset(cfg, progress=False)
+    created = not run_dir.exists()
+    group.barrier()  # every rank has seen whether the folder existed before rank 0 makes it
+    if group.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_FILE, to_yaml(cfg))
+    group.barrier()
+    try:
+        result = trainer_cls(cfg, data, run_dir, memory_check=memory_check, group=group).fit()
+    except DivergedError as err:
+        if group.is_main:
+            atomic_write_json(run_dir / RESULT_FILE, {"status": DIVERGED, "name": cfg.name, "error": str(err)})
+        raise
+    except BaseException:
+        if group.is_main and created and not (run_dir / CHECKPOINT_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if group.is_main:
+        atomic_write_json(run_dir / RESULT_FILE, result)
+    group.barrier()  # the result is on disk when any rank returns
     return result
 
 
@@ -182,6 +306,11 @@ def load_run(run_dir: str | Path) -> Recommender:
     schema = read_schema(folder.model) if is_bundle(folder.model) else prepare_dataset(cfg, progress=False).schema
     rec = build_run_recommender(cfg, schema)
     state = load_torch(folder.checkpoint)
+    if "model" not in state:
+        raise ConfigError(
+            f"{folder.root} was trained on {state.get('processes', 'several')} processes: its checkpoint is "
+            f"sharded over {RANKS_DIR}/; load its exported model instead (embdim.load, load_model)"
+        )
     rec.load_state_dict(state["model"])
     rec.embedding.searcher.load_checkpoint_state(state["searcher"])
     return rec.eval()

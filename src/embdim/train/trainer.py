@@ -3,7 +3,10 @@
 Every run is a folder (see :func:`embdim.train.run.run_experiment`); the trainer writes
 ``metrics.jsonl`` (one line per evaluation), ``checkpoint.pt`` (resumable state, replaced
 atomically), ``initial.safetensors`` (step-0 weights, for lottery-ticket rewinds) and
-``best.safetensors`` (the selected weights of the current stage).
+``best.safetensors`` (the selected weights of the current stage). Given a :class:`~embdim.distributed.group.Group`
+of several processes, every rank runs the same trainer and :mod:`embdim.train.sharded` does what differs
+(sharded tables, data-parallel rest, shares of batches, gathered scores, rank-local weights, the export
+from the gathered shards).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from embdim.config import RunConfig, resolve_budget, to_yaml
 from embdim.data.cache import COUNTS_FILE, ENCODER_FILE, SCHEMA_FILE, VOCAB_FILE
 from embdim.data.prepare import PreparedData
 from embdim.data.schema import DatasetSchema
+from embdim.distributed.group import Group
 from embdim.embedding import EmbeddingLayer
 from embdim.errors import DataError, DivergedError, UnreadableFile, shorten
 from embdim.measures import all_finite
@@ -50,11 +54,19 @@ from embdim.train.checkpoint import (
     strict_json,
     warm_start,
 )
-from embdim.train.evaluate import batch_tensors, evaluate, frequency_report
+from embdim.train.evaluate import (
+    batch_tensors,
+    evaluate,
+    frequency_report,
+    group_by_frequency,
+    row_frequencies,
+    scores_metrics,
+)
 from embdim.train.layout import COMPLETED, CORRUPT_SUFFIX, RunFolder
-from embdim.train.memory import check_memory, estimate_training_memory, lighter_runs
+from embdim.train.memory import InsufficientMemory, check_memory, estimate_training_memory, lighter_runs
 from embdim.train.metrics import NonFiniteScores
 from embdim.train.optim import clip_gradients, recommender_optimizers, set_lr_scale
+from embdim.train.sharded import ShardedTraining
 
 EXPORT_CHECK_ROWS = 4096
 EXPLODED_WEIGHT = 1e8  # |w| beyond this, next to a non-finite loss, points at the learning rate
@@ -140,9 +152,15 @@ def build_run_recommender(cfg: RunConfig, schema: DatasetSchema) -> Recommender:
 
 
 class Trainer:
-    """Trains ``cfg``'s model on ``data`` inside ``run_dir``; :meth:`fit` returns the result dict."""
+    """Trains ``cfg``'s model on ``data`` inside ``run_dir``; :meth:`fit` returns the result dict.
 
-    def __init__(self, cfg: RunConfig, data: PreparedData, run_dir: Path, memory_check: bool = True) -> None:
+    ``group``: this process among several (a run on ``train.processes``); every rank then runs a trainer
+    of the same config and data, and :meth:`fit` returns the same result on every rank.
+    """
+
+    def __init__(
+        self, cfg: RunConfig, data: PreparedData, run_dir: Path, memory_check: bool = True, group: Group | None = None
+    ) -> None:
         #: the width budgets and size ratios are relative to (the config's, before a budget narrows it)
         self.reference_dim = cfg.embedding.dim
         self.cfg = cfg = resolve_budget(cfg, data.schema.fields)
@@ -161,6 +179,9 @@ class Trainer:
         self.memory_check = memory_check
         self.memory = estimate_training_memory(cfg, data.schema, data.cache_dir)
         check_precision(cfg.train.precision)  # the trainer runs on the CPU
+        multi = group is not None and group.world > 1
+        self.sharded: ShardedTraining | None = ShardedTraining(group, self.folder, cfg) if multi else None
+        self.is_main = self.sharded is None or self.sharded.is_main  # writes the run folder's shared files
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
@@ -173,6 +194,8 @@ class Trainer:
         self.stages = self.searcher.stages()
         if self.tc.init_from:
             warm_start(Path(self.tc.init_from), self.rec)
+        if self.sharded is not None:
+            self.sharded.shard(self.rec)  # after the warm start: the shards take the loaded tables
         self._new_optimizers()
 
     def _new_optimizers(self) -> None:
@@ -218,6 +241,17 @@ class Trainer:
     def _save_checkpoint(self, p: Progress) -> None:
         """Save the resumable state; never a diverged one (the last good checkpoint stays)."""
         self._check_weights(p, self._stage(p))
+        if self.sharded is not None:
+            self.sharded.save_checkpoint(
+                {"progress": asdict(p), "stage_results": self.stage_results},
+                {
+                    "model": self.sharded.local_weights(self.rec),
+                    "optimizers": [o.state_dict() for o in self.optimizers],
+                    "searcher": self.searcher.state_for_checkpoint(),
+                    "rng": torch.get_rng_state(),
+                },
+            )
+            return
         save_torch(
             self.checkpoint_path,
             {
@@ -231,28 +265,53 @@ class Trainer:
         )
 
     def _load_checkpoint(self) -> Progress:
-        state = load_torch(self.checkpoint_path)
-        for path in (self.initial_path, self.best_path):  # read before anything is restored from them
-            if path.exists():
+        if self.sharded is not None:
+            shared, state = self.sharded.load_checkpoint()
+        else:
+            shared = state = load_torch(self.checkpoint_path)
+        for path in (self._weights_path(self.initial_path), self._weights_path(self.best_path)):
+            if path.exists():  # read before anything is restored from them
                 read_weights(path)
-        self.rec.load_state_dict(state["model"])
+        if self.sharded is not None:
+            self.sharded.load_local_weights(self.rec, state["model"])
+        else:
+            self.rec.load_state_dict(state["model"])
         self.searcher.load_checkpoint_state(state["searcher"])
-        p = Progress(**state["progress"])
-        self.stage_results = state.get("stage_results", {})
+        p = Progress(**shared["progress"])
+        self.stage_results = shared.get("stage_results", {})
         if p.stage_index > 0:
             self._new_optimizers()
         for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(s)
         torch.set_rng_state(state["rng"])
-        # evaluations logged after the checkpoint will be logged again
-        lines = self.metrics_path.read_text().splitlines(keepends=True) if self.metrics_path.exists() else []
-        self.metrics_path.write_text("".join(lines[: p.metrics_lines]))
+        if self.is_main:  # evaluations logged after the checkpoint will be logged again
+            lines = self.metrics_path.read_text().splitlines(keepends=True) if self.metrics_path.exists() else []
+            self.metrics_path.write_text("".join(lines[: p.metrics_lines]))
         return p
+
+    # ------------------------------------------------------------------ weights files
+    def _weights_path(self, path: Path) -> Path:
+        """Where the weights file ``path`` of the run folder is for this process (a rank's own folder when
+        the tables are sharded)."""
+        return path if self.sharded is None else self.sharded.weights_path(path.name)
+
+    def _save_weights(self, path: Path) -> None:
+        if self.sharded is not None:
+            self.sharded.save_weights(path.name, self.rec)
+        else:
+            save_weights(path, self.rec)
+
+    def _load_weights(self, path: Path) -> None:
+        if self.sharded is not None:
+            self.sharded.load_weights(path.name, self.rec)
+        else:
+            load_weights(path, self.rec)
 
     # ------------------------------------------------------------------ loop
     def _log(self, p: Progress, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(strict_json(record) + "\n")
+        if self.is_main:
+            with self.metrics_path.open("a") as f:
+                f.write(strict_json(record) + "\n")
         p.metrics_lines += 1
 
     def _evaluate(self, split: str, p: Progress, stage: Stage) -> dict[str, float | None]:
@@ -261,9 +320,16 @@ class Trainer:
         if split == "test" and not self._has_test:
             return {"auc": None, "logloss": None}
         try:
+            if self.sharded is not None:
+                return scores_metrics(self.data.splits[split].labels, self._sharded_scores(split))
             return evaluate(self.rec, self.data.splits[split], self.tc.eval_batch_size)
         except NonFiniteScores as err:
             raise self._diverged(p, stage, f"the {split} scores: {err}") from None
+
+    def _sharded_scores(self, split: str) -> np.ndarray:
+        """Logits [N] of a whole split, gathered from every rank's share (on every rank)."""
+        assert self.sharded is not None
+        return self.sharded.predict(self.rec, self.data.splits[split], self.tc.eval_batch_size)
 
     def _evaluate_and_select(
         self, p: Progress, stage: Stage, interval_start: float, interval_samples: int
@@ -276,7 +342,7 @@ class Trainer:
         improved = p.best_score is None or score > p.best_score
         if improved:
             p.best_score, p.best_step, p.bad_evals = score, p.step, 0
-            save_weights(self.best_path, self.rec)
+            self._save_weights(self.best_path)
         else:
             p.bad_evals += 1
         self._plateau(p, improved, stage)
@@ -304,15 +370,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ divergence
     def _check_weights(self, p: Progress, stage: Stage) -> None:
-        """Raise :class:`DivergedError` when a weight or buffer of the model is NaN or infinite."""
-        for name, tensor in self.rec.state_dict().items():
-            if not all_finite(tensor):
-                raise self._diverged(p, stage, f"the weight {name!r} holds non-finite values")
+        """Raise :class:`DivergedError` when a weight or buffer of the model is NaN or infinite (on any rank)."""
+        state = self.rec.state_dict() if self.sharded is None else self.sharded.local_weights(self.rec)
+        bad = next((name for name, tensor in state.items() if not all_finite(tensor)), None)
+        if self.sharded is not None:
+            bad = self.sharded.first_error(bad)
+        if bad is not None:
+            raise self._diverged(p, stage, f"the weight {bad!r} holds non-finite values")
 
     def _diverged(self, p: Progress, stage: Stage, what: str, dense: torch.Tensor | None = None) -> DivergedError:
         """The error of a run that produced a non-finite value, naming where and the likely cause."""
         tc, emb = self.tc, self.cfg.embedding
-        if dense is not None and not bool(torch.isfinite(dense).all()):
+        bad_input = dense is not None and not bool(torch.isfinite(dense).all())
+        if self.sharded is not None and dense is not None:  # every rank must take the same branch below
+            bad_input = self.sharded.group.any(bad_input)
+        if bad_input:
             cause = "the input: the batch's dense features hold non-finite values (check the data)"
         elif p.stage_index == 0 and p.step <= 1:
             cause = (
@@ -320,14 +392,7 @@ class Trainer:
                 f"(train.lr={tc.lr:g}): training was not finite from its first step"
             )
         else:
-            largest = max(
-                (
-                    float(t.abs().nan_to_num(posinf=math.inf).max())
-                    for t in self.rec.state_dict().values()
-                    if t.is_floating_point() and t.numel()
-                ),
-                default=0.0,
-            )
+            largest = self._largest_weight()
             cause = f"the learning rate (train.lr={tc.lr:g}, {tc.optimizer}) is too large for this model"
             if largest > EXPLODED_WEIGHT:
                 cause += f": weights grew to |w| = {largest:.3g}"
@@ -336,6 +401,19 @@ class Trainer:
             f"training diverged at step {p.step} of stage {stage.name!r} (epoch {p.epoch + 1}): {what}. Likely cause: "
             f"{cause}. Kept in {self.run_dir}: the last good checkpoint and the best weights so far; no result "
             "was written. Change the config and run again under another name= or with --force"
+        )
+
+    def _largest_weight(self) -> float:
+        """The largest |w| of the model (``inf`` for an infinite one; over every rank's weights)."""
+        if self.sharded is not None:
+            return self.sharded.largest_weight(self.rec)
+        return max(
+            (
+                float(t.abs().nan_to_num(posinf=math.inf).max())
+                for t in self.rec.state_dict().values()
+                if t.is_floating_point() and t.numel()
+            ),
+            default=0.0,
         )
 
     def _current_lr(self, p: Progress) -> float:
@@ -355,26 +433,28 @@ class Trainer:
                 total=batches_per_epoch,
                 initial=p.batch,
                 desc=f"{stage.name} epoch {p.epoch + 1}",
-                disable=not self.tc.progress,
+                disable=not (self.tc.progress and self.is_main),
                 leave=False,
                 unit="batch",
             )
             interval_start, interval_samples = time.perf_counter(), 0
-            with Prefetcher(train, order, bs, p.batch) as prefetched:
+            share = None if self.sharded is None else self.sharded.share
+            with Prefetcher(train, order, bs, p.batch, share) as prefetched:
                 batches = iter(prefetched)
                 while p.batch < batches_per_epoch and not p.stopped:
                     started, evaluated = time.perf_counter(), p.eval_seconds
-                    ids, dense, labels = next(batches)
+                    ids, dense, labels = next(batches)  # on several processes: this rank's share
+                    rows = min(bs, n - p.batch * bs)  # of the global batch
                     self._apply_lr(p)
                     t0 = time.perf_counter()
-                    loss = self._step(ids, dense, labels, p)
+                    loss = self._step(ids, dense, labels, p, rows)
                     if not math.isfinite(loss):
                         raise self._diverged(p, stage, f"the training loss is {loss}", dense)
                     p.train_seconds += time.perf_counter() - t0
-                    p.train_samples += len(labels)
-                    interval_samples += len(labels)
-                    p.loss_sum += loss * len(labels)
-                    p.loss_count += len(labels)
+                    p.train_samples += rows
+                    interval_samples += rows
+                    p.loss_sum += loss * rows
+                    p.loss_count += rows
                     p.batch += 1
                     p.step += 1
                     bar.update(1)
@@ -397,8 +477,15 @@ class Trainer:
                         break  # next epoch: new shuffle order, epoch limit checked
             bar.close()
 
-    def _step(self, ids: torch.Tensor, dense: torch.Tensor | None, labels: torch.Tensor, p: Progress) -> float:
+    def _step(
+        self, ids: torch.Tensor, dense: torch.Tensor | None, labels: torch.Tensor, p: Progress, rows: int
+    ) -> float:
+        """One step; returns the (global) batch's mean task loss. ``rows``: the global batch's rows."""
         tc = self.tc
+        if self.sharded is not None:
+            return self.sharded.step(
+                self.rec, self.optimizers, ids, dense, labels, p.step, rows, tc.looked_up_l2, tc.clip_grad_norm
+            )
         return float(
             training_step(self.rec, self.optimizers, ids, dense, labels, p.step, tc.looked_up_l2, tc.clip_grad_norm)
         )
@@ -409,32 +496,53 @@ class Trainer:
     # ------------------------------------------------------------------ driver
     def _resume_or_start(self) -> Progress:
         """Resume from ``checkpoint.pt``; a checkpoint (or weights file) that cannot be read or does not fit
-        this model is moved aside to ``<name>.corrupt`` with a warning, and training starts from step 0."""
-        remove_temp_files(self.run_dir)
-        if self.checkpoint_path.exists():
+        this model is moved aside to ``<name>.corrupt`` with a warning, and training starts from step 0
+        (on several processes: on every rank, when any rank cannot resume)."""
+        if self.is_main:
+            remove_temp_files(self.run_dir)
+        if self.sharded is not None:
+            self.sharded.own.mkdir(parents=True, exist_ok=True)
+            remove_temp_files(self.sharded.own)
+        exists = self.checkpoint_path.exists()
+        if self.sharded is not None:
+            exists = self.sharded.group.broadcast(exists)  # rank 0's view decides
+        if exists:
+            error: Exception | None = None
             try:
-                return self._load_checkpoint()
+                p = self._load_checkpoint()
             except (UnreadableFile, RuntimeError, KeyError, ValueError, TypeError) as err:
-                bad = next(
-                    (path for path in (self.initial_path, self.best_path) if path.name in str(err)),
-                    self.checkpoint_path,
-                )
-                aside = bad.with_name(bad.name + CORRUPT_SUFFIX)
+                error = err
+            message = None if error is None else f"{type(error).__name__}: {shorten(str(error))}"
+            if self.sharded is not None:
+                message = self.sharded.first_error(message)
+            if message is None:
+                if self.sharded is not None:
+                    self.sharded.remove_stale_generations()
+                return p
+            bad = next(
+                (path for path in (self.initial_path, self.best_path) if path.name in message),
+                self.checkpoint_path,
+            )
+            if self.sharded is not None:
+                bad = self.checkpoint_path  # the commit: without it, every rank's part is stale
+            aside = bad.with_name(bad.name + CORRUPT_SUFFIX)
+            if self.is_main or self.sharded is None:
                 bad.replace(aside)
                 self.checkpoint_path.unlink(missing_ok=True)
-                self.warn(
-                    f"{bad} cannot be resumed from ({type(err).__name__}: {shorten(str(err))}); "
-                    f"moved to {aside.name}, training starts again from step 0"
-                )
-                self._build()  # a partial restore may have changed weights
+            self.warn(
+                f"{bad} cannot be resumed from ({message}); moved to {aside.name}, training starts again from step 0"
+            )
+            self._build()  # a partial restore may have changed weights
         p = Progress()
-        self.metrics_path.write_text("")
-        save_weights(self.initial_path, self.rec)
+        if self.is_main:
+            self.metrics_path.write_text("")
+        self._save_weights(self.initial_path)
         return p
 
     def warn(self, message: str) -> None:
-        """A warning for the log (stderr) and for ``result.json``'s ``warnings``."""
-        log.warning(message)
+        """A warning for the log (stderr; rank 0's alone) and for ``result.json``'s ``warnings``."""
+        if self.is_main:
+            log.warning(message)
         self.warnings.append(message)
 
     def _check_data(self) -> None:
@@ -453,7 +561,7 @@ class Trainer:
         self._check_data()
         log.info("memory estimate: %s", self.memory.describe())
         if self.memory_check:
-            check_memory(self.memory, lighter=lambda available: lighter_runs(self.cfg, self.data.schema, available))
+            self._check_memory()
         self._build()
         p = self._resume_or_start()
         stage_results = self.stage_results
@@ -461,7 +569,7 @@ class Trainer:
             stage = self.stages[p.stage_index]
             if not p.stage_started:
                 if stage.rewind:
-                    load_weights(self.initial_path, self.rec)
+                    self._load_weights(self.initial_path)
                 self.searcher.start_stage(stage, self.lookup)
                 if p.stage_index > 0:
                     self._new_optimizers()
@@ -472,7 +580,7 @@ class Trainer:
             self.rec.train()
             self._train_stage(p, stage)
             if stage.selection == "best":
-                load_weights(self.best_path, self.rec)
+                self._load_weights(self.best_path)
             self.searcher.end_stage(stage, self.lookup)
             stage_results[stage.name] = self._stage_summary(p, final=p.stage_index == len(self.stages) - 1)
             p = Progress(
@@ -485,6 +593,20 @@ class Trainer:
             )
             self._save_checkpoint(p)
         return self._finish(p, stage_results)
+
+    def _check_memory(self) -> None:
+        """Refuse a run whose estimate exceeds the free memory (on several processes, rank 0 measures the
+        machine and every rank raises its verdict)."""
+        verdict = None
+        if self.is_main:
+            try:
+                check_memory(self.memory, lighter=lambda available: lighter_runs(self.cfg, self.data.schema, available))
+            except InsufficientMemory as err:
+                verdict = str(err)
+        if self.sharded is not None:
+            verdict = self.sharded.group.broadcast(verdict)
+        if verdict is not None:
+            raise InsufficientMemory(verdict)
 
     def _stage_summary(self, p: Progress, final: bool) -> dict[str, float]:
         """Valid metrics of the weights the stage hands on; earlier stages also report test (e.g. AUC before
@@ -509,17 +631,87 @@ class Trainer:
         # the last stage's summary already evaluated valid on these (selected) weights
         last = stage_results[self.stages[-1].name]
         valid = {"auc": last["valid_auc"], "logloss": last["valid_logloss"]}
+        if self.sharded is not None:
+            return self._finish_sharded(p, stage_results, valid)
         test = self._evaluate("test", p, self.stages[-1])
         plan = self.searcher.plan(self.lookup)
         plan.save(self.folder.plan)
+        self._compact_inputs(self.rec)
+        model_dir = self.folder.model
+        export_model(self.rec, model_dir, self._export_extra(), self._bundle_files())
+        return self._result(
+            p,
+            stage_results,
+            valid,
+            test,
+            plan.summary(self.reference_dim),
+            self._test_by_frequency(),
+            self.searcher.report(self.lookup),
+            self._export_check(model_dir),
+        )
+
+    def _finish_sharded(
+        self, p: Progress, stage_results: dict[str, dict[str, float]], valid: dict[str, float]
+    ) -> dict[str, Any]:
+        """:meth:`_finish` on several processes: the test scores are gathered from every rank; rank 0 exports
+        the model gathered from the shards (as one process would have trained it), checks it against those
+        scores and builds the result, which every rank returns."""
+        assert self.sharded is not None
+        checked = "test" if self._has_test else "valid"
+        try:
+            scores = self._sharded_scores(checked)
+            test = scores_metrics(self.data.splits["test"].labels, scores) if self._has_test else None
+        except NonFiniteScores as err:
+            raise self._diverged(p, self.stages[-1], f"the {checked} scores: {err}") from None
+        whole = self.sharded.gathered(self.rec, lambda: build_run_recommender(self.cfg, self.data.schema))
+        result = None
+        if whole is not None:
+            searcher, lookup = whole.embedding.searcher, whole.embedding.lookup
+            plan = searcher.plan(lookup)
+            plan.save(self.folder.plan)
+            self._compact_inputs(whole)
+            model_dir = self.folder.model
+            export_model(whole, model_dir, self._export_extra(), self._bundle_files())
+            split = self.data.splits[checked]
+            by_frequency = None
+            if self._has_test:
+                freq = row_frequencies(np.asarray(split.ids), self.data.schema.fields)
+                by_frequency = group_by_frequency(np.asarray(split.labels), scores, freq)
+            result = self._result(
+                p,
+                stage_results,
+                valid,
+                test or {"auc": None, "logloss": None},
+                plan.summary(self.reference_dim),
+                by_frequency,
+                searcher.report(lookup),
+                self._slim_difference(model_dir, split, scores),
+            )
+            del whole
+        return self.sharded.group.broadcast(result)
+
+    def _compact_inputs(self, rec: Recommender) -> None:
         widths = self.searcher.model_input_widths()
         if widths is not None:
             with contextlib.suppress(NotImplementedError):  # FM, DLRM: no concatenated MLP input
-                self.rec.model.compact_inputs(widths)  # same logits, a smaller first MLP layer in the export
+                rec.model.compact_inputs(widths)  # same logits, a smaller first MLP layer in the export
+
+    def _export_extra(self) -> dict[str, Any]:
+        return {"dataset": self.cfg.dataset.name, "method": self.cfg.method.name}
+
+    def _result(
+        self,
+        p: Progress,
+        stage_results: dict[str, dict[str, float]],
+        valid: dict[str, float],
+        test: dict[str, float | None],
+        summary: dict[str, Any],
+        by_frequency: Any,
+        report: dict[str, Any],
+        export_difference: float,
+    ) -> dict[str, Any]:
+        """``result.json``: what was trained, its metrics and sizes, the speed and the checks."""
         model_dir = self.folder.model
-        extra = {"dataset": self.cfg.dataset.name, "method": self.cfg.method.name}
-        export_model(self.rec, model_dir, extra, self._bundle_files())
-        summary = plan.summary(self.reference_dim)
         return {
             "status": COMPLETED,
             "name": self.cfg.name,
@@ -529,6 +721,7 @@ class Trainer:
             "dim": self.cfg.embedding.dim,
             "reference_dim": self.reference_dim,
             "seed": self.tc.seed,
+            "processes": self.tc.processes,
             "test_auc": test["auc"],
             "test_logloss": test["logloss"],
             "valid_auc": valid["auc"],
@@ -541,10 +734,10 @@ class Trainer:
             # what a user waits for: batches, steps and checkpoints, evaluations apart (eval_seconds)
             "end_to_end_samples_per_second": p.train_samples / max(p.loop_seconds, 1e-9),
             "eval_seconds": p.eval_seconds,
-            "test_by_frequency": self._test_by_frequency(),
+            "test_by_frequency": by_frequency,
             "stages": stage_results,
-            "searcher": self.searcher.report(self.lookup),
-            "export_max_abs_logit_diff": self._export_check(model_dir),
+            "searcher": report,
+            "export_max_abs_logit_diff": export_difference,
             "memory_estimate_bytes": self.memory.total,
             "warnings": self.warnings,
         }
@@ -568,6 +761,18 @@ class Trainer:
         if not self._has_test:
             return None
         return frequency_report(self.rec, self.data.splits["test"], self.data.schema.fields)
+
+    @staticmethod
+    def _slim_difference(model_dir: Path, split: Any, logits: np.ndarray) -> float:
+        """Largest |logit| difference between the exported slim model and ``logits`` [N] (the trained model's,
+        gathered from every rank) on the split's first rows."""
+        rows = min(len(split), EXPORT_CHECK_ROWS)
+        if not rows:
+            return 0.0
+        ids, dense, _ = batch_tensors(split, np.arange(rows))
+        with torch.no_grad():
+            slim = load_model(model_dir)(ids, dense).float().numpy()
+        return float(np.abs(slim - logits[:rows]).max())
 
     def _export_check(self, model_dir: Path) -> float:
         """Largest |logit| difference between the exported slim model and the trained one on test rows."""
