@@ -10,6 +10,8 @@ back to back (row ``offset_f + id``) in one of these layouts:
   or, when equal sizes come in long runs of rows, a per-run index (:func:`embdim.storage.ragged_index`).
 - :class:`CsrGroup`: row i keeps ``nnz_i`` values at given columns: ``values``, ``columns`` (uint8
   or int16) and ``offsets [rows + 1]``.
+- :class:`CompactGroup`: the same rows indexed by the rows that store something only: their ``row_ids``,
+  a column bitmap and a start each (:class:`embdim.storage.CompactStorage`).
 - :class:`HashedGroup`: field f's ids share the ``m_f`` full-width rows of a table by a seeded universal
   hash (:func:`hashed_buckets`): ``weight [sum m, d]``, ``hash_a`` and ``hash_b`` (int32, one per field).
 - :class:`QRGroup`: field f's id reads a quotient row (``id // c_f``) and a remainder row (``id % c_f``) of
@@ -52,12 +54,15 @@ from embdim.storage import (
     ROW_WISE,
     VALUE_DTYPE,
     VALUE_PRECISIONS,
+    bitmap_bytes,
     column_dtype,
     equal_size_runs,
     field_bounds,
     offset_dtype,
     ragged_index,
     size_dtype,
+    start_block_rows,
+    start_dtype,
 )
 from embdim.tensorfile import write_tensors
 
@@ -547,6 +552,258 @@ class CsrGroup(SlimGroup):
         rises[row_starts] = True
         if not bool(rises.all()):
             raise ValueError("columns: a row repeats or reorders its column indices")
+
+
+#: bit j of each byte value, bool [256, 8] (bits read least significant first)
+BYTE_BITS = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1 == 1
+#: set bits of each byte value, int64 [256]
+POPCOUNT = BYTE_BITS.sum(1)
+#: a column a bitmap does not keep: its position is pushed past every stored value (float32 holds it exactly)
+NOT_KEPT = float(2**20)
+FEW_IDS = 1024
+"""Lookups of at most this many ids gather by ``torch.take`` (see :meth:`CompactGroup.forward`)."""
+#: integer dtypes of 1, 2, 4 and 8 bytes: a bitmap of that many bytes held as one integer
+BITMAP_WORDS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """bool ``[..., n]`` -> uint8 ``[..., ceil(n / 8)]``: bit ``j % 8`` of byte ``j // 8`` is ``bits[..., j]``."""
+    n = bits.shape[-1]
+    padded = nn.functional.pad(bits.to(torch.uint8), (0, -n % 8)).unflatten(-1, (-1, 8))
+    return (padded << torch.arange(8, dtype=torch.uint8, device=bits.device)).sum(-1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """uint8 ``[..., k]`` -> bool ``[..., n]`` (``n <= 8 k``), the inverse of :func:`pack_bits`."""
+    return BYTE_BITS.to(packed.device)[packed.long()].flatten(-2)[..., :n]
+
+
+def byte_positions() -> torch.Tensor:
+    """For each byte value, float32 ``[256, 9]``: per bit the number of set bits below it where the bit is
+    set (:data:`NOT_KEPT` where it is not), then the byte's popcount."""
+    below = torch.cumsum(BYTE_BITS.long(), 1) - BYTE_BITS.long()
+    positions = torch.where(BYTE_BITS, below.float(), NOT_KEPT)
+    return torch.cat([positions, POPCOUNT.float().unsqueeze(1)], 1)
+
+
+class CompactGroup(SlimGroup):
+    """Row i keeps values at given columns, indexed by its stored rows only (layout and byte rule:
+    :class:`embdim.storage.CompactStorage`): ``row_ids [M]`` (the rows that store something, ascending),
+    ``bitmaps [M, ceil(d / 8)]`` (their columns), ``block_starts`` and ``row_starts`` (where their values
+    begin), ``values [nnz]``; int8 keeps ``scale`` and ``bias`` ``[M]`` for the stored rows only.
+
+    A lookup of rows ``[B, F_g]``: a binary search finds each row's rank among the stored rows (rank ``M``,
+    an all-zero bitmap held in memory after the stored ones and never saved, where it stores nothing); the
+    rank's bitmap bytes, through a table of per-byte prefix counts, give each column its value's position
+    after the row's start, or one past every value, where a zero is held; one gather of the values then
+    returns the row as stored, zeros included. Every step is a gather or an elementwise operation on the
+    batch.
+    """
+
+    kind = "compact"
+    INDEX = ("row_ids", "bitmaps", "block_starts", "row_starts")
+
+    def __init__(
+        self,
+        field_ids,
+        rows,
+        values: torch.Tensor,
+        index: dict[str, torch.Tensor],
+        dim: int,
+        row_params: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(field_ids, rows, dim)
+        if set(index) != set(self.INDEX):
+            raise ValueError(f"a compact index is {', '.join(self.INDEX)}; got {sorted(index)}")
+        self._keep_values("values", values, row_params or {}, pad=1)  # one zero: where kept columns are not
+        self.block_rows = start_block_rows(dim)
+        row_ids, bitmaps = index["row_ids"].detach(), index["bitmaps"].detach()
+        self.num_stored, width = bitmaps.shape
+        # every array gets one entry more, read by the rows that store nothing (rank M): a row id past every
+        # row (so the ids stay sorted and no id matches it), an all-zero bitmap, a start
+        self.register_buffer("padded_row_ids", torch.cat([row_ids, row_ids.new_tensor([sum(self.rows)])]))
+        self.register_buffer("padded_row_starts", _padded(index["row_starts"].detach(), 1))
+        self.register_buffer("padded_block_starts", _padded(index["block_starts"].detach(), 1))
+        # bitmaps of up to eight bytes are held in words of 1, 2, 4 or 8 bytes (zero-filled), one integer per
+        # row, so that a lookup reads a row's bitmap with one 1-d gather (the fastest, on one row or many)
+        word = next((w for w in BITMAP_WORDS if w >= width), width)
+        self.bitmap_width = word
+        store = torch.zeros(self.num_stored + 1, word, dtype=torch.uint8, device=bitmaps.device)
+        store[: self.num_stored, :width] = bitmaps
+        self.words = word in BITMAP_WORDS
+        self.register_buffer("bitmap_words", store.view(BITMAP_WORDS[word]).squeeze(1) if self.words else store)
+        # byte k of a bitmap: per column its value's position (prefix counts, and for k > 0 the popcounts of
+        # the bytes before it), as one matrix product of the bytes' table rows [word * 9] -> [d]
+        spread = torch.zeros(word, 9, word * 8)
+        for j in range(width * 8):
+            spread[j // 8, j % 8, j] = 1.0
+            spread[: j // 8, 8, j] = 1.0
+        self.register_buffer("_byte_positions", byte_positions(), persistent=False)
+        self.register_buffer("_spread", spread.flatten(0, 1)[:, :dim].contiguous(), persistent=False)
+        self.num_values = len(values)
+        # a position past the values plus a start must not overflow int32
+        wide = len(values) + 2 * NOT_KEPT > torch.iinfo(torch.int32).max
+        self._position_dtype = torch.int64 if wide else torch.int32
+
+    @property
+    def padded_bitmaps(self) -> torch.Tensor:
+        """The stored rows' bitmaps and then the all-zero one, uint8 ``[M + 1, ceil(d / 8)]`` (a view)."""
+        store = self.bitmap_words.unsqueeze(1).view(torch.uint8) if self.words else self.bitmap_words
+        return store[:, : bitmap_bytes(self.dim)]
+
+    @classmethod
+    def from_dense(cls, field_ids, rows, table: torch.Tensor, mask: torch.Tensor, dim: int) -> CompactGroup:
+        """From a table ``[sum rows, d]`` and a boolean keep-mask of the same shape."""
+        stored = mask.any(1)
+        index = compact_index(torch.nonzero(stored).squeeze(1), mask[stored], len(stored), dim)
+        return cls(field_ids, rows, table[mask], index, dim)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def values(self) -> torch.Tensor:
+        """The stored values ``[nnz]`` (a view, without the zero lookups read past)."""
+        return self.padded_values[:-1]
+
+    def index(self) -> dict[str, torch.Tensor]:
+        """The saved index arrays (views, without the entries held for rows that store nothing)."""
+        return {
+            "row_ids": self.padded_row_ids[:-1],
+            "bitmaps": self.padded_bitmaps[:-1],
+            "block_starts": self.padded_block_starts[:-1],
+            "row_starts": self.padded_row_starts[:-1],
+        }
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # the module's dicts, not its attributes: nn.Module.__getattr__ on each buffer costs a one-row
+        # lookup more than its search does
+        buffers = self._buffers
+        values = self._parameters.get("padded_values")
+        values = buffers["padded_values"] if values is None else values
+        row_ids = buffers["padded_row_ids"]
+        g = (ids + buffers["row_offsets"]).to(row_ids.dtype)  # the search's dtype: else it converts the ids
+        s = torch.searchsorted(row_ids, g)
+        s.masked_fill_(torch.take(row_ids, s) != g, self.num_stored)
+        starts = torch.take(buffers["padded_block_starts"], torch.div(s, self.block_rows, rounding_mode="floor"))
+        starts += torch.take(buffers["padded_row_starts"], s)
+        if self.words:  # [..., w] bytes, laid flat: [B, F_g * w]
+            bitmaps = torch.take(buffers["bitmap_words"], s).view(torch.uint8)
+        else:
+            bitmaps = nn.functional.embedding(s, buffers["bitmap_words"])
+        # few ids: 1-d gathers by take, the cheapest call; many: index_select, the fastest per element
+        # (take needs int64 positions, whose conversion from float is slow in bulk)
+        few = s.numel() <= FEW_IDS
+        by_byte = buffers["_byte_positions"]
+        table = by_byte[bitmaps.long()] if few else nn.functional.embedding(bitmaps.int(), by_byte)
+        table = table.view(*s.shape, -1)  # each row's bytes' table rows: [..., w * 9]
+        positions = table[..., : self.dim] if self.bitmap_width == 1 else table @ buffers["_spread"]
+        # a kept column reads its value; any other column reads the zero after the values
+        dtype = torch.int64 if few else self._position_dtype
+        where = positions.to(dtype).add_(starts.unsqueeze(-1)).clamp_max_(self.num_values)
+        stored = torch.take(values, where) if few else values.index_select(0, where.flatten()).view(where.shape)
+        if self.precision == "fp32":
+            if values.requires_grad and torch.is_grad_enabled():  # training: the zero slot gets no gradient
+                stored = torch.where(where < self.num_values, stored, 0.0)
+            return stored
+        if self.precision != ROW_WISE:
+            return stored.float()
+        if self.num_stored == 0:  # int8 with no stored row: no scale to read
+            return torch.zeros(where.shape, dtype=VALUES, device=where.device)
+        # int8: a zero code decodes to its row's bias; rows storing nothing have no scale (read row 0's)
+        decoded = self.decode(stored, torch.where(s < self.num_stored, s, 0))
+        return torch.where(where < self.num_values, decoded, 0.0)
+
+    # ------------------------------------------------------------------ values and sizes
+    def row_sizes(self) -> torch.Tensor:
+        """Values each stored row keeps, int64 ``[M]``."""
+        return POPCOUNT.to(self.padded_bitmaps.device)[self.padded_bitmaps[:-1].long()].sum(-1)
+
+    def stored_sizes(self) -> torch.Tensor:
+        sizes = torch.zeros(sum(self.rows), dtype=torch.long, device=self.padded_bitmaps.device)
+        return sizes.index_copy(0, self.padded_row_ids[:-1].long(), self.row_sizes())
+
+    def value_rows(self) -> torch.Tensor:
+        """The stored row (rank) of each value ``[nnz]``: what an int8 value's scale and bias are indexed by."""
+        return torch.repeat_interleave(torch.arange(self.num_stored), self.row_sizes().cpu())
+
+    def _encoded(self, precision: str) -> dict[str, torch.Tensor]:
+        return encode_values(self.float_values(), precision, self.value_rows(), self.num_stored)
+
+    def tensors(self):
+        return {"values": self.values.detach(), **self.row_params(), **self.index()}
+
+    @classmethod
+    def from_saved(cls, layout, tensors):
+        params = {k: tensors[k] for k in ("scale", "bias") if k in tensors}
+        index = {k: tensors[k] for k in cls.INDEX}
+        return cls(layout["field_ids"], layout["rows"], tensors["values"], index, layout["dim"], params)
+
+    def with_precision(self, precision: str) -> CompactGroup:
+        encoded = self._encoded(precision)
+        values = encoded.pop("values")
+        return CompactGroup(self.field_ids, self.rows, values, self.index(), self.dim, encoded)
+
+    def to_csr(self) -> CsrGroup:
+        """The same rows as a :class:`CsrGroup`: the same values, and for int8 every row's scale and bias
+        (zero for rows storing nothing). What the TorchRec export reads."""
+        num_rows, stored = sum(self.rows), self.padded_row_ids[:-1].long()
+        kept = unpack_bits(self.padded_bitmaps[:-1], self.dim)
+        columns = torch.nonzero(kept)[:, 1].to(_torch(column_dtype(self.dim)))
+        offsets = torch.zeros(num_rows + 1, dtype=_torch(offset_dtype(len(columns))), device=kept.device)
+        offsets[1:] = self.stored_sizes().cumsum(0)
+        params = {name: t.new_zeros(num_rows).index_copy(0, stored, t) for name, t in self.row_params().items()}
+        return CsrGroup(self.field_ids, self.rows, self.values, columns, offsets, self.dim, params)
+
+    # ------------------------------------------------------------------ checks
+    @classmethod
+    def check_saved(cls, layout, tensors):
+        _expect_names(tensors, {"values", *cls.INDEX, *_row_param_names(layout)})
+        dim, num_rows = layout["dim"], sum(layout["rows"])
+        row_ids = _expect_tensor(tensors, "row_ids", (_torch(offset_dtype(num_rows)),), 1).long()
+        if bool((torch.diff(row_ids) <= 0).any()) or bool(((row_ids < 0) | (row_ids >= num_rows)).any()):
+            raise ValueError(f"row_ids: need distinct rows of the group's {num_rows}, ascending")
+        num_stored = len(row_ids)
+        bitmaps = _expect_tensor(tensors, "bitmaps", (torch.uint8,), 2)
+        if tuple(bitmaps.shape) != (num_stored, bitmap_bytes(dim)):
+            raise ValueError(
+                f"bitmaps: shape {list(bitmaps.shape)}, expected [{num_stored}, {bitmap_bytes(dim)}] "
+                "(a bit per column for each of row_ids)"
+            )
+        kept = unpack_bits(bitmaps, 8 * bitmaps.shape[1])
+        if bool(kept[:, dim:].any()):
+            raise ValueError(f"bitmaps: marks a column beyond the {dim} columns")
+        sizes = kept.sum(1)
+        if bool((sizes == 0).any()):
+            raise ValueError("bitmaps: a row of row_ids keeps no column (a row storing nothing has no id)")
+        values = _expect_tensor(tensors, "values", _stored_dtypes(layout), 1)
+        if len(values) != int(sizes.sum()):
+            raise ValueError(f"values: {len(values)} values, the bitmaps keep {int(sizes.sum())}")
+        _check_row_params(layout, tensors, num_stored)
+        expected = compact_index(row_ids, kept[:, :dim], num_rows, dim)
+        for name in ("block_starts", "row_starts"):
+            found = _expect_tensor(tensors, name, (expected[name].dtype,), 1)
+            if not torch.equal(found, expected[name]):
+                raise ValueError(f"{name}: do not match the values the bitmaps keep")
+
+
+def compact_index(row_ids: torch.Tensor, kept: torch.Tensor, num_rows: int, dim: int) -> dict[str, torch.Tensor]:
+    """A :class:`CompactGroup`'s index, in the dtypes :mod:`embdim.storage` chooses.
+
+    Args:
+        row_ids: int ``[M]``, the rows that store something, ascending.
+        kept: bool ``[M, d]``, each one's kept columns.
+        num_rows: the group's rows ``R``.
+    """
+    sizes = kept.sum(1)
+    starts = sizes.cumsum(0) - sizes
+    block_rows = start_block_rows(dim)
+    block_starts = starts[::block_rows]
+    within = starts - block_starts.repeat_interleave(block_rows)[: len(starts)]
+    return {
+        "row_ids": row_ids.to(_torch(offset_dtype(num_rows))),
+        "bitmaps": pack_bits(kept),
+        "block_starts": block_starts.to(_torch(offset_dtype(int(sizes.sum())))),
+        "row_starts": within.to(_torch(start_dtype(dim))),
+    }
 
 
 def hashed_buckets(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ share:
   per row, or, when rows of equal size come in long runs (AMTL's sizes follow frequency and ids are
   numbered by frequency), one entry per run (:func:`ragged_index`);
 - ``csr``: row i stores ``nnz_i`` values at arbitrary columns (PEP), plus column indices and offsets;
+- ``compact``: the values of ``csr`` (PEP at high sparsity) indexed by their stored rows only (ids, a
+  column bitmap and a start each), so that a row storing nothing costs nothing (:class:`CompactStorage`);
 - ``hashed``: field f's ids share ``m_f`` full-width rows through a seeded universal hash (the hashing
   trick), plus the hash's two parameters per field (:data:`HASH_PARAM_DTYPE`);
 - ``qr``: field f stores a quotient table ``[ceil(n_f / c_f), d]`` and a remainder table ``[c_f, d]``
@@ -25,7 +27,8 @@ Orthogonal to the kind, a plan's ``precision`` says how each kept value is store
 (:data:`VALUE_PRECISIONS`): ``fp32`` (what training produces), ``fp16``, or ``int8`` row-wise: one
 unsigned byte per value and, per row, a float16 ``scale`` and ``bias`` (value = code * scale + bias),
 the layout of fbgemm's quantised tables. Every row of a stored field gets its scale and bias, empty
-rows included, so a lookup finds them by row without an index.
+rows included, so a lookup finds them by row without an index; ``compact`` is the exception: only its
+stored rows have them, found by the same rank as their values.
 
 A new kind (a hashed table, say) is one subclass here plus its slim group::
 
@@ -74,6 +77,8 @@ HASH_PARAM_DTYPE = np.dtype(np.int32)
 MIN_BUCKETS = 2
 """The fewest buckets a hashed or quotient-remainder field may have (fewer never saves a row)."""
 
+INT32_MAX = np.iinfo(np.int32).max
+
 STORAGE_KINDS: dict[str, StorageKind] = {}
 
 RaggedIndex = Literal["rows", "runs"]
@@ -82,7 +87,12 @@ RaggedIndex = Literal["rows", "runs"]
 # ---------------------------------------------------------------------- index dtypes
 def offset_dtype(total: int) -> np.dtype:
     """Dtype of offsets into ``total`` entries: int32 while they fit, else int64."""
-    return np.dtype(np.int32 if total <= np.iinfo(np.int32).max else np.int64)
+    return np.dtype(np.int32 if total <= INT32_MAX else np.int64)
+
+
+def offset_bytes(total: np.ndarray | int) -> np.ndarray:
+    """:func:`offset_dtype`'s itemsize for each of ``total`` (an int or an int array, elementwise)."""
+    return np.where(np.asarray(total) <= INT32_MAX, np.dtype(np.int32).itemsize, np.dtype(np.int64).itemsize)
 
 
 def size_dtype(dim: int) -> np.dtype:
@@ -93,6 +103,24 @@ def size_dtype(dim: int) -> np.dtype:
 def column_dtype(dim: int) -> np.dtype:
     """Dtype of a column index in ``[0, dim)``: uint8 up to 256 columns, else int16."""
     return np.dtype(np.uint8 if dim - 1 <= np.iinfo(np.uint8).max else np.int16)
+
+
+def start_dtype(dim: int) -> np.dtype:
+    """Dtype of a ``compact`` stored row's first value relative to its block's (:func:`start_block_rows`):
+    uint8 while a block of them holds at least four rows (``dim <= 85``), else int16 (a block of one row
+    would cost a whole offset per row)."""
+    return np.dtype(np.uint8 if np.iinfo(np.uint8).max // dim >= 3 else np.int16)
+
+
+def start_block_rows(dim: int) -> int:
+    """Stored rows per block of the ``compact`` kind's value starts: as many as :func:`start_dtype` reaches
+    (a block's last row starts at most ``(rows - 1) * dim`` values after its first)."""
+    return 1 + int(np.iinfo(start_dtype(dim)).max) // dim
+
+
+def bitmap_bytes(dim: int) -> int:
+    """Bytes of one row's column bitmap: a bit per column, ``ceil(dim / 8)``."""
+    return -(-dim // 8)
 
 
 def field_bounds(vocab_sizes: Sequence[int]) -> np.ndarray:
@@ -200,6 +228,10 @@ class StorageKind(ABC):
             return list(plan.vocab_sizes)
         return [n if d > 0 else 0 for n, d in zip(plan.vocab_sizes, plan.field_dims, strict=True)]
 
+    def param_rows(self, plan: Sizes) -> list[int]:
+        """Per field, the rows that carry an int8 row's scale and bias: its stored rows."""
+        return self.stored_rows(plan)
+
     def field_bytes(self, plan: Sizes) -> list[int]:
         """Bytes each field's storage takes: its values, its rows' scales and biases (int8), and its share
         of the row index."""
@@ -207,7 +239,7 @@ class StorageKind(ABC):
         index, _ = self.index_bytes(plan)
         return [
             p * per_value + r * per_row + i
-            for p, r, i in zip(self.field_params(plan), self.stored_rows(plan), index, strict=True)
+            for p, r, i in zip(self.field_params(plan), self.param_rows(plan), index, strict=True)
         ]
 
     def table_bytes(self, plan: Sizes) -> int:
@@ -334,6 +366,96 @@ class CsrStorage(StorageKind):
     def offsets_bytes(num_rows: int, num_values: int) -> int:
         """The row offsets ``[num_rows + 1]`` into ``num_values`` values."""
         return (num_rows + 1) * offset_dtype(num_values).itemsize
+
+    @staticmethod
+    def layout_bytes(num_rows: int, num_values: np.ndarray | int, dim: int, precision: str = "fp32") -> np.ndarray:
+        """Bytes of ``num_rows`` rows holding ``num_values`` values in all (an int or an int array,
+        elementwise): what :meth:`table_bytes` says of such a plan, without building one."""
+        num_values = np.asarray(num_values, dtype=np.int64)
+        offsets = (num_rows + 1) * offset_bytes(num_values)
+        return num_values * CsrStorage.bytes_per_value(dim, precision) + offsets + num_rows * row_param_bytes(precision)
+
+
+class CompactStorage(StorageKind):
+    """The values of ``csr`` (row i keeps ``nnz_i`` values at any columns) indexed for high sparsity, where
+    most rows store nothing and CSR's offset per row outweighs the values [ours].
+
+    A group of ``R`` rows (fields back to back) of which ``M`` store something (``nnz_i > 0``), holding
+    ``nnz`` values, stores only the stored rows' index, nothing per row:
+
+    - ``row_ids`` ``[M]`` (:func:`offset_dtype` of ``R``): the stored rows, ascending. A lookup finds a
+      row's rank ``s`` among them by binary search; a row that is not there stores nothing and embeds to
+      zeros. Every array below is indexed by ``s``;
+    - ``bitmaps`` uint8 ``[M, ceil(d / 8)]``: each stored row's kept columns, bit ``j % 8`` of byte
+      ``j // 8`` for column ``j`` (the ``k``-th kept column holds the row's ``k``-th value);
+    - ``block_starts`` ``[ceil(M / S)]`` (:func:`offset_dtype` of ``nnz``) and ``row_starts`` ``[M]``
+      (:func:`start_dtype`): stored row ``s``'s first value is ``block_starts[s // S] + row_starts[s]``,
+      ``S`` = :func:`start_block_rows` (a wide offset per block of stored rows, a narrow one per row);
+    - ``values`` ``[nnz]`` in the plan's precision; int8 keeps ``scale`` and ``bias`` ``[M]`` for the stored
+      rows only.
+
+    Bytes (:meth:`layout_bytes`): ``M * (off(R) + ceil(d / 8) + start + row params) + ceil(M / S) * off(nnz)
+    + nnz * value``. A row that stores nothing costs nothing; against ``csr`` a stored row pays its id, a
+    bitmap and a narrow start instead of an offset, and no column index per value; the values are the same.
+
+    Why these parts (measured in BENCHMARKS.md, "PEP: compact storage"):
+
+    - stored row ids and a binary search rather than a bit per row with a count per block of rows (a rank
+      index): finding a rank in the bits (the block's count plus the set bits before the row) takes about
+      three times the tensor operations of a search, which made a one-row lookup much slower than CSR's;
+      and the bits cost every row, stored or not, where the ids cost only stored rows: the ids are the
+      smaller index while few rows store anything (the highest sparsities), the bits above that, where
+      the values outweigh either;
+    - a bitmap per stored row rather than a count and a column index per value: it is never larger while
+      ``d <= 16`` (``ceil(d / 8)`` bytes against one per value plus the count), and a lookup turns it into
+      each column's value position with one table of byte prefix counts; where rows keep few of many
+      columns ``csr`` is the smaller layout, and PEP takes whichever of the two its plan makes smaller;
+    - narrow starts under a wide one per block rather than a wide start per stored row, or none (summing
+      the bitmaps before a row at each lookup): a byte per stored row, read by one more gather.
+
+    Each field's share of :meth:`index_bytes` is its stored rows' ids, bitmaps and starts; the block starts
+    straddle fields and are counted once.
+    """
+
+    name = "compact"
+    per_row = True
+
+    def param_rows(self, plan: Sizes) -> list[int]:
+        return [int(np.count_nonzero(r)) for r in plan.row_sizes]
+
+    def index_bytes(self, plan: Sizes) -> tuple[list[int], int]:
+        rows, values = sum(plan.vocab_sizes), sum(self.field_params(plan))
+        per_stored = self.stored_row_bytes(rows, plan.dim)
+        stored = self.param_rows(plan)
+        return [m * per_stored for m in stored], int(self.block_bytes(sum(stored), values, plan.dim))
+
+    @staticmethod
+    def stored_row_bytes(num_rows: int, dim: int, precision: str = "fp32") -> int:
+        """Index bytes of one stored row among ``num_rows``: its id, its bitmap, its narrow start (and int8's
+        scale and bias)."""
+        start = start_dtype(dim).itemsize
+        return offset_dtype(num_rows).itemsize + bitmap_bytes(dim) + start + row_param_bytes(precision)
+
+    @staticmethod
+    def block_bytes(stored_rows: np.ndarray | int, num_values: np.ndarray | int, dim: int) -> np.ndarray:
+        """The block starts of ``stored_rows`` rows into ``num_values`` values (elementwise)."""
+        stored_rows = np.asarray(stored_rows, dtype=np.int64)
+        return -(-stored_rows // start_block_rows(dim)) * offset_bytes(num_values)
+
+    @staticmethod
+    def layout_bytes(
+        num_rows: int,
+        stored_rows: np.ndarray | int,
+        num_values: np.ndarray | int,
+        dim: int,
+        precision: str = "fp32",
+    ) -> np.ndarray:
+        """Bytes of ``num_rows`` rows of which ``stored_rows`` store ``num_values`` values in all (ints or int
+        arrays, elementwise): what :meth:`table_bytes` says of such a plan, without building one."""
+        stored_rows, num_values = np.asarray(stored_rows, dtype=np.int64), np.asarray(num_values, dtype=np.int64)
+        per_stored = CompactStorage.stored_row_bytes(num_rows, dim, precision)
+        values = num_values * VALUE_PRECISIONS[precision].itemsize
+        return stored_rows * per_stored + CompactStorage.block_bytes(stored_rows, num_values, dim) + values
 
 
 def _offsets_per_row(vocab_sizes: Sequence[int], num_values: int) -> tuple[list[int], int]:
