@@ -30,7 +30,7 @@ FIELDS = [
     FieldInfo("big", 500, np.r_[3, np.arange(499, 0, -1)]),
 ]
 DIM = 8
-#: one method per storage kind: dense (full), dense with projections (mde), ragged (amtl), csr (pep),
+#: one method per storage kind: dense (full), dense with projections (mde), ragged (amtl), compact (pep),
 #: hashed (hash) and qr (qr), both with a plain field beside
 METHODS = {"full": {}, "mde": {"alpha": 0.5}, "amtl": {}, "pep": {}, "hash": {"buckets": 0.9}, "qr": {}}
 
@@ -44,7 +44,7 @@ def _ids(batch: int = 32) -> torch.Tensor:
 def exported(request, tmp_path) -> Path:
     torch.manual_seed(0)
     rec = build_recommender(FIELDS, 0, DIM, "deepfm", {"hidden": [8]}, request.param, METHODS[request.param])
-    if request.param == "pep":  # prune a part of the table so the CSR rows differ in length
+    if request.param == "pep":  # prune a part of the table so the rows differ in length
         with torch.no_grad():
             rec.embedding.searcher.threshold.fill_(float(torch.logit(torch.tensor(0.008))))
     if request.param == "amtl":  # give values different prefix lengths
@@ -106,7 +106,7 @@ def test_a_changed_tensor_shape_is_refused_naming_the_tensor(exported):
 
     _edit_tensors(exported, "embedding.safetensors", grow)
     _resign(exported)
-    group_error = r"embedding\.safetensors: group g0 .*(weight|offsets|run_offsets|columns)"
+    group_error = r"embedding\.safetensors: group g0 .*(weight|offsets|run_offsets|columns|values)"
     with pytest.raises(ModelFileError, match=group_error):
         load_model(exported)
 
