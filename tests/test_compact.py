@@ -14,13 +14,13 @@ from safetensors.torch import load_file, save_file
 from embdim.errors import ModelFileError
 from embdim.plan import EmbeddingPlan
 from embdim.slim import EMBEDDING_TENSORS, FEW_IDS, CompactGroup, CsrGroup, SlimEmbedding
-from embdim.storage import CompactStorage, CsrStorage, start_block_rows
+from embdim.storage import ID_BLOCK_ROWS, CompactStorage, CsrStorage, start_block_rows
 
 PRECISIONS = ["fp32", "fp16", "int8"]
 #: widths at the dtype and layout boundaries: bitmaps of 1, 2, 3, 8 and 9 bytes (words of 1, 2, 4, 8
 #: bytes, then none), row starts in uint8 up to 85 and in int16 from 86
 DIMS = [1, 6, 8, 9, 16, 17, 64, 65, 85, 86, 300]
-ROWS = (3, 50, 200, 1)  # a field of 3 ids, two larger ones, and one of a single id that keeps nothing
+ROWS = (3, 50, 600, 1)  # a field of 3 ids, two larger ones (three blocks of ids), one id that keeps nothing
 
 
 def _table_and_mask(dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,25 +65,27 @@ def test_a_compact_plans_bytes_are_the_bytes_its_slim_model_stores(dim, precisio
     stored, values = sum(plan.kind.param_rows(plan)), plan.num_params
     assert plan.num_bytes == CompactStorage.layout_bytes(sum(ROWS), stored, values, dim, precision)
     group = slim.groups[0]
-    assert len(group.padded_block_starts) - 1 == -(-stored // start_block_rows(dim))
+    assert len(group.padded_value_blocks) - 1 == -(-stored // start_block_rows(dim))
+    assert len(group.tensors()["id_blocks"]) == -(-sum(ROWS) // ID_BLOCK_ROWS)
     assert plan.dropped_features()[3] == 1 and plan.kind.param_rows(plan)[3] == 0  # the field keeping nothing
 
 
 def test_the_byte_rule_prices_stored_rows_only():
-    # 1000 rows of width 16, 10 rows keep 3 values each: 10 ids (int32), 2-byte bitmaps, uint8 starts, one
-    # block start (16 stored rows to a block), 30 float32 values; CSR pays an int32 offset for every row
+    # 1000 rows of width 16, 10 rows keep 3 values each: per stored row an id byte, a 2-byte bitmap and a
+    # uint8 start; an int32 count per 256 rows, one int32 start per 16 stored rows; 30 float32 values. CSR
+    # pays an int32 offset for every row
     sizes = np.zeros(1000, dtype=np.int64)
     sizes[::100] = 3
     plan = EmbeddingPlan("pep", ["a"], [1000], 16, [3], "compact", [sizes])
-    assert plan.num_bytes == 10 * (4 + 2 + 1) + 4 + 30 * 4
+    assert plan.num_bytes == 10 * (1 + 2 + 1) + 4 * 4 + 4 + 30 * 4
     assert plan.num_params == 30 and plan.summary()["params_ratio"] == 30 / 16000
     assert plan.summary()["bytes_ratio"] == plan.num_bytes / (16000 * 4)
     csr = EmbeddingPlan("pep", ["a"], [1000], 16, [3], "csr", [sizes])
     assert csr.num_bytes == 30 * (4 + 1) + 1001 * 4 == CsrStorage.layout_bytes(1000, 30, 16)
     int8 = EmbeddingPlan("pep", ["a"], [1000], 16, [3], "compact", [sizes], precision="int8")
-    assert int8.num_bytes == 10 * (4 + 2 + 1 + 4) + 4 + 30  # scale and bias for the 10 stored rows only
+    assert int8.num_bytes == 10 * (1 + 2 + 1 + 4) + 4 * 4 + 4 + 30  # scale and bias for stored rows only
     empty = EmbeddingPlan("pep", ["a"], [1000], 16, [0], "compact", [np.zeros(1000, dtype=np.int64)])
-    assert empty.num_bytes == 0
+    assert empty.num_bytes == 4 * 4  # the blocks' counts, all zero
 
 
 @pytest.mark.parametrize("dim", DIMS)
@@ -135,7 +137,7 @@ def test_a_table_that_keeps_nothing_stores_nothing_and_embeds_to_zeros(tmp_path)
     group = CompactGroup.from_dense((0, 1), (4, 6), torch.randn(10, dim), torch.zeros(10, dim, dtype=torch.bool), dim)
     plan = EmbeddingPlan("pep", ["a", "b"], [4, 6], dim, [0, 0], "compact", [np.zeros(4), np.zeros(6)])
     slim = SlimEmbedding(plan, [group])
-    assert slim.stored_bytes() == plan.num_bytes == 0
+    assert slim.stored_bytes() == plan.num_bytes == 4  # one block of ids, none stored
     ids = torch.tensor([[0, 5], [3, 0]])
     assert torch.equal(slim(ids), torch.zeros(2, 2, dim))
     slim.save(tmp_path)
@@ -187,27 +189,34 @@ DAMAGE = {
     "a bitmap marks a column beyond the width": (lambda t: _set_bit(t, 15), "bitmaps: marks a column beyond"),
     "a stored row's bitmap keeps nothing": (
         lambda t: t.__setitem__("bitmaps", t["bitmaps"].clone().index_fill_(0, torch.tensor([1]), 0)),
-        "bitmaps: a row of row_ids keeps no column",
+        "bitmaps: a stored row keeps no column",
     ),
     "a bitmap missing a row": (lambda t: t.__setitem__("bitmaps", t["bitmaps"][1:]), r"bitmaps: shape \[\d+, 2\]"),
-    "a row id out of range": (
-        lambda t: t["row_ids"].__setitem__(-1, 10**6),
-        r"row_ids: need distinct rows of the group's 254, ascending",
+    "a row id beyond the rows": (
+        lambda t: t["id_lows"].__setitem__(-1, 255),  # the last block holds rows 512..653
+        r"id_lows: need distinct rows of the group's 654, ascending within each block",
     ),
-    "row ids out of order": (lambda t: t.__setitem__("row_ids", t["row_ids"].flip(0)), "row_ids: need distinct"),
-    "row ids of a wider dtype": (lambda t: t.__setitem__("row_ids", t["row_ids"].long()), "row_ids: int64 .* int32"),
-    "a block start moved": (lambda t: t["block_starts"].__setitem__(-1, 1), "block_starts: do not match"),
-    "a row start moved": (lambda t: t["row_starts"].__setitem__(3, 0), "row_starts: do not match"),
+    "row ids out of order": (lambda t: t.__setitem__("id_lows", t["id_lows"].flip(0)), "id_lows: need distinct"),
+    "a block count beyond the stored rows": (
+        lambda t: t["id_blocks"].__setitem__(1, len(t["id_lows"]) + 1),
+        r"id_blocks: need 3 counts .* rising from 0 to at most the \d+ of id_lows",
+    ),
+    "block counts of a wider dtype": (
+        lambda t: t.__setitem__("id_blocks", t["id_blocks"].long()),
+        "id_blocks: int64 .* int32",
+    ),
+    "a block start moved": (lambda t: t["value_blocks"].__setitem__(-1, 1), "value_blocks: do not match"),
+    "a row start moved": (lambda t: t["value_starts"].__setitem__(3, 0), "value_starts: do not match"),
     "row starts of another dtype": (
-        lambda t: t.__setitem__("row_starts", t["row_starts"].to(torch.int16)),
-        "row_starts: int16 .* uint8",
+        lambda t: t.__setitem__("value_starts", t["value_starts"].to(torch.int16)),
+        "value_starts: int16 .* uint8",
     ),
     "values of another precision": (lambda t: t.__setitem__("values", t["values"].float()), "values: float32"),
     "a scale per row instead of per stored row": (
-        lambda t: t.__setitem__("scale", torch.zeros(254, dtype=torch.float16)),
-        r"scale: 254 values, expected one per row \(\d+\)",
+        lambda t: t.__setitem__("scale", torch.zeros(654, dtype=torch.float16)),
+        r"scale: 654 values, expected one per row \(\d+\)",
     ),
-    "a missing index array": (lambda t: t.pop("row_starts"), r"missing tensors \['row_starts'\]"),
+    "a missing index array": (lambda t: t.pop("value_starts"), r"missing tensors \['value_starts'\]"),
 }
 
 

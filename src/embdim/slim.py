@@ -10,8 +10,8 @@ back to back (row ``offset_f + id``) in one of these layouts:
   or, when equal sizes come in long runs of rows, a per-run index (:func:`embdim.storage.ragged_index`).
 - :class:`CsrGroup`: row i keeps ``nnz_i`` values at given columns: ``values``, ``columns`` (uint8
   or int16) and ``offsets [rows + 1]``.
-- :class:`CompactGroup`: the same rows indexed by the rows that store something only: their ``row_ids``,
-  a column bitmap and a start each (:class:`embdim.storage.CompactStorage`).
+- :class:`CompactGroup`: the same rows indexed by the rows that store something only: a byte of each
+  one's id (under a count per block of rows), a column bitmap and a start (:class:`embdim.storage.CompactStorage`).
 - :class:`HashedGroup`: field f's ids share the ``m_f`` full-width rows of a table by a seeded universal
   hash (:func:`hashed_buckets`): ``weight [sum m, d]``, ``hash_a`` and ``hash_b`` (int32, one per field).
 - :class:`QRGroup`: field f's id reads a quotient row (``id // c_f``) and a remainder row (``id % c_f``) of
@@ -49,6 +49,8 @@ from embdim.plan import EmbeddingPlan
 from embdim.storage import (
     HASH_PARAM_DTYPE,
     HASH_PRIME,
+    ID_BLOCK_ROWS,
+    ID_LOW_DTYPE,
     MIN_BUCKETS,
     ROW_PARAM_DTYPE,
     ROW_WISE,
@@ -587,10 +589,13 @@ def byte_positions() -> torch.Tensor:
 
 
 class CompactGroup(SlimGroup):
-    """Row i keeps values at given columns, indexed by its stored rows only (layout and byte rule:
-    :class:`embdim.storage.CompactStorage`): ``row_ids [M]`` (the rows that store something, ascending),
-    ``bitmaps [M, ceil(d / 8)]`` (their columns), ``block_starts`` and ``row_starts`` (where their values
-    begin), ``values [nnz]``; int8 keeps ``scale`` and ``bias`` ``[M]`` for the stored rows only.
+    """Row i keeps values at given columns, indexed by the rows that store something only (layout and byte
+    rule: :class:`embdim.storage.CompactStorage`): their ids (``id_lows [M]`` and ``id_blocks``), column
+    ``bitmaps [M, ceil(d / 8)]``, where their values begin (``value_blocks`` and ``value_starts``), and
+    ``values [nnz]``; int8 keeps ``scale`` and ``bias`` ``[M]`` for the M stored rows only.
+
+    In memory the ids are held whole (``padded_row_ids``, int32 while the rows fit), for the search; what is
+    saved, and counted as stored bytes, is the saved layout.
 
     A lookup of rows ``[B, F_g]``: a binary search finds each row's rank among the stored rows (rank ``M``,
     an all-zero bitmap held in memory after the stored ones and never saved, where it stores nothing); the
@@ -601,7 +606,7 @@ class CompactGroup(SlimGroup):
     """
 
     kind = "compact"
-    INDEX = ("row_ids", "bitmaps", "block_starts", "row_starts")
+    INDEX = ("id_lows", "id_blocks", "bitmaps", "value_blocks", "value_starts")
 
     def __init__(
         self,
@@ -617,13 +622,14 @@ class CompactGroup(SlimGroup):
             raise ValueError(f"a compact index is {', '.join(self.INDEX)}; got {sorted(index)}")
         self._keep_values("values", values, row_params or {}, pad=1)  # one zero: where kept columns are not
         self.block_rows = start_block_rows(dim)
-        row_ids, bitmaps = index["row_ids"].detach(), index["bitmaps"].detach()
+        bitmaps = index["bitmaps"].detach()
         self.num_stored, width = bitmaps.shape
+        row_ids = whole_ids(index["id_lows"].detach(), index["id_blocks"].detach(), sum(self.rows))
         # every array gets one entry more, read by the rows that store nothing (rank M): a row id past every
         # row (so the ids stay sorted and no id matches it), an all-zero bitmap, a start
         self.register_buffer("padded_row_ids", torch.cat([row_ids, row_ids.new_tensor([sum(self.rows)])]))
-        self.register_buffer("padded_row_starts", _padded(index["row_starts"].detach(), 1))
-        self.register_buffer("padded_block_starts", _padded(index["block_starts"].detach(), 1))
+        self.register_buffer("padded_value_starts", _padded(index["value_starts"].detach(), 1))
+        self.register_buffer("padded_value_blocks", _padded(index["value_blocks"].detach(), 1))
         # bitmaps of up to eight bytes are held in words of 1, 2, 4 or 8 bytes (zero-filled), one integer per
         # row, so that a lookup reads a row's bitmap with one 1-d gather (the fastest, on one row or many)
         word = next((w for w in BITMAP_WORDS if w >= width), width)
@@ -665,12 +671,13 @@ class CompactGroup(SlimGroup):
         return self.padded_values[:-1]
 
     def index(self) -> dict[str, torch.Tensor]:
-        """The saved index arrays (views, without the entries held for rows that store nothing)."""
+        """The saved index arrays (the ids split again; the others views, without the entries held for rows
+        that store nothing)."""
         return {
-            "row_ids": self.padded_row_ids[:-1],
+            **split_ids(self.padded_row_ids[:-1], sum(self.rows)),
             "bitmaps": self.padded_bitmaps[:-1],
-            "block_starts": self.padded_block_starts[:-1],
-            "row_starts": self.padded_row_starts[:-1],
+            "value_blocks": self.padded_value_blocks[:-1],
+            "value_starts": self.padded_value_starts[:-1],
         }
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -683,8 +690,8 @@ class CompactGroup(SlimGroup):
         g = (ids + buffers["row_offsets"]).to(row_ids.dtype)  # the search's dtype: else it converts the ids
         s = torch.searchsorted(row_ids, g)
         s.masked_fill_(torch.take(row_ids, s) != g, self.num_stored)
-        starts = torch.take(buffers["padded_block_starts"], torch.div(s, self.block_rows, rounding_mode="floor"))
-        starts += torch.take(buffers["padded_row_starts"], s)
+        starts = torch.take(buffers["padded_value_blocks"], torch.div(s, self.block_rows, rounding_mode="floor"))
+        starts += torch.take(buffers["padded_value_starts"], s)
         if self.words:  # [..., w] bytes, laid flat: [B, F_g * w]
             bitmaps = torch.take(buffers["bitmap_words"], s).view(torch.uint8)
         else:
@@ -758,35 +765,65 @@ class CompactGroup(SlimGroup):
     def check_saved(cls, layout, tensors):
         _expect_names(tensors, {"values", *cls.INDEX, *_row_param_names(layout)})
         dim, num_rows = layout["dim"], sum(layout["rows"])
-        row_ids = _expect_tensor(tensors, "row_ids", (_torch(offset_dtype(num_rows)),), 1).long()
-        if bool((torch.diff(row_ids) <= 0).any()) or bool(((row_ids < 0) | (row_ids >= num_rows)).any()):
-            raise ValueError(f"row_ids: need distinct rows of the group's {num_rows}, ascending")
-        num_stored = len(row_ids)
+        lows = _expect_tensor(tensors, "id_lows", (_torch(ID_LOW_DTYPE),), 1)
+        num_stored = len(lows)
+        blocks = _expect_tensor(tensors, "id_blocks", (_torch(offset_dtype(num_rows)),), 1).long()
+        num_blocks = -(-num_rows // ID_BLOCK_ROWS)
+        counts = torch.diff(blocks, append=blocks.new_tensor([num_stored]))
+        rising = bool(((counts >= 0) & (counts <= ID_BLOCK_ROWS)).all())
+        if len(blocks) != num_blocks or blocks[0] != 0 or not rising:
+            raise ValueError(
+                f"id_blocks: need {num_blocks} counts of the stored rows before each block of {ID_BLOCK_ROWS} "
+                f"rows, rising from 0 to at most the {num_stored} of id_lows"
+            )
+        row_ids = whole_ids(lows, blocks, num_rows).long()
+        if bool((torch.diff(row_ids) <= 0).any()) or bool((row_ids >= num_rows).any()):
+            raise ValueError(f"id_lows: need distinct rows of the group's {num_rows}, ascending within each block")
         bitmaps = _expect_tensor(tensors, "bitmaps", (torch.uint8,), 2)
         if tuple(bitmaps.shape) != (num_stored, bitmap_bytes(dim)):
             raise ValueError(
                 f"bitmaps: shape {list(bitmaps.shape)}, expected [{num_stored}, {bitmap_bytes(dim)}] "
-                "(a bit per column for each of row_ids)"
+                "(a bit per column for each of id_lows)"
             )
         kept = unpack_bits(bitmaps, 8 * bitmaps.shape[1])
         if bool(kept[:, dim:].any()):
             raise ValueError(f"bitmaps: marks a column beyond the {dim} columns")
         sizes = kept.sum(1)
         if bool((sizes == 0).any()):
-            raise ValueError("bitmaps: a row of row_ids keeps no column (a row storing nothing has no id)")
+            raise ValueError("bitmaps: a stored row keeps no column (a row storing nothing has no id)")
         values = _expect_tensor(tensors, "values", _stored_dtypes(layout), 1)
         if len(values) != int(sizes.sum()):
             raise ValueError(f"values: {len(values)} values, the bitmaps keep {int(sizes.sum())}")
         _check_row_params(layout, tensors, num_stored)
         expected = compact_index(row_ids, kept[:, :dim], num_rows, dim)
-        for name in ("block_starts", "row_starts"):
+        for name in ("value_blocks", "value_starts"):
             found = _expect_tensor(tensors, name, (expected[name].dtype,), 1)
             if not torch.equal(found, expected[name]):
                 raise ValueError(f"{name}: do not match the values the bitmaps keep")
 
 
+def split_ids(row_ids: torch.Tensor, num_rows: int) -> dict[str, torch.Tensor]:
+    """Stored rows' ids ``[M]`` (ascending) as saved: ``id_lows`` (each id's low byte) and ``id_blocks`` (the
+    stored rows before each block of :data:`~embdim.storage.ID_BLOCK_ROWS` rows)."""
+    row_ids = row_ids.long()
+    counts = torch.bincount(row_ids // ID_BLOCK_ROWS, minlength=-(-num_rows // ID_BLOCK_ROWS))
+    return {
+        "id_lows": (row_ids % ID_BLOCK_ROWS).to(_torch(ID_LOW_DTYPE)),
+        "id_blocks": (counts.cumsum(0) - counts).to(_torch(offset_dtype(num_rows))),
+    }
+
+
+def whole_ids(lows: torch.Tensor, blocks: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """The inverse of :func:`split_ids`: ids ``[M]`` in :func:`~embdim.storage.offset_dtype` of ``num_rows``
+    (blocks whose counts do not rise give ids that are out of order, which a check refuses)."""
+    counts = torch.diff(blocks.long(), append=blocks.new_tensor([len(lows)]).long()).clamp_min(0)
+    block_of = torch.repeat_interleave(torch.arange(len(blocks), device=lows.device), counts)[: len(lows)]
+    block_of = nn.functional.pad(block_of, (0, len(lows) - len(block_of)), value=len(blocks))
+    return (block_of * ID_BLOCK_ROWS + lows.long()).to(_torch(offset_dtype(num_rows)))
+
+
 def compact_index(row_ids: torch.Tensor, kept: torch.Tensor, num_rows: int, dim: int) -> dict[str, torch.Tensor]:
-    """A :class:`CompactGroup`'s index, in the dtypes :mod:`embdim.storage` chooses.
+    """A :class:`CompactGroup`'s saved index, in the dtypes :mod:`embdim.storage` chooses.
 
     Args:
         row_ids: int ``[M]``, the rows that store something, ascending.
@@ -796,15 +833,14 @@ def compact_index(row_ids: torch.Tensor, kept: torch.Tensor, num_rows: int, dim:
     sizes = kept.sum(1)
     starts = sizes.cumsum(0) - sizes
     block_rows = start_block_rows(dim)
-    block_starts = starts[::block_rows]
-    within = starts - block_starts.repeat_interleave(block_rows)[: len(starts)]
+    value_blocks = starts[::block_rows]
+    within = starts - value_blocks.repeat_interleave(block_rows)[: len(starts)]
     return {
-        "row_ids": row_ids.to(_torch(offset_dtype(num_rows))),
+        **split_ids(row_ids, num_rows),
         "bitmaps": pack_bits(kept),
-        "block_starts": block_starts.to(_torch(offset_dtype(int(sizes.sum())))),
-        "row_starts": within.to(_torch(start_dtype(dim))),
+        "value_blocks": value_blocks.to(_torch(offset_dtype(int(sizes.sum())))),
+        "value_starts": within.to(_torch(start_dtype(dim))),
     }
-
 
 def hashed_buckets(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
     """The hashing trick's bucket of each id: id 0 (the OOV id) keeps bucket 0 to itself, any other id goes

@@ -9,8 +9,8 @@ share:
   per row, or, when rows of equal size come in long runs (AMTL's sizes follow frequency and ids are
   numbered by frequency), one entry per run (:func:`ragged_index`);
 - ``csr``: row i stores ``nnz_i`` values at arbitrary columns (PEP), plus column indices and offsets;
-- ``compact``: the values of ``csr`` (PEP at high sparsity) indexed by their stored rows only (ids, a
-  column bitmap and a start each), so that a row storing nothing costs nothing (:class:`CompactStorage`);
+- ``compact``: the values of ``csr`` (PEP at high sparsity) indexed by their stored rows (an id byte, a
+  column bitmap and a start each), so that a row storing nothing costs almost nothing (:class:`CompactStorage`);
 - ``hashed``: field f's ids share ``m_f`` full-width rows through a seeded universal hash (the hashing
   trick), plus the hash's two parameters per field (:data:`HASH_PARAM_DTYPE`);
 - ``qr``: field f stores a quotient table ``[ceil(n_f / c_f), d]`` and a remainder table ``[c_f, d]``
@@ -78,6 +78,10 @@ MIN_BUCKETS = 2
 """The fewest buckets a hashed or quotient-remainder field may have (fewer never saves a row)."""
 
 INT32_MAX = np.iinfo(np.int32).max
+ID_BLOCK_ROWS = 256
+"""Rows per block of the ``compact`` kind's row ids: a stored row saves its id's low byte (:data:`ID_LOW_DTYPE`),
+and each block of rows a count of the stored rows before it."""
+ID_LOW_DTYPE = np.dtype(np.uint8)
 
 STORAGE_KINDS: dict[str, StorageKind] = {}
 
@@ -381,40 +385,44 @@ class CompactStorage(StorageKind):
     most rows store nothing and CSR's offset per row outweighs the values [ours].
 
     A group of ``R`` rows (fields back to back) of which ``M`` store something (``nnz_i > 0``), holding
-    ``nnz`` values, stores only the stored rows' index, nothing per row:
+    ``nnz`` values, indexes its stored rows only, ascending, each by its rank ``s`` among them:
 
-    - ``row_ids`` ``[M]`` (:func:`offset_dtype` of ``R``): the stored rows, ascending. A lookup finds a
-      row's rank ``s`` among them by binary search; a row that is not there stores nothing and embeds to
-      zeros. Every array below is indexed by ``s``;
+    - ``id_lows`` uint8 ``[M]`` and ``id_blocks`` ``[ceil(R / ID_BLOCK_ROWS)]`` (:func:`offset_dtype` of
+      ``R``): stored row ``s``'s id is ``ID_BLOCK_ROWS * b + id_lows[s]``, ``b`` its block of rows, whose
+      stored rows come after the ``id_blocks[b]`` of the blocks before it. A lookup finds a row's rank by
+      binary search in the ids (held whole in memory, :class:`~embdim.slim.CompactGroup`); a row that is
+      not there stores nothing and embeds to zeros;
     - ``bitmaps`` uint8 ``[M, ceil(d / 8)]``: each stored row's kept columns, bit ``j % 8`` of byte
       ``j // 8`` for column ``j`` (the ``k``-th kept column holds the row's ``k``-th value);
-    - ``block_starts`` ``[ceil(M / S)]`` (:func:`offset_dtype` of ``nnz``) and ``row_starts`` ``[M]``
-      (:func:`start_dtype`): stored row ``s``'s first value is ``block_starts[s // S] + row_starts[s]``,
-      ``S`` = :func:`start_block_rows` (a wide offset per block of stored rows, a narrow one per row);
+    - ``value_blocks`` ``[ceil(M / S)]`` (:func:`offset_dtype` of ``nnz``) and ``value_starts`` ``[M]``
+      (:func:`start_dtype`): stored row ``s``'s first value is ``value_blocks[s // S] + value_starts[s]``,
+      ``S`` = :func:`start_block_rows`;
     - ``values`` ``[nnz]`` in the plan's precision; int8 keeps ``scale`` and ``bias`` ``[M]`` for the stored
       rows only.
 
-    Bytes (:meth:`layout_bytes`): ``M * (off(R) + ceil(d / 8) + start + row params) + ceil(M / S) * off(nnz)
-    + nnz * value``. A row that stores nothing costs nothing; against ``csr`` a stored row pays its id, a
-    bitmap and a narrow start instead of an offset, and no column index per value; the values are the same.
+    Bytes (:meth:`layout_bytes`): ``ceil(R / ID_BLOCK_ROWS) * off(R) + M * (1 + ceil(d / 8) + start + row
+    params) + ceil(M / S) * off(nnz) + nnz * value``. A row that stores nothing costs a share of a block
+    count; against ``csr`` a stored row pays a byte of id, a bitmap and a narrow start instead of an
+    offset, and no column index per value; the values are the same.
 
     Why these parts (measured in BENCHMARKS.md, "PEP: compact storage"):
 
-    - stored row ids and a binary search rather than a bit per row with a count per block of rows (a rank
-      index): finding a rank in the bits (the block's count plus the set bits before the row) takes about
-      three times the tensor operations of a search, which made a one-row lookup much slower than CSR's;
-      and the bits cost every row, stored or not, where the ids cost only stored rows: the ids are the
-      smaller index while few rows store anything (the highest sparsities), the bits above that, where
-      the values outweigh either;
+    - a binary search in the stored rows' ids rather than a bit per row with a count per block of rows (a
+      rank index): finding a rank in the bits (the block's count plus the set bits before the row) takes
+      about three times the tensor operations of a search, which made a one-row lookup much slower than
+      CSR's. Whole ids (four bytes per stored row) would be the larger index wherever more than about one
+      row in twenty stores something; a byte per stored row under a count per block of rows is smaller
+      than the bits wherever fewer than about one row in six does, which covers the budgets this kind is
+      for, at the price of a memory that holds the ids whole;
     - a bitmap per stored row rather than a count and a column index per value: it is never larger while
       ``d <= 16`` (``ceil(d / 8)`` bytes against one per value plus the count), and a lookup turns it into
       each column's value position with one table of byte prefix counts; where rows keep few of many
       columns ``csr`` is the smaller layout, and PEP takes whichever of the two its plan makes smaller;
-    - narrow starts under a wide one per block rather than a wide start per stored row, or none (summing
-      the bitmaps before a row at each lookup): a byte per stored row, read by one more gather.
+    - narrow value starts under a wide one per block rather than a wide start per stored row, or none
+      (summing the bitmaps before a row at each lookup): a byte per stored row, read by one more gather.
 
-    Each field's share of :meth:`index_bytes` is its stored rows' ids, bitmaps and starts; the block starts
-    straddle fields and are counted once.
+    Each field's share of :meth:`index_bytes` is its stored rows' id bytes, bitmaps and starts; the block
+    counts of ids and the block starts of values straddle fields and are counted once.
     """
 
     name = "compact"
@@ -425,22 +433,26 @@ class CompactStorage(StorageKind):
 
     def index_bytes(self, plan: Sizes) -> tuple[list[int], int]:
         rows, values = sum(plan.vocab_sizes), sum(self.field_params(plan))
-        per_stored = self.stored_row_bytes(rows, plan.dim)
+        per_stored = self.stored_row_bytes(plan.dim)
         stored = self.param_rows(plan)
-        return [m * per_stored for m in stored], int(self.block_bytes(sum(stored), values, plan.dim))
+        return [m * per_stored for m in stored], int(self.block_bytes(rows, sum(stored), values, plan.dim))
 
     @staticmethod
-    def stored_row_bytes(num_rows: int, dim: int, precision: str = "fp32") -> int:
-        """Index bytes of one stored row among ``num_rows``: its id, its bitmap, its narrow start (and int8's
-        scale and bias)."""
+    def stored_row_bytes(dim: int, precision: str = "fp32") -> int:
+        """Index bytes of one stored row: its id's low byte, its bitmap, its narrow start (and int8's scale
+        and bias)."""
         start = start_dtype(dim).itemsize
-        return offset_dtype(num_rows).itemsize + bitmap_bytes(dim) + start + row_param_bytes(precision)
+        return ID_LOW_DTYPE.itemsize + bitmap_bytes(dim) + start + row_param_bytes(precision)
 
     @staticmethod
-    def block_bytes(stored_rows: np.ndarray | int, num_values: np.ndarray | int, dim: int) -> np.ndarray:
-        """The block starts of ``stored_rows`` rows into ``num_values`` values (elementwise)."""
+    def block_bytes(
+        num_rows: int, stored_rows: np.ndarray | int, num_values: np.ndarray | int, dim: int
+    ) -> np.ndarray:
+        """The per-block arrays: a count per block of ``num_rows`` rows, a start per block of ``stored_rows``
+        stored rows into ``num_values`` values (elementwise)."""
         stored_rows = np.asarray(stored_rows, dtype=np.int64)
-        return -(-stored_rows // start_block_rows(dim)) * offset_bytes(num_values)
+        ids = -(-num_rows // ID_BLOCK_ROWS) * int(offset_bytes(num_rows))
+        return ids + -(-stored_rows // start_block_rows(dim)) * offset_bytes(num_values)
 
     @staticmethod
     def layout_bytes(
@@ -453,9 +465,9 @@ class CompactStorage(StorageKind):
         """Bytes of ``num_rows`` rows of which ``stored_rows`` store ``num_values`` values in all (ints or int
         arrays, elementwise): what :meth:`table_bytes` says of such a plan, without building one."""
         stored_rows, num_values = np.asarray(stored_rows, dtype=np.int64), np.asarray(num_values, dtype=np.int64)
-        per_stored = CompactStorage.stored_row_bytes(num_rows, dim, precision)
+        per_stored = CompactStorage.stored_row_bytes(dim, precision)
         values = num_values * VALUE_PRECISIONS[precision].itemsize
-        return stored_rows * per_stored + CompactStorage.block_bytes(stored_rows, num_values, dim) + values
+        return stored_rows * per_stored + CompactStorage.block_bytes(num_rows, stored_rows, num_values, dim) + values
 
 
 def _offsets_per_row(vocab_sizes: Sequence[int], num_values: int) -> tuple[list[int], int]:

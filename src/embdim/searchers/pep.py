@@ -58,13 +58,14 @@ What is this project's own design [ours]:
   Adam / AdamW / Adagrad / SGD (momentum, coupled decay) map a zero gradient on a zero weight with
   zero state to a zero update.
 - Slim storage: one group of the whole table in ``compact`` storage
-  (:class:`~embdim.storage.CompactStorage`: per stored row its id, a column bitmap and a start;
-  a row that keeps nothing costs nothing) or in ``csr`` (a column index per value, an offset per
-  row), whichever the plan's rows make smaller (:data:`STORAGES`); rows with no kept value are
-  dropped features. CSR pays its offset for every row, kept or not, so it cannot go below that
-  offset's share of the dense bytes; compact makes the paper's highest sparsities reachable in
-  bytes as well as in parameters. ``result.json`` reports both (``params_ratio``,
-  ``bytes_ratio``), and the plan's ``details.storage_bytes`` each layout's bytes.
+  (:class:`~embdim.storage.CompactStorage`: per stored row a byte of its id, a column bitmap and a
+  start; a row that keeps nothing costs a share of a count per block of rows) or in ``csr`` (a
+  column index per value, an offset per row), whichever the plan's rows make smaller
+  (:data:`STORAGES`); rows with no kept value are dropped features. CSR pays its offset for every
+  row, kept or not, so it cannot go below that offset's share of the dense bytes; compact makes the
+  paper's highest sparsities reachable in bytes as well as in parameters. ``result.json`` reports
+  both (``params_ratio``, ``bytes_ratio``), and the plan's ``details.storage_bytes`` each layout's
+  bytes.
 
 Training memory [ours, reported by :meth:`report`]: the ``feature_dim`` threshold is as large as
 the table (n x d floats), plus its optimizer state: one n x d average and an int64 step per row
@@ -248,8 +249,8 @@ def max_values(target: float, num_rows: int, dim: int) -> int:
 
 def budget_sparsity(budget: Budget, num_rows: int, dim: int) -> float:
     """The sparsity at which PEP's slim table (:func:`storage_bytes`, embdim.storage's byte rules) meets
-    ``budget`` for an n x d table, however the kept values fall into rows: at it, any mask fits, and the
-    retraining mask keeps more where they share rows (:func:`budget_mask`)."""
+    ``budget`` for an n x d table, however the kept values fall into rows [ours]: at it, any mask fits,
+    and the retraining mask keeps more where they share rows (:func:`budget_mask`)."""
     cells = num_rows * dim
     if budget.kind == "params":
         nnz = budget.value
@@ -260,7 +261,8 @@ def budget_sparsity(budget: Budget, num_rows: int, dim: int) -> float:
             one = int(storage_bytes(num_rows, 1, 1, dim))
             raise ValueError(
                 f"budget: {target:.0f} bytes do not hold even one kept value with its index ({one} bytes: "
-                f"compact storage's row id, bitmap and start, or CSR's {num_rows + 1} row offsets)"
+                f"compact storage's counts per block of rows and a stored row's id, bitmap and start, or CSR's "
+                f"{num_rows + 1} row offsets)"
             )
     sparsity = 1.0 - nnz / cells
     if not 0.0 < sparsity < 1.0:
@@ -270,7 +272,7 @@ def budget_sparsity(budget: Budget, num_rows: int, dim: int) -> float:
 
 def budget_mask(margins: torch.Tensor, target: float) -> torch.Tensor:
     """Bool ``[n, d]``: the entries of largest margin (``margins [n, d]``), as many as PEP's slim table
-    (:func:`storage_bytes`) holds within ``target`` bytes, given the rows they fall into.
+    (:func:`storage_bytes`) holds within ``target`` bytes, given the rows they fall into [ours].
 
     Entries are taken in margin order; each one adds a value, and the first of its row a stored row, so
     the bytes never fall along the order and the mask is its longest prefix that fits.
