@@ -104,6 +104,21 @@ def test_the_group_reproduces_the_masked_table_for_every_id_of_every_field(dim):
     assert torch.equal(slim.groups[0].to_csr()(ids), csr(ids))
 
 
+def test_a_pruned_column_reads_zero_however_many_values_follow_its_row():
+    """A pruned column's position lies past every value, however many: here more than a million, most of
+    them after the rows read."""
+    rows, dim = 80_000, 16
+    gen = torch.Generator().manual_seed(3)
+    table = torch.randn(rows, dim, generator=gen)
+    mask = torch.rand(rows, dim, generator=gen) > 0.1
+    group = CompactGroup.from_dense((0,), (rows,), table, mask, dim)
+    assert group.num_values > 2**20
+    ids = torch.arange(0, rows, 97).unsqueeze(1)  # [B, 1], from the first rows on
+    with torch.no_grad():
+        for batch in (ids, ids[:3]):  # the bulk path and the few-ids one
+            assert torch.equal(group(batch), (table * mask)[batch])
+
+
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_a_quantised_compact_group_decodes_as_the_same_csr_group(precision):
     """The same values in the same precision decode alike (int8: the same scale and bias per stored row)."""

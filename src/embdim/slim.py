@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -560,8 +561,6 @@ class CsrGroup(SlimGroup):
 BYTE_BITS = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1 == 1
 #: set bits of each byte value, int64 [256]
 POPCOUNT = BYTE_BITS.sum(1)
-#: a column a bitmap does not keep: its position is pushed past every stored value (float32 holds it exactly)
-NOT_KEPT = float(2**20)
 FEW_IDS = 1024
 """Lookups of at most this many ids gather by ``torch.take`` (see :meth:`CompactGroup.forward`)."""
 #: integer dtypes of 1, 2, 4 and 8 bytes: a bitmap of that many bytes held as one integer
@@ -580,11 +579,11 @@ def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
     return BYTE_BITS.to(packed.device)[packed.long()].flatten(-2)[..., :n]
 
 
-def byte_positions() -> torch.Tensor:
+def byte_positions(not_kept: float) -> torch.Tensor:
     """For each byte value, float32 ``[256, 9]``: per bit the number of set bits below it where the bit is
-    set (:data:`NOT_KEPT` where it is not), then the byte's popcount."""
+    set (``not_kept`` where it is not), then the byte's popcount."""
     below = torch.cumsum(BYTE_BITS.long(), 1) - BYTE_BITS.long()
-    positions = torch.where(BYTE_BITS, below.float(), NOT_KEPT)
+    positions = torch.where(BYTE_BITS, below.float(), not_kept)
     return torch.cat([positions, POPCOUNT.float().unsqueeze(1)], 1)
 
 
@@ -644,11 +643,15 @@ class CompactGroup(SlimGroup):
         for j in range(width * 8):
             spread[j // 8, j % 8, j] = 1.0
             spread[: j // 8, 8, j] = 1.0
-        self.register_buffer("_byte_positions", byte_positions(), persistent=False)
-        self.register_buffer("_spread", spread.flatten(0, 1)[:, :dim].contiguous(), persistent=False)
+        # a column the bitmap does not keep gets a position past every value, whatever the row's start: the
+        # power of two above the values' count (float32 holds it exactly, and adding the popcounts of the
+        # bytes before it cannot round it below), which the lookup clamps to the zero after the values
         self.num_values = len(values)
-        # a position past the values plus a start must not overflow int32
-        wide = len(values) + 2 * NOT_KEPT > torch.iinfo(torch.int32).max
+        not_kept = 2.0 ** math.ceil(math.log2(self.num_values + 1))
+        self.register_buffer("_byte_positions", byte_positions(not_kept), persistent=False)
+        self.register_buffer("_spread", spread.flatten(0, 1)[:, :dim].contiguous(), persistent=False)
+        # such a position plus a start (and float32's rounding of it) must not overflow int32
+        wide = 2 * not_kept + self.num_values > torch.iinfo(torch.int32).max
         self._position_dtype = torch.int64 if wide else torch.int32
 
     @property
