@@ -14,12 +14,12 @@ from safetensors.torch import load_file, save_file
 from embdim.errors import ModelFileError
 from embdim.plan import EmbeddingPlan
 from embdim.slim import EMBEDDING_TENSORS, FEW_IDS, CompactGroup, CsrGroup, SlimEmbedding
-from embdim.storage import ID_BLOCK_ROWS, CompactStorage, CsrStorage, start_block_rows
+from embdim.storage import ID_BLOCK_ROWS, CompactStorage, CsrStorage
 
 PRECISIONS = ["fp32", "fp16", "int8"]
-#: widths at the dtype and layout boundaries: bitmaps of 1, 2, 3, 8 and 9 bytes (words of 1, 2, 4, 8
-#: bytes, then none), row starts in uint8 up to 85 and in int16 from 86
-DIMS = [1, 6, 8, 9, 16, 17, 64, 65, 85, 86, 300]
+#: widths at the layout boundaries: bitmaps of 1, 2, 3, 8 and 9 bytes (held in memory in words of 1, 2,
+#: 4, 8 bytes, then as bytes), and column indices of csr (which compact is checked against) in int16
+DIMS = [1, 6, 8, 9, 16, 17, 64, 65, 300]
 ROWS = (3, 50, 600, 1)  # a field of 3 ids, two larger ones (three blocks of ids), one id that keeps nothing
 
 
@@ -64,26 +64,23 @@ def test_a_compact_plans_bytes_are_the_bytes_its_slim_model_stores(dim, precisio
     assert plan.num_bytes == sum(plan.field_bytes()) + plan.kind.index_bytes(plan)[1]
     stored, values = sum(plan.kind.param_rows(plan)), plan.num_params
     assert plan.num_bytes == CompactStorage.layout_bytes(sum(ROWS), stored, values, dim, precision)
-    group = slim.groups[0]
-    assert len(group.padded_value_blocks) - 1 == -(-stored // start_block_rows(dim))
-    assert len(group.tensors()["id_blocks"]) == -(-sum(ROWS) // ID_BLOCK_ROWS)
+    assert len(slim.groups[0].tensors()["id_blocks"]) == -(-sum(ROWS) // ID_BLOCK_ROWS)
     assert plan.dropped_features()[3] == 1 and plan.kind.param_rows(plan)[3] == 0  # the field keeping nothing
 
 
 def test_the_byte_rule_prices_stored_rows_only():
-    # 1000 rows of width 16, 10 rows keep 3 values each: per stored row an id byte, a 2-byte bitmap and a
-    # uint8 start; an int32 count per 256 rows, one int32 start per 16 stored rows; 30 float32 values. CSR
-    # pays an int32 offset for every row
+    # 1000 rows of width 16, 10 rows keep 3 values each: per stored row an id byte and a 2-byte bitmap, an
+    # int32 count per 256 rows, 30 float32 values. CSR pays an int32 offset for every row
     sizes = np.zeros(1000, dtype=np.int64)
     sizes[::100] = 3
     plan = EmbeddingPlan("pep", ["a"], [1000], 16, [3], "compact", [sizes])
-    assert plan.num_bytes == 10 * (1 + 2 + 1) + 4 * 4 + 4 + 30 * 4
+    assert plan.num_bytes == 10 * (1 + 2) + 4 * 4 + 30 * 4
     assert plan.num_params == 30 and plan.summary()["params_ratio"] == 30 / 16000
     assert plan.summary()["bytes_ratio"] == plan.num_bytes / (16000 * 4)
     csr = EmbeddingPlan("pep", ["a"], [1000], 16, [3], "csr", [sizes])
     assert csr.num_bytes == 30 * (4 + 1) + 1001 * 4 == CsrStorage.layout_bytes(1000, 30, 16)
     int8 = EmbeddingPlan("pep", ["a"], [1000], 16, [3], "compact", [sizes], precision="int8")
-    assert int8.num_bytes == 10 * (1 + 2 + 1 + 4) + 4 * 4 + 4 + 30  # scale and bias for stored rows only
+    assert int8.num_bytes == 10 * (1 + 2 + 4) + 4 * 4 + 30  # scale and bias for the stored rows only
     empty = EmbeddingPlan("pep", ["a"], [1000], 16, [0], "compact", [np.zeros(1000, dtype=np.int64)])
     assert empty.num_bytes == 4 * 4  # the blocks' counts, all zero
 
@@ -220,18 +217,13 @@ DAMAGE = {
         lambda t: t.__setitem__("id_blocks", t["id_blocks"].long()),
         "id_blocks: int64 .* int32",
     ),
-    "a block start moved": (lambda t: t["value_blocks"].__setitem__(-1, 1), "value_blocks: do not match"),
-    "a row start moved": (lambda t: t["value_starts"].__setitem__(3, 0), "value_starts: do not match"),
-    "row starts of another dtype": (
-        lambda t: t.__setitem__("value_starts", t["value_starts"].to(torch.int16)),
-        "value_starts: int16 .* uint8",
-    ),
     "values of another precision": (lambda t: t.__setitem__("values", t["values"].float()), "values: float32"),
     "a scale per row instead of per stored row": (
         lambda t: t.__setitem__("scale", torch.zeros(654, dtype=torch.float16)),
         r"scale: 654 values, expected one per row \(\d+\)",
     ),
-    "a missing index array": (lambda t: t.pop("value_starts"), r"missing tensors \['value_starts'\]"),
+    "a missing index array": (lambda t: t.pop("id_lows"), r"missing tensors \['id_lows'\]"),
+    "bitmaps of another dtype": (lambda t: t.__setitem__("bitmaps", t["bitmaps"].to(torch.int16)), "bitmaps: int16"),
 }
 
 

@@ -27,8 +27,6 @@ from embdim.storage import (
     offset_bytes,
     offset_dtype,
     size_dtype,
-    start_block_rows,
-    start_dtype,
 )
 
 
@@ -41,10 +39,6 @@ def test_index_dtypes_widen_exactly_at_their_limits():
     assert offset_bytes(np.array([2**31 - 1, 2**31])).tolist() == [4, 8]
     assert size_dtype(255) == np.uint8 and size_dtype(256) == np.int16
     assert column_dtype(256) == np.uint8 and column_dtype(257) == np.int16  # columns 0..dim-1
-    # compact: a start within a block of stored rows, (rows - 1) * dim at most; uint8 while a block holds 4 rows
-    assert start_dtype(85) == np.uint8 and start_block_rows(85) == 4 and 3 * 85 <= 255
-    assert start_dtype(86) == np.int16 and start_block_rows(86) == 1 + 32767 // 86
-    assert start_block_rows(16) == 16 and start_block_rows(1) == 256
     assert [bitmap_bytes(d) for d in (1, 8, 9, 16, 17, 64, 65)] == [1, 1, 2, 2, 3, 8, 9]
 
 

@@ -11,7 +11,7 @@ back to back (row ``offset_f + id``) in one of these layouts:
 - :class:`CsrGroup`: row i keeps ``nnz_i`` values at given columns: ``values``, ``columns`` (uint8
   or int16) and ``offsets [rows + 1]``.
 - :class:`CompactGroup`: the same rows indexed by the rows that store something only: a byte of each
-  one's id (under a count per block of rows), a column bitmap and a start (:class:`embdim.storage.CompactStorage`).
+  one's id (under a count per block of rows) and a column bitmap (:class:`embdim.storage.CompactStorage`).
 - :class:`HashedGroup`: field f's ids share the ``m_f`` full-width rows of a table by a seeded universal
   hash (:func:`hashed_buckets`): ``weight [sum m, d]``, ``hash_a`` and ``hash_b`` (int32, one per field).
 - :class:`QRGroup`: field f's id reads a quotient row (``id // c_f``) and a remainder row (``id % c_f``) of
@@ -64,8 +64,6 @@ from embdim.storage import (
     offset_dtype,
     ragged_index,
     size_dtype,
-    start_block_rows,
-    start_dtype,
 )
 from embdim.tensorfile import write_tensors
 
@@ -589,12 +587,13 @@ def byte_positions(not_kept: float) -> torch.Tensor:
 
 class CompactGroup(SlimGroup):
     """Row i keeps values at given columns, indexed by the rows that store something only (layout and byte
-    rule: :class:`embdim.storage.CompactStorage`): their ids (``id_lows [M]`` and ``id_blocks``), column
-    ``bitmaps [M, ceil(d / 8)]``, where their values begin (``value_blocks`` and ``value_starts``), and
-    ``values [nnz]``; int8 keeps ``scale`` and ``bias`` ``[M]`` for the M stored rows only.
+    rule: :class:`embdim.storage.CompactStorage`): their ids (``id_lows [M]`` and ``id_blocks``), their
+    column ``bitmaps [M, ceil(d / 8)]`` and ``values [nnz]``; int8 keeps ``scale`` and ``bias`` ``[M]`` for the
+    M stored rows only.
 
-    In memory the ids are held whole (``padded_row_ids``, int32 while the rows fit), for the search; what is
-    saved, and counted as stored bytes, is the saved layout.
+    In memory the stored rows' ids and first values are held whole (``padded_row_ids``, ``padded_starts``:
+    int32 while they fit), built once from the saved layout, which is what is saved and counted as stored
+    bytes.
 
     A lookup of rows ``[B, F_g]``: a binary search finds each row's rank among the stored rows (rank ``M``,
     an all-zero bitmap held in memory after the stored ones and never saved, where it stores nothing); the
@@ -605,7 +604,7 @@ class CompactGroup(SlimGroup):
     """
 
     kind = "compact"
-    INDEX = ("id_lows", "id_blocks", "bitmaps", "value_blocks", "value_starts")
+    INDEX = ("id_lows", "id_blocks", "bitmaps")
 
     def __init__(
         self,
@@ -620,15 +619,16 @@ class CompactGroup(SlimGroup):
         if set(index) != set(self.INDEX):
             raise ValueError(f"a compact index is {', '.join(self.INDEX)}; got {sorted(index)}")
         self._keep_values("values", values, row_params or {}, pad=1)  # one zero: where kept columns are not
-        self.block_rows = start_block_rows(dim)
         bitmaps = index["bitmaps"].detach()
         self.num_stored, width = bitmaps.shape
         row_ids = whole_ids(index["id_lows"].detach(), index["id_blocks"].detach(), sum(self.rows))
         # every array gets one entry more, read by the rows that store nothing (rank M): a row id past every
         # row (so the ids stay sorted and no id matches it), an all-zero bitmap, a start
         self.register_buffer("padded_row_ids", torch.cat([row_ids, row_ids.new_tensor([sum(self.rows)])]))
-        self.register_buffer("padded_value_starts", _padded(index["value_starts"].detach(), 1))
-        self.register_buffer("padded_value_blocks", _padded(index["value_blocks"].detach(), 1))
+        sizes = POPCOUNT.to(bitmaps.device)[bitmaps.long()].sum(1)  # the values the bitmaps keep, [M]
+        starts = torch.zeros(self.num_stored + 1, dtype=_torch(offset_dtype(len(values))), device=bitmaps.device)
+        starts[1:] = sizes.cumsum(0)  # stored row s's values follow those of the rows before it
+        self.register_buffer("padded_starts", starts)
         # bitmaps of up to eight bytes are held in words of 1, 2, 4 or 8 bytes (zero-filled), one integer per
         # row, so that a lookup reads a row's bitmap with one 1-d gather (the fastest, on one row or many)
         word = next((w for w in BITMAP_WORDS if w >= width), width)
@@ -664,7 +664,7 @@ class CompactGroup(SlimGroup):
     def from_dense(cls, field_ids, rows, table: torch.Tensor, mask: torch.Tensor, dim: int) -> CompactGroup:
         """From a table ``[sum rows, d]`` and a boolean keep-mask of the same shape."""
         stored = mask.any(1)
-        index = compact_index(torch.nonzero(stored).squeeze(1), mask[stored], len(stored), dim)
+        index = compact_index(torch.nonzero(stored).squeeze(1), mask[stored], len(stored))
         return cls(field_ids, rows, table[mask], index, dim)
 
     # ------------------------------------------------------------------ reading
@@ -674,14 +674,9 @@ class CompactGroup(SlimGroup):
         return self.padded_values[:-1]
 
     def index(self) -> dict[str, torch.Tensor]:
-        """The saved index arrays (the ids split again; the others views, without the entries held for rows
-        that store nothing)."""
-        return {
-            **split_ids(self.padded_row_ids[:-1], sum(self.rows)),
-            "bitmaps": self.padded_bitmaps[:-1],
-            "value_blocks": self.padded_value_blocks[:-1],
-            "value_starts": self.padded_value_starts[:-1],
-        }
+        """The saved index arrays: the ids split again, the bitmaps (a view, without the one rows that store
+        nothing read)."""
+        return {**split_ids(self.padded_row_ids[:-1], sum(self.rows)), "bitmaps": self.padded_bitmaps[:-1]}
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         # the module's dicts, not its attributes: nn.Module.__getattr__ on each buffer costs a one-row
@@ -693,8 +688,7 @@ class CompactGroup(SlimGroup):
         g = (ids + buffers["row_offsets"]).to(row_ids.dtype)  # the search's dtype: else it converts the ids
         s = torch.searchsorted(row_ids, g)
         s.masked_fill_(torch.take(row_ids, s) != g, self.num_stored)
-        starts = torch.take(buffers["padded_value_blocks"], torch.div(s, self.block_rows, rounding_mode="floor"))
-        starts += torch.take(buffers["padded_value_starts"], s)
+        starts = torch.take(buffers["padded_starts"], s)
         if self.words:  # [..., w] bytes, laid flat: [B, F_g * w]
             bitmaps = torch.take(buffers["bitmap_words"], s).view(torch.uint8)
         else:
@@ -704,8 +698,15 @@ class CompactGroup(SlimGroup):
         few = s.numel() <= FEW_IDS
         by_byte = buffers["_byte_positions"]
         table = by_byte[bitmaps.long()] if few else nn.functional.embedding(bitmaps.int(), by_byte)
-        table = table.view(*s.shape, -1)  # each row's bytes' table rows: [..., w * 9]
-        positions = table[..., : self.dim] if self.bitmap_width == 1 else table @ buffers["_spread"]
+        width = self.bitmap_width
+        if width == 1:
+            positions = table.view(*s.shape, 9)[..., : self.dim]
+        elif few:  # each column's prefix count plus the popcounts of the bytes before it: one product
+            positions = table.view(*s.shape, width * 9) @ buffers["_spread"]
+        else:  # the same sum, cheaper in bulk than a product of this shape
+            table = table.view(*s.shape, width, 9)
+            before = table[..., 8].cumsum(-1) - table[..., 8]
+            positions = (table[..., :8] + before.unsqueeze(-1)).flatten(-2)[..., : self.dim]
         # a kept column reads its value; any other column reads the zero after the values
         dtype = torch.int64 if few else self._position_dtype
         where = positions.to(dtype).add_(starts.unsqueeze(-1)).clamp_max_(self.num_values)
@@ -725,7 +726,7 @@ class CompactGroup(SlimGroup):
     # ------------------------------------------------------------------ values and sizes
     def row_sizes(self) -> torch.Tensor:
         """Values each stored row keeps, int64 ``[M]``."""
-        return POPCOUNT.to(self.padded_bitmaps.device)[self.padded_bitmaps[:-1].long()].sum(-1)
+        return torch.diff(self.padded_starts.long())
 
     def stored_sizes(self) -> torch.Tensor:
         sizes = torch.zeros(sum(self.rows), dtype=torch.long, device=self.padded_bitmaps.device)
@@ -798,11 +799,6 @@ class CompactGroup(SlimGroup):
         if len(values) != int(sizes.sum()):
             raise ValueError(f"values: {len(values)} values, the bitmaps keep {int(sizes.sum())}")
         _check_row_params(layout, tensors, num_stored)
-        expected = compact_index(row_ids, kept[:, :dim], num_rows, dim)
-        for name in ("value_blocks", "value_starts"):
-            found = _expect_tensor(tensors, name, (expected[name].dtype,), 1)
-            if not torch.equal(found, expected[name]):
-                raise ValueError(f"{name}: do not match the values the bitmaps keep")
 
 
 def split_ids(row_ids: torch.Tensor, num_rows: int) -> dict[str, torch.Tensor]:
@@ -825,7 +821,7 @@ def whole_ids(lows: torch.Tensor, blocks: torch.Tensor, num_rows: int) -> torch.
     return (block_of * ID_BLOCK_ROWS + lows.long()).to(_torch(offset_dtype(num_rows)))
 
 
-def compact_index(row_ids: torch.Tensor, kept: torch.Tensor, num_rows: int, dim: int) -> dict[str, torch.Tensor]:
+def compact_index(row_ids: torch.Tensor, kept: torch.Tensor, num_rows: int) -> dict[str, torch.Tensor]:
     """A :class:`CompactGroup`'s saved index, in the dtypes :mod:`embdim.storage` chooses.
 
     Args:
@@ -833,17 +829,7 @@ def compact_index(row_ids: torch.Tensor, kept: torch.Tensor, num_rows: int, dim:
         kept: bool ``[M, d]``, each one's kept columns.
         num_rows: the group's rows ``R``.
     """
-    sizes = kept.sum(1)
-    starts = sizes.cumsum(0) - sizes
-    block_rows = start_block_rows(dim)
-    value_blocks = starts[::block_rows]
-    within = starts - value_blocks.repeat_interleave(block_rows)[: len(starts)]
-    return {
-        **split_ids(row_ids, num_rows),
-        "bitmaps": pack_bits(kept),
-        "value_blocks": value_blocks.to(_torch(offset_dtype(int(sizes.sum())))),
-        "value_starts": within.to(_torch(start_dtype(dim))),
-    }
+    return {**split_ids(row_ids, num_rows), "bitmaps": pack_bits(kept)}
 
 def hashed_buckets(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
     """The hashing trick's bucket of each id: id 0 (the OOV id) keeps bucket 0 to itself, any other id goes

@@ -109,19 +109,6 @@ def column_dtype(dim: int) -> np.dtype:
     return np.dtype(np.uint8 if dim - 1 <= np.iinfo(np.uint8).max else np.int16)
 
 
-def start_dtype(dim: int) -> np.dtype:
-    """Dtype of a ``compact`` stored row's first value relative to its block's (:func:`start_block_rows`):
-    uint8 while a block of them holds at least four rows (``dim <= 85``), else int16 (a block of one row
-    would cost a whole offset per row)."""
-    return np.dtype(np.uint8 if np.iinfo(np.uint8).max // dim >= 3 else np.int16)
-
-
-def start_block_rows(dim: int) -> int:
-    """Stored rows per block of the ``compact`` kind's value starts: as many as :func:`start_dtype` reaches
-    (a block's last row starts at most ``(rows - 1) * dim`` values after its first)."""
-    return 1 + int(np.iinfo(start_dtype(dim)).max) // dim
-
-
 def bitmap_bytes(dim: int) -> int:
     """Bytes of one row's column bitmap: a bit per column, ``ceil(dim / 8)``."""
     return -(-dim // 8)
@@ -385,44 +372,43 @@ class CompactStorage(StorageKind):
     most rows store nothing and CSR's offset per row outweighs the values [ours].
 
     A group of ``R`` rows (fields back to back) of which ``M`` store something (``nnz_i > 0``), holding
-    ``nnz`` values, indexes its stored rows only, ascending, each by its rank ``s`` among them:
+    ``nnz`` values, saves for its stored rows only, ascending, each at its rank ``s`` among them:
 
     - ``id_lows`` uint8 ``[M]`` and ``id_blocks`` ``[ceil(R / ID_BLOCK_ROWS)]`` (:func:`offset_dtype` of
       ``R``): stored row ``s``'s id is ``ID_BLOCK_ROWS * b + id_lows[s]``, ``b`` its block of rows, whose
-      stored rows come after the ``id_blocks[b]`` of the blocks before it. A lookup finds a row's rank by
-      binary search in the ids (held whole in memory, :class:`~embdim.slim.CompactGroup`); a row that is
-      not there stores nothing and embeds to zeros;
+      stored rows come after the ``id_blocks[b]`` of the blocks before it; a row that is not among them
+      stores nothing and embeds to zeros;
     - ``bitmaps`` uint8 ``[M, ceil(d / 8)]``: each stored row's kept columns, bit ``j % 8`` of byte
-      ``j // 8`` for column ``j`` (the ``k``-th kept column holds the row's ``k``-th value);
-    - ``value_blocks`` ``[ceil(M / S)]`` (:func:`offset_dtype` of ``nnz``) and ``value_starts`` ``[M]``
-      (:func:`start_dtype`): stored row ``s``'s first value is ``value_blocks[s // S] + value_starts[s]``,
-      ``S`` = :func:`start_block_rows`;
+      ``j // 8`` for column ``j``; the ``k``-th kept column holds the row's ``k``-th value, and the row's
+      values follow those of the stored rows before it, so where they start is the count of the bits
+      before it (no start is saved);
     - ``values`` ``[nnz]`` in the plan's precision; int8 keeps ``scale`` and ``bias`` ``[M]`` for the stored
       rows only.
 
-    Bytes (:meth:`layout_bytes`): ``ceil(R / ID_BLOCK_ROWS) * off(R) + M * (1 + ceil(d / 8) + start + row
-    params) + ceil(M / S) * off(nnz) + nnz * value``. A row that stores nothing costs a share of a block
-    count; against ``csr`` a stored row pays a byte of id, a bitmap and a narrow start instead of an
-    offset, and no column index per value; the values are the same.
+    Bytes (:meth:`layout_bytes`): ``ceil(R / ID_BLOCK_ROWS) * off(R) + M * (1 + ceil(d / 8) + row params)
+    + nnz * value``. A row that stores nothing costs a share of a block count; against ``csr`` a stored row
+    pays a byte of id and a bitmap instead of an offset, and no column index per value; the values are
+    the same. In memory a group holds each stored row's id and first value whole (int32 while they fit,
+    :class:`~embdim.slim.CompactGroup`), so that a lookup reads each with one gather: seven bytes per
+    stored row more than it saves.
 
     Why these parts (measured in BENCHMARKS.md, "PEP: compact storage"):
 
     - a binary search in the stored rows' ids rather than a bit per row with a count per block of rows (a
       rank index): finding a rank in the bits (the block's count plus the set bits before the row) takes
-      about three times the tensor operations of a search, which made a one-row lookup much slower than
-      CSR's. Whole ids (four bytes per stored row) would be the larger index wherever more than about one
-      row in twenty stores something; a byte per stored row under a count per block of rows is smaller
-      than the bits wherever fewer than about one row in six does, which covers the budgets this kind is
-      for, at the price of a memory that holds the ids whole;
+      about three times the tensor operations of a search, which made a one-row lookup twice as slow as
+      CSR's. Saved whole (four bytes per stored row), the ids would be the larger index wherever more than
+      about one row in twenty stores something; a byte per stored row under a count per block of rows is
+      smaller than the bits wherever fewer than about one row in six does, which covers the budgets this
+      kind is for;
     - a bitmap per stored row rather than a count and a column index per value: it is never larger while
       ``d <= 16`` (``ceil(d / 8)`` bytes against one per value plus the count), and a lookup turns it into
       each column's value position with one table of byte prefix counts; where rows keep few of many
       columns ``csr`` is the smaller layout, and PEP takes whichever of the two its plan makes smaller;
-    - narrow value starts under a wide one per block rather than a wide start per stored row, or none
-      (summing the bitmaps before a row at each lookup): a byte per stored row, read by one more gather.
+    - no saved starts: they follow from the bitmaps, summed once when the group is built.
 
-    Each field's share of :meth:`index_bytes` is its stored rows' id bytes, bitmaps and starts; the block
-    counts of ids and the block starts of values straddle fields and are counted once.
+    Each field's share of :meth:`index_bytes` is its stored rows' id bytes and bitmaps; the block counts of
+    ids straddle fields and are counted once.
     """
 
     name = "compact"
@@ -432,27 +418,19 @@ class CompactStorage(StorageKind):
         return [int(np.count_nonzero(r)) for r in plan.row_sizes]
 
     def index_bytes(self, plan: Sizes) -> tuple[list[int], int]:
-        rows, values = sum(plan.vocab_sizes), sum(self.field_params(plan))
         per_stored = self.stored_row_bytes(plan.dim)
-        stored = self.param_rows(plan)
-        return [m * per_stored for m in stored], int(self.block_bytes(rows, sum(stored), values, plan.dim))
+        return [m * per_stored for m in self.param_rows(plan)], self.block_bytes(sum(plan.vocab_sizes))
 
     @staticmethod
     def stored_row_bytes(dim: int, precision: str = "fp32") -> int:
-        """Index bytes of one stored row: its id's low byte, its bitmap, its narrow start (and int8's scale
+        """Saved bytes of one stored row besides its values: its id's low byte, its bitmap (and int8's scale
         and bias)."""
-        start = start_dtype(dim).itemsize
-        return ID_LOW_DTYPE.itemsize + bitmap_bytes(dim) + start + row_param_bytes(precision)
+        return ID_LOW_DTYPE.itemsize + bitmap_bytes(dim) + row_param_bytes(precision)
 
     @staticmethod
-    def block_bytes(
-        num_rows: int, stored_rows: np.ndarray | int, num_values: np.ndarray | int, dim: int
-    ) -> np.ndarray:
-        """The per-block arrays: a count per block of ``num_rows`` rows, a start per block of ``stored_rows``
-        stored rows into ``num_values`` values (elementwise)."""
-        stored_rows = np.asarray(stored_rows, dtype=np.int64)
-        ids = -(-num_rows // ID_BLOCK_ROWS) * int(offset_bytes(num_rows))
-        return ids + -(-stored_rows // start_block_rows(dim)) * offset_bytes(num_values)
+    def block_bytes(num_rows: int) -> int:
+        """The count of stored rows before each block of ``num_rows`` rows."""
+        return -(-num_rows // ID_BLOCK_ROWS) * offset_dtype(num_rows).itemsize
 
     @staticmethod
     def layout_bytes(
@@ -467,7 +445,7 @@ class CompactStorage(StorageKind):
         stored_rows, num_values = np.asarray(stored_rows, dtype=np.int64), np.asarray(num_values, dtype=np.int64)
         per_stored = CompactStorage.stored_row_bytes(dim, precision)
         values = num_values * VALUE_PRECISIONS[precision].itemsize
-        return stored_rows * per_stored + CompactStorage.block_bytes(num_rows, stored_rows, num_values, dim) + values
+        return CompactStorage.block_bytes(num_rows) + stored_rows * per_stored + values
 
 
 def _offsets_per_row(vocab_sizes: Sequence[int], num_values: int) -> tuple[list[int], int]:

@@ -58,8 +58,8 @@ What is this project's own design [ours]:
   Adam / AdamW / Adagrad / SGD (momentum, coupled decay) map a zero gradient on a zero weight with
   zero state to a zero update.
 - Slim storage: one group of the whole table in ``compact`` storage
-  (:class:`~embdim.storage.CompactStorage`: per stored row a byte of its id, a column bitmap and a
-  start; a row that keeps nothing costs a share of a count per block of rows) or in ``csr`` (a
+  (:class:`~embdim.storage.CompactStorage`: per stored row a byte of its id and a column bitmap; a
+  row that keeps nothing costs a share of a count per block of rows) or in ``csr`` (a
   column index per value, an offset per row), whichever the plan's rows make smaller
   (:data:`STORAGES`); rows with no kept value are dropped features. CSR pays its offset for every
   row, kept or not, so it cannot go below that offset's share of the dense bytes; compact makes the
@@ -261,7 +261,7 @@ def budget_sparsity(budget: Budget, num_rows: int, dim: int) -> float:
             one = int(storage_bytes(num_rows, 1, 1, dim))
             raise ValueError(
                 f"budget: {target:.0f} bytes do not hold even one kept value with its index ({one} bytes: "
-                f"compact storage's counts per block of rows and a stored row's id, bitmap and start, or CSR's "
+                f"compact storage's counts per block of rows and a stored row's id byte and bitmap, or CSR's "
                 f"{num_rows + 1} row offsets)"
             )
     sparsity = 1.0 - nnz / cells
