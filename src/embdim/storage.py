@@ -399,8 +399,9 @@ class CompactStorage(StorageKind):
       about three times the tensor operations of a search, which made a one-row lookup twice as slow as
       CSR's. Saved whole (four bytes per stored row), the ids would be the larger index wherever more than
       about one row in twenty stores something; a byte per stored row under a count per block of rows is
-      smaller than the bits wherever fewer than about one row in six does, which covers the budgets this
-      kind is for;
+      smaller than the bits wherever fewer than about one row in six does (PEP's highest sparsities,
+      where frequent ids keep values and rare ones none), and where more do, the bits would save a few
+      hundredths of the table's bytes at most;
     - a bitmap per stored row rather than a count and a column index per value: it is never larger while
       ``d <= 16`` (``ceil(d / 8)`` bytes against one per value plus the count), and a lookup turns it into
       each column's value position with one table of byte prefix counts; where rows keep few of many
