@@ -144,6 +144,16 @@ def test_a_compact_model_saves_and_loads_exactly(precision, tmp_path):
         assert torch.equal(loaded(ids), slim(ids))
 
 
+@pytest.mark.parametrize("dim", [16, 65])  # bitmaps held in words, and as bytes
+def test_a_traced_compact_embedding_looks_up_as_the_module(dim):
+    """TorchScript export traces the lookup (serve.export_bundle); the trace holds for other batch sizes."""
+    slim, masked = _slim(dim)
+    ids = _every_id()
+    with torch.no_grad():
+        traced = torch.jit.trace(slim, ids[:8], check_trace=False)
+        assert torch.equal(traced(ids), masked[_global(ids)]) and torch.equal(traced(ids[:1]), slim(ids[:1]))
+
+
 def test_a_table_that_keeps_nothing_stores_nothing_and_embeds_to_zeros(tmp_path):
     dim = 8
     group = CompactGroup.from_dense((0, 1), (4, 6), torch.randn(10, dim), torch.zeros(10, dim, dtype=torch.bool), dim)

@@ -689,7 +689,10 @@ class CompactGroup(SlimGroup):
         s = torch.searchsorted(row_ids, g)
         s.masked_fill_(torch.take(row_ids, s) != g, self.num_stored)
         starts = torch.take(buffers["padded_starts"], s)
-        if self.words:  # [..., w] bytes, laid flat: [B, F_g * w]
+        if self.words and torch.jit.is_tracing():  # the tracer records no view to another dtype: shift
+            words = torch.take(buffers["bitmap_words"], s).long().unsqueeze(-1)
+            bitmaps = (words >> torch.arange(0, 8 * self.bitmap_width, 8, device=s.device)) & 0xFF
+        elif self.words:  # [..., w] bytes, laid flat: [B, F_g * w]
             bitmaps = torch.take(buffers["bitmap_words"], s).view(torch.uint8)
         else:
             bitmaps = nn.functional.embedding(s, buffers["bitmap_words"])
