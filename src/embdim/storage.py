@@ -9,8 +9,8 @@ share:
   per row, or, when rows of equal size come in long runs (AMTL's sizes follow frequency and ids are
   numbered by frequency), one entry per run (:func:`ragged_index`);
 - ``csr``: row i stores ``nnz_i`` values at arbitrary columns (PEP), plus column indices and offsets;
-- ``compact``: the values of ``csr`` (PEP at high sparsity) indexed by their stored rows (an id byte, a
-  column bitmap and a start each), so that a row storing nothing costs almost nothing (:class:`CompactStorage`);
+- ``compact``: the values of ``csr`` (PEP at high sparsity) indexed by their stored rows (an id byte and
+  a column bitmap each), so that a row storing nothing costs almost nothing (:class:`CompactStorage`);
 - ``hashed``: field f's ids share ``m_f`` full-width rows through a seeded universal hash (the hashing
   trick), plus the hash's two parameters per field (:data:`HASH_PARAM_DTYPE`);
 - ``qr``: field f stores a quotient table ``[ceil(n_f / c_f), d]`` and a remainder table ``[c_f, d]``
@@ -400,8 +400,8 @@ class CompactStorage(StorageKind):
       CSR's. Saved whole (four bytes per stored row), the ids would be the larger index wherever more than
       about one row in twenty stores something; a byte per stored row under a count per block of rows is
       smaller than the bits wherever fewer than about one row in six does (PEP's highest sparsities,
-      where frequent ids keep values and rare ones none), and where more do, the bits would save a few
-      hundredths of the table's bytes at most;
+      where frequent ids keep values and rare ones none), and where more do, the bits would save at most
+      a few percent of the plan's bytes;
     - a bitmap per stored row rather than a count and a column index per value: it is never larger while
       ``d <= 16`` (``ceil(d / 8)`` bytes against one per value plus the count), and a lookup turns it into
       each column's value position with one table of byte prefix counts; where rows keep few of many
