@@ -326,6 +326,28 @@ def test_slim_export_equals_the_masked_layer_in_the_smaller_storage(granularity,
     assert sum(plan.dropped_features()) == int((nnz == 0).sum())
 
 
+def test_a_table_whose_rows_keep_one_of_many_columns_is_stored_in_csr(tmp_path):
+    """At d=64 a compact row pays an id byte and an 8-byte bitmap, a CSR row an offset and a column index
+    per value: with one value in every row, CSR is the smaller and the plan takes it."""
+    from embdim.slim import CsrGroup, SlimEmbedding
+
+    torch.manual_seed(0)
+    layer = EmbeddingLayer(FIELDS, 64, method="pep", method_config=FAST_SCHEDULE, init_std=0.01)
+    with torch.no_grad():
+        _table(layer)[:, 5] = 1.0  # one value per row above the threshold
+        layer.searcher.threshold.fill_(0.0)  # sigmoid(0) = 0.5
+    plan, slim = layer.plan(), layer.export()
+    assert plan.storage == "csr" and isinstance(slim.groups[0], CsrGroup)
+    assert plan.num_bytes == slim.stored_bytes() == plan.details["storage_bytes"]["csr"]
+    assert plan.details["storage_bytes"]["csr"] < plan.details["storage_bytes"]["compact"]
+    ids = _ids()
+    with torch.no_grad():
+        expected = layer(ids)
+        assert torch.equal(slim(ids), expected) and bool((expected[..., 5] == 0.5).all())
+        slim.save(tmp_path)
+        assert torch.equal(SlimEmbedding.load(tmp_path)(ids), expected)
+
+
 @pytest.mark.parametrize("model", ["fm", "deepfm", "dlrm", "autoint"])
 def test_every_model_exports_slim_logits_equal_to_the_masked_models(model, tmp_path):
     torch.manual_seed(0)
