@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -23,6 +24,7 @@ from embdim.recommender import (
     file_sha256,
     load_model,
 )
+from embdim.slim import SlimEmbedding
 
 FIELDS = [
     FieldInfo("small", 3, np.array([0, 50, 20])),
@@ -30,9 +32,18 @@ FIELDS = [
     FieldInfo("big", 500, np.r_[3, np.arange(499, 0, -1)]),
 ]
 DIM = 8
-#: one method per storage kind: dense (full), dense with projections (mde), ragged (amtl), csr (pep),
+#: one method per storage kind: dense (full), dense with projections (mde), ragged (amtl), compact (pep)
+#: and csr (pep_csr: pep's rows in csr, the layout its plans take where rows keep few of many columns),
 #: hashed (hash) and qr (qr), both with a plain field beside
-METHODS = {"full": {}, "mde": {"alpha": 0.5}, "amtl": {}, "pep": {}, "hash": {"buckets": 0.9}, "qr": {}}
+METHODS = {
+    "full": {},
+    "mde": {"alpha": 0.5},
+    "amtl": {},
+    "pep": {},
+    "pep_csr": {},
+    "hash": {"buckets": 0.9},
+    "qr": {},
+}
 
 
 def _ids(batch: int = 32) -> torch.Tensor:
@@ -43,10 +54,14 @@ def _ids(batch: int = 32) -> torch.Tensor:
 @pytest.fixture(params=list(METHODS))
 def exported(request, tmp_path) -> Path:
     torch.manual_seed(0)
-    rec = build_recommender(FIELDS, 0, DIM, "deepfm", {"hidden": [8]}, request.param, METHODS[request.param])
-    if request.param == "pep":  # prune a part of the table so the CSR rows differ in length
+    method = request.param.removesuffix("_csr")
+    rec = build_recommender(FIELDS, 0, DIM, "deepfm", {"hidden": [8]}, method, METHODS[request.param])
+    if method == "pep":  # prune a part of the table so the rows differ in length
         with torch.no_grad():
             rec.embedding.searcher.threshold.fill_(float(torch.logit(torch.tensor(0.008))))
+    if request.param == "pep_csr":
+        slim = rec.embedding.export()
+        rec.embedding = SlimEmbedding(dataclasses.replace(slim.plan, storage="csr"), [slim.groups[0].to_csr()])
     if request.param == "amtl":  # give values different prefix lengths
         with torch.no_grad():
             rec.embedding.searcher.b2.copy_(torch.randn_like(rec.embedding.searcher.b2))
@@ -106,7 +121,7 @@ def test_a_changed_tensor_shape_is_refused_naming_the_tensor(exported):
 
     _edit_tensors(exported, "embedding.safetensors", grow)
     _resign(exported)
-    group_error = r"embedding\.safetensors: group g0 .*(weight|offsets|run_offsets|columns)"
+    group_error = r"embedding\.safetensors: group g0 .*(weight|offsets|run_offsets|columns|values)"
     with pytest.raises(ModelFileError, match=group_error):
         load_model(exported)
 

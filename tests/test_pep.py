@@ -14,7 +14,15 @@ from embdim import EmbeddingLayer, FieldInfo
 from embdim.budget import Budget
 from embdim.config import ConfigError, TrainConfig
 from embdim.recommender import build_recommender, export_model, load_model
-from embdim.searchers.pep import PEPSearcher, budget_sparsity, soft_threshold, threshold_shape
+from embdim.searchers.pep import (
+    STORAGES,
+    PEPSearcher,
+    budget_mask,
+    budget_sparsity,
+    soft_threshold,
+    storage_bytes,
+    threshold_shape,
+)
 from embdim.train.optim import build_optimizers
 from embdim.train.run import run_experiment
 from embdim.train.trainer import Trainer
@@ -295,7 +303,7 @@ def test_the_drift_prunes_ids_never_looked_up_while_the_loss_holds_up_the_looked
 # ---------------------------------------------------------------------- slim export
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 @pytest.mark.parametrize("phase", ["search", "retrain"])
-def test_slim_csr_export_equals_the_masked_layer(granularity, phase, tmp_path):
+def test_slim_export_equals_the_masked_layer_in_the_smaller_storage(granularity, phase, tmp_path):
     layer, initial = _searched_layer(granularity=granularity)
     if phase == "retrain":
         layer.load_state_dict(initial)
@@ -305,7 +313,8 @@ def test_slim_csr_export_equals_the_masked_layer(granularity, phase, tmp_path):
         expected = layer(ids)
     plan = layer.plan()
     slim = layer.export()
-    assert plan.storage == "csr" and plan.num_bytes == slim.stored_bytes()
+    assert plan.num_bytes == slim.stored_bytes() == min(plan.details["storage_bytes"].values())
+    assert set(plan.details["storage_bytes"]) == set(STORAGES) and slim.groups[0].kind == plan.storage
     assert (expected == 0).float().mean() > 0.5  # really pruned
     assert (slim(ids) - expected).abs().max() <= 1e-6
     slim.save(tmp_path)
@@ -315,6 +324,28 @@ def test_slim_csr_export_equals_the_masked_layer(granularity, phase, tmp_path):
     nnz = (layer.searcher.current_mask(layer.lookup)).sum(1)
     assert np.array_equal(np.concatenate(plan.row_sizes), nnz.numpy())
     assert sum(plan.dropped_features()) == int((nnz == 0).sum())
+
+
+def test_a_table_whose_rows_keep_one_of_many_columns_is_stored_in_csr(tmp_path):
+    """At d=64 a compact row pays an id byte and an 8-byte bitmap, a CSR row an offset and a column index
+    per value: with one value in every row, CSR is the smaller and the plan takes it."""
+    from embdim.slim import CsrGroup, SlimEmbedding
+
+    torch.manual_seed(0)
+    layer = EmbeddingLayer(FIELDS, 64, method="pep", method_config=FAST_SCHEDULE, init_std=0.01)
+    with torch.no_grad():
+        _table(layer)[:, 5] = 1.0  # one value per row above the threshold
+        layer.searcher.threshold.fill_(0.0)  # sigmoid(0) = 0.5
+    plan, slim = layer.plan(), layer.export()
+    assert plan.storage == "csr" and isinstance(slim.groups[0], CsrGroup)
+    assert plan.num_bytes == slim.stored_bytes() == plan.details["storage_bytes"]["csr"]
+    assert plan.details["storage_bytes"]["csr"] < plan.details["storage_bytes"]["compact"]
+    ids = _ids()
+    with torch.no_grad():
+        expected = layer(ids)
+        assert torch.equal(slim(ids), expected) and bool((expected[..., 5] == 0.5).all())
+        slim.save(tmp_path)
+        assert torch.equal(SlimEmbedding.load(tmp_path)(ids), expected)
 
 
 @pytest.mark.parametrize("model", ["fm", "deepfm", "dlrm", "autoint"])
@@ -521,6 +552,10 @@ def test_search_then_retrain_end_to_end(tmp_path):
     assert "test_auc" in result["stages"]["search"]  # AUC before retraining
     assert result["params_ratio"] == pytest.approx(0.4, abs=1e-4)
     assert result["export_max_abs_logit_diff"] < 1e-6
+    # bytes as the exported model stores them, in the smaller of PEP's two layouts
+    slim = load_model(run / "model").embedding
+    assert result["storage"] == slim.plan.storage in STORAGES and result["embedding_bytes"] == slim.stored_bytes()
+    assert result["bytes_ratio"] == result["embedding_bytes"] / result["full_embedding_bytes"]
 
 
 class KilledInRetrain(Trainer):
@@ -546,7 +581,7 @@ def test_a_run_killed_in_retraining_resumes_with_its_mask_to_the_same_result(tmp
     assert resumed["stages"]["search"] == reference["stages"]["search"]
 
 
-def test_a_budget_below_the_csr_offsets_is_unreachable_before_training():
+def test_a_budget_csr_offsets_alone_exceed_is_reachable_and_one_below_any_index_is_not():
     from embdim.budget import Budget, BudgetUnreachable
     from embdim.registry import SEARCHERS
 
@@ -554,5 +589,73 @@ def test_a_budget_below_the_csr_offsets_is_unreachable_before_training():
     pep = SEARCHERS.get("pep")
     dim, config = pep.for_budget(fields, 10, pep.Config(), Budget(value=0.2))
     assert dim == 10 and config.budget.value == 0.2
-    with pytest.raises(BudgetUnreachable, match="row offsets"):
-        pep.for_budget(fields, 10, pep.Config(), Budget(value=0.05))  # offsets alone: 4 of 40 bytes per row
+    # CSR's row offsets alone: 4 of 40 bytes per row; compact storage stores nothing for rows that keep nothing
+    pep.for_budget(fields, 10, pep.Config(), Budget(value=0.05))
+    pep.for_budget(fields, 10, pep.Config(), Budget(value=0.01))
+    with pytest.raises(BudgetUnreachable, match="do not hold even one kept value with its index"):
+        pep.for_budget(fields, 10, pep.Config(), Budget(kind="bytes", value=10))
+
+
+#: a realistic vocabulary: 26 fields (as Criteo's) of a few thousand ids each
+CRITEO_LIKE = [FieldInfo(f"c{i}", 1000 + 250 * i) for i in range(26)]
+
+
+def _clustered_thresholds(layer: EmbeddingLayer, rows_kept: float, sparsity: float) -> None:
+    """Per-row thresholds (granularity feature) as PEP's pruning leaves them: the first ``rows_kept`` of the
+    ids (by frequency) keep most of their values, every other id none; ``sparsity`` overall."""
+    searcher: PEPSearcher = layer.searcher
+    table = _table(layer).detach().abs()
+    kept_rows = torch.rand(searcher.num_rows, generator=torch.Generator().manual_seed(0)) < rows_kept
+    cut = torch.quantile(table[kept_rows].flatten(), 1 - (1 - sparsity) / rows_kept)
+    with torch.no_grad():
+        searcher.threshold.copy_(torch.where(kept_rows, torch.logit(cut), 10.0).unsqueeze(1))
+
+
+@pytest.mark.parametrize("spread", ["uniform", "by row"])
+@pytest.mark.parametrize("fraction", [0.05, 0.02, 0.01])
+def test_budgets_of_a_few_percent_of_the_bytes_are_reached_in_compact_storage(fraction, spread):
+    """PEP's 97-99 % regime in bytes: the budget becomes a sparsity at which any mask fits, and the retrained
+    mask keeps as many values as the budget's bytes hold in the rows they fall into, so the plan lands on the
+    budget; kept values spread over the rows (each alone in its row) or gathered in a few rows."""
+    dim, budget = 16, Budget(value=fraction)
+    pep = PEPSearcher
+    granularity = "global" if spread == "uniform" else "feature"
+    config = pep.Config(**FAST_SCHEDULE, targets=[], budget=budget, granularity=granularity, fused_threshold=False)
+    assert pep.for_budget(CRITEO_LIKE, dim, config, budget) == (dim, config)
+    torch.manual_seed(0)
+    layer = EmbeddingLayer(CRITEO_LIKE, dim, method="pep", method_config=config.model_dump(), init_std=0.1)
+    searcher: PEPSearcher = layer.searcher
+    target = searcher.retrain_sparsity
+    assert searcher.targets == [target] and 0.96 < target < 0.999
+    initial = {k: v.clone() for k, v in layer.state_dict().items()}
+    if spread == "uniform":
+        _raise_thresholds(layer, target + 0.001)
+    else:
+        _clustered_thresholds(layer, rows_kept=0.5 * (1 - target) * dim / 4, sparsity=target + 0.001)
+    assert searcher.measure(layer.lookup) >= target and searcher.stage_done(_stage(searcher, "search"))
+    layer.load_state_dict(initial)
+    searcher.start_stage(_stage(searcher, "retrain"), layer.lookup)
+    plan = layer.plan()
+    result = plan.summary()
+    assert plan.storage == "compact" and budget.landed(plan, tolerance=0.001)
+    assert result["bytes_ratio"] <= fraction and result["bytes_ratio"] == pytest.approx(fraction, rel=1e-3)
+    assert result["params_ratio"] == pytest.approx(1 - searcher._mask_sparsity()) and result["params_ratio"] < fraction
+    # CSR's offset per row alone (4 of a row's 64 bytes) is more than any of these budgets
+    assert plan.details["storage_bytes"]["csr"] > searcher.num_rows * 4 > fraction * plan.full_bytes
+    assert plan.num_bytes == layer.export().stored_bytes()
+
+
+def test_the_budget_mask_is_the_longest_prefix_by_margin_that_fits():
+    gen = torch.Generator().manual_seed(0)
+    margins = torch.randn(300, 8, generator=gen)
+    for target in (0.0, 40.0, 500.0, 3000.0):
+        mask = budget_mask(margins, target)
+        kept = int(mask.sum())
+        stored = int(mask.any(1).sum())
+        assert kept == 0 or storage_bytes(300, stored, kept, 8) <= target  # an empty table still has its index
+        assert bool((margins[mask].min() if kept else torch.inf) >= margins[~mask].max())  # the largest margins
+        if kept < margins.numel():  # the next entry by margin would not fit
+            grown = mask.clone().flatten()
+            grown[torch.argmax(torch.where(mask.flatten(), -torch.inf, margins.flatten()))] = True
+            grown = grown.view_as(mask)
+            assert storage_bytes(300, int(grown.any(1).sum()), kept + 1, 8) > target

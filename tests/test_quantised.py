@@ -20,7 +20,7 @@ FIELDS = [
     FieldInfo("big", 500, np.r_[3, np.arange(499, 0, -1)]),
 ]
 DIM = 8
-#: one method per storage kind: dense (full), dense with projections (mde), ragged (amtl), csr (pep),
+#: one method per storage kind: dense (full), dense with projections (mde), ragged (amtl), compact (pep),
 #: hashed (hash) and qr (qr), both with a plain field beside
 METHODS = {"full": {}, "mde": {"alpha": 0.5}, "amtl": {}, "pep": {}, "hash": {"buckets": 0.9}, "qr": {}}
 

@@ -8,25 +8,38 @@ import pytest
 import torch
 
 from embdim.plan import EmbeddingPlan
-from embdim.slim import GROUP_KINDS, CsrGroup, DenseGroup, HashedGroup, QRGroup, RaggedGroup, SlimEmbedding
+from embdim.slim import (
+    GROUP_KINDS,
+    CompactGroup,
+    CsrGroup,
+    DenseGroup,
+    HashedGroup,
+    QRGroup,
+    RaggedGroup,
+    SlimEmbedding,
+)
 from embdim.storage import (
     STORAGE_KINDS,
     DenseStorage,
+    bitmap_bytes,
     column_dtype,
     field_bounds,
+    offset_bytes,
     offset_dtype,
     size_dtype,
 )
 
 
 def test_every_storage_kind_has_a_slim_group_of_the_same_name():
-    assert set(STORAGE_KINDS) == set(GROUP_KINDS) == {"dense", "ragged", "csr", "hashed", "qr"}
+    assert set(STORAGE_KINDS) == set(GROUP_KINDS) == {"dense", "ragged", "csr", "compact", "hashed", "qr"}
 
 
 def test_index_dtypes_widen_exactly_at_their_limits():
     assert offset_dtype(2**31 - 1) == np.int32 and offset_dtype(2**31) == np.int64
+    assert offset_bytes(np.array([2**31 - 1, 2**31])).tolist() == [4, 8]
     assert size_dtype(255) == np.uint8 and size_dtype(256) == np.int16
     assert column_dtype(256) == np.uint8 and column_dtype(257) == np.int16  # columns 0..dim-1
+    assert [bitmap_bytes(d) for d in (1, 8, 9, 16, 17, 64, 65)] == [1, 1, 2, 2, 3, 8, 9]
 
 
 def test_field_bounds_place_fields_back_to_back():
@@ -36,7 +49,7 @@ def test_field_bounds_place_fields_back_to_back():
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 @pytest.mark.parametrize("dim", [6, 300])  # uint8 and int16 sizes / column indices
-@pytest.mark.parametrize("storage", ["dense", "ragged", "csr", "hashed", "qr"])
+@pytest.mark.parametrize("storage", ["dense", "ragged", "csr", "compact", "hashed", "qr"])
 def test_a_plans_bytes_are_the_bytes_its_slim_model_stores(storage, dim, precision):
     gen = torch.Generator().manual_seed(dim)
     rows = (40, 25)
@@ -60,10 +73,10 @@ def test_a_plans_bytes_are_the_bytes_its_slim_model_stores(storage, dim, precisi
         if storage == "ragged":  # sizes in runs (frequency order), so the per-run index is chosen
             sizes = torch.cat([torch.full((30,), dim), torch.full((10,), 2), torch.full((25,), 1)])
             group = RaggedGroup.from_dense((0, 1), rows, table, sizes, dim)
-        else:
-            mask = torch.rand(n, dim, generator=gen) > 0.7
+        else:  # csr, compact: some rows keep nothing
+            mask = (torch.rand(n, dim, generator=gen) > 0.7) & (torch.rand(n, 1, generator=gen) > 0.3)
             sizes = mask.sum(1)
-            group = CsrGroup.from_dense((0, 1), rows, table, mask, dim)
+            group = {"csr": CsrGroup, "compact": CompactGroup}[storage].from_dense((0, 1), rows, table, mask, dim)
         row_sizes = [s.numpy() for s in torch.split(sizes, rows)]
         widths = [int(r.max()) for r in row_sizes]
         plan = EmbeddingPlan("x", ["a", "b"], list(rows), dim, widths, storage=storage, row_sizes=row_sizes)

@@ -3,6 +3,7 @@ embedding bit for bit; a damaged or edited export is refused naming the file; th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -37,8 +38,9 @@ FIELDS = [
 ]
 DIM = 8
 #: every storage kind: dense (full, cut widths with a dropped field, mde's projections), ragged with
-#: either index (amtl), csr (pep with part of the table pruned), hashed (hash: a plain field and two hashed)
-CASES = ["full", "cut", "mde", "amtl_rows", "amtl_runs", "pep", "hash"]
+#: either index (amtl), compact (pep with part of the table pruned) and csr (the same rows in csr, the
+#: smaller layout where rows keep few of many columns), hashed (hash: a plain field and two hashed)
+CASES = ["full", "cut", "mde", "amtl_rows", "amtl_runs", "pep", "pep_csr", "hash"]
 
 
 def _runs(n: int, sizes: list[int]) -> torch.Tensor:
@@ -48,12 +50,12 @@ def _runs(n: int, sizes: list[int]) -> torch.Tensor:
 
 def _model(case: str) -> Recommender:
     torch.manual_seed(0)
-    method = {"cut": "full", "amtl_rows": "amtl", "amtl_runs": "amtl"}.get(case, case)
+    method = {"cut": "full", "amtl_rows": "amtl", "amtl_runs": "amtl", "pep_csr": "pep"}.get(case, case)
     options = {"mde": {"alpha": 0.5}, "hash": {"buckets": 0.9}}.get(method, {})
     rec = build_recommender(FIELDS, 0, DIM, "deepfm", {"hidden": [8]}, method, options)
     searcher = rec.embedding.searcher
     with torch.no_grad():
-        if case == "pep":  # prune a part of the table so the CSR rows differ in length and in span
+        if case.startswith("pep"):  # prune a part of the table so the rows differ in length and in span
             searcher.threshold.fill_(float(torch.logit(torch.tensor(0.008))))
         if case == "amtl_rows":  # prefix lengths differ id by id: per-row offsets
             searcher.frozen_lengths = torch.randint(0, DIM + 1, (sum(f.vocab_size for f in FIELDS),))
@@ -67,6 +69,10 @@ def _model(case: str) -> Recommender:
             DenseGroup((0,), (3,), weights[0][:, :5], None, DIM),
         ]
         rec.embedding = SlimEmbedding(plan, groups)
+    if case == "pep_csr":  # the same rows in csr storage
+        slim = rec.embedding.export()
+        assert slim.plan.storage == "compact"
+        rec.embedding = SlimEmbedding(dataclasses.replace(slim.plan, storage="csr"), [slim.groups[0].to_csr()])
     return rec.eval()
 
 
@@ -134,8 +140,11 @@ def test_each_kind_is_laid_out_as_documented(exported):
     if case == "amtl_runs":
         assert widths == {0: [8], 1: [2, 5, 8], 2: [1, 3, 6]}
         assert ids_kinds == ["remapped", "remapped", "remapped"]  # small: id 2 stores nothing
-    if case == "pep":
+    if case.startswith("pep"):  # compact is exported as csr: the same tables either way
+        assert slim.plan.storage == {"pep": "compact", "pep_csr": "csr"}[case]
         assert "remapped" in ids_kinds and any(len(w) > 1 for w in widths.values())
+        for f, sizes in enumerate(slim.plan.row_sizes):
+            assert sum(t["num_embeddings"] for t in meta["tables"] if t["field"] == f) == int((sizes > 0).sum())
     if case == "hash":  # the 3-id field keeps its table; the others: one table of their buckets each
         assert ids_kinds == ["direct", "hashed", "hashed"] and widths == {0: [8], 1: [8], 2: [8]}
         buckets = [t["num_embeddings"] for t in meta["tables"]]
@@ -267,6 +276,16 @@ def test_a_hashed_fields_remap_is_checked_on_load(tmp_path):
         (tmp_path / "torchrec" / LOOKUP_TENSORS).write_bytes(original)
         _resign(tmp_path / "torchrec")
     load_torchrec(tmp_path / "torchrec")  # restored: loads again
+
+
+def test_a_compact_embedding_exports_the_same_tables_as_its_rows_in_csr(tmp_path):
+    compact, csr = _model("pep").embedding.export(), _model("pep_csr").embedding
+    assert compact.plan.storage == "compact" and csr.plan.storage == "csr"
+    exports = [export_torchrec(slim, tmp_path / slim.plan.storage) for slim in (compact, csr)]
+    for name in (TABLES_TENSORS, LOOKUP_TENSORS):
+        ours, theirs = (load_file(str(tmp_path / kind / name)) for kind in ("compact", "csr"))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert exports[0].total_bytes == exports[1].total_bytes and exports[0].slim_bytes < exports[1].slim_bytes
 
 
 def test_a_quotient_remainder_embedding_is_refused_naming_its_kind(tmp_path):

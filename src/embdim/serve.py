@@ -58,7 +58,7 @@ from embdim.recommender import (
     staged_folder,
 )
 from embdim.registry import READERS
-from embdim.slim import RaggedGroup, SlimEmbedding, read_json
+from embdim.slim import CompactGroup, RaggedGroup, SlimEmbedding, read_json
 from embdim.storage import VALUE_PRECISIONS
 from embdim.train.evaluate import DEFAULT_BUCKET_EDGES, group_by_frequency, row_frequencies
 from embdim.train.metrics import log_loss, roc_auc
@@ -322,7 +322,8 @@ def export_bundle(
       batch size free; the encoder stays in the bundle (``encoder.json``, ``vocab.parquet``) to encode
       raw rows. These files are programs for their runtimes (TorchScript, ONNX Runtime), not data: load
       them only from a source you trust. ONNX has no sorted search, so run-indexed ragged tables (AMTL)
-      are written with one offset per row there, which gives the same vectors.
+      are written with one offset per row there, and compact tables (PEP) as CSR, which give the same
+      vectors.
 
     ``target`` is written next to its place and renamed into it. Returns what was written: format,
     precision, files, bytes (the folder's, and the embedding's), and the largest difference to the fp32
@@ -406,9 +407,12 @@ def _export_network(model: Recommender, path: Path, format: str) -> Any:
 
 
 def _with_row_offsets(slim: SlimEmbedding) -> SlimEmbedding:
-    """The same slim embedding with every ragged group indexed by one offset per row (no sorted search)."""
+    """The same slim embedding with every ragged group indexed by one offset per row, and every compact group
+    as CSR (no sorted search)."""
     groups = []
     for group in slim.groups:
+        if isinstance(group, CompactGroup):
+            group = group.to_csr()
         if isinstance(group, RaggedGroup) and "offsets" not in group.index_names:
             sizes = group.stored_sizes()
             offsets = torch.zeros(len(sizes) + 1, dtype=torch.int64)

@@ -10,6 +10,8 @@ back to back (row ``offset_f + id``) in one of these layouts:
   or, when equal sizes come in long runs of rows, a per-run index (:func:`embdim.storage.ragged_index`).
 - :class:`CsrGroup`: row i keeps ``nnz_i`` values at given columns: ``values``, ``columns`` (uint8
   or int16) and ``offsets [rows + 1]``.
+- :class:`CompactGroup`: the same rows indexed by the rows that store something only: a byte of each
+  one's id (under a count per block of rows) and a column bitmap (:class:`embdim.storage.CompactStorage`).
 - :class:`HashedGroup`: field f's ids share the ``m_f`` full-width rows of a table by a seeded universal
   hash (:func:`hashed_buckets`): ``weight [sum m, d]``, ``hash_a`` and ``hash_b`` (int32, one per field).
 - :class:`QRGroup`: field f's id reads a quotient row (``id // c_f``) and a remainder row (``id % c_f``) of
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,11 +50,14 @@ from embdim.plan import EmbeddingPlan
 from embdim.storage import (
     HASH_PARAM_DTYPE,
     HASH_PRIME,
+    ID_BLOCK_ROWS,
+    ID_LOW_DTYPE,
     MIN_BUCKETS,
     ROW_PARAM_DTYPE,
     ROW_WISE,
     VALUE_DTYPE,
     VALUE_PRECISIONS,
+    bitmap_bytes,
     column_dtype,
     equal_size_runs,
     field_bounds,
@@ -554,6 +560,285 @@ class CsrGroup(SlimGroup):
         if not bool(rises.all()):
             raise ValueError("columns: a row repeats or reorders its column indices")
 
+
+#: bit j of each byte value, bool [256, 8] (bits read least significant first)
+BYTE_BITS = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1 == 1
+#: set bits of each byte value, int64 [256]
+POPCOUNT = BYTE_BITS.sum(1)
+FEW_IDS = 1024
+"""Lookups of at most this many ids gather by ``torch.take`` (see :meth:`CompactGroup.forward`)."""
+#: integer dtypes of 1, 2, 4 and 8 bytes: a bitmap of that many bytes held as one integer
+BITMAP_WORDS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """bool ``[..., n]`` -> uint8 ``[..., ceil(n / 8)]``: bit ``j % 8`` of byte ``j // 8`` is ``bits[..., j]``."""
+    n = bits.shape[-1]
+    padded = nn.functional.pad(bits.to(torch.uint8), (0, -n % 8)).unflatten(-1, (-1, 8))
+    return (padded << torch.arange(8, dtype=torch.uint8, device=bits.device)).sum(-1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """uint8 ``[..., k]`` -> bool ``[..., n]`` (``n <= 8 k``), the inverse of :func:`pack_bits`."""
+    return BYTE_BITS.to(packed.device)[packed.long()].flatten(-2)[..., :n]
+
+
+def byte_positions(not_kept: float) -> torch.Tensor:
+    """For each byte value, float32 ``[256, 9]``: per bit the number of set bits below it where the bit is
+    set (``not_kept`` where it is not), then the byte's popcount."""
+    below = torch.cumsum(BYTE_BITS.long(), 1) - BYTE_BITS.long()
+    positions = torch.where(BYTE_BITS, below.float(), not_kept)
+    return torch.cat([positions, POPCOUNT.float().unsqueeze(1)], 1)
+
+
+class CompactGroup(SlimGroup):
+    """Row i keeps values at given columns, indexed by the rows that store something only (layout and byte
+    rule: :class:`embdim.storage.CompactStorage`): their ids (``id_lows [M]`` and ``id_blocks``), their
+    column ``bitmaps [M, ceil(d / 8)]`` and ``values [nnz]``; int8 keeps ``scale`` and ``bias`` ``[M]`` for the
+    M stored rows only.
+
+    In memory the stored rows' ids and first values are held whole (``padded_row_ids``, ``padded_starts``:
+    int32 while they fit), built once from the saved layout, which is what is saved and counted as stored
+    bytes.
+
+    A lookup of rows ``[B, F_g]``: a binary search finds each row's rank among the stored rows (rank ``M``,
+    an all-zero bitmap held in memory after the stored ones and never saved, where it stores nothing); the
+    rank's bitmap bytes, through a table of per-byte prefix counts, give each column its value's position
+    after the row's start, or one past every value, where a zero is held; one gather of the values then
+    returns the row as stored, zeros included. Every step is a gather or an elementwise operation on the
+    batch.
+    """
+
+    kind = "compact"
+    INDEX = ("id_lows", "id_blocks", "bitmaps")
+
+    def __init__(
+        self,
+        field_ids,
+        rows,
+        values: torch.Tensor,
+        index: dict[str, torch.Tensor],
+        dim: int,
+        row_params: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(field_ids, rows, dim)
+        if set(index) != set(self.INDEX):
+            raise ValueError(f"a compact index is {', '.join(self.INDEX)}; got {sorted(index)}")
+        self._keep_values("values", values, row_params or {}, pad=1)  # one zero: where kept columns are not
+        bitmaps = index["bitmaps"].detach()
+        self.num_stored, width = bitmaps.shape
+        row_ids = whole_ids(index["id_lows"].detach(), index["id_blocks"].detach(), sum(self.rows))
+        # every array gets one entry more, read by the rows that store nothing (rank M): a row id past every
+        # row (so the ids stay sorted and no id matches it), an all-zero bitmap, a start
+        self.register_buffer("padded_row_ids", torch.cat([row_ids, row_ids.new_tensor([sum(self.rows)])]))
+        sizes = POPCOUNT.to(bitmaps.device)[bitmaps.long()].sum(1)  # the values the bitmaps keep, [M]
+        starts = torch.zeros(self.num_stored + 1, dtype=_torch(offset_dtype(len(values))), device=bitmaps.device)
+        starts[1:] = sizes.cumsum(0)  # stored row s's values follow those of the rows before it
+        self.register_buffer("padded_starts", starts)
+        # bitmaps of up to eight bytes are held in words of 1, 2, 4 or 8 bytes (zero-filled), one integer per
+        # row, so that a lookup reads a row's bitmap with one 1-d gather (the fastest, on one row or many)
+        word = next((w for w in BITMAP_WORDS if w >= width), width)
+        self.bitmap_width = word
+        store = torch.zeros(self.num_stored + 1, word, dtype=torch.uint8, device=bitmaps.device)
+        store[: self.num_stored, :width] = bitmaps
+        self.words = word in BITMAP_WORDS
+        self.register_buffer("bitmap_words", store.view(BITMAP_WORDS[word]).squeeze(1) if self.words else store)
+        # byte k of a bitmap: per column its value's position (prefix counts, and for k > 0 the popcounts of
+        # the bytes before it), as one matrix product of the bytes' table rows [word * 9] -> [d]
+        spread = torch.zeros(word, 9, word * 8)
+        for j in range(width * 8):
+            spread[j // 8, j % 8, j] = 1.0
+            spread[: j // 8, 8, j] = 1.0
+        # a column the bitmap does not keep gets a position past every value, whatever the row's start: the
+        # power of two above the values' count (float32 holds it exactly, and adding the popcounts of the
+        # bytes before it cannot round it below), which the lookup clamps to the zero after the values
+        self.num_values = len(values)
+        not_kept = 2.0 ** math.ceil(math.log2(self.num_values + 1))
+        self.register_buffer("_byte_positions", byte_positions(not_kept), persistent=False)
+        self.register_buffer("_spread", spread.flatten(0, 1)[:, :dim].contiguous(), persistent=False)
+        # such a position plus a start (and float32's rounding of it) must not overflow int32
+        wide = 2 * not_kept + self.num_values > torch.iinfo(torch.int32).max
+        self._position_dtype = torch.int64 if wide else torch.int32
+
+    @property
+    def padded_bitmaps(self) -> torch.Tensor:
+        """The stored rows' bitmaps and then the all-zero one, uint8 ``[M + 1, ceil(d / 8)]`` (a view)."""
+        store = self.bitmap_words.unsqueeze(1).view(torch.uint8) if self.words else self.bitmap_words
+        return store[:, : bitmap_bytes(self.dim)]
+
+    @classmethod
+    def from_dense(cls, field_ids, rows, table: torch.Tensor, mask: torch.Tensor, dim: int) -> CompactGroup:
+        """From a table ``[sum rows, d]`` and a boolean keep-mask of the same shape."""
+        stored = mask.any(1)
+        index = compact_index(torch.nonzero(stored).squeeze(1), mask[stored], len(stored))
+        return cls(field_ids, rows, table[mask], index, dim)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def values(self) -> torch.Tensor:
+        """The stored values ``[nnz]`` (a view, without the zero lookups read past)."""
+        return self.padded_values[:-1]
+
+    def index(self) -> dict[str, torch.Tensor]:
+        """The saved index arrays: the ids split again, the bitmaps (a view, without the one rows that store
+        nothing read)."""
+        return {**split_ids(self.padded_row_ids[:-1], sum(self.rows)), "bitmaps": self.padded_bitmaps[:-1]}
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # the module's dicts, not its attributes: nn.Module.__getattr__ on each buffer costs a one-row
+        # lookup more than its search does
+        buffers = self._buffers
+        values = self._parameters.get("padded_values")
+        values = buffers["padded_values"] if values is None else values
+        row_ids = buffers["padded_row_ids"]
+        g = (ids + buffers["row_offsets"]).to(row_ids.dtype)  # the search's dtype: else it converts the ids
+        s = torch.searchsorted(row_ids, g)
+        s.masked_fill_(torch.take(row_ids, s) != g, self.num_stored)
+        starts = torch.take(buffers["padded_starts"], s)
+        if self.words and torch.jit.is_tracing():  # the tracer records no view to another dtype: shift
+            words = torch.take(buffers["bitmap_words"], s).long().unsqueeze(-1)
+            bitmaps = (words >> torch.arange(0, 8 * self.bitmap_width, 8, device=s.device)) & 0xFF
+        elif self.words:  # [..., w] bytes, laid flat: [B, F_g * w]
+            bitmaps = torch.take(buffers["bitmap_words"], s).view(torch.uint8)
+        else:
+            bitmaps = nn.functional.embedding(s, buffers["bitmap_words"])
+        # few ids: 1-d gathers by take, the cheapest call; many: index_select, the fastest per element
+        # (take needs int64 positions, whose conversion from float is slow in bulk)
+        few = s.numel() <= FEW_IDS
+        by_byte = buffers["_byte_positions"]
+        table = by_byte[bitmaps.long()] if few else nn.functional.embedding(bitmaps.int(), by_byte)
+        width = self.bitmap_width
+        if width == 1:
+            positions = table.view(*s.shape, 9)[..., : self.dim]
+        elif few:  # each column's prefix count plus the popcounts of the bytes before it: one product
+            positions = table.view(*s.shape, width * 9) @ buffers["_spread"]
+        else:  # the same sum, cheaper in bulk than a product of this shape
+            table = table.view(*s.shape, width, 9)
+            before = table[..., 8].cumsum(-1) - table[..., 8]
+            positions = (table[..., :8] + before.unsqueeze(-1)).flatten(-2)[..., : self.dim]
+        # a kept column reads its value; any other column reads the zero after the values
+        dtype = torch.int64 if few else self._position_dtype
+        where = positions.to(dtype).add_(starts.unsqueeze(-1)).clamp_max_(self.num_values)
+        stored = torch.take(values, where) if few else values.index_select(0, where.flatten()).view(where.shape)
+        if self.precision == "fp32":
+            if values.requires_grad and torch.is_grad_enabled():  # training: the zero slot gets no gradient
+                stored = torch.where(where < self.num_values, stored, 0.0)
+            return stored
+        if self.precision != ROW_WISE:
+            return stored.float()
+        if self.num_stored == 0:  # int8 with no stored row: no scale to read
+            return torch.zeros(where.shape, dtype=VALUES, device=where.device)
+        # int8: a zero code decodes to its row's bias; rows storing nothing have no scale (read row 0's)
+        decoded = self.decode(stored, torch.where(s < self.num_stored, s, 0))
+        return torch.where(where < self.num_values, decoded, 0.0)
+
+    # ------------------------------------------------------------------ values and sizes
+    def row_sizes(self) -> torch.Tensor:
+        """Values each stored row keeps, int64 ``[M]``."""
+        return torch.diff(self.padded_starts.long())
+
+    def stored_sizes(self) -> torch.Tensor:
+        sizes = torch.zeros(sum(self.rows), dtype=torch.long, device=self.padded_bitmaps.device)
+        return sizes.index_copy(0, self.padded_row_ids[:-1].long(), self.row_sizes())
+
+    def value_rows(self) -> torch.Tensor:
+        """The stored row (rank) of each value ``[nnz]``: what an int8 value's scale and bias are indexed by."""
+        return torch.repeat_interleave(torch.arange(self.num_stored), self.row_sizes().cpu())
+
+    def _encoded(self, precision: str) -> dict[str, torch.Tensor]:
+        return encode_values(self.float_values(), precision, self.value_rows(), self.num_stored)
+
+    def tensors(self):
+        return {"values": self.values.detach(), **self.row_params(), **self.index()}
+
+    @classmethod
+    def from_saved(cls, layout, tensors):
+        params = {k: tensors[k] for k in ("scale", "bias") if k in tensors}
+        index = {k: tensors[k] for k in cls.INDEX}
+        return cls(layout["field_ids"], layout["rows"], tensors["values"], index, layout["dim"], params)
+
+    def with_precision(self, precision: str) -> CompactGroup:
+        encoded = self._encoded(precision)
+        values = encoded.pop("values")
+        return CompactGroup(self.field_ids, self.rows, values, self.index(), self.dim, encoded)
+
+    def to_csr(self) -> CsrGroup:
+        """The same rows as a :class:`CsrGroup`: the same values, and for int8 every row's scale and bias
+        (zero for rows storing nothing). What the TorchRec export reads."""
+        num_rows, stored = sum(self.rows), self.padded_row_ids[:-1].long()
+        kept = unpack_bits(self.padded_bitmaps[:-1], self.dim)
+        columns = torch.nonzero(kept)[:, 1].to(_torch(column_dtype(self.dim)))
+        offsets = torch.zeros(num_rows + 1, dtype=_torch(offset_dtype(len(columns))), device=kept.device)
+        offsets[1:] = self.stored_sizes().cumsum(0)
+        params = {name: t.new_zeros(num_rows).index_copy(0, stored, t) for name, t in self.row_params().items()}
+        return CsrGroup(self.field_ids, self.rows, self.values, columns, offsets, self.dim, params)
+
+    # ------------------------------------------------------------------ checks
+    @classmethod
+    def check_saved(cls, layout, tensors):
+        _expect_names(tensors, {"values", *cls.INDEX, *_row_param_names(layout)})
+        dim, num_rows = layout["dim"], sum(layout["rows"])
+        lows = _expect_tensor(tensors, "id_lows", (_torch(ID_LOW_DTYPE),), 1)
+        num_stored = len(lows)
+        blocks = _expect_tensor(tensors, "id_blocks", (_torch(offset_dtype(num_rows)),), 1).long()
+        num_blocks = -(-num_rows // ID_BLOCK_ROWS)
+        counts = torch.diff(blocks, append=blocks.new_tensor([num_stored]))
+        rising = bool(((counts >= 0) & (counts <= ID_BLOCK_ROWS)).all())
+        if len(blocks) != num_blocks or blocks[0] != 0 or not rising:
+            raise ValueError(
+                f"id_blocks: need {num_blocks} counts of the stored rows before each block of {ID_BLOCK_ROWS} "
+                f"rows, rising from 0 to at most the {num_stored} of id_lows"
+            )
+        row_ids = whole_ids(lows, blocks, num_rows).long()
+        if bool((torch.diff(row_ids) <= 0).any()) or bool((row_ids >= num_rows).any()):
+            raise ValueError(f"id_lows: need distinct rows of the group's {num_rows}, ascending within each block")
+        bitmaps = _expect_tensor(tensors, "bitmaps", (torch.uint8,), 2)
+        if tuple(bitmaps.shape) != (num_stored, bitmap_bytes(dim)):
+            raise ValueError(
+                f"bitmaps: shape {list(bitmaps.shape)}, expected [{num_stored}, {bitmap_bytes(dim)}] "
+                "(a bit per column for each of id_lows)"
+            )
+        kept = unpack_bits(bitmaps, 8 * bitmaps.shape[1])
+        if bool(kept[:, dim:].any()):
+            raise ValueError(f"bitmaps: marks a column beyond the {dim} columns")
+        sizes = kept.sum(1)
+        if bool((sizes == 0).any()):
+            raise ValueError("bitmaps: a stored row keeps no column (a row storing nothing has no id)")
+        values = _expect_tensor(tensors, "values", _stored_dtypes(layout), 1)
+        if len(values) != int(sizes.sum()):
+            raise ValueError(f"values: {len(values)} values, the bitmaps keep {int(sizes.sum())}")
+        _check_row_params(layout, tensors, num_stored)
+
+
+def split_ids(row_ids: torch.Tensor, num_rows: int) -> dict[str, torch.Tensor]:
+    """Stored rows' ids ``[M]`` (ascending) as saved: ``id_lows`` (each id's low byte) and ``id_blocks`` (the
+    stored rows before each block of :data:`~embdim.storage.ID_BLOCK_ROWS` rows)."""
+    row_ids = row_ids.long()
+    counts = torch.bincount(row_ids // ID_BLOCK_ROWS, minlength=-(-num_rows // ID_BLOCK_ROWS))
+    return {
+        "id_lows": (row_ids % ID_BLOCK_ROWS).to(_torch(ID_LOW_DTYPE)),
+        "id_blocks": (counts.cumsum(0) - counts).to(_torch(offset_dtype(num_rows))),
+    }
+
+
+def whole_ids(lows: torch.Tensor, blocks: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """The inverse of :func:`split_ids`: ids ``[M]`` in :func:`~embdim.storage.offset_dtype` of ``num_rows``
+    (blocks whose counts do not rise give ids that are out of order, which a check refuses)."""
+    counts = torch.diff(blocks.long(), append=blocks.new_tensor([len(lows)]).long()).clamp_min(0)
+    block_of = torch.repeat_interleave(torch.arange(len(blocks), device=lows.device), counts)[: len(lows)]
+    block_of = nn.functional.pad(block_of, (0, len(lows) - len(block_of)), value=len(blocks))
+    return (block_of * ID_BLOCK_ROWS + lows.long()).to(_torch(offset_dtype(num_rows)))
+
+
+def compact_index(row_ids: torch.Tensor, kept: torch.Tensor, num_rows: int) -> dict[str, torch.Tensor]:
+    """A :class:`CompactGroup`'s saved index, in the dtypes :mod:`embdim.storage` chooses.
+
+    Args:
+        row_ids: int ``[M]``, the rows that store something, ascending.
+        kept: bool ``[M, d]``, each one's kept columns.
+        num_rows: the group's rows ``R``.
+    """
+    return {**split_ids(row_ids, num_rows), "bitmaps": pack_bits(kept)}
 
 def hashed_buckets(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
     """The hashing trick's bucket of each id: id 0 (the OOV id) keeps bucket 0 to itself, any other id goes

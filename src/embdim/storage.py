@@ -9,6 +9,8 @@ share:
   per row, or, when rows of equal size come in long runs (AMTL's sizes follow frequency and ids are
   numbered by frequency), one entry per run (:func:`ragged_index`);
 - ``csr``: row i stores ``nnz_i`` values at arbitrary columns (PEP), plus column indices and offsets;
+- ``compact``: the values of ``csr`` (PEP at high sparsity) indexed by their stored rows (an id byte and
+  a column bitmap each), so that a row storing nothing costs almost nothing (:class:`CompactStorage`);
 - ``hashed``: field f's ids share ``m_f`` full-width rows through a seeded universal hash (the hashing
   trick), plus the hash's two parameters per field (:data:`HASH_PARAM_DTYPE`);
 - ``qr``: field f stores a quotient table ``[ceil(n_f / c_f), d]`` and a remainder table ``[c_f, d]``
@@ -25,7 +27,8 @@ Orthogonal to the kind, a plan's ``precision`` says how each kept value is store
 (:data:`VALUE_PRECISIONS`): ``fp32`` (what training produces), ``fp16``, or ``int8`` row-wise: one
 unsigned byte per value and, per row, a float16 ``scale`` and ``bias`` (value = code * scale + bias),
 the layout of fbgemm's quantised tables. Every row of a stored field gets its scale and bias, empty
-rows included, so a lookup finds them by row without an index.
+rows included, so a lookup finds them by row without an index; ``compact`` is the exception: only its
+stored rows have them, found by the same rank as their values.
 
 A new kind (a hashed table, say) is one subclass here plus its slim group::
 
@@ -74,6 +77,12 @@ HASH_PARAM_DTYPE = np.dtype(np.int32)
 MIN_BUCKETS = 2
 """The fewest buckets a hashed or quotient-remainder field may have (fewer never saves a row)."""
 
+INT32_MAX = np.iinfo(np.int32).max
+ID_BLOCK_ROWS = 256
+"""Rows per block of the ``compact`` kind's row ids: a stored row saves its id's low byte (:data:`ID_LOW_DTYPE`),
+and each block of rows a count of the stored rows before it."""
+ID_LOW_DTYPE = np.dtype(np.uint8)
+
 STORAGE_KINDS: dict[str, StorageKind] = {}
 
 RaggedIndex = Literal["rows", "runs"]
@@ -82,7 +91,12 @@ RaggedIndex = Literal["rows", "runs"]
 # ---------------------------------------------------------------------- index dtypes
 def offset_dtype(total: int) -> np.dtype:
     """Dtype of offsets into ``total`` entries: int32 while they fit, else int64."""
-    return np.dtype(np.int32 if total <= np.iinfo(np.int32).max else np.int64)
+    return np.dtype(np.int32 if total <= INT32_MAX else np.int64)
+
+
+def offset_bytes(total: np.ndarray | int) -> np.ndarray:
+    """:func:`offset_dtype`'s itemsize for each of ``total`` (an int or an int array, elementwise)."""
+    return np.where(np.asarray(total) <= INT32_MAX, np.dtype(np.int32).itemsize, np.dtype(np.int64).itemsize)
 
 
 def size_dtype(dim: int) -> np.dtype:
@@ -93,6 +107,11 @@ def size_dtype(dim: int) -> np.dtype:
 def column_dtype(dim: int) -> np.dtype:
     """Dtype of a column index in ``[0, dim)``: uint8 up to 256 columns, else int16."""
     return np.dtype(np.uint8 if dim - 1 <= np.iinfo(np.uint8).max else np.int16)
+
+
+def bitmap_bytes(dim: int) -> int:
+    """Bytes of one row's column bitmap: a bit per column, ``ceil(dim / 8)``."""
+    return -(-dim // 8)
 
 
 def field_bounds(vocab_sizes: Sequence[int]) -> np.ndarray:
@@ -200,6 +219,10 @@ class StorageKind(ABC):
             return list(plan.vocab_sizes)
         return [n if d > 0 else 0 for n, d in zip(plan.vocab_sizes, plan.field_dims, strict=True)]
 
+    def param_rows(self, plan: Sizes) -> list[int]:
+        """Per field, the rows that carry an int8 row's scale and bias: its stored rows."""
+        return self.stored_rows(plan)
+
     def field_bytes(self, plan: Sizes) -> list[int]:
         """Bytes each field's storage takes: its values, its rows' scales and biases (int8), and its share
         of the row index."""
@@ -207,7 +230,7 @@ class StorageKind(ABC):
         index, _ = self.index_bytes(plan)
         return [
             p * per_value + r * per_row + i
-            for p, r, i in zip(self.field_params(plan), self.stored_rows(plan), index, strict=True)
+            for p, r, i in zip(self.field_params(plan), self.param_rows(plan), index, strict=True)
         ]
 
     def table_bytes(self, plan: Sizes) -> int:
@@ -334,6 +357,96 @@ class CsrStorage(StorageKind):
     def offsets_bytes(num_rows: int, num_values: int) -> int:
         """The row offsets ``[num_rows + 1]`` into ``num_values`` values."""
         return (num_rows + 1) * offset_dtype(num_values).itemsize
+
+    @staticmethod
+    def layout_bytes(num_rows: int, num_values: np.ndarray | int, dim: int, precision: str = "fp32") -> np.ndarray:
+        """Bytes of ``num_rows`` rows holding ``num_values`` values in all (an int or an int array,
+        elementwise): what :meth:`table_bytes` says of such a plan, without building one."""
+        num_values = np.asarray(num_values, dtype=np.int64)
+        offsets = (num_rows + 1) * offset_bytes(num_values)
+        return num_values * CsrStorage.bytes_per_value(dim, precision) + offsets + num_rows * row_param_bytes(precision)
+
+
+class CompactStorage(StorageKind):
+    """The values of ``csr`` (row i keeps ``nnz_i`` values at any columns) indexed for high sparsity, where
+    most rows store nothing and CSR's offset per row outweighs the values [ours].
+
+    A group of ``R`` rows (fields back to back) of which ``M`` store something (``nnz_i > 0``), holding
+    ``nnz`` values, saves for its stored rows only, ascending, each at its rank ``s`` among them:
+
+    - ``id_lows`` uint8 ``[M]`` and ``id_blocks`` ``[ceil(R / ID_BLOCK_ROWS)]`` (:func:`offset_dtype` of
+      ``R``): stored row ``s``'s id is ``ID_BLOCK_ROWS * b + id_lows[s]``, ``b`` its block of rows, whose
+      stored rows come after the ``id_blocks[b]`` of the blocks before it; a row that is not among them
+      stores nothing and embeds to zeros;
+    - ``bitmaps`` uint8 ``[M, ceil(d / 8)]``: each stored row's kept columns, bit ``j % 8`` of byte
+      ``j // 8`` for column ``j``; the ``k``-th kept column holds the row's ``k``-th value, and the row's
+      values follow those of the stored rows before it, so where they start is the count of the bits
+      before it (no start is saved);
+    - ``values`` ``[nnz]`` in the plan's precision; int8 keeps ``scale`` and ``bias`` ``[M]`` for the stored
+      rows only.
+
+    Bytes (:meth:`layout_bytes`): ``ceil(R / ID_BLOCK_ROWS) * off(R) + M * (1 + ceil(d / 8) + row params)
+    + nnz * value``. A row that stores nothing costs a share of a block count; against ``csr`` a stored row
+    pays a byte of id and a bitmap instead of an offset, and no column index per value; the values are
+    the same. In memory a group holds each stored row's id and first value whole (int32 while they fit,
+    :class:`~embdim.slim.CompactGroup`), so that a lookup reads each with one gather: seven bytes per
+    stored row more than it saves.
+
+    Why these parts (measured in BENCHMARKS.md, "PEP: compact storage"):
+
+    - a binary search in the stored rows' ids rather than a bit per row with a count per block of rows (a
+      rank index): finding a rank in the bits (the block's count plus the set bits before the row) takes
+      about three times the tensor operations of a search, which made a one-row lookup twice as slow as
+      CSR's. Saved whole (four bytes per stored row), the ids would be the larger index wherever more than
+      about one row in twenty stores something; a byte per stored row under a count per block of rows is
+      smaller than the bits wherever fewer than about one row in six does (PEP's highest sparsities,
+      where frequent ids keep values and rare ones none), and where more do, the bits would save at most
+      a few percent of the plan's bytes;
+    - a bitmap per stored row rather than a count and a column index per value: it is never larger while
+      ``d <= 16`` (``ceil(d / 8)`` bytes against one per value plus the count), and a lookup turns it into
+      each column's value position with one table of byte prefix counts; where rows keep few of many
+      columns ``csr`` is the smaller layout, and PEP takes whichever of the two its plan makes smaller;
+    - no saved starts: they follow from the bitmaps, summed once when the group is built.
+
+    Each field's share of :meth:`index_bytes` is its stored rows' id bytes and bitmaps; the block counts of
+    ids straddle fields and are counted once.
+    """
+
+    name = "compact"
+    per_row = True
+
+    def param_rows(self, plan: Sizes) -> list[int]:
+        return [int(np.count_nonzero(r)) for r in plan.row_sizes]
+
+    def index_bytes(self, plan: Sizes) -> tuple[list[int], int]:
+        per_stored = self.stored_row_bytes(plan.dim)
+        return [m * per_stored for m in self.param_rows(plan)], self.block_bytes(sum(plan.vocab_sizes))
+
+    @staticmethod
+    def stored_row_bytes(dim: int, precision: str = "fp32") -> int:
+        """Saved bytes of one stored row besides its values: its id's low byte, its bitmap (and int8's scale
+        and bias)."""
+        return ID_LOW_DTYPE.itemsize + bitmap_bytes(dim) + row_param_bytes(precision)
+
+    @staticmethod
+    def block_bytes(num_rows: int) -> int:
+        """The count of stored rows before each block of ``num_rows`` rows."""
+        return -(-num_rows // ID_BLOCK_ROWS) * offset_dtype(num_rows).itemsize
+
+    @staticmethod
+    def layout_bytes(
+        num_rows: int,
+        stored_rows: np.ndarray | int,
+        num_values: np.ndarray | int,
+        dim: int,
+        precision: str = "fp32",
+    ) -> np.ndarray:
+        """Bytes of ``num_rows`` rows of which ``stored_rows`` store ``num_values`` values in all (ints or int
+        arrays, elementwise): what :meth:`table_bytes` says of such a plan, without building one."""
+        stored_rows, num_values = np.asarray(stored_rows, dtype=np.int64), np.asarray(num_values, dtype=np.int64)
+        per_stored = CompactStorage.stored_row_bytes(dim, precision)
+        values = num_values * VALUE_PRECISIONS[precision].itemsize
+        return CompactStorage.block_bytes(num_rows) + stored_rows * per_stored + values
 
 
 def _offsets_per_row(vocab_sizes: Sequence[int], num_values: int) -> tuple[list[int], int]:

@@ -21,6 +21,9 @@ one field each; a table of width ``w < d`` is read as its ``w`` values followed 
   are at most ``d`` tables per field, each a plain TorchRec table. The price is the zeros inside spans
   (PEP's pruning is spread over the columns, so spans are often close to ``d``); the alternative, a table
   per distinct set of kept columns, stores no zeros but can make thousands of tiny tables.
+- ``compact`` (PEP's other layout, the same rows indexed by stored row): its rows are decoded to CSR's
+  (:meth:`~embdim.slim.CompactGroup.to_csr`) and exported as ``csr``; a TorchRec table has a row per
+  kept id either way, so the export is as large for both.
 - ``hashed`` (the hashing trick): a hashed field is one table of its ``m_f`` bucket rows, and its remap
   gives every id its bucket (the hash is computed once, at export; ids share rows: ``ids: "hashed"``); its
   plain fields are ``dense``.
@@ -86,6 +89,7 @@ from embdim.errors import ConfigError, ModelFileError, shorten
 from embdim.measures import all_finite
 from embdim.recommender import staged_folder, verify_folder, write_manifest
 from embdim.slim import (
+    CompactGroup,
     CsrGroup,
     DenseGroup,
     HashedGroup,
@@ -203,6 +207,8 @@ class _Split:
                 self._dense(group)
             elif isinstance(group, (RaggedGroup, CsrGroup)):
                 self._per_row(group)
+            elif isinstance(group, CompactGroup):
+                self._per_row(group.to_csr())
             elif isinstance(group, HashedGroup):
                 self._hashed(group)
             else:

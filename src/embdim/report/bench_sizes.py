@@ -2,7 +2,7 @@
 
 - ``field_sizes.png``: field-level methods (dense plans whose widths differ by field: DML, MDE), one
   panel per method, a group of bars per field (largest vocabulary first), one bar per budget.
-- ``sizes_vs_frequency.png``: value-level methods (ragged or csr plans: AMTL, PEP), one panel per
+- ``sizes_vs_frequency.png``: value-level methods (ragged, csr or compact plans: AMTL, PEP), one panel per
   method, the mean stored size of the ids in each training-count bin (powers of two), one line per
   budget.
 

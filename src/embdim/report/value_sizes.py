@@ -27,7 +27,7 @@ JITTER = 0.15
 
 def _row_sizes(plan: EmbeddingPlan) -> list[np.ndarray]:
     if plan.row_sizes is None:
-        raise ValueError(f"a {plan.storage} plan has no per-row sizes; these plots need a ragged or csr plan")
+        raise ValueError(f"a {plan.storage} plan has no per-row sizes; these plots need a ragged, csr or compact plan")
     return plan.row_sizes
 
 

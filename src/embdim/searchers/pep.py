@@ -40,11 +40,13 @@ What is this project's own design [ours]:
   equal quality, BENCHMARKS.md, "Row-wise thresholds"). A rare row moves as far per lookup as under
   dense Adam with momentum; lazy momentum Adam (``SparseAdam``) moves it much less, so long-tailed
   tables fell short of their targets.
-- Targets are sparsity ratios, or a :class:`~embdim.searchers.base.Budget` mapped to the sparsity
-  whose CSR bytes (values, uint8/int16 column indices, row offsets) equal the budget. When a
-  target is passed between two measurements, the saved mask keeps exactly the target's number of
-  entries: those with the largest margin ``|v| - sigmoid(s)`` (the pruned ones closest to their
-  threshold are given back), so byte budgets land on the byte.
+- Targets are sparsity ratios, or a :class:`~embdim.searchers.base.Budget` mapped to the sparsity at
+  which the slim table meets the budget however its kept values fall into rows (each in a row of its
+  own: compact storage's dearest case, :func:`budget_sparsity`). When a target is passed between two
+  measurements, the saved mask keeps the entries with the largest margin ``|v| - sigmoid(s)`` (the
+  pruned ones closest to their threshold are given back): exactly the target's number, or for a
+  byte budget's target as many as its bytes hold in the rows they fall into (:func:`budget_mask`),
+  so byte budgets land on the byte.
   A search that ends (``train.epochs``) before the retrain target prunes by the same rank, the
   kept entries nearest their thresholds, down to the target; it warns, and ``result.json`` says
   ``retrain_mask_completed_by_margin``. Thresholds rise at most ``threshold_lr`` per step, so a
@@ -55,8 +57,15 @@ What is this project's own design [ours]:
   multiplies the looked-up rows by their mask, so pruned entries get exactly-zero gradients, and
   Adam / AdamW / Adagrad / SGD (momentum, coupled decay) map a zero gradient on a zero weight with
   zero state to a zero update.
-- Slim export: one CSR group (values float32, column indices uint8 for d <= 256, int32 row
-  offsets); rows with no kept value are dropped features.
+- Slim storage: one group of the whole table in ``compact`` storage
+  (:class:`~embdim.storage.CompactStorage`: per stored row a byte of its id and a column bitmap; a
+  row that keeps nothing costs a share of a count per block of rows) or in ``csr`` (a
+  column index per value, an offset per row), whichever the plan's rows make smaller
+  (:data:`STORAGES`); rows with no kept value are dropped features. CSR pays its offset for every
+  row, kept or not, so it cannot go below that offset's share of the dense bytes; compact makes the
+  paper's highest sparsities reachable in bytes as well as in parameters. ``result.json`` reports
+  both (``params_ratio``, ``bytes_ratio``), and the plan's ``details.storage_bytes`` each layout's
+  bytes.
 
 Training memory [ours, reported by :meth:`report`]: the ``feature_dim`` threshold is as large as
 the table (n x d floats), plus its optimizer state: one n x d average and an int64 step per row
@@ -69,6 +78,7 @@ import itertools
 import warnings
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import nn
@@ -80,8 +90,8 @@ from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
 from embdim.rowwise import RowwiseAdam
 from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig, Stage
-from embdim.slim import CsrGroup, SlimEmbedding
-from embdim.storage import FLOAT_BYTES, CsrStorage, field_bounds
+from embdim.slim import CompactGroup, CsrGroup, SlimEmbedding
+from embdim.storage import FLOAT_BYTES, CompactStorage, CsrStorage, field_bounds
 
 Granularity = Literal["global", "dimension", "feature", "field", "feature_dim", "field_dim"]
 TABLE = "all"  # the one n x d table (base Searcher.table_specs)
@@ -145,7 +155,7 @@ class PEPConfig(SearcherConfig):
     )
     budget: Budget | None = Field(
         None,
-        description="memory target of the slim CSR embedding: its sparsity becomes the last target and the "
+        description="memory target of the slim embedding: its sparsity becomes the last target and the "
         "retrained one (targets above it are dropped, retrain_target is ignored)",
     )
     retrain_target: int = Field(
@@ -213,22 +223,81 @@ def threshold_shape(granularity: str, num_rows: int, num_fields: int, dim: int) 
     }[granularity]
 
 
+STORAGES = {"compact": CompactGroup, "csr": CsrGroup}
+"""The slim layouts of PEP's pruned table; a plan takes the smaller for its rows (compact first on a tie)."""
+
+
+def storage_bytes(num_rows: int, stored_rows: np.ndarray | int, num_values: np.ndarray | int, dim: int) -> np.ndarray:
+    """Bytes of PEP's slim table of ``num_rows`` rows, ``stored_rows`` of them keeping ``num_values`` values
+    (elementwise over arrays): the smaller of its ``compact`` and ``csr`` layouts, float32 values."""
+    compact = CompactStorage.layout_bytes(num_rows, stored_rows, num_values, dim)
+    return np.minimum(compact, CsrStorage.layout_bytes(num_rows, num_values, dim))
+
+
+def max_values(target: float, num_rows: int, dim: int) -> int:
+    """The most values an ``num_rows x dim`` table keeps within ``target`` bytes wherever they fall: with
+    each in a row of its own (the most stored rows, compact's dearest case; CSR's bytes do not depend on it)."""
+    low, high = 0, num_rows * dim  # fits(low) holds; find the largest k that fits
+    while low < high:
+        k = (low + high + 1) // 2
+        if storage_bytes(num_rows, min(k, num_rows), k, dim) <= target:
+            low = k
+        else:
+            high = k - 1
+    return low
+
+
 def budget_sparsity(budget: Budget, num_rows: int, dim: int) -> float:
-    """The sparsity whose CSR storage (embdim.storage's byte rules) meets ``budget`` for an n x d table."""
-    full_bytes = num_rows * dim * FLOAT_BYTES
+    """The sparsity at which PEP's slim table (:func:`storage_bytes`, embdim.storage's byte rules) meets
+    ``budget`` for an n x d table, however the kept values fall into rows [ours]: at it, any mask fits,
+    and the retraining mask keeps more where they share rows (:func:`budget_mask`)."""
+    cells = num_rows * dim
     if budget.kind == "params":
         nnz = budget.value
     else:
-        target = budget.target_bytes(full_bytes)
-        # bytes(nnz) = nnz * (value + column index) + (n + 1) row offsets
-        index_bytes = CsrStorage.offsets_bytes(num_rows, num_rows * dim)
-        nnz = (target - index_bytes) / CsrStorage.bytes_per_value(dim)
+        target = budget.target_bytes(cells * FLOAT_BYTES)
+        nnz = max_values(target, num_rows, dim)
         if nnz < 1:
-            raise ValueError(f"budget: {target:.0f} bytes do not even hold the CSR row offsets ({index_bytes} bytes)")
-    sparsity = 1.0 - nnz / (num_rows * dim)
+            one = int(storage_bytes(num_rows, 1, 1, dim))
+            raise ValueError(
+                f"budget: {target:.0f} bytes do not hold even one kept value with its index ({one} bytes: "
+                f"compact storage's counts per block of rows and a stored row's id byte and bitmap, or CSR's "
+                f"{num_rows + 1} row offsets)"
+            )
+    sparsity = 1.0 - nnz / cells
     if not 0.0 < sparsity < 1.0:
         raise ValueError(f"budget: {budget.value} {budget.kind} is no pruning target (sparsity {sparsity:.4f})")
     return sparsity
+
+
+def budget_mask(margins: torch.Tensor, target: float) -> torch.Tensor:
+    """Bool ``[n, d]``: the entries of largest margin (``margins [n, d]``), as many as PEP's slim table
+    (:func:`storage_bytes`) holds within ``target`` bytes, given the rows they fall into [ours].
+
+    Entries are taken in margin order; each one adds a value, and the first of its row a stored row, so
+    the bytes never fall along the order and the mask is its longest prefix that fits.
+    """
+    num_rows, dim = margins.shape
+    # values alone cost a float each: no prefix that fits is longer
+    most = min(margins.numel(), int(target // FLOAT_BYTES))
+    mask = torch.zeros(margins.numel(), dtype=torch.bool)
+    if most <= 0:
+        return mask.view_as(margins)
+    order = torch.topk(margins.flatten(), most, sorted=True).indices
+    rows = torch.div(order, dim, rounding_mode="floor")
+    position = torch.arange(most)
+    first = torch.full((num_rows,), most, dtype=torch.long).scatter_reduce(0, rows, position, "amin")
+    opens = first[rows] == position  # the entry is its row's first in the order
+    del rows, first, position
+    low, high = 0, most  # the longest prefix that fits
+    while low < high:
+        k = (low + high + 1) // 2
+        if storage_bytes(num_rows, int(opens[:k].sum()), k, dim) <= target:
+            low = k
+        else:
+            high = k - 1
+    mask[order[:low]] = True
+    return mask.view_as(margins)
 
 
 @SEARCHERS.register("pep")
@@ -247,8 +316,8 @@ class PEPSearcher(Searcher):
     def for_budget(
         cls, fields: list[FieldInfo], dim: int, config: SearcherConfig, budget: Budget
     ) -> tuple[int, SearcherConfig]:
-        """The budget becomes the retrained sparsity; one that CSR storage cannot meet (its row offsets
-        alone exceed it) is unreachable."""
+        """The budget becomes the retrained sparsity; one that holds not even one kept value with its index
+        is unreachable."""
         try:
             budget_sparsity(budget, sum(f.vocab_size for f in fields), dim)
         except ValueError as err:
@@ -267,6 +336,9 @@ class PEPSearcher(Searcher):
         rowwise_state = rows * width * FLOAT_BYTES + rows * STEP_BYTES if config.rowwise_thresholds else 0
         masks = (len(config.targets) + 1) * n * dim
         measuring = n * dim * (FLOAT_BYTES + 1)
+        if config.budget is not None and config.budget.kind != "params":  # budget_mask's order of entries
+            most = min(n * dim, int(config.budget.target_bytes(n * dim * FLOAT_BYTES) // FLOAT_BYTES))
+            measuring += most * (FLOAT_BYTES + 8 + 8 + 1)  # margins, positions, rows, first-of-row flags
         per_row = n * 8
         return MethodMemory(
             tables=n * dim * FLOAT_BYTES,
@@ -290,8 +362,12 @@ class PEPSearcher(Searcher):
         row_field = torch.repeat_interleave(torch.arange(self.num_fields), torch.tensor(self.vocab_sizes))
         self.register_buffer("row_field", row_field, persistent=False)  # [n]: the field of each row
         self.targets = sorted(set(config.targets))
+        #: the bytes of a byte budget (its target's mask is cut by bytes, :func:`budget_mask`), else None
+        self.budget_bytes: float | None = None
         if config.budget is not None:  # the budget's sparsity is the last target and the one retrained
             self.retrain_sparsity = budget_sparsity(config.budget, n, dim)
+            if config.budget.kind != "params":
+                self.budget_bytes = config.budget.target_bytes(n * dim * FLOAT_BYTES)
             self.targets = [t for t in self.targets if t < self.retrain_sparsity] + [self.retrain_sparsity]
         else:
             try:
@@ -422,7 +498,7 @@ class PEPSearcher(Searcher):
         passed = [t for t in self.targets if t <= sparsity and t not in self.masks_]
         margins = self.margins(lookup) if passed else None
         for target in passed:
-            self.masks_[target] = self._top_mask(margins, round((1.0 - target) * total))
+            self.masks_[target] = self._target_mask(target, margins)
             self.reached_at_[target] = self.search_steps_
         return sparsity
 
@@ -441,6 +517,13 @@ class PEPSearcher(Searcher):
             rows = slice(start, start + MEASURE_BLOCK_ROWS)
             kept += int(count(table[rows], self.table_thresholds(rows)))
         return kept
+
+    def _target_mask(self, target: float, margins: torch.Tensor) -> torch.Tensor:
+        """The mask saved for ``target``: the entries of largest margin, as many as its sparsity keeps, or,
+        for a byte budget's target, as many as its bytes hold in the rows they fall into."""
+        if target == self.retrain_sparsity and self.budget_bytes is not None:
+            return budget_mask(margins, self.budget_bytes)
+        return self._top_mask(margins, round((1.0 - target) * margins.numel()))
 
     @staticmethod
     def _top_mask(margins: torch.Tensor, keep: int) -> torch.Tensor:
@@ -490,8 +573,7 @@ class PEPSearcher(Searcher):
                 "(raise train.epochs or method.threshold_lr for a mask the search reaches itself)",
                 stacklevel=2,
             )
-            keep = round((1.0 - self.retrain_sparsity) * self.num_rows * self.dim)
-            self.masks_[self.retrain_sparsity] = self._top_mask(self.margins(lookup), keep)
+            self.masks_[self.retrain_sparsity] = self._target_mask(self.retrain_sparsity, self.margins(lookup))
             self.reached_at_[self.retrain_sparsity] = self.search_steps_
             self.completed_by_margin_ = True
 
@@ -578,12 +660,18 @@ class PEPSearcher(Searcher):
             "phase": self.phase_,
             "sparsity": sparsity,
         }
-        return self._plan([int(r.max(initial=0)) for r in rows], storage="csr", row_sizes=rows, details=details)
+        widths = [int(r.max(initial=0)) for r in rows]
+        plans = [self._plan(widths, storage=name, row_sizes=rows, details=details) for name in STORAGES]
+        details["storage_bytes"] = {plan.storage: plan.num_bytes for plan in plans}
+        return min(plans, key=lambda plan: plan.num_bytes)  # the first of equals: compact
 
     def export(self, lookup: Lookup) -> SlimEmbedding:
         values, mask = self._kept(lookup)
-        group = CsrGroup.from_dense(tuple(range(self.num_fields)), tuple(self.vocab_sizes), values, mask, self.dim)
-        return SlimEmbedding(self.plan(lookup), [group])
+        plan = self.plan(lookup)
+        group = STORAGES[plan.storage].from_dense(
+            tuple(range(self.num_fields)), tuple(self.vocab_sizes), values, mask, self.dim
+        )
+        return SlimEmbedding(plan, [group])
 
     def report(self, lookup: Lookup) -> dict[str, Any]:
         cells = self.num_rows * self.dim
