@@ -22,6 +22,8 @@ from typer.testing import CliRunner
 
 pytest.importorskip("torchrec")
 
+import example_method  # noqa: F401  (workers that unpickle this module's trainers register the plug-in method too)
+from embdim import list_searchers
 from embdim.cli import app
 from embdim.config import ConfigError, to_yaml, with_processes
 from embdim.distributed.group import split_rows
@@ -87,7 +89,6 @@ def _assert_same_run(one: Path, two: Path) -> None:
 @pytest.mark.parametrize(
     "overrides, names",
     [
-        (("method=pep",), ("train.processes=2", "method pep", "full, mde")),
         (("embedding.backend=torch",), ("train.processes=2", "embedding.backend=torchrec")),
         (("train.fused=false", "train.optimizer=adam"), ("train.processes=2", "train.fused=true")),
         (("train.embedding_decay=looked_up", "train.embedding_weight_decay=0.1"), ("train.embedding_decay",)),
@@ -106,13 +107,13 @@ def test_a_run_on_several_processes_it_cannot_train_is_refused_naming_the_keys(t
     assert not (tmp_path / "runs").exists()
 
 
-def test_every_method_not_yet_sharded_is_refused_before_anything_starts(tmp_path):
+def test_a_method_that_does_not_shard_is_refused_by_name_before_anything_starts(tmp_path, monkeypatch):
     from embdim.registry import SEARCHERS
 
-    for method in SEARCHERS.names():
-        if not SEARCHERS.get(method).shardable:
-            with pytest.raises(ConfigError, match=rf"train\.processes=2: method {method} "):
-                small_config(tmp_path, *EXACT, TWO, f"method={method}")
+    monkeypatch.setattr(SEARCHERS.get("fixed_widths"), "shardable", False)  # a plug-in that does not opt in
+    with pytest.raises(ConfigError, match=r"train\.processes=2: method fixed_widths (.|\n)*those that do: amtl, dml"):
+        small_config(tmp_path, *EXACT, TWO, "method=fixed_widths")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_launcher_s_world_size_becomes_train_processes_unless_the_config_says_otherwise(tmp_path):
@@ -178,11 +179,24 @@ def test_the_memory_estimate_of_several_processes_counts_the_tables_once_and_the
 
 
 # ---------------------------------------------------------------------- two processes
-class KilledAtStepSeven(Trainer):
+class WithThisModule(Trainer):
+    """The trainer, from this module: a worker that unpickles it imports this module, which registers the
+    example plug-in method (a plug-in must be registered in every process that trains it)."""
+
+
+class KilledAtStepSeven(WithThisModule):
     """Raises (like a kill) on every rank after step 7; module level, so that spawned workers import it."""
 
     def after_step(self, p):
         if p.stage_index == 0 and p.step == 7:
+            raise KeyboardInterrupt("simulated kill")
+
+
+class KilledAtTheSeventhStep(WithThisModule):
+    """Raises (like a kill) on every rank after the run's seventh step, in whichever stage it falls."""
+
+    def after_step(self, p):
+        if sum(stage["steps"] for stage in self.stage_results.values()) + p.step == 7:
             raise KeyboardInterrupt("simulated kill")
 
 
@@ -326,3 +340,60 @@ def _config_file(tmp_path: Path, *overrides: str) -> Path:
     path = tmp_path / "cli.yaml"
     path.write_text(to_yaml(small_config(tmp_path, "name=cli", *EXACT, *overrides)))
     return path
+
+
+#: Each method's options for a short run that goes through all its stages (each stage at most
+#: ``train.max_steps=12`` steps): PEP passes its targets in the search (its masks then chosen over both
+#: ranks) and retrains from the rewound weights; DML warms up (its lengths unused, then trained), its
+#: controller steers the lengths to a budget, the cut repairs them to it ([8, 4, 5, 5]) and it fine-tunes;
+#: AMTL steers to a budget, freezes its sizes and fine-tunes.
+METHOD_OPTIONS = {
+    "pep": (
+        "method.targets=[0.1,0.3]",  # passed at steps 8 and 12 (a kill at step 7 resumes its row-wise state)
+        "method.pull_start_epochs=0",
+        "method.drift_per_epoch=8",
+        "method.measure_every_steps=2",
+        "method.fused_threshold=false",  # torch.compile in each worker would take longer than the run
+    ),
+    "dml": ("method.warmup_steps=3", "method.anneal_steps=6", "method.budget=0.6", "method.length_lr_scale=200"),
+    "amtl": ("method.budget=0.8", "method.budget_interval=1", "method.budget_rate=2"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("method", list_searchers())
+def test_every_method_trains_all_its_stages_on_two_processes_resumes_after_a_kill_and_matches_one_process(
+    method, tmp_path
+):
+    from embdim.registry import SEARCHERS
+
+    opts = (*EXACT, *COLUMN_SHARDS, f"method={method}", *METHOD_OPTIONS.get(method, ()), "train.eval_every_steps=3")
+    if not SEARCHERS.get(method).shardable:
+        with pytest.raises(ConfigError, match=rf"train\.processes=2: method {method} "):
+            small_config(tmp_path, *opts, TWO)
+        return
+    one = run_experiment(small_config(tmp_path, "name=one", *opts))
+    cfg = small_config(tmp_path, "name=two", *opts, TWO)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, trainer_cls=KilledAtTheSeventhStep)
+    run, runs = tmp_path / "runs" / "two", tmp_path / "runs"
+    assert (run / "checkpoint.pt").is_file() and not (run / "result.json").exists()
+    two = run_experiment(cfg, trainer_cls=WithThisModule)
+    assert two["processes"] == 2 and list(two["stages"]) == list(one["stages"])
+    assert {line["stage"] for line in _metrics(run)} == set(one["stages"])
+    _assert_same_run(runs / "one", run)
+    for key in ("valid_auc", "test_auc", "test_logloss", "embedding_bytes", "model_bytes"):
+        assert two[key] == pytest.approx(one[key], abs=TOLERANCE), key
+    assert two["searcher"].keys() == one["searcher"].keys()
+    plan = json.loads((run / "sharding_plan.json").read_text())
+    assert plan["processes"] == 2 and {s["rank"] for t in plan["tables"].values() for s in t["shards"]} == {0, 1}
+    import embdim
+
+    test = prepare_dataset(small_config(tmp_path, *EXACT), progress=False).splits["test"]
+    ids, dense, labels = batch_tensors(test, np.arange(len(test)))
+    with torch.no_grad():
+        logits, logits_one = embdim.load(run).model(ids, dense).numpy(), load_model(runs / "one" / "model")(ids, dense)
+    np.testing.assert_allclose(logits, logits_one.numpy(), rtol=0, atol=TOLERANCE)
+    assert roc_auc(labels.numpy(), logits) == pytest.approx(two["test_auc"], abs=1e-6)
+    assert two["export_max_abs_logit_diff"] < 1e-5
