@@ -397,3 +397,93 @@ def test_every_method_trains_all_its_stages_on_two_processes_resumes_after_a_kil
     np.testing.assert_allclose(logits, logits_one.numpy(), rtol=0, atol=TOLERANCE)
     assert roc_auc(labels.numpy(), logits) == pytest.approx(two["test_auc"], abs=1e-6)
     assert two["export_max_abs_logit_diff"] < 1e-5
+
+
+# ---------------------------------------------------------------------- PEP's state laid out like the table
+class _ColumnShardedTable:
+    """A lookup's sharded table as PEP reads it on several processes (TorchRecLookup's ``column_blocks`` and
+    ``local_columns``): this rank's column blocks of ``table``, copied."""
+
+    def __init__(self, table: torch.Tensor, blocks: list[tuple[int, int, int]], rank: int) -> None:
+        self.blocks = blocks
+        self.mine = [(first, end, table[:, first:end].clone()) for r, first, end in blocks if r == rank]
+
+    def column_blocks(self, name: str) -> list[tuple[int, int, int]]:
+        return sorted(self.blocks, key=lambda b: b[1])
+
+    def local_columns(self, name: str) -> list[tuple[int, int, torch.Tensor]]:
+        return sorted(self.mine, key=lambda b: b[0])
+
+
+class _WholeTable:
+    def __init__(self, table: torch.Tensor) -> None:
+        self.table = table
+
+    def table_weight(self, name: str) -> torch.Tensor:
+        return self.table
+
+
+#: Column layouts of an 8-wide table on two ranks: halves, interleaved blocks (two per rank), all on rank 1.
+LAYOUTS = {
+    "halves": [(0, 0, 4), (1, 4, 8)],
+    "interleaved": [(0, 0, 2), (1, 2, 4), (0, 4, 6), (1, 6, 8)],
+    "table_wise": [(1, 0, 8)],
+}
+
+
+def _pep_parts_agree(rank: int, port: int) -> None:
+    """One rank of :func:`test_pep_s_sharded_state_gives_what_one_process_computes_over_any_column_layout`."""
+    import torch.distributed as dist
+
+    from embdim.data.schema import FieldInfo
+    from embdim.searchers.pep import PEPConfig, PEPSearcher
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    fields = [FieldInfo("a", 30), FieldInfo("b", 50)]
+    n, d = 80, 8
+    for granularity in ("feature_dim", "feature"):
+        for layout, blocks in LAYOUTS.items():
+            where = f"{granularity}, {layout}"
+            gen = torch.Generator().manual_seed(1)
+            table = torch.randn(n, d, generator=gen) * 0.1
+            table[5:9] = table[3]  # equal margins: ties the masks break in row-major order
+            config = PEPConfig(granularity=granularity, s0=-3.0, targets=[0.3, 0.6], fused_threshold=False)
+            one, two = PEPSearcher(fields, d, config), PEPSearcher(fields, d, config)
+            with torch.no_grad():
+                start = torch.randn(one.threshold.shape, generator=gen) - 3.0
+                one.threshold.copy_(start)
+                two.threshold.copy_(start)
+            whole, sharded = _WholeTable(table), _ColumnShardedTable(table, blocks, rank)
+            two.shard(sharded)
+            assert two._count_kept(sharded) == one._count_kept(whole), where
+            for keep in (0, 1, 200, 333, 639, 640):
+                mask = two.shards_.gather(two._top_mask(two.margins(sharded), keep), d, n)
+                if rank == 0:
+                    assert torch.equal(mask, one._top_mask(one.margins(whole), keep)), (where, keep)
+            assert torch.equal(two._sampled_magnitudes(sharded), whole.table.abs().flatten()), where
+            # two steps of the row-wise thresholds: each rank looks up its share of the global batch
+            ids = torch.stack([torch.randint(0, f.vocab_size, (12,), generator=gen) for f in fields], 1)
+            ids[3] = ids[7]  # a row looked up by both ranks
+            weights = torch.randn(12, 2, 1 if granularity == "feature" else d, generator=gen)
+            for _ in range(2):
+                one.batch_thresholds(ids).mul(weights).sum().backward()
+                share = slice(0, 5) if rank == 0 else slice(5, 12)  # uneven shares
+                (two.batch_thresholds(ids[share]).mul(weights[share]).sum() * 2).backward()
+            state = two.gather_state(sharded)
+            if rank == 0:
+                for key, value in one.state_dict().items():
+                    torch.testing.assert_close(state[0][key], value, rtol=0, atol=1e-6, msg=f"{where}: {key}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_pep_s_sharded_state_gives_what_one_process_computes_over_any_column_layout():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_pep_parts_agree, args=(port,), nprocs=2)

@@ -623,9 +623,9 @@ class PEPSearcher(Searcher):
         self.threshold = nn.Parameter(shards.local_part(whole), requires_grad=False)
         width = shards.local_width(self.threshold_width)
         opt = RowwiseAdam(self.num_rows if shards.holds else 0, width, lr=old.lr, beta2=old.beta2, eps=old.eps)
-        with torch.no_grad():
-            opt.exp_avg_sq.copy_(shards.local_part(old.exp_avg_sq))
+        with torch.no_grad():  # a rank holding none of the table holds none of this state either
             if shards.holds:
+                opt.exp_avg_sq.copy_(shards.local_part(old.exp_avg_sq))
                 opt.last_step.copy_(old.last_step)
             opt.step.copy_(old.step)
         self.threshold_optimizer = opt
