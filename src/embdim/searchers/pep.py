@@ -205,9 +205,10 @@ def count_kept(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 
 def _order_keys(values: torch.Tensor) -> torch.Tensor:
-    """float32 ``values`` as int64 keys in ``[0, 2**32)`` that order as the values do (-0.0 as 0.0)."""
-    bits = (values.float() + 0.0).view(torch.int32).long()  # + 0.0 turns -0.0 into 0.0
-    return torch.where(bits >= 0, bits + (1 << 31), (1 << 31) - 1 - (bits & 0x7FFFFFFF))
+    """float32 ``values`` as int32 keys that order as the values do (-0.0 as 0.0): a negative float's
+    magnitude bits are flipped, so that a larger magnitude gives a smaller key."""
+    bits = (values.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
 def threshold_shape(granularity: str, num_rows: int, num_fields: int, dim: int) -> tuple[int, int]:
@@ -708,11 +709,10 @@ class PEPSearcher(Searcher):
             return torch.ones_like(margins, dtype=torch.bool)
         if keep <= 0:
             return torch.zeros_like(margins, dtype=torch.bool)
-        key = _order_keys(margins)
-        high = key >> DIGIT_BITS
-        top, above = self._select_bucket(high, keep)
-        low, _ = self._select_bucket(key[high == top] & (DIGITS - 1), keep - above)
-        cut = top << DIGIT_BITS | low
+        key = _order_keys(margins)  # int32: the high digit is signed, shifted to a bucket
+        top, above = self._select_bucket((key >> DIGIT_BITS) + DIGITS // 2, keep)
+        low, _ = self._select_bucket(key[(key >> DIGIT_BITS) == top - DIGITS // 2] & (DIGITS - 1), keep - above)
+        cut = (top - DIGITS // 2) * DIGITS + low
         mask = key > cut
         need = keep - int(shards.sum(int(mask.sum())))
         if need > 0:  # the margins equal to the cut, first in row-major order
