@@ -178,6 +178,19 @@ def test_the_memory_estimate_of_several_processes_counts_the_tables_once_and_the
     assert b.parts["model and method parameters"] == 2 * a.parts["model and method parameters"]
 
 
+@pytest.mark.parametrize("method", ["pep", "amtl"])
+def test_the_estimate_counts_a_method_s_sharded_state_once_and_its_replicated_state_per_process(tmp_path, method):
+    from embdim.registry import SEARCHERS
+
+    one = small_config(tmp_path, *EXACT, f"method={method}")
+    schema = prepare_dataset(one, progress=False).schema
+    memory = SEARCHERS.get(method).training_memory(schema.fields, 8, one.method_options())
+    assert 0 < memory.replicated <= memory.state
+    a = estimate_training_memory(one, schema).parts["method state"]
+    b = estimate_training_memory(small_config(tmp_path, *EXACT, f"method={method}", TWO), schema).parts["method state"]
+    assert (a, b) == (memory.state, memory.state + memory.replicated)
+
+
 # ---------------------------------------------------------------------- two processes
 class WithThisModule(Trainer):
     """The trainer, from this module: a worker that unpickles it imports this module, which registers the

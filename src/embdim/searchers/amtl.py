@@ -164,9 +164,10 @@ class AMTLSearcher(Searcher):
     @classmethod
     def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:
         """The table, and per id: its class (int64), penalty weight (float32), frozen length and the
-        lengths computed over the vocabulary (int64 each); the mask networks are negligible."""
+        lengths computed over the vocabulary (int64 each), on every process; the mask networks are negligible."""
         n = sum(f.vocab_size for f in fields)
-        return MethodMemory(tables=n * dim * FLOAT_BYTES, state=n * (8 + FLOAT_BYTES + 8 + 8))
+        per_id = n * (8 + FLOAT_BYTES + 8 + 8)
+        return MethodMemory(tables=n * dim * FLOAT_BYTES, state=per_id, replicated=per_id)
 
     def __init__(
         self, fields: list[FieldInfo], dim: int, config: AMTLConfig, init_std: float = DEFAULT_INIT_STD

@@ -76,11 +76,15 @@ class MethodMemory:
         parameters: its own trainable parameters outside the tables (trained by the dense optimizer).
         state: what it keeps besides (per-row buffers, saved masks, row-wise optimizer state), and the
             largest temporary it builds over the whole vocabulary (a mask, a collapse).
+        replicated: the part of ``state`` every process holds on several processes (``train.processes``):
+            state derived from every row's inputs, or kept per row on every rank holding a shard; the
+            rest of ``state`` follows the table's shards.
     """
 
     tables: int
     parameters: int = 0
     state: int = 0
+    replicated: int = 0
 
 
 @dataclass(frozen=True)

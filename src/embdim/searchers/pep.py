@@ -270,7 +270,9 @@ class PEPSearcher(Searcher):
     def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:
         """The table, the thresholds (and their row-wise state, or as a parameter of the run's optimizer),
         a bool mask per sparsity target, the int64 field of each row, and the margins and top-k mask of a
-        target's measurement (float32 and bool over the whole table)."""
+        target's measurement (float32 and bool over the whole table). On several processes every rank holds
+        each row's field, and each rank holding a shard the row-wise state's last step and scratch slot of
+        every row; the rest follows the shards."""
         assert isinstance(config, PEPConfig)
         n = sum(f.vocab_size for f in fields)
         rows, width = threshold_shape(config.granularity, n, len(fields), dim)
@@ -283,6 +285,7 @@ class PEPSearcher(Searcher):
             tables=n * dim * FLOAT_BYTES,
             parameters=0 if config.rowwise_thresholds else thresholds,
             state=(thresholds if config.rowwise_thresholds else 0) + rowwise_state + masks + measuring + per_row,
+            replicated=per_row + (n * STEP_BYTES if config.rowwise_thresholds else 0),
         )
 
     def __init__(self, fields: list[FieldInfo], dim: int, config: PEPConfig, init_std: float = DEFAULT_INIT_STD):
