@@ -454,7 +454,7 @@ def _pep_parts_agree(rank: int, port: int) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     fields = [FieldInfo("a", 30), FieldInfo("b", 50)]
     n, d = 80, 8
-    for granularity in ("feature_dim", "feature"):
+    for granularity in ("feature_dim", "feature", "field_dim"):  # row-wise (d or 1 per row), or replicated
         for layout, blocks in LAYOUTS.items():
             where = f"{granularity}, {layout}"
             gen = torch.Generator().manual_seed(1)
@@ -474,10 +474,10 @@ def _pep_parts_agree(rank: int, port: int) -> None:
                 if rank == 0:
                     assert torch.equal(mask, one._top_mask(one.margins(whole), keep)), (where, keep)
             assert torch.equal(two._sampled_magnitudes(sharded), whole.table.abs().flatten()), where
-            # two steps of the row-wise thresholds: each rank looks up its share of the global batch
+            # two steps of row-wise thresholds: each rank looks up its share of the global batch
             ids = torch.stack([torch.randint(0, f.vocab_size, (12,), generator=gen) for f in fields], 1)
             ids[3] = ids[7]  # a row looked up by both ranks
-            weights = torch.randn(12, 2, 1 if granularity == "feature" else d, generator=gen)
+            weights = torch.randn(12, 2, one.threshold_width, generator=gen)
             for _ in range(2):
                 one.batch_thresholds(ids).mul(weights).sum().backward()
                 share = slice(0, 5) if rank == 0 else slice(5, 12)  # uneven shares
@@ -492,6 +492,8 @@ def _pep_parts_agree(rank: int, port: int) -> None:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_pep_s_sharded_state_gives_what_one_process_computes_over_any_column_layout():
+    """PEP's state on two ranks (halves, interleaved blocks, all on one rank; thresholds per value, per row or
+    replicated) measures, masks, steps and gathers as on one process."""
     import socket
 
     import torch.multiprocessing as mp
