@@ -35,7 +35,9 @@ updates follow TorchRec's gradient division: the gradient a shard applies is the
 gradients, as data parallelism averages a dense layer's. A sharded lookup's tables are read and
 written through :meth:`TorchRecLookup.local_shards` / :meth:`TorchRecLookup.load_local_shards` (this
 rank's part, for checkpoints) and :meth:`TorchRecLookup.gather_tables` (whole tables on one rank, for
-the export); ``table_weight`` refuses, since a whole table exists nowhere.
+the export); ``table_weight`` refuses, since a whole table exists nowhere. State a method lays out like a
+table (PEP's) follows :meth:`TorchRecLookup.column_blocks` (every rank's column blocks) and
+:meth:`TorchRecLookup.local_columns` (this rank's, as views).
 """
 
 from __future__ import annotations

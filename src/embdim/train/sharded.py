@@ -4,8 +4,12 @@ Every rank builds the same model from the same seed, then:
 
 * the lookup's tables are sharded by TorchRec (:meth:`~embdim.distributed.torchrec_lookup.TorchRecLookup.shard`:
   the planner's placement, written to ``sharding_plan.json``), and trained by fused kernels;
+* the method's state that follows the table rows is laid out like the shards (``Searcher.shard``: PEP's
+  masks and row-wise thresholds), and left alone by data parallelism (``Searcher.local_state_names``);
 * everything else (the CTR model, the method's own parameters) is replicated and trained data-parallel:
-  ``DistributedDataParallel`` averages its gradients over the ranks in the backward pass;
+  ``DistributedDataParallel`` averages its gradients over the ranks in the backward pass (looking for the
+  parameters a method lets sit out steps, ``Searcher.has_idle_parameters``); a penalty that is a batch
+  mean divides by the global batch's rows per rank (``Searcher.batch_rows``);
 * ``train.batch_size`` is the global batch: every rank draws the same shuffle (same seed) and takes its
   share of each batch (``np.array_split`` of the batch's rows, in rank order). The loss a rank
   differentiates is its share's summed loss times ``world / global rows``, so the averaged gradient
@@ -20,8 +24,9 @@ Every rank builds the same model from the same seed, then:
   A checkpoint is a generation: every rank writes its ``checkpoint-<g>.pt``, then rank 0 writes
   ``checkpoint.pt`` naming ``g`` (the commit), then the older generations are removed; a kill at any
   point leaves one whole generation to resume from;
-* the export gathers the shards on rank 0 into an ordinary one-process model, which is exported as a
-  one-process run's is (:meth:`ShardedTraining.gathered`).
+* the export gathers the shards (and the method's sharded state, ``Searcher.gather_state``) on rank 0
+  into an ordinary one-process model, which is exported as a one-process run's is
+  (:meth:`ShardedTraining.gathered`).
 """
 
 from __future__ import annotations
