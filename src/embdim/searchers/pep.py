@@ -58,6 +58,11 @@ What is this project's own design [ours]:
 - Slim export: one CSR group (values float32, column indices uint8 for d <= 256, int32 row
   offsets); rows with no kept value are dropped features.
 
+On several processes [ours] the masks, and the row-wise thresholds with their optimizer state, are
+sharded like the table (:meth:`PEPSearcher.shard`, docs/scale.md "Every method sharded"): a batch's
+thresholds come from the ranks holding them and their gradients go back there, whole-table counts are
+summed over the ranks, and a target's mask is chosen over all of them by the rule one process uses.
+
 Training memory [ours, reported by :meth:`report`]: the ``feature_dim`` threshold is as large as
 the table (n x d floats), plus its optimizer state: one n x d average and an int64 step per row
 (row-wise, mode ours), or Adam's two n x d moments (faithful); each saved mask is n x d bytes.
