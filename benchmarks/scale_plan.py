@@ -4,7 +4,8 @@ Inputs: the 26 categorical features of Criteo 1TB at their cardinalities without
 (882.8M rows in all; MLPerf's DLRM-DCNv2 reference caps each at 40M), width ``d = 128`` as MLPerf's
 DLRM, float32 values. For each method, its training memory comes from the method's own pre-flight
 estimate (``Searcher.training_memory``, the numbers embdim's memory check uses), split into what
-follows the table rows onto their shards and what every rank holds; the tables' optimizer state is
+follows the table rows onto their shards and what every rank holds (its parameters and
+``MethodMemory.replicated``); the tables' optimizer state is
 counted for exact Adagrad (one value per table value: fbgemm's CPU kernels, embdim's fused optimizer
 today) and for row-wise Adagrad (one value per row: TorchRec's usual GPU choice). Per rank is an even
 share of the sharded part plus the replicated part. The pooled-embedding all-to-all of a step carries
@@ -56,15 +57,17 @@ def main() -> None:
         memory = SEARCHERS.get(name).training_memory(fields, DIM, config)
         exact, rowwise = memory.tables, rows * FLOAT
         state = 0 if name == "mlet" else memory.state  # MLET's state is the export's collapse, not training's
+        state -= memory.replicated
+        every_rank = memory.parameters + memory.replicated
         sharded_exact = memory.tables + exact + state
         sharded_rowwise = memory.tables + rowwise + state
         per_rank = [
-            f"{(sharded_exact / w + memory.parameters) / GB:.1f} / {(sharded_rowwise / w + memory.parameters) / GB:.1f}"
+            f"{(sharded_exact / w + every_rank) / GB:.1f} / {(sharded_rowwise / w + every_rank) / GB:.1f}"
             for w in WORLDS
         ]
         print(
             f"| {label} | {memory.tables / GB:.1f} | {exact / GB:.1f} | {rowwise / GB:.1f} | {state / GB:.1f} | "
-            f"{memory.parameters / GB:.3f} | " + " | ".join(per_rank) + " |"
+            f"{every_rank / GB:.3f} | " + " | ".join(per_rank) + " |"
         )
     print("\nall-to-all of the pooled vectors per step (each way):")
     mlet_k = SEARCHERS.get("mlet").Config().resolve_inner_dim(DIM)

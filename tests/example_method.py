@@ -30,6 +30,7 @@ class FixedWidthsSearcher(Searcher):
     """
 
     Config = FixedWidthsConfig
+    shardable = True  # no state of its own: its tables are the lookup's, its export reads them (gathered)
 
     def __init__(self, fields, dim: int, config: FixedWidthsConfig, init_std: float = 0.01) -> None:
         super().__init__(fields, dim, config, init_std)

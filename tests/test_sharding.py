@@ -22,6 +22,8 @@ from typer.testing import CliRunner
 
 pytest.importorskip("torchrec")
 
+import example_method  # noqa: F401  (workers that unpickle this module's trainers register the plug-in method too)
+from embdim import list_searchers
 from embdim.cli import app
 from embdim.config import ConfigError, to_yaml, with_processes
 from embdim.distributed.group import split_rows
@@ -87,7 +89,6 @@ def _assert_same_run(one: Path, two: Path) -> None:
 @pytest.mark.parametrize(
     "overrides, names",
     [
-        (("method=pep",), ("train.processes=2", "method pep", "full, mde")),
         (("embedding.backend=torch",), ("train.processes=2", "embedding.backend=torchrec")),
         (("train.fused=false", "train.optimizer=adam"), ("train.processes=2", "train.fused=true")),
         (("train.embedding_decay=looked_up", "train.embedding_weight_decay=0.1"), ("train.embedding_decay",)),
@@ -106,13 +107,13 @@ def test_a_run_on_several_processes_it_cannot_train_is_refused_naming_the_keys(t
     assert not (tmp_path / "runs").exists()
 
 
-def test_every_method_not_yet_sharded_is_refused_before_anything_starts(tmp_path):
+def test_a_method_that_does_not_shard_is_refused_by_name_before_anything_starts(tmp_path, monkeypatch):
     from embdim.registry import SEARCHERS
 
-    for method in SEARCHERS.names():
-        if not SEARCHERS.get(method).shardable:
-            with pytest.raises(ConfigError, match=rf"train\.processes=2: method {method} "):
-                small_config(tmp_path, *EXACT, TWO, f"method={method}")
+    monkeypatch.setattr(SEARCHERS.get("fixed_widths"), "shardable", False)  # a plug-in that does not opt in
+    with pytest.raises(ConfigError, match=r"train\.processes=2: method fixed_widths (.|\n)*those that do: amtl, dml"):
+        small_config(tmp_path, *EXACT, TWO, "method=fixed_widths")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_launcher_s_world_size_becomes_train_processes_unless_the_config_says_otherwise(tmp_path):
@@ -177,12 +178,38 @@ def test_the_memory_estimate_of_several_processes_counts_the_tables_once_and_the
     assert b.parts["model and method parameters"] == 2 * a.parts["model and method parameters"]
 
 
+@pytest.mark.parametrize("method", ["pep", "amtl"])
+def test_the_estimate_counts_a_method_s_sharded_state_once_and_its_replicated_state_per_process(tmp_path, method):
+    from embdim.registry import SEARCHERS
+
+    one = small_config(tmp_path, *EXACT, f"method={method}")
+    schema = prepare_dataset(one, progress=False).schema
+    memory = SEARCHERS.get(method).training_memory(schema.fields, 8, one.method_options())
+    assert 0 < memory.replicated <= memory.state
+    a = estimate_training_memory(one, schema).parts["method state"]
+    b = estimate_training_memory(small_config(tmp_path, *EXACT, f"method={method}", TWO), schema).parts["method state"]
+    assert (a, b) == (memory.state, memory.state + memory.replicated)
+
+
 # ---------------------------------------------------------------------- two processes
-class KilledAtStepSeven(Trainer):
+class WithThisModule(Trainer):
+    """The trainer, from this module: a worker that unpickles it imports this module, which registers the
+    example plug-in method (a plug-in must be registered in every process that trains it)."""
+
+
+class KilledAtStepSeven(WithThisModule):
     """Raises (like a kill) on every rank after step 7; module level, so that spawned workers import it."""
 
     def after_step(self, p):
         if p.stage_index == 0 and p.step == 7:
+            raise KeyboardInterrupt("simulated kill")
+
+
+class KilledAtTheSeventhStep(WithThisModule):
+    """Raises (like a kill) on every rank after the run's seventh step, in whichever stage it falls."""
+
+    def after_step(self, p):
+        if sum(stage["steps"] for stage in self.stage_results.values()) + p.step == 7:
             raise KeyboardInterrupt("simulated kill")
 
 
@@ -326,3 +353,152 @@ def _config_file(tmp_path: Path, *overrides: str) -> Path:
     path = tmp_path / "cli.yaml"
     path.write_text(to_yaml(small_config(tmp_path, "name=cli", *EXACT, *overrides)))
     return path
+
+
+#: Each method's options for a short run that goes through all its stages (each stage at most
+#: ``train.max_steps=12`` steps): PEP passes its targets in the search (its masks then chosen over both
+#: ranks) and retrains from the rewound weights; DML warms up (its lengths unused, then trained), its
+#: controller steers the lengths to a budget, the cut repairs them to it ([8, 4, 5, 5]) and it fine-tunes;
+#: AMTL steers to a budget, freezes its sizes and fine-tunes.
+METHOD_OPTIONS = {
+    "pep": (
+        "method.targets=[0.1,0.3]",  # passed at steps 8 and 12 (a kill at step 7 resumes its row-wise state)
+        "method.pull_start_epochs=0",
+        "method.drift_per_epoch=8",
+        "method.measure_every_steps=2",
+        "method.fused_threshold=false",  # torch.compile in each worker would take longer than the run
+    ),
+    "dml": ("method.warmup_steps=3", "method.anneal_steps=6", "method.budget=0.6", "method.length_lr_scale=200"),
+    "amtl": ("method.budget=0.8", "method.budget_interval=1", "method.budget_rate=2"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("method", list_searchers())
+def test_every_method_trains_all_its_stages_on_two_processes_resumes_after_a_kill_and_matches_one_process(
+    method, tmp_path
+):
+    from embdim.registry import SEARCHERS
+
+    opts = (*EXACT, *COLUMN_SHARDS, f"method={method}", *METHOD_OPTIONS.get(method, ()), "train.eval_every_steps=3")
+    if not SEARCHERS.get(method).shardable:
+        with pytest.raises(ConfigError, match=rf"train\.processes=2: method {method} "):
+            small_config(tmp_path, *opts, TWO)
+        return
+    one = run_experiment(small_config(tmp_path, "name=one", *opts))
+    cfg = small_config(tmp_path, "name=two", *opts, TWO)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, trainer_cls=KilledAtTheSeventhStep)
+    run, runs = tmp_path / "runs" / "two", tmp_path / "runs"
+    assert (run / "checkpoint.pt").is_file() and not (run / "result.json").exists()
+    two = run_experiment(cfg, trainer_cls=WithThisModule)
+    assert two["processes"] == 2 and list(two["stages"]) == list(one["stages"])
+    assert {line["stage"] for line in _metrics(run)} == set(one["stages"])
+    _assert_same_run(runs / "one", run)
+    for key in ("valid_auc", "test_auc", "test_logloss", "embedding_bytes", "model_bytes"):
+        assert two[key] == pytest.approx(one[key], abs=TOLERANCE), key
+    assert two["searcher"].keys() == one["searcher"].keys()
+    plan = json.loads((run / "sharding_plan.json").read_text())
+    assert plan["processes"] == 2 and {s["rank"] for t in plan["tables"].values() for s in t["shards"]} == {0, 1}
+    import embdim
+
+    test = prepare_dataset(small_config(tmp_path, *EXACT), progress=False).splits["test"]
+    ids, dense, labels = batch_tensors(test, np.arange(len(test)))
+    with torch.no_grad():
+        logits, logits_one = embdim.load(run).model(ids, dense).numpy(), load_model(runs / "one" / "model")(ids, dense)
+    np.testing.assert_allclose(logits, logits_one.numpy(), rtol=0, atol=TOLERANCE)
+    assert roc_auc(labels.numpy(), logits) == pytest.approx(two["test_auc"], abs=1e-6)
+    assert two["export_max_abs_logit_diff"] < 1e-5
+
+
+# ---------------------------------------------------------------------- PEP's state laid out like the table
+class _ColumnShardedTable:
+    """A lookup's sharded table as PEP reads it on several processes (TorchRecLookup's ``column_blocks`` and
+    ``local_columns``): this rank's column blocks of ``table``, copied."""
+
+    def __init__(self, table: torch.Tensor, blocks: list[tuple[int, int, int]], rank: int) -> None:
+        self.blocks = blocks
+        self.mine = [(first, end, table[:, first:end].clone()) for r, first, end in blocks if r == rank]
+
+    def column_blocks(self, name: str) -> list[tuple[int, int, int]]:
+        return sorted(self.blocks, key=lambda b: b[1])
+
+    def local_columns(self, name: str) -> list[tuple[int, int, torch.Tensor]]:
+        return sorted(self.mine, key=lambda b: b[0])
+
+
+class _WholeTable:
+    def __init__(self, table: torch.Tensor) -> None:
+        self.table = table
+
+    def table_weight(self, name: str) -> torch.Tensor:
+        return self.table
+
+
+#: Column layouts of an 8-wide table on two ranks: halves, interleaved blocks (two per rank), all on rank 1.
+LAYOUTS = {
+    "halves": [(0, 0, 4), (1, 4, 8)],
+    "interleaved": [(0, 0, 2), (1, 2, 4), (0, 4, 6), (1, 6, 8)],
+    "table_wise": [(1, 0, 8)],
+}
+
+
+def _pep_parts_agree(rank: int, port: int) -> None:
+    """One rank of :func:`test_pep_s_sharded_state_gives_what_one_process_computes_over_any_column_layout`."""
+    import torch.distributed as dist
+
+    from embdim.data.schema import FieldInfo
+    from embdim.searchers.pep import PEPConfig, PEPSearcher
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    fields = [FieldInfo("a", 30), FieldInfo("b", 50)]
+    n, d = 80, 8
+    for granularity in ("feature_dim", "feature", "field_dim"):  # row-wise (d or 1 per row), or replicated
+        for layout, blocks in LAYOUTS.items():
+            where = f"{granularity}, {layout}"
+            gen = torch.Generator().manual_seed(1)
+            table = torch.randn(n, d, generator=gen) * 0.1
+            table[5:9] = table[3]  # equal margins: ties the masks break in row-major order
+            config = PEPConfig(granularity=granularity, s0=-3.0, targets=[0.3, 0.6], fused_threshold=False)
+            one, two = PEPSearcher(fields, d, config), PEPSearcher(fields, d, config)
+            with torch.no_grad():
+                start = torch.randn(one.threshold.shape, generator=gen) - 3.0
+                one.threshold.copy_(start)
+                two.threshold.copy_(start)
+            whole, sharded = _WholeTable(table), _ColumnShardedTable(table, blocks, rank)
+            two.shard(sharded)
+            assert two._count_kept(sharded) == one._count_kept(whole), where
+            for keep in (0, 1, 200, 333, 639, 640):
+                mask = two.shards_.gather(two._top_mask(two.margins(sharded), keep), d, n)
+                if rank == 0:
+                    assert torch.equal(mask, one._top_mask(one.margins(whole), keep)), (where, keep)
+            assert torch.equal(two._sampled_magnitudes(sharded), whole.table.abs().flatten()), where
+            # steps of row-wise thresholds: each rank looks up its share of the global batch
+            ids = torch.stack([torch.randint(0, f.vocab_size, (12,), generator=gen) for f in fields], 1)
+            ids[3] = ids[7]  # a row looked up by both ranks
+            weights = torch.randn(12, 2, one.threshold_width, generator=gen)
+            for cut in (5, 5, 12):  # uneven shares, then all rows on rank 0 (an epoch's last batch of one row)
+                one.batch_thresholds(ids).mul(weights).sum().backward()
+                share = slice(0, cut) if rank == 0 else slice(cut, 12)
+                (two.batch_thresholds(ids[share]).mul(weights[share]).sum() * 2).backward()
+            state = two.gather_state(sharded)
+            if rank == 0:
+                for key, value in one.state_dict().items():
+                    torch.testing.assert_close(state[0][key], value, rtol=0, atol=1e-6, msg=f"{where}: {key}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_pep_s_sharded_state_gives_what_one_process_computes_over_any_column_layout():
+    """PEP's state on two ranks (halves, interleaved blocks, all on one rank; thresholds per value, per row or
+    replicated) measures, masks, steps and gathers as on one process."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_pep_parts_agree, args=(port,), nprocs=2)

@@ -18,10 +18,13 @@ leaves rare rows behind and this one does not.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from embdim.distributed.rows import ColumnShards
 
 
 class RowwiseAdam(nn.Module):
@@ -114,3 +117,35 @@ class _RowwiseLookup(torch.autograd.Function):
         (rows,) = ctx.saved_tensors
         ctx.opt.apply_gradient(ctx.weight, rows.reshape(-1), grad.reshape(-1, grad.shape[-1]))
         return None, None, None, None
+
+
+def sharded_rowwise_lookup(
+    weight: torch.Tensor, rows: torch.Tensor, opt: RowwiseAdam, shards: ColumnShards, width: int
+) -> torch.Tensor:
+    """``weight[rows]`` of a ``[n, width]`` tensor sharded like a table over several processes (``weight`` and
+    ``opt``'s state: this rank's part, see :class:`~embdim.distributed.rows.ColumnShards`): ``[..., width]``
+    for ``rows`` of any shape, fetched from the ranks holding them. Every rank must call it (and, after it,
+    backward). The backward pass sends each rank's gradients to the holders, and each holder takes one
+    :meth:`RowwiseAdam.apply_gradient` step on its part with the rows of every rank, in rank order, their
+    gradients averaged over the ranks: the rows and gradients of the global batch, as one process steps."""
+    return _ShardedRowwiseLookup.apply(weight, rows, opt._anchor, opt, shards, width)
+
+
+class _ShardedRowwiseLookup(torch.autograd.Function):
+    """:func:`sharded_rowwise_lookup`: an all-to-all forward whose backward is an all-to-all and a row-wise step."""
+
+    @staticmethod
+    def forward(ctx: Any, weight, rows, anchor, opt: RowwiseAdam, shards: ColumnShards, width: int):
+        all_rows, sizes = shards.requests(rows)
+        ctx.weight, ctx.opt, ctx.shards, ctx.width, ctx.sizes = weight, opt, shards, width, sizes
+        ctx.save_for_backward(all_rows)
+        return shards.fetch(weight.detach(), all_rows, sizes, width).view(*rows.shape, width)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        (all_rows,) = ctx.saved_tensors
+        shards = ctx.shards
+        mine = shards.gradients(grad.reshape(-1, ctx.width), ctx.sizes, ctx.width)
+        if mine.shape[1]:  # each rank differentiated its share times the ranks: their mean is the batch's
+            ctx.opt.apply_gradient(ctx.weight, all_rows, mine / shards.world)
+        return None, None, None, None, None, None

@@ -35,7 +35,9 @@ updates follow TorchRec's gradient division: the gradient a shard applies is the
 gradients, as data parallelism averages a dense layer's. A sharded lookup's tables are read and
 written through :meth:`TorchRecLookup.local_shards` / :meth:`TorchRecLookup.load_local_shards` (this
 rank's part, for checkpoints) and :meth:`TorchRecLookup.gather_tables` (whole tables on one rank, for
-the export); ``table_weight`` refuses, since a whole table exists nowhere.
+the export); ``table_weight`` refuses, since a whole table exists nowhere. State a method lays out like a
+table (PEP's) follows :meth:`TorchRecLookup.column_blocks` (every rank's column blocks) and
+:meth:`TorchRecLookup.local_columns` (this rank's, as views).
 """
 
 from __future__ import annotations
@@ -378,6 +380,37 @@ class TorchRecLookup(Lookup):
                 row, col = shard.metadata.shard_offsets
                 out[SHARD_KEY.format(name=spec.name, row=row, col=col)] = shard.tensor
         return out
+
+    def column_blocks(self, name: str) -> list[tuple[int, int, int]]:
+        """Where table ``name``'s columns are: ``(rank, first column, end column)`` of every shard on every
+        rank, in column order, the padding left out (a shard of padding alone is not listed). On the CPU
+        every shard holds all the table's rows (TorchRec shards rows only on GPUs); a shard that does not is
+        a ``NotImplementedError``."""
+        spec = self._spec(name)
+        sharded = self._sharded_state()[f"embedding_bags.{name}.weight"]
+        blocks = []
+        for meta in sharded.metadata().shards_metadata:
+            (row, col), (rows, cols) = meta.shard_offsets, meta.shard_sizes
+            if row != 0 or rows != spec.num_rows:
+                raise NotImplementedError(
+                    f"table {name!r}: a shard of rows {row}..{row + rows} of {spec.num_rows} (row-wise sharding); "
+                    "state laid out like the table follows column shards only"
+                )
+            if col < spec.dim:
+                blocks.append((meta.placement.rank(), col, min(col + cols, spec.dim)))
+        return sorted(blocks, key=lambda block: block[1])
+
+    def local_columns(self, name: str) -> list[tuple[int, int, torch.Tensor]]:
+        """This rank's shards of table ``name`` as ``(first column, end column, view [num_rows, end - first])``,
+        in column order, the padding left out (see :meth:`column_blocks`); none when another rank holds it."""
+        dim = self._spec(name).dim
+        out = []
+        for key, shard in self.local_shards().items():
+            table, (_, col) = _parse_shard_key(key)
+            if table == name and col < dim:
+                end = min(col + shard.shape[1], dim)
+                out.append((col, end, shard[:, : end - col]))
+        return sorted(out, key=lambda block: block[0])
 
     @torch.no_grad()
     def load_local_shards(self, saved: dict[str, torch.Tensor]) -> None:

@@ -159,13 +159,15 @@ class AMTLSearcher(Searcher):
 
     Config = AMTLConfig
     steers_to_budget = True
+    shardable = True  # mask networks data-parallel; the per-id frequency inputs are derived on every rank
 
     @classmethod
     def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:
         """The table, and per id: its class (int64), penalty weight (float32), frozen length and the
-        lengths computed over the vocabulary (int64 each); the mask networks are negligible."""
+        lengths computed over the vocabulary (int64 each), on every process; the mask networks are negligible."""
         n = sum(f.vocab_size for f in fields)
-        return MethodMemory(tables=n * dim * FLOAT_BYTES, state=n * (8 + FLOAT_BYTES + 8 + 8))
+        per_id = n * (8 + FLOAT_BYTES + 8 + 8)
+        return MethodMemory(tables=n * dim * FLOAT_BYTES, state=per_id, replicated=per_id)
 
     def __init__(
         self, fields: list[FieldInfo], dim: int, config: AMTLConfig, init_std: float = DEFAULT_INIT_STD
@@ -237,6 +239,9 @@ class AMTLSearcher(Searcher):
         self.last_bytes_ratio: float | None = None
         self._previous_class_lengths: torch.Tensor | None = None  # sizes before the last step (for landing)
 
+    def has_idle_parameters(self) -> bool:
+        return True  # the mask networks are not used once the sizes are frozen
+
     # ------------------------------------------------------------------ mask
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Global row of every per-field id: [B, F] -> [B, F]."""
@@ -307,9 +312,11 @@ class AMTLSearcher(Searcher):
         unbiased estimate of the average over the whole vocabulary; ``occurrence``: the batch mean.
         """
         if self.config.penalty_weighting == "occurrence":
-            return expected.mean()
+            if self.batch_rows is None:
+                return expected.mean()
+            return self._batch_mean(expected.sum(), ids.shape[0]) / ids.shape[1]
         w = self.occurrence_weight[self._rows(ids)]
-        return (w * expected).sum() / ids.shape[0]
+        return self._batch_mean((w * expected).sum(), ids.shape[0])
 
     # ------------------------------------------------------------------ sizes
     @torch.no_grad()

@@ -76,11 +76,15 @@ class MethodMemory:
         parameters: its own trainable parameters outside the tables (trained by the dense optimizer).
         state: what it keeps besides (per-row buffers, saved masks, row-wise optimizer state), and the
             largest temporary it builds over the whole vocabulary (a mask, a collapse).
+        replicated: the part of ``state`` every process holds on several processes (``train.processes``):
+            state derived from every row's inputs, or kept per row on every rank holding a shard; the
+            rest of ``state`` follows the table's shards.
     """
 
     tables: int
     parameters: int = 0
     state: int = 0
+    replicated: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class Searcher(nn.Module, ABC):
     steers_to_budget: ClassVar[bool] = False
     #: the method trains on several processes (``train.processes``): its tables sharded by TorchRec, its
     #: own parameters data-parallel, every query and export of its state answered from what the ranks hold
+    #: (see :meth:`shard`, :meth:`local_state_names`, :meth:`gather_state` and :attr:`batch_rows`)
     shardable: ClassVar[bool] = False
 
     def __init__(
@@ -141,6 +146,10 @@ class Searcher(nn.Module, ABC):
         self.init_std = init_std
         #: training batches per epoch, set by the trainer before a stage trains (schedules in epochs)
         self.steps_per_epoch: int | None = None
+        #: the rows a penalty that is a mean over the batch divides by: ``None`` for the batch's own rows; on
+        #: several processes the trainer sets it to the global batch's rows over the processes before each
+        #: step, so that the ranks' penalties, their gradients averaged, are the global batch's mean
+        self.batch_rows: float | None = None
 
     @property
     def num_fields(self) -> int:
@@ -230,6 +239,36 @@ class Searcher(nn.Module, ABC):
 
     def end_stage(self, stage: Stage, lookup: Lookup) -> None:
         """After ``stage``, with the weights it hands on loaded (complete a mask, cut at the end)."""
+
+    # ------------------------------------------------------------------ several processes
+    def shard(self, lookup: Lookup) -> None:
+        """Called on every rank (a collective) once ``lookup``'s tables are sharded, before any step, checkpoint
+        or weights file is read: a method whose state follows the table rows lays it out like their shards
+        here (its state then holds this rank's part). Default: nothing (the method's state is replicated:
+        dense parameters that data parallelism averages, state every rank computes alike)."""
+
+    def has_idle_parameters(self) -> bool:
+        """Whether some of its trainable parameters get no gradient in some steps (a warm-up, a cut, a freeze,
+        a stage that switches them off): data parallelism then looks for them at every step. Default: no."""
+        return False
+
+    def local_state_names(self) -> list[str]:
+        """Names (as :meth:`named_parameters` / :meth:`named_buffers` give them) of the parameters and buffers
+        that hold this rank's part only after :meth:`shard`: data parallelism neither averages nor broadcasts
+        them. Default: none."""
+        return []
+
+    def gather_state(self, lookup: Lookup, dst: int = 0) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """On rank ``dst``, ``(state_dict(), state_for_checkpoint())`` as one process would hold them (whole
+        tensors gathered from the ranks' parts), for an unsharded copy to export; ``None`` on the other
+        ranks. Every rank must call it. Default: this rank's own (the state is replicated)."""
+        if torch.distributed.get_rank() != dst:
+            return None
+        return self.state_dict(), self.state_for_checkpoint()
+
+    def _batch_mean(self, total: torch.Tensor, rows: int) -> torch.Tensor:
+        """``total`` (a sum over a batch of ``rows`` rows) as the batch's mean (see :attr:`batch_rows`)."""
+        return total / (rows if self.batch_rows is None else self.batch_rows)
 
     # ------------------------------------------------------------------ queries
     def stage_done(self, stage: Stage) -> bool:

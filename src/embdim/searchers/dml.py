@@ -171,6 +171,7 @@ class DMLSearcher(Searcher):
 
     Config = DMLConfig
     steers_to_budget = True
+    shardable = True  # its lengths and controller are replicated: every rank computes them alike
 
     def __init__(self, fields: list[FieldInfo], dim: int, config: DMLConfig, init_std: float = DEFAULT_INIT_STD):
         super().__init__(fields, dim, config, init_std)
@@ -212,6 +213,9 @@ class DMLSearcher(Searcher):
                 raise ValueError(
                     f"budget: target is {self.target_share:.3f} of the full tables; dml can only shrink (0, 1]"
                 )
+
+    def has_idle_parameters(self) -> bool:
+        return True  # the lengths are frozen while warming up and once cut
 
     def _length_groups(self, config: DMLConfig) -> list[int]:
         """Group index of every field: its own (per field) or its table's (per table)."""

@@ -126,6 +126,7 @@ class HashSearcher(Searcher):
     """
 
     Config = HashConfig
+    shardable = True  # the bucket table is the lookup's; lookup_ids maps ids before the (sharded) lookup
 
     @classmethod
     def for_budget(

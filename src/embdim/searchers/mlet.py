@@ -90,6 +90,7 @@ class MLETSearcher(Searcher):
     """
 
     Config = MLETConfig
+    shardable = True  # A is the lookup's table; B is data-parallel
 
     @classmethod
     def for_budget(
@@ -141,7 +142,7 @@ class MLETSearcher(Searcher):
         out = torch.bmm(a_rows.transpose(0, 1), self.B).transpose(0, 1)  # [B, F, d]
         if self.config.weight_decay_on != "product" or not self.training:
             return Embedded(out)
-        return Embedded(out, self.config.product_decay * out.square().sum() / out.shape[0])
+        return Embedded(out, self.config.product_decay * self._batch_mean(out.square().sum(), out.shape[0]))
 
     # ------------------------------------------------------------------ collapse
     @torch.no_grad()

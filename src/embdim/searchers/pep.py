@@ -67,6 +67,11 @@ What is this project's own design [ours]:
   both (``params_ratio``, ``bytes_ratio``), and the plan's ``details.storage_bytes`` each layout's
   bytes.
 
+On several processes [ours] the masks, and the row-wise thresholds with their optimizer state, are
+sharded like the table (:meth:`PEPSearcher.shard`, docs/scale.md "Every method sharded"): a batch's
+thresholds come from the ranks holding them and their gradients go back there, whole-table counts are
+summed over the ranks, and a target's mask is chosen over all of them by the rule one process uses.
+
 Training memory [ours, reported by :meth:`report`]: the ``feature_dim`` threshold is as large as
 the table (n x d floats), plus its optimizer state: one n x d average and an int64 step per row
 (row-wise, mode ours), or Adam's two n x d moments (faithful); each saved mask is n x d bytes.
@@ -85,10 +90,11 @@ from torch import nn
 
 from embdim.budget import Budget, BudgetUnreachable
 from embdim.data.schema import FieldInfo
+from embdim.distributed.rows import ColumnShards
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.rowwise import RowwiseAdam
+from embdim.rowwise import RowwiseAdam, sharded_rowwise_lookup
 from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig, Stage
 from embdim.slim import CompactGroup, CsrGroup, SlimEmbedding
 from embdim.storage import FLOAT_BYTES, CompactStorage, CsrStorage, field_bounds
@@ -100,6 +106,8 @@ SEARCH, RETRAIN = "search", "retrain"  # the stages, and the phase the searcher 
 ADAM_MOMENTS = 2
 STEP_BYTES = 8 + 4  # RowwiseAdam per row: int64 last-updated step, int32 scratch slot
 MEASURE_BLOCK_ROWS = 16384  # rows per block of the sparsity count: its temporaries stay in cache
+DIGIT_BITS = 16  # a sharded target's mask: the radix select's digits (two passes over 32-bit keys)
+DIGITS = 1 << DIGIT_BITS
 QUANTILE_SAMPLE = 1 << 20  # |v| entries sampled for the drift's starting quantile (torch.quantile's limit is 2^24)
 
 
@@ -211,6 +219,13 @@ def count_kept(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return (v.abs() > torch.sigmoid(s)).sum()
 
 
+def _order_keys(values: torch.Tensor) -> torch.Tensor:
+    """float32 ``values`` as int32 keys that order as the values do (-0.0 as 0.0): a negative float's
+    magnitude bits are flipped, so that a larger magnitude gives a smaller key."""
+    bits = (values.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
 def threshold_shape(granularity: str, num_rows: int, num_fields: int, dim: int) -> tuple[int, int]:
     """Shape of the threshold tensor of a granularity (table of ``num_rows`` rows, F fields, width d)."""
     return {
@@ -311,6 +326,7 @@ class PEPSearcher(Searcher):
 
     Config = PEPConfig
     steers_to_budget = True
+    shardable = True  # its per-row state follows the table's column shards (see shard())
 
     @classmethod
     def for_budget(
@@ -328,7 +344,9 @@ class PEPSearcher(Searcher):
     def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:
         """The table, the thresholds (and their row-wise state, or as a parameter of the run's optimizer),
         a bool mask per sparsity target, the int64 field of each row, and the margins and top-k mask of a
-        target's measurement (float32 and bool over the whole table)."""
+        target's measurement (float32 and bool over the whole table). On several processes every rank holds
+        each row's field, and each rank holding a shard the row-wise state's last step and scratch slot of
+        every row; the rest follows the shards."""
         assert isinstance(config, PEPConfig)
         n = sum(f.vocab_size for f in fields)
         rows, width = threshold_shape(config.granularity, n, len(fields), dim)
@@ -344,6 +362,7 @@ class PEPSearcher(Searcher):
             tables=n * dim * FLOAT_BYTES,
             parameters=0 if config.rowwise_thresholds else thresholds,
             state=(thresholds if config.rowwise_thresholds else 0) + rowwise_state + masks + measuring + per_row,
+            replicated=per_row + (n * STEP_BYTES if config.rowwise_thresholds else 0),
         )
 
     def __init__(self, fields: list[FieldInfo], dim: int, config: PEPConfig, init_std: float = DEFAULT_INIT_STD):
@@ -353,6 +372,7 @@ class PEPSearcher(Searcher):
         self.num_rows = n
         shape = threshold_shape(config.granularity, n, self.num_fields, dim)
         self.threshold = nn.Parameter(torch.full(shape, config.s0))
+        self.threshold_width = shape[1]
         self.threshold_optimizer: RowwiseAdam | None = None
         if config.rowwise_thresholds:  # trained in the lookup's backward, not by the run's optimizers
             self.threshold.requires_grad_(False)
@@ -390,6 +410,9 @@ class PEPSearcher(Searcher):
         # mode ours: the offset every threshold has risen by, a 0-d tensor so that the
         # compiled kernels take it as an input rather than recompiling for each value
         self.register_buffer("drift", torch.zeros(()), persistent=False)
+        #: on several processes (shard()): the table's column shards, which the masks (and the row-wise
+        #: thresholds with their optimizer state) follow; None on one process
+        self.shards_: ColumnShards | None = None
 
     # ------------------------------------------------------------------ thresholds
     def optimizer_groups(self) -> list[dict[str, Any]]:
@@ -402,6 +425,8 @@ class PEPSearcher(Searcher):
         s = self.threshold
         if self.config.granularity in ("feature", "feature_dim"):
             rows = ids + self.row_offsets
+            if self.threshold_optimizer is not None and self.shards_ is not None:  # on the ranks holding them
+                return self._sharded_thresholds(rows)
             if self.threshold_optimizer is not None:
                 return self.threshold_optimizer(s, rows)  # [B, F, 1|d]
             return nn.functional.embedding(rows, s)  # [B, F, 1|d]
@@ -424,9 +449,8 @@ class PEPSearcher(Searcher):
     def forward(self, raw: RawEmbeddings, ids: torch.Tensor) -> Embedded:
         v = raw.stacked()  # [B, F, d]
         if self.phase_ == RETRAIN:
-            mask = self._retrain_mask()
             # zero gradient on pruned entries: their weights (zero) never change
-            return Embedded(torch.where(mask[ids + self.row_offsets], v, 0.0))
+            return Embedded(torch.where(self._batch_mask(ids), v, 0.0))
         s = self.batch_thresholds(ids)
         if self.training and torch.is_grad_enabled() and self._fused_available(v, s):
             return Embedded(self._fused(v, s, self.drift))
@@ -470,7 +494,10 @@ class PEPSearcher(Searcher):
     # ------------------------------------------------------------------ whole-table measures
     @torch.no_grad()
     def margins(self, lookup: Lookup) -> torch.Tensor:
-        """``|v| - sigmoid(s)`` of the whole table ``[n, d]``; an entry survives where it is > 0."""
+        """``|v| - sigmoid(s)`` of the whole table ``[n, d]``; an entry survives where it is > 0 (on several
+        processes: this rank's part, laid out like the table's shards)."""
+        if self.shards_ is not None:
+            return self._local_margins(lookup)
         return lookup.table_weight(TABLE).abs() - torch.sigmoid(self.table_thresholds())
 
     def _retrain_mask(self) -> torch.Tensor:
@@ -503,13 +530,19 @@ class PEPSearcher(Searcher):
         return sparsity
 
     def _mask_sparsity(self) -> float:
-        """Sparsity of the retraining mask."""
-        return 1.0 - float(self._retrain_mask().sum()) / (self.num_rows * self.dim)
+        """Sparsity of the retraining mask (counted over every rank's part)."""
+        kept = int(self._retrain_mask().sum())
+        if self.shards_ is not None:
+            kept = int(self.shards_.sum(kept))
+        return 1.0 - kept / (self.num_rows * self.dim)
 
     @torch.no_grad()
     def _count_kept(self, lookup: Lookup) -> int:
         """Entries that survive the threshold (``margins > 0``), counted in blocks of rows: no ``n x d``
-        temporaries, which at 1e6 rows made the scheduled measurement much slower."""
+        temporaries, which at 1e6 rows made the scheduled measurement much slower (on several processes: each
+        rank counts its shards, and the counts are summed)."""
+        if self.shards_ is not None:
+            return self._count_kept_sharded(lookup)
         table = lookup.table_weight(TABLE)
         count = count_kept if self._fused_count is None else self._fused_count
         kept = 0
@@ -521,17 +554,27 @@ class PEPSearcher(Searcher):
     def _target_mask(self, target: float, margins: torch.Tensor) -> torch.Tensor:
         """The mask saved for ``target``: the entries of largest margin, as many as its sparsity keeps, or,
         for a byte budget's target, as many as its bytes hold in the rows they fall into."""
-        if target == self.retrain_sparsity and self.budget_bytes is not None:
+        # On several processes a row's columns lie on several ranks, so which rows a prefix opens is not
+        # known locally; the budget's sparsity holds any mask within the bytes (budget_sparsity), so the
+        # sharded run keeps that many values and lands within the budget, a little below it.
+        if target == self.retrain_sparsity and self.budget_bytes is not None and self.shards_ is None:
             return budget_mask(margins, self.budget_bytes)
-        return self._top_mask(margins, round((1.0 - target) * margins.numel()))
+        return self._top_mask(margins, round((1.0 - target) * self.num_rows * self.dim))
 
-    @staticmethod
-    def _top_mask(margins: torch.Tensor, keep: int) -> torch.Tensor:
-        """Bool mask of the ``keep`` entries with the largest margin (ties broken by position)."""
+    def _top_mask(self, margins: torch.Tensor, keep: int) -> torch.Tensor:
+        """Bool mask of the ``keep`` entries with the largest margin, of equal margins the first in the
+        table's row-major order (on several processes: this rank's part, chosen over every rank's)."""
+        if self.shards_ is not None:
+            return self._top_mask_sharded(margins, keep)
         flat = margins.flatten()
+        if keep >= flat.numel():
+            return torch.ones_like(margins, dtype=torch.bool)
         mask = torch.zeros(flat.numel(), dtype=torch.bool)
         if keep > 0:
-            mask[torch.topk(flat, keep, sorted=False).indices] = True
+            cut = torch.topk(flat, keep, sorted=False).values.min()  # the keep-th largest margin
+            mask = flat > cut
+            ties = torch.nonzero(flat == cut).squeeze(1)  # in position order
+            mask[ties[: keep - int(mask.sum())]] = True
         return mask.view_as(margins)
 
     # ------------------------------------------------------------------ stage hooks
@@ -554,10 +597,13 @@ class PEPSearcher(Searcher):
             return
         mask = self._retrain_mask()
         with torch.no_grad():
-            table = lookup.table_weight(TABLE)
-            if self.config.retrain_init == "random":
-                nn.init.normal_(table, std=self.init_std)
-            table.mul_(mask)  # V_0 * mask
+            if self.shards_ is not None:
+                self._mask_shards(lookup, mask)
+            else:
+                table = lookup.table_weight(TABLE)
+                if self.config.retrain_init == "random":
+                    nn.init.normal_(table, std=self.init_std)
+                table.mul_(mask)  # V_0 * mask
         self._enter_retrain()
 
     def end_stage(self, stage: Stage, lookup: Lookup) -> None:
@@ -601,10 +647,13 @@ class PEPSearcher(Searcher):
         quantile = self.config.drift_start_quantile
         if quantile is None:
             return
-        values = lookup.table_weight(TABLE).detach().abs().flatten()
-        if values.numel() > QUANTILE_SAMPLE:
-            gen = torch.Generator().manual_seed(0)
-            values = values[torch.randint(values.numel(), (QUANTILE_SAMPLE,), generator=gen)]
+        if self.shards_ is not None:
+            values = self._sampled_magnitudes(lookup)
+        else:
+            values = lookup.table_weight(TABLE).detach().abs().flatten()
+            if values.numel() > QUANTILE_SAMPLE:
+                gen = torch.Generator().manual_seed(0)
+                values = values[torch.randint(values.numel(), (QUANTILE_SAMPLE,), generator=gen)]
         cut = float(torch.quantile(values.float(), quantile))
         start = float(torch.logit(torch.tensor(max(cut, 1e-12)))) - self.config.s0
         self.drift.fill_(max(float(self.drift), start))
@@ -613,7 +662,7 @@ class PEPSearcher(Searcher):
         search = self.phase_ == SEARCH
         out = {"sparsity": self.last_sparsity_ if search else self._mask_sparsity()}
         if self.phase_ == SEARCH:
-            out["threshold_mean"] = float(torch.sigmoid(self.effective_thresholds(self.threshold.detach())).mean())
+            out["threshold_mean"] = self._threshold_mean()
             out["targets_reached"] = float(len(self.masks_))
             out["pull_weight"] = self.pull_weight()
         return out
@@ -638,6 +687,197 @@ class PEPSearcher(Searcher):
         self.drift.fill_(float(state.get("drift", 0.0)))  # absent before 2026-12-01
         if state["phase"] == RETRAIN:
             self._enter_retrain()
+
+    def _threshold_mean(self) -> float:
+        """Mean of ``sigmoid(s + drift)`` over every threshold (every rank's, once each)."""
+        values = torch.sigmoid(self.effective_thresholds(self.threshold.detach()))
+        if self.shards_ is None or self.threshold_optimizer is None:
+            return float(values.mean())
+        answers = self.threshold_width == self.dim or self.shards_.rank == self.shards_.holders[0]
+        total = self.shards_.sum(float(values.double().sum()) if answers else 0.0)
+        return total / (self.num_rows * self.threshold_width)
+
+    # ------------------------------------------------------------------ several processes
+    # The table is sharded by columns, every shard holding all the rows (TorchRec on the CPU). The masks,
+    # and the row-wise thresholds with their optimizer state, follow it (ColumnShards): a rank holds their
+    # values for the columns it holds of the table, or (``feature`` thresholds, one per row) a copy of the
+    # row's value wherever the row has columns. The sparsity is counted where the values are and summed;
+    # a target's mask is chosen by the same rule as on one process from counts summed over the ranks; a
+    # batch's thresholds and mask entries come from the ranks that hold them (an all-to-all), and the
+    # thresholds' gradients go back to them, each holder stepping its part with the whole global batch's
+    # rows. Thresholds of the other granularities (or mode faithful, trained by the run's optimizer) are
+    # replicated parameters, averaged by data parallelism.
+    def shard(self, lookup: Lookup) -> None:
+        shards = ColumnShards(lookup.column_blocks(TABLE), self.dim)  # type: ignore[attr-defined]
+        self.shards_ = shards
+        self.masks_ = {t: shards.local_part(m) for t, m in self.masks_.items()}
+        if self.threshold_optimizer is None:
+            return
+        whole, old = self.threshold.detach(), self.threshold_optimizer
+        self.threshold = nn.Parameter(shards.local_part(whole), requires_grad=False)
+        width = shards.local_width(self.threshold_width)
+        opt = RowwiseAdam(self.num_rows if shards.holds else 0, width, lr=old.lr, beta2=old.beta2, eps=old.eps)
+        with torch.no_grad():  # a rank holding none of the table holds none of this state either
+            if shards.holds:
+                opt.exp_avg_sq.copy_(shards.local_part(old.exp_avg_sq))
+                opt.last_step.copy_(old.last_step)
+            opt.step.copy_(old.step)
+        self.threshold_optimizer = opt
+
+    def has_idle_parameters(self) -> bool:
+        return self.threshold.requires_grad  # thresholds the run's optimizer trains are switched off to retrain
+
+    def local_state_names(self) -> list[str]:
+        if self.shards_ is None or self.threshold_optimizer is None:
+            return []
+        return ["threshold", *(f"threshold_optimizer.{name}" for name, _ in self.threshold_optimizer.named_buffers())]
+
+    def gather_state(self, lookup: Lookup, dst: int = 0) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The whole thresholds, their optimizer state and masks on ``dst`` (from every rank's part)."""
+        if self.shards_ is None:
+            return super().gather_state(lookup, dst)
+        shards, state, n = self.shards_, self.state_dict(), self.num_rows
+        if self.threshold_optimizer is not None:
+            width, opt = self.threshold_width, self.threshold_optimizer
+            # every holder steps every row alike: the rows' last steps and the step count are the first holder's
+            parts = {
+                "threshold": (self.threshold.detach(), width, n),
+                "threshold_optimizer.exp_avg_sq": (opt.exp_avg_sq, width, n),
+                "threshold_optimizer.last_step": (opt.last_step.unsqueeze(1), 1, n),
+                "threshold_optimizer.step": (opt.step.view(1, 1), 1, 1),
+            }
+            for key, (local, w, rows) in parts.items():
+                state[key] = shards.gather(local, w, rows, dst)
+            if shards.rank == dst:
+                state["threshold_optimizer.last_step"] = state["threshold_optimizer.last_step"].squeeze(1)
+                state["threshold_optimizer.step"] = state["threshold_optimizer.step"].reshape(())
+        checkpoint = self.state_for_checkpoint()
+        checkpoint["masks"] = {t: shards.gather(m, self.dim, n, dst) for t, m in checkpoint["masks"].items()}
+        return (state, checkpoint) if shards.rank == dst else None
+
+    def _local_blocks(self, lookup: Lookup) -> list[tuple[int, int, torch.Tensor, slice]]:
+        """This rank's shards of the table: ``(first column, end column, weights [n, end - first], the
+        columns of this rank's part of the masks that hold them)``."""
+        assert self.shards_ is not None
+        blocks = lookup.local_columns(TABLE)  # type: ignore[attr-defined]
+        parts = self.shards_.local_slices([(first, end) for first, end, _ in blocks])
+        return [(first, end, weight, part) for (first, end, weight), part in zip(blocks, parts, strict=True)]
+
+    def _block_thresholds(self, rows: slice, first: int, end: int, part: slice) -> torch.Tensor:
+        """Threshold logits (drift included) of the table's ``rows`` and columns ``first:end``, broadcastable
+        to ``[rows, end - first]``; ``part``: those columns in this rank's part of row-wise thresholds."""
+        if self.threshold_optimizer is not None:  # this rank's part
+            s = self.threshold[rows]
+            return self.effective_thresholds(s[:, part] if self.threshold_width > 1 else s)
+        s = self.table_thresholds(rows)
+        return s[:, first:end] if s.shape[1] > 1 else s
+
+    @torch.no_grad()
+    def _count_kept_sharded(self, lookup: Lookup) -> int:
+        count = count_kept if self._fused_count is None else self._fused_count
+        kept = 0
+        for first, end, weight, part in self._local_blocks(lookup):
+            for start in range(0, self.num_rows, MEASURE_BLOCK_ROWS):
+                rows = slice(start, start + MEASURE_BLOCK_ROWS)
+                kept += int(count(weight[rows], self._block_thresholds(rows, first, end, part)))
+        assert self.shards_ is not None
+        return int(self.shards_.sum(kept))
+
+    def _local_margins(self, lookup: Lookup) -> torch.Tensor:
+        """This rank's part of :meth:`margins`: ``[n, columns it holds]``."""
+        assert self.shards_ is not None
+        out = torch.empty(self.num_rows, len(self.shards_.columns))
+        everything = slice(None)
+        for first, end, weight, part in self._local_blocks(lookup):
+            out[:, part] = weight.abs() - torch.sigmoid(self._block_thresholds(everything, first, end, part))
+        return out
+
+    def _top_mask_sharded(self, margins: torch.Tensor, keep: int) -> torch.Tensor:
+        """:meth:`_top_mask` over every rank's part: the ``keep``-th largest margin is found by a radix select
+        on order-preserving integer keys (two passes of 16-bit digits, their histograms summed over the
+        ranks), and the margins equal to it are taken in row-major order by a bisection on positions."""
+        assert self.shards_ is not None
+        shards, total = self.shards_, self.num_rows * self.dim
+        if keep >= total:
+            return torch.ones_like(margins, dtype=torch.bool)
+        if keep <= 0:
+            return torch.zeros_like(margins, dtype=torch.bool)
+        key = _order_keys(margins)  # int32: the high digit is signed, shifted to a bucket
+        top, above = self._select_bucket((key >> DIGIT_BITS) + DIGITS // 2, keep)
+        low, _ = self._select_bucket(key[(key >> DIGIT_BITS) == top - DIGITS // 2] & (DIGITS - 1), keep - above)
+        cut = (top - DIGITS // 2) * DIGITS + low
+        mask = key > cut
+        need = keep - int(shards.sum(int(mask.sum())))
+        if need > 0:  # the margins equal to the cut, first in row-major order
+            rows, cols = torch.nonzero(key == cut, as_tuple=True)
+            position = rows * self.dim + shards.columns[cols]
+            low, high = 0, total  # the smallest bound whose ties before it number at least `need`
+            while low < high:
+                middle = (low + high) // 2
+                if shards.sum(int((position < middle).sum())) >= need:
+                    high = middle
+                else:
+                    low = middle + 1
+            chosen = position < low
+            mask[rows[chosen], cols[chosen]] = True
+        return mask
+
+    def _select_bucket(self, digits: torch.Tensor, need: int) -> tuple[int, int]:
+        """The largest digit whose keys and those of larger digits, over every rank, number at least ``need``,
+        and how many keys have larger digits."""
+        assert self.shards_ is not None
+        histogram = self.shards_.sums(torch.bincount(digits.reshape(-1), minlength=DIGITS).double())
+        from_top = histogram.flip(0).cumsum(0)  # [i]: keys whose digit is DIGITS - 1 - i or larger
+        i = int(torch.searchsorted(from_top, torch.tensor([float(need)], dtype=torch.float64)))
+        return DIGITS - 1 - i, int(from_top[i - 1]) if i else 0
+
+    @torch.no_grad()
+    def _sampled_magnitudes(self, lookup: Lookup) -> torch.Tensor:
+        """``|v|`` of the entries one process samples for the drift's starting quantile (all of them for a
+        small table), each read on the rank holding it and summed over the ranks."""
+        assert self.shards_ is not None
+        total = self.num_rows * self.dim
+        if total > QUANTILE_SAMPLE:
+            index = torch.randint(total, (QUANTILE_SAMPLE,), generator=torch.Generator().manual_seed(0))
+        else:
+            index = torch.arange(total)
+        rows, cols = index // self.dim, index % self.dim
+        values = torch.zeros(len(index))
+        for first, end, weight, _ in self._local_blocks(lookup):
+            mine = (cols >= first) & (cols < end)
+            values[mine] = weight[rows[mine], cols[mine] - first].abs()
+        return self.shards_.sums(values)
+
+    @torch.no_grad()
+    def _mask_shards(self, lookup: Lookup, mask: torch.Tensor) -> None:
+        """The retraining's start on several processes: each rank's shards times its part of ``mask`` (after
+        ``retrain_init=random``'s draw of the whole table, the same on every rank, as one process draws it)."""
+        fresh = None
+        if self.config.retrain_init == "random":
+            fresh = nn.init.normal_(torch.empty(self.num_rows, self.dim), std=self.init_std)
+        for first, end, weight, part in self._local_blocks(lookup):
+            if fresh is not None:
+                weight.copy_(fresh[:, first:end])
+            weight.mul_(mask[:, part])
+
+    def _sharded_thresholds(self, rows: torch.Tensor) -> torch.Tensor:
+        """Row-wise thresholds of the looked-up ``rows`` [B, F] from the ranks holding them: ``[B, F, 1|d]``
+        (training: their gradients go back to those ranks, which step them with the global batch's rows)."""
+        assert self.shards_ is not None and self.threshold_optimizer is not None
+        opt = self.threshold_optimizer
+        if opt.training and torch.is_grad_enabled():
+            return sharded_rowwise_lookup(self.threshold, rows, opt, self.shards_, self.threshold_width)
+        all_rows, sizes = self.shards_.requests(rows)
+        out = self.shards_.fetch(self.threshold.detach(), all_rows, sizes, self.threshold_width)
+        return out.view(*rows.shape, self.threshold_width)
+
+    def _batch_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """The retraining mask's entries of the looked-up rows: bool ``[B, F, d]``."""
+        mask, rows = self._retrain_mask(), ids + self.row_offsets
+        if self.shards_ is None:
+            return mask[rows]
+        all_rows, sizes = self.shards_.requests(rows)
+        return self.shards_.fetch(mask, all_rows, sizes, self.dim).view(*rows.shape, self.dim)
 
     # ------------------------------------------------------------------ plan, export, report
     @torch.no_grad()

@@ -97,6 +97,7 @@ class QRSearcher(Searcher):
     """
 
     Config = QRConfig
+    shardable = True  # its tables are the lookup's; lookup_ids maps ids before the (sharded) lookup
 
     @classmethod
     def for_budget(

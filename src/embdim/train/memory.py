@@ -10,7 +10,8 @@ runtime. Weights and checkpoints are written from the tensors' own memory (no co
 cache is memory-mapped: its pages count in a process's resident set once touched, but the kernel
 can drop them, so they are reported next to the estimate and not held against the machine's free
 memory. A run on several local processes (``train.processes``) is estimated for the whole machine: the
-tables once (shared out as shards), the model's dense part and the runtime once per process.
+tables and the method's state that follows them once (shared out as shards), the model's dense part, the
+method's replicated state (``MethodMemory.replicated``) and the runtime once per process.
 """
 
 from __future__ import annotations
@@ -78,15 +79,16 @@ def estimate_training_memory(
         dense_grad_tables += id_table_rows * FLOAT_BYTES
     others = model_params * FLOAT_BYTES + method.parameters
     batch_values = max(tc.batch_size, tc.eval_batch_size) * (len(fields) + schema.num_dense) * emb.dim
-    # on several local processes the tables are shared out (their shards sum to them), the rest is held by
-    # every process; rank 0 gathers the tables whole to export them (the second copy)
+    # on several local processes the tables are shared out (their shards sum to them), and so is the method's
+    # state that follows them; the rest is held by every process; rank 0 gathers the tables whole to export
+    # them (the second copy)
     copies = tc.processes
     parts = {
         "tables": tables + (copies - 1) * id_table_rows * FLOAT_BYTES,
         "model and method parameters": copies * others,
         "gradients": dense_grad_tables + copies * others,
         "optimizer state": slots * (tables + copies * others),
-        "method state": method.state,
+        "method state": method.state + (copies - 1) * method.replicated,
         "a second copy of the tables (fusing, export)": method.tables,
         "activations": ACTIVATION_COPIES * batch_values * FLOAT_BYTES,
         "runtime": copies * (RUNTIME_BYTES + (TORCHREC_RUNTIME_BYTES if emb.backend == "torchrec" else 0)),

@@ -4,8 +4,12 @@ Every rank builds the same model from the same seed, then:
 
 * the lookup's tables are sharded by TorchRec (:meth:`~embdim.distributed.torchrec_lookup.TorchRecLookup.shard`:
   the planner's placement, written to ``sharding_plan.json``), and trained by fused kernels;
+* the method's state that follows the table rows is laid out like the shards (``Searcher.shard``: PEP's
+  masks and row-wise thresholds), and left alone by data parallelism (``Searcher.local_state_names``);
 * everything else (the CTR model, the method's own parameters) is replicated and trained data-parallel:
-  ``DistributedDataParallel`` averages its gradients over the ranks in the backward pass;
+  ``DistributedDataParallel`` averages its gradients over the ranks in the backward pass (looking for the
+  parameters a method lets sit out steps, ``Searcher.has_idle_parameters``); a penalty that is a batch
+  mean divides by the global batch's rows per rank (``Searcher.batch_rows``);
 * ``train.batch_size`` is the global batch: every rank draws the same shuffle (same seed) and takes its
   share of each batch (``np.array_split`` of the batch's rows, in rank order). The loss a rank
   differentiates is its share's summed loss times ``world / global rows``, so the averaged gradient
@@ -20,8 +24,9 @@ Every rank builds the same model from the same seed, then:
   A checkpoint is a generation: every rank writes its ``checkpoint-<g>.pt``, then rank 0 writes
   ``checkpoint.pt`` naming ``g`` (the commit), then the older generations are removed; a kill at any
   point leaves one whole generation to resume from;
-* the export gathers the shards on rank 0 into an ordinary one-process model, which is exported as a
-  one-process run's is (:meth:`ShardedTraining.gathered`).
+* the export gathers the shards (and the method's sharded state, ``Searcher.gather_state``) on rank 0
+  into an ordinary one-process model, which is exported as a one-process run's is
+  (:meth:`ShardedTraining.gathered`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from embdim.train.layout import RunFolder
 from embdim.train.optim import clip_gradients
 
 LOOKUP_PREFIX = "embedding.lookup."  # the sharded part of a recommender's state
+SEARCHER_PREFIX = "embedding.searcher."  # the method's state: replicated, but for its local_state_names()
 GENERATION = re.compile(r"checkpoint-(\d+)\.pt")
 
 
@@ -94,17 +100,23 @@ class ShardedTraining:
             sharding.memory_per_process,
             self.group.local_world,
         )
+        searcher = rec.embedding.searcher
+        searcher.shard(rec.embedding.lookup)  # state that follows the table rows takes their layout
         if self.is_main:
             self.folder.root.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.folder.sharding_plan, plan)
         module = _TrainingForward(rec)
         named = [*module.named_parameters(), *module.named_buffers()]
-        sharded = [name for name, _ in named if name.startswith(f"rec.{LOOKUP_PREFIX}")]
+        local = {f"rec.{SEARCHER_PREFIX}{name}" for name in searcher.local_state_names()}
+        sharded = [name for name, _ in named if name.startswith(f"rec.{LOOKUP_PREFIX}") or name in local]
         replicated = [p for name, p in module.named_parameters() if name not in sharded and p.requires_grad]
         if replicated:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, sharded)
-            # buffers (batch norm's running statistics) follow rank 0's at every training forward
-            self.objective = DistributedDataParallel(module)
+            # buffers (batch norm's running statistics) follow rank 0's at every training forward; a method's
+            # parameters may sit out steps (DML's lengths while warming up and once cut, AMTL's mask networks
+            # once the sizes are frozen, PEP's thresholds in retraining): the same ones on every rank
+            idle = searcher.has_idle_parameters()
+            self.objective = DistributedDataParallel(module, find_unused_parameters=idle)
         else:
             self.objective = module
         return plan
@@ -125,6 +137,7 @@ class ShardedTraining:
         """One step on this rank's share of a global batch of ``global_rows`` rows (ids int64 [B_r, F],
         dense float [B_r, Dn] | None, labels float [B_r]); returns the global batch's mean task loss."""
         assert self.objective is not None, "shard() first"
+        rec.embedding.searcher.batch_rows = global_rows / self.group.world  # batch-mean penalties: the global mean
         logits, penalty = self.objective(ids, dense, looked_up_l2)
         task = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
         total = task * (self.group.world / global_rows)  # averaged over ranks: the global batch's mean
@@ -169,20 +182,20 @@ class ShardedTraining:
         shards = rec.embedding.lookup.local_shards()
         return {
             **rec.model.state_dict(prefix="model."),
-            **rec.embedding.searcher.state_dict(prefix="embedding.searcher."),
+            **rec.embedding.searcher.state_dict(prefix=SEARCHER_PREFIX),
             **{LOOKUP_PREFIX + key: value for key, value in shards.items()},
         }
 
     def load_local_weights(self, rec: Recommender, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`local_weights` (strict: a key missing or left over is an error)."""
-        parts: dict[str, dict[str, torch.Tensor]] = {"model.": {}, "embedding.searcher.": {}, LOOKUP_PREFIX: {}}
+        parts: dict[str, dict[str, torch.Tensor]] = {"model.": {}, SEARCHER_PREFIX: {}, LOOKUP_PREFIX: {}}
         for key, value in state.items():
             prefix = next((p for p in parts if key.startswith(p)), None)
             if prefix is None:
                 raise KeyError(f"{key!r} is no part of this model")
             parts[prefix][key.removeprefix(prefix)] = value
         rec.model.load_state_dict(parts["model."])
-        rec.embedding.searcher.load_state_dict(parts["embedding.searcher."])
+        rec.embedding.searcher.load_state_dict(parts[SEARCHER_PREFIX])
         rec.embedding.lookup.load_local_shards(parts[LOOKUP_PREFIX])
 
     def save_weights(self, name: str, rec: Recommender) -> None:
@@ -255,14 +268,16 @@ class ShardedTraining:
         the gathered tables and the replicated weights and state); ``None`` on the others. Every rank
         must call it; the global RNG is left as it was."""
         tables = rec.embedding.lookup.gather_tables(dst=0)
-        if tables is None:
+        state = rec.embedding.searcher.gather_state(rec.embedding.lookup, dst=0)  # the method's, whole
+        if tables is None or state is None:
             return None
         with torch.random.fork_rng(devices=[]):
             copy = build()
         copy.model.load_state_dict(rec.model.state_dict())
         searcher = copy.embedding.searcher
-        searcher.load_state_dict(rec.embedding.searcher.state_dict())
-        searcher.load_checkpoint_state(rec.embedding.searcher.state_for_checkpoint())
+        searcher.load_state_dict(state[0])
+        searcher.load_checkpoint_state(state[1])
+        del state
         with torch.no_grad():
             for name, table in tables.items():
                 copy.embedding.lookup.table_weight(name).copy_(table)
