@@ -9,7 +9,9 @@ command's process tree every ``--every`` seconds and prints one JSON line:
     {"peak_anon_gib": ..., "peak_file_gib": ..., "peak_rss_gib": ..., "cpu_s": ..., "wall_s": ..., "rc": 0}
 
 Peaks are of the tree's sums at one sample (children included); short spikes between two samples
-are missed, so the anonymous peak is a lower bound within one sampling interval.
+are missed, so the anonymous peak is a lower bound within one sampling interval. For commands that
+start several workers (``train.processes=N``), ``process_peaks_gib`` lists each process's own peak
+(anonymous + file-backed pages), largest first: the memory one process needs.
 """
 
 from __future__ import annotations
@@ -43,20 +45,19 @@ def _tree(root: int) -> list[int]:
     return out
 
 
-def _rss(pids: list[int]) -> tuple[int, int]:
-    """Summed RssAnon and RssFile + RssShmem of ``pids``, in bytes."""
+def _rss(pid: int) -> tuple[int, int]:
+    """RssAnon and RssFile + RssShmem of ``pid``, in bytes (zeros once it has gone)."""
     anon = file = 0
-    for pid in pids:
-        try:
-            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            key, _, value = line.partition(":")
-            if key == "RssAnon":
-                anon += int(value.split()[0]) * 1024
-            elif key in ("RssFile", "RssShmem"):
-                file += int(value.split()[0]) * 1024
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0, 0
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key == "RssAnon":
+            anon += int(value.split()[0]) * 1024
+        elif key in ("RssFile", "RssShmem"):
+            file += int(value.split()[0]) * 1024
     return anon, file
 
 
@@ -72,8 +73,13 @@ def main() -> int:
     start = time.monotonic()
     proc = subprocess.Popen(command)
     peak_anon = peak_file = peak_total = 0
+    per_process: dict[int, int] = {}  # pid -> its own peak (anonymous + file-backed)
     while proc.poll() is None:
-        anon, file = _rss(_tree(proc.pid))
+        anon = file = 0
+        for pid in _tree(proc.pid):
+            a, f = _rss(pid)
+            anon, file = anon + a, file + f
+            per_process[pid] = max(per_process.get(pid, 0), a + f)
         peak_anon, peak_file, peak_total = max(peak_anon, anon), max(peak_file, file), max(peak_total, anon + file)
         time.sleep(args.every)
     wall = time.monotonic() - start
@@ -83,6 +89,7 @@ def main() -> int:
         "peak_file_gib": round(peak_file / GIB, 3),
         "peak_rss_gib": round(peak_total / GIB, 3),
         "max_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),  # what /usr/bin/time reports
+        "process_peaks_gib": [round(b / GIB, 3) for b in sorted(per_process.values(), reverse=True)[:8] if b],
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "wall_s": round(wall, 1),
         "rc": proc.returncode,

@@ -346,6 +346,9 @@ def test_torchrun_around_embdim_run_trains_the_same_run(tmp_path):
     assert "processes: 2" in (tmp_path / "runs" / "cli" / "config.yaml").read_text()
     assert result["test_auc"] == pytest.approx(one["test_auc"], abs=TOLERANCE)
     assert done.stdout.count('"test_auc"') == 1  # rank 0 alone reports
+    # default sharding settings: the one table (8 wide) splits into a column block per rank
+    plan = json.loads((tmp_path / "runs" / "cli" / "sharding_plan.json").read_text())
+    assert sorted((s["rank"], s["columns"]) for t in plan["tables"].values() for s in t["shards"]) == [(0, 4), (1, 4)]
 
 
 def _config_file(tmp_path: Path, *overrides: str) -> Path:

@@ -91,7 +91,8 @@ class ShardingConfig(Strict):
     min_column_width: int | None = Field(
         None,
         ge=COLUMN_WIDTH_MULTIPLE,
-        description="narrowest column shard (a multiple of 4); default: TorchRec's (it rarely splits narrow tables)",
+        description="narrowest column shard (a multiple of 4); default: a table's width shared out over the "
+        "processes, so each may hold a block of it (TorchRec's own default, 128, keeps tables narrower than 256 whole)",
     )
     memory_per_process: int | None = Field(
         None,

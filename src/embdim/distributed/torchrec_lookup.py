@@ -77,6 +77,19 @@ def padded_dim(dim: int) -> int:
     return -(-dim // FUSED_DIM_MULTIPLE) * FUSED_DIM_MULTIPLE
 
 
+def even_column_width(dim: int, world: int) -> int:
+    """The narrowest column shard that lets a ``dim``-wide table split over ``world`` ranks, a shard each
+    (a multiple of :data:`FUSED_DIM_MULTIPLE`): the default ``min_column_width``.
+
+    TorchRec's own default (128 columns) keeps any table narrower than 256 whole, and embdim's lookup
+    holds every field in one table, so on a CPU, where rows do not shard, the run would sit on one rank.
+
+    >>> even_column_width(16, 2), even_column_width(16, 8), even_column_width(10, 2)
+    (8, 4, 8)
+    """
+    return padded_dim(-(-padded_dim(dim) // world))
+
+
 def feature_name(field: int) -> str:
     """KJT key of categorical field ``field``."""
     return f"f{field}"
@@ -296,7 +309,8 @@ class TorchRecLookup(Lookup):
 
         TorchRec's planner chooses, per table, one of ``types`` (``embedding.sharding.types``) and the
         ranks, within ``memory_per_process`` bytes per rank (weights and optimizer state; default
-        TorchRec's) and column shards at least ``min_column_width`` wide. Rank 0 plans and the plan is
+        TorchRec's) and column shards at least ``min_column_width`` wide (default: a table's width shared
+        out over the ranks, :func:`even_column_width`). Rank 0 plans and the plan is
         broadcast; the current weights are copied into the shards (widths padded to a multiple of
         :data:`FUSED_DIM_MULTIPLE`). Returns the plan as JSON-able data: per table its sharding type,
         ranks and shards (rank, first row and column, rows and columns).
@@ -321,7 +335,9 @@ class TorchRecLookup(Lookup):
         sharder = EmbeddingBagCollectionSharder(fused_params=_fused_params(optimizer, lr))
         constraints = {
             spec.name: ParameterConstraints(
-                sharding_types=list(types), compute_kernels=["fused"], min_partition=min_column_width
+                sharding_types=list(types),
+                compute_kernels=["fused"],
+                min_partition=min_column_width or even_column_width(spec.dim, world),
             )
             for spec in self.specs
         }
