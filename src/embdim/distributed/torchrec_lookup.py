@@ -368,8 +368,9 @@ class TorchRecLookup(Lookup):
                     f"embedding.sharding: TorchRec's planner found no placement of the tables "
                     f"{[(s.name, s.num_rows, padded_dim(s.dim)) for s in self.specs]} on {world} processes with "
                     f"types {list(types)}, memory_per_process={memory_per_process}, "
-                    f"min_column_width={min_column_width} ({error.splitlines()[0][:300]}); allow more "
-                    "embedding.sharding.types, raise embedding.sharding.memory_per_process or use more processes"
+                    f"min_column_width={min_column_width or 'default (the width shared out over the processes)'} "
+                    f"({error.splitlines()[0][:300]}); allow more embedding.sharding.types, raise "
+                    "embedding.sharding.memory_per_process or use more processes"
                 )
             # shards self.collection in place (the sharded collection is what forward calls from now on)
             DistributedModelParallel(self, plan=plan, sharders=[sharder], device=torch.device("cpu"))
