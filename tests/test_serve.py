@@ -16,7 +16,7 @@ import embdim
 from embdim import list_searchers
 from embdim.config import load_config
 from embdim.data.encoder import OOV_ID
-from embdim.errors import DataError, ModelFileError
+from embdim.errors import ConfigError, DataError, ModelFileError
 from embdim.recommender import is_bundle, load_model
 from embdim.serve import export_bundle
 from embdim.train.evaluate import predict_logits
@@ -190,6 +190,15 @@ def test_every_export_format_loads_and_predicts(shop, method, tmp_path):
         assert np.abs(quantised.predict(shop / "test.csv") - expected).max() <= tolerance
     report = export_bundle(run, tmp_path / "torchrec", "torchrec")
     assert report["max_abs_embedding_diff"] == 0.0
+    for precision in ("fp16", "int8"):  # the quantised tables, read by TorchRec's quantised collection
+        if precision == "int8" and method == "pep":
+            with pytest.raises(ConfigError, match="no int8 TorchRec export"):
+                export_bundle(run, tmp_path / f"torchrec_{precision}", "torchrec", precision)
+            assert not any(p.name.startswith(f"torchrec_{precision}") or ".tmp" in p.name for p in tmp_path.iterdir())
+            continue
+        report = export_bundle(run, tmp_path / f"torchrec_{precision}", "torchrec", precision)
+        # against the fp32 bundle: the quantisation's own change, as the bundle of that precision has it
+        assert 0.0 < report["max_abs_embedding_diff"] <= (1e-3 if precision == "fp16" else 2e-2)
     ids = torch.from_numpy(bundle.encoder.transform(bundle.typed(pl.read_csv(shop / "test.csv")))[0]).long()
     for fmt in ("torchscript", "onnx"):
         report = export_bundle(run, tmp_path / fmt, fmt)
@@ -262,7 +271,7 @@ def test_the_commands_predict_evaluate_and_export(shop, tmp_path):
     for args, error in [
         (["predict", str(run), str(shop / "test.csv"), "--output", "x.json"], "write .csv or .parquet"),
         (["export", str(run), "--format", "pickle"], "--format 'pickle': use one of"),
-        (["export", str(run), "--format", "torchrec", "--precision", "int8"], "float32 tables"),
+        (["export", str(run), "--format", "torchrec", "--precision", "int4"], "--precision 'int4': use one of"),
         (["predict", str(shop), str(shop / "test.csv")], "no bundle there"),
         (["predict", str(run), str(shop / "absent.csv")], "absent.csv"),
     ]:

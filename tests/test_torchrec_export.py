@@ -1,5 +1,6 @@
-"""TorchRec export: every storage kind loads into a plain EmbeddingBagCollection and reproduces the slim
-embedding bit for bit; a damaged or edited export is refused naming the file; the docs' example runs."""
+"""TorchRec export: every storage kind loads into a plain EmbeddingBagCollection (fp16 and int8 tables into
+TorchRec's quantised one) and reproduces the slim embedding bit for bit; a damaged or edited export is
+refused naming the file; the docs' example runs."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
 
 from conftest import REPO_ROOT
 from embdim import FieldInfo
-from embdim.errors import ModelFileError
+from embdim.errors import ConfigError, ModelFileError
 from embdim.plan import EmbeddingPlan
 from embdim.recommender import Recommender, build_recommender, export_model, load_model, write_manifest
 from embdim.slim import DenseGroup, SlimEmbedding
@@ -276,6 +278,57 @@ def test_a_hashed_fields_remap_is_checked_on_load(tmp_path):
         (tmp_path / "torchrec" / LOOKUP_TENSORS).write_bytes(original)
         _resign(tmp_path / "torchrec")
     load_torchrec(tmp_path / "torchrec")  # restored: loads again
+
+
+#: PEP's pruned rows have no exact int8 TorchRec layout (refused below); every other case exports in both
+QUANTISED = [(case, p) for case in CASES for p in ("fp16", "int8") if not (p == "int8" and case.startswith("pep"))]
+
+
+@pytest.mark.parametrize(("case", "precision"), QUANTISED)
+def test_fp16_and_int8_exports_load_into_torchrec_s_quantised_collection_and_reproduce_the_slim_model(
+    case, precision, tmp_path
+):
+    export_model(_model(case), tmp_path / "model")
+    slim = load_model(tmp_path / "model").embedding.with_precision(precision)
+    export = export_torchrec(slim, tmp_path / "torchrec")
+    ebc, lookup = load_torchrec(tmp_path / "torchrec")
+    assert type(ebc) is QuantEmbeddingBagCollection
+    assert {c.data_type.name for c in ebc.embedding_bag_configs()} == {precision.upper()}
+    ids = _every_id(slim)
+    with torch.no_grad():
+        want = slim(ids)
+        assert torch.equal(_bits(lookup.combine(ebc(lookup.features(ids)), ids)), _bits(want))
+        assert torch.equal(lookup(ids[:5]), slim(ids[:5]))
+    # each row holds its values' bytes (int8: its float16 scale and bias first), rows back to back
+    meta = json.loads((tmp_path / "torchrec" / TORCHREC_JSON).read_text())
+    tables = load_file(str(tmp_path / "torchrec" / TABLES_TENSORS))
+    per_value, per_row = (2, 0) if precision == "fp16" else (1, 4)
+    for t in meta["tables"]:
+        weight = tables[f"embedding_bags.{t['name']}.weight"]
+        assert weight.dtype == torch.uint8 and weight.shape == (t["num_embeddings"], per_row + per_value * t["width"])
+    assert meta["precision"] == precision and export.table_bytes == sum(w.numel() for w in tables.values())
+    if case in ("full", "cut", "mde"):  # dense: the slim model's bytes exactly
+        assert export.total_bytes == export.slim_bytes
+
+
+@pytest.mark.parametrize("case", ["pep", "pep_csr"])
+def test_an_int8_export_of_pruned_rows_is_refused_naming_why(case, tmp_path):
+    embedding = _model(case).embedding
+    slim = (embedding if isinstance(embedding, SlimEmbedding) else embedding.export()).with_precision("int8")
+    with pytest.raises(ConfigError, match=r"no int8 TorchRec export of (compact|csr) storage .*pruned zeros"):
+        export_torchrec(slim, tmp_path / "torchrec")
+    assert not (tmp_path / "torchrec").exists()
+
+
+def test_an_int8_export_with_a_non_finite_scale_is_refused_naming_the_table(tmp_path):
+    export_torchrec(_model("amtl_rows").embedding.export().with_precision("int8"), tmp_path / "torchrec")
+    tensors = load_file(str(tmp_path / "torchrec" / TABLES_TENSORS))
+    key = next(iter(tensors))
+    tensors[key][0, :2] = torch.tensor([float("inf")], dtype=torch.float16).view(torch.uint8)  # row 0's scale
+    save_file(tensors, str(tmp_path / "torchrec" / TABLES_TENSORS))
+    _resign(tmp_path / "torchrec")
+    with pytest.raises(ModelFileError, match=rf"tables\.safetensors: tensor '{re.escape(key)}': holds non-finite"):
+        load_torchrec(tmp_path / "torchrec")
 
 
 def test_a_compact_embedding_exports_the_same_tables_as_its_rows_in_csr(tmp_path):

@@ -293,8 +293,6 @@ def export(
         raise ConfigError(f"--format {shorten(repr(format))}: use one of {', '.join(EXPORT_FORMATS)}")
     if precision not in VALUE_PRECISIONS:
         raise ConfigError(f"--precision {shorten(repr(precision))}: use one of {', '.join(VALUE_PRECISIONS)}")
-    if format == "torchrec" and precision != "fp32":
-        raise ConfigError("--format torchrec writes float32 tables: use --precision fp32")
     target = output or Path(run) / (f"export-{format}" + ("" if precision == "fp32" else f"-{precision}"))
     if target.exists() and not force:
         raise ConfigError(f"{target} exists: use --force to replace it")

@@ -316,7 +316,8 @@ def export_bundle(
 
     - ``bundle``: a bundle (verified; scores raw rows with :func:`load`);
     - ``torchrec``: the slim embedding as TorchRec tables with their weights and id remaps
-      (:mod:`embdim.torchrec_export`; float32 tables only);
+      (:mod:`embdim.torchrec_export`; fp16 and int8 tables load into TorchRec's quantised collection; PEP's
+      pruned rows have no int8 layout there and are refused);
     - ``torchscript`` / ``onnx``: the network on encoded rows, ``(ids int64 [B, F], dense float32 [B, Dn])
       -> logits [B]`` (no ``dense`` input when the model has none), traced from the slim model, with the
       batch size free; the encoder stays in the bundle (``encoder.json``, ``vocab.parquet``) to encode

@@ -30,6 +30,14 @@ one field each; a table of width ``w < d`` is read as its ``w`` values followed 
 - ``qr`` is not exported: an id's vector combines rows of two tables (a product or a sum), which a
   TorchRec collection's pooling does not compute; :func:`export_torchrec` refuses it with a ``ValueError``.
 
+Precision: the tables hold what the slim embedding stores. float32 tables are a plain collection's; fp16
+and int8 tables are TorchRec's quantised collection's (``torchrec.quant.embedding_modules``, ``DataType``
+FP16 / INT8, float32 output), uint8 rows ``[n, row bytes]`` in fbgemm's layout at ``row_alignment`` 1: fp16
+the ``w`` values' bytes; int8 a float16 scale, a float16 bias, then ``w`` codes read as
+``code * scale + bias``, exactly how the slim group decodes them. int8 ``csr`` / ``compact`` groups are
+refused: a TorchRec int8 row codes all its columns from one scale and bias, and PEP's pruned zeros
+between kept values have no exact code.
+
 A field whose rows fall into several tables (or whose rows are not all kept) ships an id remap: for each
 id, its table among the field's tables (``int8``, ``int16`` beyond 127 tables; ``-1``: the row stores
 nothing and embeds to zeros) and its row in that table (``int32``, ``int64`` beyond 2**31 rows); each row
@@ -81,8 +89,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from embdim.errors import ConfigError, ModelFileError, shorten
@@ -98,7 +107,7 @@ from embdim.slim import (
     project_fields,
     read_safetensors,
 )
-from embdim.storage import offset_dtype
+from embdim.storage import ROW_WISE, offset_dtype
 from embdim.tensorfile import write_tensors
 
 FORMAT_VERSION = 1
@@ -110,6 +119,14 @@ TORCHREC_FILES = frozenset({TORCHREC_JSON, TABLES_TENSORS, LOOKUP_TENSORS})
 DIRECT, REMAPPED, HASHED, ZERO = "direct", "remapped", "hashed", "zero"
 #: field kinds whose ids go through a remap
 THROUGH_REMAP = (REMAPPED, HASHED)
+#: TorchRec's data type of a table per stored precision (fp16 and int8: its quantised collection)
+DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16, ROW_WISE: DataType.INT8}
+#: bytes between the starts of two rows of a quantised table: 1, rows back to back (TorchRec's default of
+#: 16 would round an int8 row of 4 + w bytes up to a multiple of 16, tripling narrow rows); recorded in
+#: torchrec.json for the collection that loads it
+ROW_ALIGNMENT = 1
+#: an int8 row's float16 scale and bias, before its codes (fbgemm's layout)
+ROW_PARAM_BYTES = 4
 
 
 def weight_key(table: str) -> str:
@@ -142,14 +159,19 @@ class TableInfo:
     width: int
     num_embeddings: int
 
-    def config(self) -> EmbeddingBagConfig:
+    def config(self, precision: str = "fp32") -> EmbeddingBagConfig:
         return EmbeddingBagConfig(
             name=self.name,
             embedding_dim=self.width,
             num_embeddings=self.num_embeddings,
             feature_names=[self.name],
             pooling=PoolingType.SUM,
+            data_type=DATA_TYPES[precision],
         )
+
+    def row_bytes(self, precision: str) -> int:
+        """Bytes of one row of a quantised (fp16 or int8) table: ``2 w``, or ``4 + w`` (scale, bias, codes)."""
+        return 2 * self.width if precision == "fp16" else ROW_PARAM_BYTES + self.width
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -202,6 +224,8 @@ class _Split:
         self.remaps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.projections: list[tuple[tuple[int, ...], torch.Tensor]] = []
         self.hashed: set[int] = set()
+        #: an int8 table's float16 scale and bias per row ``[rows]`` twice, by table name
+        self.row_params: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for group in slim.groups:
             if isinstance(group, DenseGroup):
                 self._dense(group)
@@ -217,10 +241,11 @@ class _Split:
     def _dense(self, group: DenseGroup) -> None:
         weight = group.weight.detach().cpu()
         width = weight.shape[1]
-        for f, rows in zip(group.field_ids, torch.split(weight, list(group.rows)), strict=True):
-            self.tables[f].append(
-                (TableInfo(table_name(f, width), f, self.plan.field_names[f], width, len(rows)), rows)
-            )
+        starts = np.cumsum([0, *group.rows])[:-1]
+        for f, start, rows in zip(group.field_ids, starts, torch.split(weight, list(group.rows)), strict=True):
+            info = TableInfo(table_name(f, width), f, self.plan.field_names[f], width, len(rows))
+            self.tables[f].append((info, rows))
+            self._keep_row_params(info, group, slice(int(start), int(start) + len(rows)))
         if group.projection is not None:
             self.projections.append((group.field_ids, group.projection.detach().cpu()))
 
@@ -231,6 +256,7 @@ class _Split:
             start = int(group.table_offsets[j])
             info = TableInfo(table_name(f, group.dim), f, self.plan.field_names[f], group.dim, m)
             self.tables[f].append((info, weight[start : start + m]))
+            self._keep_row_params(info, group, slice(start, start + m))
             device = group.weight.device
             ids = torch.zeros(n, len(group.field_ids), dtype=torch.long, device=device)
             ids[:, j] = torch.arange(n, device=device)  # this field's every id (the other columns are unused)
@@ -280,6 +306,22 @@ class _Split:
         flat[base_t[t] + row_of[entry_row] * width_t[t] + columns] = values[source]
         for info, part in zip(infos, torch.split(flat, sizes_t.tolist()), strict=True):
             self.tables[info.field].append((info, part.view(info.num_embeddings, info.width)))
+        if group.precision == ROW_WISE:  # each row's scale and bias go where its values went
+            counts = torch.tensor([t.num_embeddings for t in infos], dtype=torch.long)
+            at = (counts.cumsum(0) - counts)[table_of.clamp(min=0)] + row_of
+            stored = table_of >= 0
+            params = []
+            for source_params in (group.scale.detach().cpu(), group.bias.detach().cpu()):
+                placed = torch.zeros(int(counts.sum()), dtype=source_params.dtype)
+                placed[at[stored]] = source_params[stored]
+                params.append(torch.split(placed, counts.tolist()))
+            for info, scale, bias in zip(infos, *params, strict=True):
+                self.row_params[info.name] = (scale, bias)
+
+    def _keep_row_params(self, info: TableInfo, group: DenseGroup | HashedGroup, rows: slice) -> None:
+        """An int8 group's scale and bias of ``rows`` (its rows held by table ``info``)."""
+        if group.precision == ROW_WISE:
+            self.row_params[info.name] = (group.scale.detach().cpu()[rows], group.bias.detach().cpu()[rows])
 
     def ids_kind(self, f: int) -> str:
         if not self.tables[f]:
@@ -306,9 +348,25 @@ def _rank_by_width(widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, li
     return local, rows, [(int(w), int(c)) for w, c in zip(uniq[stored], counts[stored], strict=True)]
 
 
+def _packed(weight: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor] | None, precision: str) -> torch.Tensor:
+    """A table's stored rows ``[n, w]`` as its collection holds them: float32 as they are; fp16 and int8 as
+    uint8 rows ``[n, row bytes]`` in fbgemm's layout (fp16: the ``w`` values' bytes; int8: the float16
+    scale, the float16 bias, then the ``w`` codes, so a value reads ``code * scale + bias``, as the slim
+    table decodes it)."""
+    if precision == "fp32":
+        return weight
+    if precision == "fp16":
+        return weight.contiguous().view(torch.uint8)
+    assert params is not None, "an int8 table has a scale and bias per row"
+    scale, bias = (p.reshape(-1, 1).contiguous().view(torch.uint8) for p in params)
+    return torch.cat([scale, bias, weight], dim=1)
+
+
 def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
     """Write ``slim`` as TorchRec tables with their weights, id remaps and projections (layout: the module
-    docstring); the folder is written beside its place and renamed into it (replacing what was there).
+    docstring), in the precision the slim embedding stores (fp32: a plain collection's tables; fp16 and
+    int8: TorchRec's quantised collection's); the folder is written beside its place and renamed into it
+    (replacing what was there).
 
     Args:
         slim: a slim embedding, ids ``[B, F]`` -> ``[B, F, d]`` (e.g. ``load_model(folder).embedding``).
@@ -317,13 +375,16 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
         the folder, the ``EmbeddingBagConfig`` of every table, and the bytes of the exported tensors against
         the slim embedding's.
     Raises:
-        ValueError: a slim embedding stored in fp16 or int8 (the export writes float32 tables), or in ``qr``
-            storage (no TorchRec layout computes it; a :class:`~embdim.errors.ConfigError`).
+        ConfigError: ``qr`` storage (no TorchRec layout computes it), or int8 values in ``csr`` or
+            ``compact`` storage (a TorchRec int8 row codes every column from its scale and bias, so the
+            pruned zeros between a row's kept values have no exact code; fp16 and fp32 export them).
     """
-    if slim.plan.precision != "fp32":
-        raise ValueError(
-            f"a TorchRec export writes float32 tables; this embedding stores {slim.plan.precision} values "
-            "(export it from the fp32 bundle)"
+    precision = slim.plan.precision
+    if precision == ROW_WISE and slim.plan.storage in ("csr", "compact"):
+        raise ConfigError(
+            f"no int8 TorchRec export of {slim.plan.storage} storage (PEP's pruned rows): a TorchRec int8 row "
+            "codes every column from the row's scale and bias, so the pruned zeros between its kept values "
+            "have no exact code; export it in fp16 or fp32"
         )
     if slim.plan.storage == "qr":  # a ValueError the command line reports as the request's error, not a bug
         raise ConfigError(
@@ -333,7 +394,11 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
     split = _Split(slim)
     plan = split.plan
     infos = [info for f in range(plan.num_fields) for info, _ in split.tables[f]]
-    tables = {weight_key(info.name): w for f in range(plan.num_fields) for info, w in split.tables[f]}
+    tables = {
+        weight_key(info.name): _packed(w, split.row_params.get(info.name), precision)
+        for f in range(plan.num_fields)
+        for info, w in split.tables[f]
+    }
     lookup: dict[str, torch.Tensor] = {}
     for f, (table, row) in sorted(split.remaps.items()):
         lookup[f"remap.{f}.table"], lookup[f"remap.{f}.row"] = table, row
@@ -345,7 +410,7 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
     projection_bytes = sum(t.numel() * t.element_size() for k, t in lookup.items() if k.startswith("projection."))
     export = TorchRecExport(
         Path(folder),
-        [info.config() for info in infos],
+        [info.config(precision) for info in infos],
         table_bytes=nbytes[0],
         remap_bytes=nbytes[1] - projection_bytes,
         projection_bytes=projection_bytes,
@@ -356,6 +421,8 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
         "format_version": FORMAT_VERSION,
         "method": plan.method,
         "storage": plan.storage,
+        "precision": precision,
+        "row_alignment": ROW_ALIGNMENT,
         "dim": plan.dim,
         "fields": [
             {
@@ -366,7 +433,7 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
             }
             for f, (name, n) in enumerate(zip(plan.field_names, plan.vocab_sizes, strict=True))
         ],
-        "tables": [info.to_dict() for info in infos],
+        "tables": [info.to_dict() | {"data_type": DATA_TYPES[precision].name} for info in infos],
         "projections": projections,
         "bytes": export.bytes(),
     }
@@ -381,7 +448,8 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
 @dataclass(frozen=True)
 class TorchRecLayout:
     """An export's structure, read from ``torchrec.json``: tables in collection order, each field's ids
-    (``direct`` | ``remapped`` | ``hashed`` | ``zero``) and tables, and the projections (name, fields, width)."""
+    (``direct`` | ``remapped`` | ``hashed`` | ``zero``) and tables, the projections (name, fields, width),
+    and the tables' precision (``fp32`` | ``fp16`` | ``int8``)."""
 
     dim: int
     field_names: list[str]
@@ -390,6 +458,7 @@ class TorchRecLayout:
     field_tables: list[list[int]]
     tables: list[TableInfo]
     projections: list[tuple[str, tuple[int, ...], int]]
+    precision: str = "fp32"
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], where: Path) -> TorchRecLayout:
@@ -402,6 +471,11 @@ class TorchRecLayout:
         dim = meta.get("dim")
         if not _is_int(dim) or dim < 1:
             raise fail("dim", f"expected a positive integer, got {shorten(repr(dim))}")
+        precision = meta.get("precision", "fp32")  # exports before quantised tables hold float32
+        if precision not in DATA_TYPES:
+            raise fail("precision", f"expected one of {', '.join(DATA_TYPES)}, got {shorten(repr(precision))}")
+        if precision != "fp32" and meta.get("row_alignment") != ROW_ALIGNMENT:
+            raise fail("row_alignment", f"expected {ROW_ALIGNMENT}, got {shorten(repr(meta.get('row_alignment')))}")
         raw_tables, raw_fields = meta.get("tables"), meta.get("fields")
         if not isinstance(raw_tables, list) or not isinstance(raw_fields, list) or not raw_fields:
             raise fail("tables" if not isinstance(raw_tables, list) else "fields", "expected a list")
@@ -467,22 +541,31 @@ class TorchRecLayout:
                 )
             projected.update(fields)
             projections.append((entry["name"], tuple(fields), entry["width"]))
-        return cls(dim, names, vocab, kinds, field_tables, tables, projections)
+        return cls(dim, names, vocab, kinds, field_tables, tables, projections, precision)
 
     def check_tables(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
-        """Exactly one float32 ``[num_embeddings, width]`` weight of finite values per table."""
+        """Exactly one weight of finite values per table: float32 ``[num_embeddings, width]``, or for fp16
+        and int8 uint8 ``[num_embeddings, row bytes]`` (:func:`_packed`; int8: finite scales and biases)."""
         want = {weight_key(t.name): t for t in self.tables}
         if extra := sorted(set(tensors) - set(want)):
             raise ModelFileError(f"{where}: tensors of no table: {shorten(str(extra))}")
+        quantised = self.precision != "fp32"
         for key, t in want.items():
             if key not in tensors:
                 raise ModelFileError(f"{where}: missing tensor '{key}'")
             w = tensors[key]
-            if w.dtype != torch.float32 or tuple(w.shape) != (t.num_embeddings, t.width):
+            dtype, columns = (torch.uint8, t.row_bytes(self.precision)) if quantised else (torch.float32, t.width)
+            if w.dtype != dtype or tuple(w.shape) != (t.num_embeddings, columns):
                 raise ModelFileError(
-                    f"{where}: tensor '{key}': {_describe(w)}, expected float32 [{t.num_embeddings}, {t.width}]"
+                    f"{where}: tensor '{key}': {_describe(w)}, expected {str(dtype).removeprefix('torch.')} "
+                    f"[{t.num_embeddings}, {columns}]"
                 )
-            if not all_finite(w):
+            floats = w
+            if self.precision == "fp16":
+                floats = w.view(torch.float16)
+            elif self.precision == ROW_WISE:  # the codes are any byte; the scale and bias are float16
+                floats = w[:, :ROW_PARAM_BYTES].flatten().view(torch.float16)
+            if not all_finite(floats):
                 raise ModelFileError(f"{where}: tensor '{key}': holds non-finite values")
 
     def check_lookup(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
@@ -560,13 +643,15 @@ def verify_torchrec_folder(folder: str | Path) -> dict[str, Any]:
     return verify_folder(Path(folder), TORCHREC_JSON, TORCHREC_FILES, FORMAT_VERSION, "TorchRec export")
 
 
-def load_torchrec(folder: str | Path) -> tuple[EmbeddingBagCollection, TorchRecEmbedding]:
+def load_torchrec(folder: str | Path) -> tuple[nn.Module, TorchRecEmbedding]:
     """Read an export (JSON and safetensors only, no pickle), verified and checked before use.
 
     Returns:
-        a plain CPU ``EmbeddingBagCollection`` holding every table's weights (its configs:
-        ``ebc.embedding_bag_configs()``), and the :class:`TorchRecEmbedding` that maps ids ``[B, F]`` through
-        it to ``[B, F, d]`` (it holds the same collection as ``.collection``).
+        a CPU collection holding every table's weights (its configs: ``ebc.embedding_bag_configs()``): a
+        plain ``torchrec.EmbeddingBagCollection`` for float32 tables, TorchRec's quantised
+        ``torchrec.quant.embedding_modules.EmbeddingBagCollection`` (float32 output, ``row_alignment`` 1)
+        for fp16 and int8 ones; and the :class:`TorchRecEmbedding` that maps ids ``[B, F]`` through it to
+        ``[B, F, d]`` (it holds the same collection as ``.collection``).
     """
     folder = Path(folder)
     meta = verify_torchrec_folder(folder)
@@ -575,9 +660,18 @@ def load_torchrec(folder: str | Path) -> tuple[EmbeddingBagCollection, TorchRecE
     layout.check_tables(weights, folder / TABLES_TENSORS)
     lookup = read_safetensors(folder / LOOKUP_TENSORS)
     layout.check_lookup(lookup, folder / LOOKUP_TENSORS)
+    configs = [t.config(layout.precision) for t in layout.tables]
+    cpu = torch.device("cpu")
+    ebc: nn.Module
     with torch.random.fork_rng(devices=[]):  # its own initial draws are replaced: leave the global RNG alone
-        ebc = EmbeddingBagCollection(tables=[t.config() for t in layout.tables], device=torch.device("cpu"))
-    ebc.load_state_dict(weights, assign=True)
+        if layout.precision == "fp32":
+            ebc = EmbeddingBagCollection(tables=configs, device=cpu)
+        else:
+            ebc = QuantEmbeddingBagCollection(
+                tables=configs, is_weighted=False, device=cpu, output_dtype=torch.float32, row_alignment=ROW_ALIGNMENT
+            )
+    # a plain collection takes the tensors read; the quantised one copies them into its own buffers
+    ebc.load_state_dict(weights, assign=layout.precision == "fp32")
     return ebc, TorchRecEmbedding(ebc, layout, lookup)
 
 
@@ -589,7 +683,7 @@ class TorchRecEmbedding(nn.Module):
     collection of the same tables calls :meth:`features` and :meth:`combine` around it.
     """
 
-    def __init__(self, collection: EmbeddingBagCollection, layout: TorchRecLayout, lookup: dict[str, torch.Tensor]):
+    def __init__(self, collection: nn.Module, layout: TorchRecLayout, lookup: dict[str, torch.Tensor]):
         super().__init__()
         self.collection = collection
         self.layout = layout
