@@ -30,6 +30,7 @@ declare -A setting=(
   [sparse]="embedding.sparse=true embedding.sparse_first_order=true train.optimizer=adam"
   [fused_bf16]="embedding.backend=torchrec train.optimizer=adagrad train.lr=0.01 train.precision=bf16"
   [fused_sparse_first_order]="embedding.backend=torchrec train.optimizer=adagrad train.lr=0.01 embedding.sparse=true embedding.sparse_first_order=true"
+  [fused_bf16_sparse_first_order]="embedding.backend=torchrec train.optimizer=adagrad train.lr=0.01 train.precision=bf16 embedding.sparse=true embedding.sparse_first_order=true"
 )
 for s in $settings; do
   name="scale_${rows}_min${min_count}_${s}_$steps"
