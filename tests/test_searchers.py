@@ -178,6 +178,30 @@ def test_every_method_takes_a_budget_in_a_run_as_the_bench_resolves_it(method, t
     assert (options.budget is not None) == cls.steers_to_budget  # width and scale methods spend it
 
 
+@pytest.mark.parametrize("method", list_searchers())
+def test_a_method_refuses_a_budget_below_its_smallest_plan_before_training_and_takes_one_at_it(method):
+    from embdim.budget import LANDING_TOLERANCE, Budget, BudgetUnreachable, uniform_bytes
+    from embdim.registry import SEARCHERS
+
+    cls = SEARCHERS.get(method)
+    config = cls.Config()
+    smallest = cls.smallest_plan(FIELDS, DIM, config)
+    if method in ("dml", "amtl"):  # each keeps at least one dimension of a field (dml) or of a value (amtl)
+        assert smallest is not None
+    if smallest is None:
+        return  # no floor above zero: nothing to refuse on that ground
+    plan, what = smallest
+    assert cls.steers_to_budget and plan.num_bytes > 0 and what
+    # the floor is a plan the method stores: its widths within d, its bytes below the uniform model's
+    assert max(plan.field_dims) <= DIM and plan.num_bytes < uniform_bytes(FIELDS, DIM)
+    floor = plan.num_bytes / uniform_bytes(FIELDS, DIM)
+    below = Budget(value=floor / (1 + LANDING_TOLERANCE) * 0.99)
+    with pytest.raises(BudgetUnreachable, match=rf"{method}: its smallest plan \({what}\) takes {plan.num_bytes:,} "):
+        cls.for_budget(FIELDS, DIM, config, below)
+    _, options = cls.for_budget(FIELDS, DIM, config, Budget(value=floor))
+    assert options.budget == Budget(value=floor)
+
+
 def test_a_run_aimed_at_a_budget_by_width_reports_bytes_against_the_reference_width(tmp_path):
     result = run_experiment(small_config(tmp_path, "name=half", "method=full", "method.budget=0.5"))
     assert (result["dim"], result["reference_dim"]) == (4, 8)

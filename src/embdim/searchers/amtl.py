@@ -386,6 +386,16 @@ class AMTLSearcher(Searcher):
         out["all"] = spearman(np.concatenate(rows), counts)
         return out
 
+    @classmethod
+    def smallest_plan(
+        cls, fields: list[FieldInfo], dim: int, config: SearcherConfig
+    ) -> tuple[EmbeddingPlan, str]:
+        """Every value at the shortest candidate length, one, in the ragged table."""
+        rows = [np.ones(f.vocab_size, dtype=np.int64) for f in fields]
+        sizes = [f.vocab_size for f in fields]
+        plan = EmbeddingPlan("amtl", [f.name for f in fields], sizes, dim, [1] * len(fields), "ragged", rows)
+        return plan, "every value keeping one of its dimensions"
+
     def plan(self, lookup: Lookup) -> EmbeddingPlan:
         lengths = self.lengths()
         details = {

@@ -31,7 +31,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from embdim.budget import Budget, BudgetUnreachable, uniform_bytes
+from embdim.budget import LANDING_TOLERANCE, Budget, BudgetUnreachable, uniform_bytes
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec
 from embdim.options import Options
@@ -167,14 +167,31 @@ class Searcher(nn.Module, ABC):
         ``method.budget``, and ``embdim bench``); ``budget`` is relative to uniform ``n x dim`` tables.
 
         Default: a method that steers to its budget while training (:attr:`steers_to_budget`: PEP, DML,
-        AMTL) keeps it in the config; any other cannot aim at one and raises
-        :class:`~embdim.budget.BudgetUnreachable`. Methods that meet a budget by their width (``full``,
-        ``mlet``) or by a scale (``mde``) override this and return a config whose ``budget`` is
-        ``None``: it is spent, so resolving again changes nothing.
+        AMTL) keeps it in the config, unless even its :meth:`smallest_plan` is above the budget (beyond
+        the landing tolerance): then, as for any method that cannot aim at one, it raises
+        :class:`~embdim.budget.BudgetUnreachable` before anything trains. Methods that meet a budget by
+        their width (``full``, ``mlet``) or by a scale (``mde``) override this and return a config whose
+        ``budget`` is ``None``: it is spent, so resolving again changes nothing.
         """
-        if cls.steers_to_budget:
-            return dim, config.model_copy(update={"budget": budget})
-        raise BudgetUnreachable(f"{cls.registered_name} has no way to aim at a memory budget")
+        if not cls.steers_to_budget:
+            raise BudgetUnreachable(f"{cls.registered_name} has no way to aim at a memory budget")
+        smallest = cls.smallest_plan(fields, dim, config)
+        target = budget.target_bytes(uniform_bytes(fields, dim))
+        if smallest is not None and smallest[0].num_bytes > target * (1 + LANDING_TOLERANCE):
+            plan, what = smallest
+            raise BudgetUnreachable(
+                f"{cls.registered_name}: its smallest plan ({what}) takes {plan.num_bytes:,} bytes, "
+                f"more than {target:,.0f}"
+            )
+        return dim, config.model_copy(update={"budget": budget})
+
+    @classmethod
+    def smallest_plan(
+        cls, fields: list[FieldInfo], dim: int, config: SearcherConfig
+    ) -> tuple[EmbeddingPlan, str] | None:
+        """The plan of fewest bytes this method can reach and what it is in words, or ``None`` when the
+        method has no floor above zero (:meth:`for_budget` refuses a budget below it)."""
+        return None
 
     @classmethod
     def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:

@@ -454,6 +454,14 @@ class DMLSearcher(Searcher):
         self.repaired = int(state["repaired"])
         self.search_widths = state.get("search_widths")
 
+    @classmethod
+    def smallest_plan(
+        cls, fields: list[FieldInfo], dim: int, config: SearcherConfig
+    ) -> tuple[EmbeddingPlan, str]:
+        """Every field cut to one dimension (the cut keeps at least one)."""
+        plan = EmbeddingPlan("dml", [f.name for f in fields], [f.vocab_size for f in fields], dim, [1] * len(fields))
+        return plan, "every field cut to one dimension"
+
     def plan(self, lookup: Lookup) -> EmbeddingPlan:
         details = {
             "cut": self.is_cut,
