@@ -59,7 +59,7 @@ from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
 from embdim.measures import spearman
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig, Stage
+from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig, Stage, fields_plan
 from embdim.slim import RaggedGroup, SlimEmbedding
 from embdim.storage import FLOAT_BYTES, field_bounds, ragged_index
 
@@ -392,8 +392,7 @@ class AMTLSearcher(Searcher):
     ) -> tuple[EmbeddingPlan, str]:
         """Every value at the shortest candidate length, one, in the ragged table."""
         rows = [np.ones(f.vocab_size, dtype=np.int64) for f in fields]
-        sizes = [f.vocab_size for f in fields]
-        plan = EmbeddingPlan("amtl", [f.name for f in fields], sizes, dim, [1] * len(fields), "ragged", rows)
+        plan = fields_plan("amtl", fields, dim, [1] * len(fields), storage="ragged", row_sizes=rows)
         return plan, "every value keeping one of its dimensions"
 
     def plan(self, lookup: Lookup) -> EmbeddingPlan:

@@ -39,6 +39,13 @@ from embdim.plan import EmbeddingPlan
 from embdim.slim import DenseGroup, SlimEmbedding
 
 
+def fields_plan(method: str, fields: list[FieldInfo], dim: int, field_dims: list[int], **kwargs: Any) -> EmbeddingPlan:
+    """``method``'s plan of ``fields`` (their names and vocabulary sizes) at these stored widths; ``kwargs``:
+    the rest of :class:`~embdim.plan.EmbeddingPlan` (storage, row sizes, buckets, details)."""
+    names, sizes = [f.name for f in fields], [f.vocab_size for f in fields]
+    return EmbeddingPlan(method=method, field_names=names, vocab_sizes=sizes, dim=dim, field_dims=field_dims, **kwargs)
+
+
 class SearcherConfig(Options):
     """Base of every searcher's options; unknown keys are an error that names the key.
 
@@ -315,13 +322,6 @@ class Searcher(nn.Module, ABC):
         return SlimEmbedding(plan, [group])
 
     def _plan(self, field_dims: list[int], **kwargs: Any) -> EmbeddingPlan:
-        return EmbeddingPlan(
-            method=type(self).registered_name,
-            field_names=[f.name for f in self.fields],
-            vocab_sizes=self.vocab_sizes,
-            dim=self.dim,
-            field_dims=field_dims,
-            **kwargs,
-        )
+        return fields_plan(type(self).registered_name, self.fields, self.dim, field_dims, **kwargs)
 
     registered_name: ClassVar[str] = "?"

@@ -64,7 +64,7 @@ from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Embedded, Searcher, SearcherConfig, Stage
+from embdim.searchers.base import Embedded, Searcher, SearcherConfig, Stage, fields_plan
 from embdim.slim import DenseGroup, SlimEmbedding
 
 #: The soft mask's midpoint sits half a position past the length, so the 0.5 crossing is round(N).
@@ -459,8 +459,7 @@ class DMLSearcher(Searcher):
         cls, fields: list[FieldInfo], dim: int, config: SearcherConfig
     ) -> tuple[EmbeddingPlan, str]:
         """Every field cut to one dimension (the cut keeps at least one)."""
-        plan = EmbeddingPlan("dml", [f.name for f in fields], [f.vocab_size for f in fields], dim, [1] * len(fields))
-        return plan, "every field cut to one dimension"
+        return fields_plan("dml", fields, dim, [1] * len(fields)), "every field cut to one dimension"
 
     def plan(self, lookup: Lookup) -> EmbeddingPlan:
         details = {

@@ -42,7 +42,7 @@ from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig
+from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig, fields_plan
 from embdim.slim import DenseGroup, HashedGroup, SlimEmbedding, hashed_buckets
 from embdim.storage import FLOAT_BYTES, HASH_PARAM_DTYPE, HASH_PRIME, MIN_BUCKETS
 
@@ -105,16 +105,8 @@ def hash_parameters(seed: int, num_fields: int) -> list[tuple[int, int]]:
 
 def hash_plan(fields: list[FieldInfo], dim: int, buckets: list[int], details: dict | None = None) -> EmbeddingPlan:
     """The plan of hashed tables with these bucket counts (fields back to back, full width ``dim``)."""
-    return EmbeddingPlan(
-        method="hash",
-        field_names=[f.name for f in fields],
-        vocab_sizes=[f.vocab_size for f in fields],
-        dim=dim,
-        field_dims=[dim] * len(fields),
-        storage=STORAGE,
-        buckets=buckets,
-        details=details or {},
-    )
+    widths = [dim] * len(fields)
+    return fields_plan("hash", fields, dim, widths, storage=STORAGE, buckets=buckets, details=details or {})
 
 
 @SEARCHERS.register("hash")

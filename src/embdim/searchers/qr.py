@@ -47,7 +47,7 @@ from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
-from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig
+from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig, fields_plan
 from embdim.slim import DenseGroup, QRGroup, SlimEmbedding
 from embdim.storage import FLOAT_BYTES, MIN_BUCKETS, STORAGE_KINDS
 
@@ -75,16 +75,8 @@ def field_collisions(vocab_sizes: list[int], collisions: int) -> list[int]:
 
 def qr_plan(fields: list[FieldInfo], dim: int, buckets: list[int], details: dict | None = None) -> EmbeddingPlan:
     """The plan of quotient-remainder tables with these remainder rows per field (full width ``dim``)."""
-    return EmbeddingPlan(
-        method="qr",
-        field_names=[f.name for f in fields],
-        vocab_sizes=[f.vocab_size for f in fields],
-        dim=dim,
-        field_dims=[dim] * len(fields),
-        storage=STORAGE,
-        buckets=buckets,
-        details=details or {},
-    )
+    widths = [dim] * len(fields)
+    return fields_plan("qr", fields, dim, widths, storage=STORAGE, buckets=buckets, details=details or {})
 
 
 @SEARCHERS.register("qr")
