@@ -116,8 +116,10 @@ def main() -> None:
     full = num_rows * dim * FLOAT_BYTES
     fields = tuple(range(len(rows)))
     print(f"{len(rows)} fields, {num_rows:,} rows, d={dim} (bitmaps of {bitmap_bytes(dim)} bytes)")
-    print("| spread | budget | params | compact | csr | rank bits | compact/csr | "
-          "batch ms: compact / csr / rank bits | one row us: compact / csr / rank bits |")
+    print(
+        "| spread | budget | params | compact | csr | rank bits | compact/csr | "
+        "batch ms: compact / csr / rank bits | one row us: compact / csr / rank bits |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     gen = torch.Generator().manual_seed(0)
     table = torch.randn(num_rows, dim, generator=gen)

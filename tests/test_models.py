@@ -13,9 +13,11 @@ from embdim.models.base import CTRModel, ModelConfig
 from embdim.models.dlrm import DLRM
 from embdim.models.fm import FM
 from embdim.models.layers import (
+    DROPOUT_RESOLUTION,
     MLP,
     DenseAsFields,
     DotInteraction,
+    Dropout,
     FeaturesLinear,
     FMInteraction,
     MultiHeadSelfAttention,
@@ -289,12 +291,66 @@ def test_mlp_structure() -> None:
     mlp = MLP(10, [8, 6], dropout=0.1, batch_norm=True, activation="relu", output_dim=1)
     kinds = [type(m).__name__ for m in mlp.layers]
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Dropout"] * 2 + ["Linear"]
+    assert isinstance(mlp.layers[3], Dropout) and mlp.layers[3].p == 0.1  # embdim's, not nn.Dropout
     assert mlp(torch.randn(4, 10)).shape == (4, 1) and mlp.out_dim == 1
     plain = MLP(10, [8], dropout=0.0, batch_norm=False, activation="tanh")
     assert [type(m).__name__ for m in plain.layers] == ["Linear", "Tanh"] and plain.out_dim == 8
     assert MLP(10, []).out_dim == 10
     with pytest.raises(ValueError, match="activation"):
         MLP(10, [4], activation="nope")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout_zeroes_the_stated_share_and_keeps_the_expectation(p: float, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    n = 1 << 20
+    x = torch.ones(n, dtype=dtype)
+    y = Dropout(p).train()(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    dropped = float((y == 0).double().mean())
+    assert abs(dropped - p) < 5 * (p * (1 - p) / n) ** 0.5  # within five binomial standard deviations
+    kept = y[y != 0]
+    scale = DROPOUT_RESOLUTION / (DROPOUT_RESOLUTION - int(p * DROPOUT_RESOLUTION))
+    assert torch.equal(kept, torch.full_like(kept, scale))  # one value: every kept element scaled alike
+    assert abs(float(y.double().mean()) - 1.0) < 0.01  # inverted dropout: the expectation is the input's
+
+
+def test_dropout_masks_are_independent_across_positions_of_a_random_word() -> None:
+    # four elements share a 64-bit draw: each lane of it must drop at the rate p, and not together
+    torch.manual_seed(1)
+    dropped = Dropout(0.5).train()(torch.ones(1 << 18, 4)) == 0
+    lane_rates = dropped.double().mean(0)
+    assert torch.all((lane_rates - 0.5).abs() < 0.01), lane_rates
+    both = (dropped[:, 0] & dropped[:, 3]).double().mean()  # lane 3 has the word's top bit, always 0
+    assert abs(float(both) - 0.25) < 0.01
+
+
+def test_dropout_backward_passes_the_gradient_through_the_kept_elements_only() -> None:
+    torch.manual_seed(2)
+    x = torch.randn(64, 33, requires_grad=True)
+    drop = Dropout(0.3).train()
+    y = drop(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    scale = DROPOUT_RESOLUTION / (DROPOUT_RESOLUTION - drop.threshold)
+    kept = y != 0
+    torch.testing.assert_close(y, x.detach() * kept * scale)
+    torch.testing.assert_close(x.grad, g * kept * scale)
+
+
+def test_dropout_is_the_identity_in_evaluation_and_its_masks_follow_the_seed() -> None:
+    drop = Dropout(0.4)
+    x = torch.randn(100, 10)
+    assert drop.eval()(x) is x
+    drop.train()
+    torch.manual_seed(7)
+    first = drop(x)
+    torch.manual_seed(7)
+    assert torch.equal(drop(x), first)
+    assert not torch.equal(drop(x), first)
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
 
 
 @pytest.mark.parametrize("residual", [True, False])

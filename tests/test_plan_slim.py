@@ -52,9 +52,7 @@ def test_hashed_and_quotient_remainder_bytes_count_the_shared_rows():
     ],
 )
 def test_a_plan_whose_buckets_do_not_fit_its_kind_is_refused(bad, message):
-    kwargs = dict(
-        method="x", field_names=["a", "b"], vocab_sizes=[10, 3], dim=8, field_dims=[8, 8], storage="hashed"
-    )
+    kwargs = dict(method="x", field_names=["a", "b"], vocab_sizes=[10, 3], dim=8, field_dims=[8, 8], storage="hashed")
     with pytest.raises(ValueError, match=message):
         EmbeddingPlan(**(kwargs | {"buckets": [4, 3]} | bad))
 

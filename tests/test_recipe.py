@@ -169,6 +169,38 @@ def test_every_table_gets_the_embedding_l2_and_the_mlp_does_not(form):
             assert torch.equal(value, before[key]), key  # MLP, biases: no decay
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_first_order_table_is_gathered_once_per_step_with_the_looked_up_l2(precision):
+    # the L2 comes from the forward's own gather: a sparse table gets one gradient, not two to be added
+    rec, ids, dense = _recommender_and_batch()
+    rec.precision = precision
+    table = rec.model.linear.weight
+    table.sparse = True
+    gathers = []
+    table.register_forward_hook(lambda *_: gathers.append(1))
+    _, penalty = rec.training_forward(ids, dense, looked_up_l2=0.1)
+    assert len(gathers) == 1
+    offset_ids = ids + torch.tensor([0, FIELDS[0].vocab_size])
+    w = table.weight.detach()
+    distinct = torch.unique(offset_ids)
+    raw = rec.embedding.lookup.tables["all"].weight.detach()
+    expected = 0.05 * (
+        raw[distinct].square().sum()
+        + w[distinct].square().sum()
+        + rec.model.linear.dense.weight.detach().square().sum()
+        + rec.model.dense_fields.weight.detach().square().sum()
+    )
+    assert penalty.dtype == torch.float32
+    torch.testing.assert_close(penalty, expected)
+    penalty.backward()
+    grad = table.weight.grad
+    assert grad.is_sparse
+    torch.testing.assert_close(grad.to_dense()[distinct], 0.1 * w[distinct])  # each distinct row once
+    rec.model.linear.weight.weight.grad = None
+    rec(ids, dense)  # outside training_forward nothing is recorded
+    assert all(m._l2_terms is None for m in rec.feature_tables())
+
+
 def test_decay_of_every_row_needs_dense_table_gradients(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.embedding_decay=looked_up"):
         small_config(tmp_path, "embedding.sparse=true", "train.embedding_weight_decay=0.01")

@@ -30,6 +30,9 @@ LR = 0.05
 UPDATE_ATOL = 1e-6
 #: metrics of two whole (short) runs that differ only in float summation order
 RUN_TOL = 1e-6
+#: their AUCs: a pair of near-tied scores (about 1e-9 apart) may order differently, and each of the small
+#: splits' ~1e5 positive-negative pairs moves the AUC by about 1e-5
+RUN_AUC_TOL = 1e-4
 
 
 def _ids(seed: int, batch: int = BATCH) -> torch.Tensor:
@@ -281,6 +284,8 @@ def test_fused_torchrec_run_tracks_the_torch_sparse_run(tmp_path):
     opts = ("embedding.sparse=true", "train.optimizer=adagrad", "train.lr=0.01", *NO_L2_CLIP)
     torch_run = run_experiment(small_config(tmp_path, "name=torch", *opts))
     torchrec_run = run_experiment(small_config(tmp_path, "name=torchrec", "embedding.backend=torchrec", *opts))
-    for key in ("valid_auc", "test_auc", "test_logloss"):
+    for key in ("valid_logloss", "test_logloss"):
         assert torchrec_run[key] == pytest.approx(torch_run[key], abs=RUN_TOL), key
+    for key in ("valid_auc", "test_auc"):
+        assert torchrec_run[key] == pytest.approx(torch_run[key], abs=RUN_AUC_TOL), key
     assert torchrec_run["export_max_abs_logit_diff"] < 1e-6

@@ -225,9 +225,7 @@ def _input_format(value: str) -> str:
 def predict(
     bundle: BundleArg,
     input: InputArg,
-    output: Annotated[
-        Path | None, typer.Option(help="scores.csv or scores.parquet (default: CSV on stdout)")
-    ] = None,
+    output: Annotated[Path | None, typer.Option(help="scores.csv or scores.parquet (default: CSV on stdout)")] = None,
     batch_size: BatchOption = 4096,
     input_format: InputFormatOption = "auto",
 ) -> None:

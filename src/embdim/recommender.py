@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -134,10 +134,13 @@ class Recommender(nn.Module):
         if not isinstance(self.embedding, EmbeddingLayer):  # a slim embedding trains without penalties
             return Scored(self(ids, dense), None)
         emb, penalty = self.embedding.embed(ids, looked_up_l2)
-        if looked_up_l2 > 0 and self.training:
-            model_l2 = sum((m.looked_up_l2(ids) for m in self.feature_tables()), torch.zeros(()))
-            penalty = add_penalty(penalty, 0.5 * looked_up_l2 * model_l2)
-        return Scored(self.score(emb, dense, ids), penalty)
+        if not (looked_up_l2 > 0 and self.training):
+            return Scored(self.score(emb, dense, ids), penalty)
+        with ExitStack() as stack:  # the model's own tables record the L2 of the rows their forward reads
+            terms = [stack.enter_context(m.recording_l2()) for m in self.feature_tables()]
+            logits = self.score(emb, dense, ids)
+        model_l2 = sum((t for recorded in terms for t in recorded), torch.zeros(()))
+        return Scored(logits, add_penalty(penalty, 0.5 * looked_up_l2 * model_l2))
 
     def feature_tables(self) -> list[FeatureTable]:
         """The model's layers that hold one row per feature (first-order weights, dense features' vectors)."""

@@ -396,8 +396,14 @@ def _export_network(model: Recommender, path: Path, format: str) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            portable, inputs, str(path), input_names=names, output_names=["logits"],
-            dynamo=True, dynamic_shapes=tuple({0: batch} for _ in inputs), verbose=False,
+            portable,
+            inputs,
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamo=True,
+            dynamic_shapes=tuple({0: batch} for _ in inputs),
+            verbose=False,
         )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

@@ -185,9 +185,7 @@ class SlimGroup(nn.Module, ABC):
         }
 
     # ------------------------------------------------------------------ stored values
-    def _keep_values(
-        self, name: str, values: torch.Tensor, row_params: dict[str, torch.Tensor], pad: int = 0
-    ) -> None:
+    def _keep_values(self, name: str, values: torch.Tensor, row_params: dict[str, torch.Tensor], pad: int = 0) -> None:
         """Hold ``values`` as attribute ``name``: float32 as a trainable parameter, a stored precision as a
         buffer, with an int8 group's per-row ``scale`` and ``bias`` [sum rows] (float16). Other float dtypes
         (float64, bfloat16) are trained values: kept as float32.
@@ -839,6 +837,7 @@ def compact_index(row_ids: torch.Tensor, kept: torch.Tensor, num_rows: int) -> d
         num_rows: the group's rows ``R``.
     """
     return {**split_ids(row_ids, num_rows), "bitmaps": pack_bits(kept)}
+
 
 def hashed_buckets(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
     """The hashing trick's bucket of each id: id 0 (the OOV id) keeps bucket 0 to itself, any other id goes

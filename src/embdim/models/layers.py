@@ -6,7 +6,8 @@ beyond what the input tensor carries, so zero-padded or pruned embeddings are ha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -33,6 +34,66 @@ FM_HALF = 0.5
 
 #: Number of attention projections (query, key, value) in :class:`MultiHeadSelfAttention`.
 QKV = 3
+
+#: :class:`Dropout` draws 15 random bits per element, so its probability is a multiple of 1 / this.
+DROPOUT_RESOLUTION = 1 << 15
+DROPOUT_BITS = DROPOUT_RESOLUTION - 1
+#: 16-bit draws per 64-bit random word.
+DRAWS_PER_WORD = 4
+
+
+class _DropoutMask(torch.autograd.Function):
+    """``x * mask`` with ``mask`` = ``scale`` where a 15-bit uniform draw is at least ``threshold``, else 0,
+    in ``x``'s dtype (one multiply forward and one backward: a bool mask would be converted in each)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, threshold: int) -> torch.Tensor:
+        n = x.numel()
+        # random_() on int64 fills bits 0-62 uniformly: each of a word's four 16-bit lanes has 15 low bits
+        # that are uniform and independent of the others
+        words = torch.empty((n + DRAWS_PER_WORD - 1) // DRAWS_PER_WORD, dtype=torch.int64, device=x.device)
+        draws = words.random_().view(torch.int16)[:n].view(x.shape)
+        scale = DROPOUT_RESOLUTION / (DROPOUT_RESOLUTION - threshold)  # exact for the drawn probability
+        mask = ((draws & DROPOUT_BITS) >= threshold).to(x.dtype).mul_(scale)
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+class Dropout(nn.Module):
+    """Inverted dropout: in training, each element is zeroed with probability ``p`` and the rest scaled by
+    ``1 / (1 - p)``; in evaluation, the identity. Any shape; ``forward(x) -> same shape and dtype``.
+
+    Why not ``nn.Dropout``: on the CPU its mask comes from ``bernoulli_``, one generator call per element,
+    which costs as much as the MLP layer's matrix product at CTR batch sizes (BENCHMARKS.md, issue 19).
+    Here four elements share one 64-bit draw, each reading 15 of its bits, so ``p`` is applied rounded down
+    to a multiple of 1/32768 (:data:`DROPOUT_RESOLUTION`) and the scale is exact for that probability.
+    The draws come from torch's generator, so a seed fixes the masks and a checkpoint's RNG state resumes them.
+
+    >>> drop = Dropout(0.25).train()
+    >>> y = drop(torch.ones(1000))
+    >>> sorted(set(y.tolist()))
+    [0.0, 1.3333333730697632]
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability {p} must be in [0, 1)")
+        self.p = p
+        self.threshold = int(p * DROPOUT_RESOLUTION)  # draws below it are dropped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        return _DropoutMask.apply(x, self.threshold)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def make_activation(name: str) -> nn.Module:
@@ -86,7 +147,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(h))
             layers.append(make_activation(activation))
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             width = h
         if output_dim is not None:
             layers.append(nn.Linear(width, output_dim))
@@ -135,14 +196,31 @@ class FeatureTable(nn.Module):
     dense features' vectors). Trainers treat its parameters like the embedding tables: the tables'
     learning rate and L2 (``train.embedding_lr``, ``train.embedding_weight_decay``)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._l2_terms: list[torch.Tensor] | None = None  # open while recording_l2() is
+
     def table_parameters(self) -> list[nn.Parameter]:
         """The parameters that hold rows (biases and the like are not tables)."""
         raise NotImplementedError
 
-    def looked_up_l2(self, ids: torch.Tensor) -> torch.Tensor:
-        """``sum ||w_r||^2`` over the rows a batch with per-field ``ids`` [B, F] reads, each distinct row
-        once (the looked-up form of the embedding L2): a 0-d tensor."""
-        raise NotImplementedError
+    @contextmanager
+    def recording_l2(self) -> Iterator[list[torch.Tensor]]:
+        """Within the block, each forward appends to the yielded list ``sum ||w_r||^2`` over the distinct
+        rows it read (the looked-up form of the embedding L2; 0-d tensors).
+
+        The term is computed from the rows the forward gathered, not from a second lookup: a sparse table
+        then gets one gradient per step, where a second lookup's would have to be added to it (a sparse
+        addition that costs more than the lookups themselves)."""
+        self._l2_terms = []
+        try:
+            yield self._l2_terms
+        finally:
+            self._l2_terms = None
+
+    def _record_l2(self, term: torch.Tensor) -> None:
+        if self._l2_terms is not None:
+            self._l2_terms.append(term)
 
 
 class FeaturesLinear(FeatureTable):
@@ -191,14 +269,14 @@ class FeaturesLinear(FeatureTable):
     def table_parameters(self) -> list[nn.Parameter]:
         return [self.weight.weight, *([] if self.dense is None else [self.dense.weight])]
 
-    def looked_up_l2(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = ids + self.offsets
-        total = distinct_row_l2(rows, self.weight(rows))  # a second gather of B x F scalars: cheap
-        return total if self.dense is None else total + self.dense.weight.square().sum()
-
     def forward(self, ids: torch.Tensor, dense: torch.Tensor | None = None) -> torch.Tensor:
         """ids: int64 [B, F]; dense: float [B, Dn] or None -> float [B]."""
-        out = self.weight(ids + self.offsets).sum(dim=(1, 2))
+        rows = ids + self.offsets
+        weights = self.weight(rows)  # [B, F, 1]
+        if self._l2_terms is not None:
+            l2 = distinct_row_l2(rows, weights)
+            self._record_l2(l2 if self.dense is None else l2 + self.dense.weight.square().sum())
+        out = weights.sum(dim=(1, 2))
         if self.dense is not None and dense is not None:
             # float32 under autocast too: this is a table's term on raw dense values, which bfloat16
             # would round to three digits, and a [B, Dn] x [Dn, 1] product gains nothing from it
@@ -227,11 +305,9 @@ class DenseAsFields(FeatureTable):
     def table_parameters(self) -> list[nn.Parameter]:
         return [self.weight]
 
-    def looked_up_l2(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight.square().sum()  # every batch reads every dense feature's vector
-
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         """dense: [B, Dn] -> [B, Dn, d]."""
+        self._record_l2(self.weight.square().sum())  # every batch reads every dense feature's vector
         return dense.unsqueeze(-1) * self.weight
 
 
@@ -320,7 +396,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.has_residual = residual
         self.num_projections = QKV + int(residual)
         self.projection = nn.Linear(in_dim, self.num_projections * self.out_dim, bias=False)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.init_weights()
 
     def init_weights(self) -> None:

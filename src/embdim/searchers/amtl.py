@@ -387,9 +387,7 @@ class AMTLSearcher(Searcher):
         return out
 
     @classmethod
-    def smallest_plan(
-        cls, fields: list[FieldInfo], dim: int, config: SearcherConfig
-    ) -> tuple[EmbeddingPlan, str]:
+    def smallest_plan(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> tuple[EmbeddingPlan, str]:
         """Every value at the shortest candidate length, one, in the ragged table."""
         rows = [np.ones(f.vocab_size, dtype=np.int64) for f in fields]
         plan = fields_plan("amtl", fields, dim, [1] * len(fields), storage="ragged", row_sizes=rows)

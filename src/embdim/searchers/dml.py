@@ -455,9 +455,7 @@ class DMLSearcher(Searcher):
         self.search_widths = state.get("search_widths")
 
     @classmethod
-    def smallest_plan(
-        cls, fields: list[FieldInfo], dim: int, config: SearcherConfig
-    ) -> tuple[EmbeddingPlan, str]:
+    def smallest_plan(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> tuple[EmbeddingPlan, str]:
         """Every field cut to one dimension (the cut keeps at least one)."""
         return fields_plan("dml", fields, dim, [1] * len(fields)), "every field cut to one dimension"
 

@@ -206,4 +206,3 @@ class HashSearcher(Searcher):
             weight = torch.cat([lookup.field_weight(f).detach() for f in plain])
             groups.append(DenseGroup(plain, [self.vocab_sizes[f] for f in plain], weight, None, self.dim))
         return SlimEmbedding(self.plan(lookup), groups)
-
