@@ -156,6 +156,34 @@ def _check_resumes_bit_identically(method, tmp_path, *overrides):
         assert lines[:half] == lines[half:], stages[index]
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (train.device=cuda)")
+
+
+@CUDA
+@pytest.mark.parametrize("method", list_searchers())
+def test_every_method_trains_on_cuda_like_on_the_cpu_and_exports_a_bundle_for_the_cpu(method, tmp_path):
+    on_gpu = run_experiment(small_config(tmp_path, "name=gpu", f"method={method}", *RECIPE, "train.device=cuda"))
+    on_cpu = run_experiment(small_config(tmp_path, "name=cpu", f"method={method}", *RECIPE))
+    assert np.isfinite([on_gpu["test_auc"], on_gpu["test_logloss"]]).all()
+    # the same steps in another summation order: close, not identical
+    assert on_gpu["test_logloss"] == pytest.approx(on_cpu["test_logloss"], abs=0.01)
+    assert on_gpu["embedding_bytes"] == on_cpu["embedding_bytes"] or method in {"pep", "dml", "amtl"}
+    assert on_gpu["export_max_abs_logit_diff"] < 1e-5  # the bundle, loaded on the CPU, scores as trained
+
+
+@CUDA
+@pytest.mark.parametrize("method", list_searchers())
+def test_every_method_resumes_on_cuda_after_a_kill(method, tmp_path):
+    reference = run_experiment(small_config(tmp_path, "name=ref", f"method={method}", *RECIPE, "train.device=cuda"))
+    cfg = small_config(tmp_path, "name=killed", f"method={method}", *RECIPE, "train.device=cuda")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, trainer_cls=_KilledInStage)
+    resumed = run_experiment(cfg)
+    # CUDA's scatter-adds (embedding backward) sum in no fixed order: equal up to float rounding
+    for key in ("test_auc", "test_logloss", "valid_logloss"):
+        assert resumed[key] == pytest.approx(reference[key], abs=1e-4), key
+
+
 @pytest.mark.parametrize("method", list_searchers())
 def test_every_method_takes_a_budget_in_a_run_as_the_bench_resolves_it(method, tmp_path):
     from embdim.budget import Budget, BudgetUnreachable

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import TINY_SYNTHETIC
 from embdim.config import ConfigError, compose, load_config, validate
@@ -82,6 +83,30 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     ref_lines = (tmp_path / "runs" / "ref" / "metrics.jsonl").read_text().splitlines()
     got_lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["valid_auc"] for x in got_lines] == [json.loads(x)["valid_auc"] for x in ref_lines]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.device=gpu"], r"train\.device"),
+        (
+            ["train.device=cuda", "embedding.backend=torchrec", "train.optimizer=adagrad"]
+            + ["train.embedding_decay=looked_up"],
+            r"embedding\.backend=torch\b",
+        ),
+        (["train.device=cuda:1", "train.processes=2"], r"train\.processes=1"),
+    ],
+)
+def test_a_device_the_run_cannot_train_on_is_refused_naming_the_key(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        small_config(tmp_path, *overrides)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where torch sees no GPU")
+def test_a_run_on_cuda_without_a_gpu_is_refused_before_its_run_folder_is_written(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.device=cuda: torch sees 0 CUDA device\(s\).*train\.device=cpu"):
+        run_experiment(small_config(tmp_path, "name=gpu", "train.device=cuda"))
+    assert not (tmp_path / "runs" / "gpu").exists()
 
 
 def test_finished_run_is_not_trained_again_and_other_config_is_refused(tmp_path):

@@ -223,6 +223,12 @@ class TrainConfig(Strict):
     monitor: Literal["auc", "logloss"] = Field("auc", description="validation metric for selection")
     seed: int = Field(2026, ge=0, description="seed of the initialisation, shuffles and dropout")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default torch's choice")
+    device: str = Field(
+        "cpu",
+        pattern=r"^(cpu|cuda(:\d+)?)$",
+        description="where the model trains and is evaluated: cpu, or cuda / cuda:N (one GPU; the torch backend, one "
+        "process); batches are gathered on the CPU and copied over, and the exported model is written from the CPU",
+    )
     checkpoint_every_steps: int = Field(1000, ge=1, description="also checkpoint between evaluations")
     progress: bool = Field(True, description="show progress bars")
     init_from: str | None = Field(
@@ -281,6 +287,8 @@ class RunConfig(Strict):
                 f"train.embedding_weight_decay: {tables} cannot decay every row each step; "
                 "set train.embedding_decay=looked_up (decay the rows a batch reads)"
             )
+        if t.device != "cpu":
+            self._check_device()
         if t.processes > 1:
             self._check_shardable()
         if t.lr_schedule.kind == "plateau" and t.lr_schedule.patience >= t.patience:
@@ -289,6 +297,21 @@ class RunConfig(Strict):
                 "the stage would stop before the learning rate drops"
             )
         return self
+
+    def _check_device(self) -> None:
+        """What training on a GPU needs (the error names ``train.device`` and the setting); whether the device
+        exists is checked where the run starts (:func:`embdim.train.trainer.check_device`)."""
+        t, emb = self.train, self.embedding
+        if emb.backend != "torch":
+            raise ValueError(
+                f"train.device={t.device}: embedding.backend=torchrec runs its fused table kernels on the CPU in this "
+                "installation (fbgemm's CPU build); set embedding.backend=torch"
+            )
+        if t.processes > 1:
+            raise ValueError(
+                f"train.device={t.device}: train.processes={t.processes} shards over gloo on the CPU; several GPUs "
+                "(NCCL) are not supported yet: use train.processes=1"
+            )
 
     def _check_shardable(self) -> None:
         """What a run on several processes needs (the error names ``train.processes`` and the setting)."""

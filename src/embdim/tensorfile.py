@@ -40,7 +40,8 @@ HEADER_ALIGN = 8  # the header is padded so the data starts 8-byte aligned
 
 
 def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` (CPU, any shape, views and shared memory allowed) to ``path`` as safetensors."""
+    """Write ``tensors`` (any shape, views and shared memory allowed; a GPU's are copied to the host one at a time)
+    to ``path`` as safetensors."""
     if sys.byteorder != "little":
         raise RuntimeError("safetensors stores little-endian bytes; this machine is big-endian")
     for name, t in tensors.items():
@@ -64,6 +65,6 @@ def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: 
 
 
 def _write_bytes(out: BinaryIO, tensor: torch.Tensor) -> None:
-    flat = tensor.detach().contiguous().reshape(-1)  # a copy only where the tensor is not contiguous
+    flat = tensor.detach().cpu().contiguous().reshape(-1)  # a copy only where not contiguous or not on the CPU
     if flat.numel():
         out.write(memoryview(flat.view(torch.uint8).numpy()))

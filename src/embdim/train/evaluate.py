@@ -9,6 +9,7 @@ Reports may import this module; it imports nothing above ``train/``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,16 +32,25 @@ def batch_tensors(split: SplitArrays, idx: np.ndarray) -> tuple[torch.Tensor, to
     return ids, dense, labels
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module``'s weights are (the CPU for a module without any)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def predict_logits(rec: torch.nn.Module, split: SplitArrays, batch_size: int) -> np.ndarray:
-    """Logits [N] for a whole split, in row order."""
+    """Logits [N] for a whole split, in row order (batches go to the model's device, logits come back)."""
     was_training = rec.training
     rec.eval()
+    device = module_device(rec)
     logits = np.empty(len(split), dtype=np.float32)  # filled in place: no per-batch arrays kept alive
     for start in range(0, len(split), batch_size):
         stop = min(start + batch_size, len(split))
         ids, dense, _ = batch_tensors(split, np.arange(start, stop))
-        logits[start:stop] = rec(ids, dense).float().numpy()
+        dense = None if dense is None else dense.to(device)
+        logits[start:stop] = rec(ids.to(device), dense).float().cpu().numpy()
     rec.train(was_training)
     return logits
 

@@ -117,6 +117,14 @@ def available_memory() -> int:
     return available
 
 
+def device_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` when the run's tables and activations live there (a GPU); ``None`` for the
+    CPU, whose free memory :func:`available_memory` measures."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return None
+
+
 def _meminfo_available() -> int:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

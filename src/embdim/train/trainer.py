@@ -30,7 +30,7 @@ from embdim.data.prepare import PreparedData
 from embdim.data.schema import DatasetSchema
 from embdim.distributed.group import Group
 from embdim.embedding import EmbeddingLayer
-from embdim.errors import DataError, DivergedError, UnreadableFile, shorten
+from embdim.errors import ConfigError, DataError, DivergedError, UnreadableFile, shorten
 from embdim.measures import all_finite
 from embdim.recommender import (
     BUNDLE_CONFIG,
@@ -63,7 +63,13 @@ from embdim.train.evaluate import (
     scores_metrics,
 )
 from embdim.train.layout import COMPLETED, CORRUPT_SUFFIX, RunFolder
-from embdim.train.memory import InsufficientMemory, check_memory, estimate_training_memory, lighter_runs
+from embdim.train.memory import (
+    InsufficientMemory,
+    check_memory,
+    device_memory,
+    estimate_training_memory,
+    lighter_runs,
+)
 from embdim.train.metrics import NonFiniteScores
 from embdim.train.optim import clip_gradients, recommender_optimizers, set_lr_scale
 from embdim.train.sharded import ShardedTraining
@@ -130,6 +136,20 @@ def training_step(
     return loss.detach()
 
 
+def check_device(name: str) -> torch.device:
+    """``train.device`` as a torch device; a :class:`ConfigError` naming it when torch cannot reach it."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+            raise ConfigError(
+                f"train.device={name}: torch sees {count} CUDA device(s) here (torch {torch.__version__}, {built}); "
+                "use train.device=cpu"
+            )
+    return device
+
+
 def build_run_recommender(cfg: RunConfig, schema: DatasetSchema) -> Recommender:
     """The freshly initialised model a run of ``cfg`` trains on data described by ``schema`` (the caller
     seeds torch first); a ``method.budget`` is resolved first (:func:`~embdim.config.resolve_budget`)."""
@@ -178,7 +198,8 @@ class Trainer:
         self._has_test = "test" in data.splits and len(data.splits["test"]) > 0
         self.memory_check = memory_check
         self.memory = estimate_training_memory(cfg, data.schema, data.cache_dir)
-        check_precision(cfg.train.precision)  # the trainer runs on the CPU
+        self.device = check_device(cfg.train.device)
+        check_precision(cfg.train.precision, self.device.type)
         multi = group is not None and group.world > 1
         self.sharded: ShardedTraining | None = ShardedTraining(group, self.folder, cfg) if multi else None
         self.is_main = self.sharded is None or self.sharded.is_main  # writes the run folder's shared files
@@ -194,6 +215,7 @@ class Trainer:
         self.stages = self.searcher.stages()
         if self.tc.init_from:
             warm_start(Path(self.tc.init_from), self.rec)
+        self.rec.to(self.device)  # in place: the searcher and lookup above are the moved modules
         if self.sharded is not None:
             self.sharded.shard(self.rec)  # after the warm start: the shards take the loaded tables
         self._new_optimizers()
@@ -261,6 +283,7 @@ class Trainer:
                 "searcher": self.searcher.state_for_checkpoint(),
                 "stage_results": self.stage_results,
                 "rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
             },
         )
 
@@ -284,6 +307,8 @@ class Trainer:
         for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(s)
         torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":  # dropout masks drawn on the GPU
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         if self.is_main:  # evaluations logged after the checkpoint will be logged again
             lines = self.metrics_path.read_text().splitlines(keepends=True) if self.metrics_path.exists() else []
             self.metrics_path.write_text("".join(lines[: p.metrics_lines]))
@@ -482,6 +507,9 @@ class Trainer:
     ) -> float:
         """One step; returns the (global) batch's mean task loss. ``rows``: the global batch's rows."""
         tc = self.tc
+        if self.device.type != "cpu":  # batches are gathered on the CPU
+            ids, labels = ids.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            dense = None if dense is None else dense.to(self.device, non_blocking=True)
         if self.sharded is not None:
             return self.sharded.step(
                 self.rec, self.optimizers, ids, dense, labels, p.step, rows, tc.looked_up_l2, tc.clip_grad_norm
@@ -600,7 +628,11 @@ class Trainer:
         verdict = None
         if self.is_main:
             try:
-                check_memory(self.memory, lighter=lambda available: lighter_runs(self.cfg, self.data.schema, available))
+                check_memory(
+                    self.memory,
+                    device_memory(self.device),
+                    lighter=lambda available: lighter_runs(self.cfg, self.data.schema, available),
+                )
             except InsufficientMemory as err:
                 verdict = str(err)
         if self.sharded is not None:
@@ -634,6 +666,7 @@ class Trainer:
         if self.sharded is not None:
             return self._finish_sharded(p, stage_results, valid)
         test = self._evaluate("test", p, self.stages[-1])
+        self.rec.to("cpu")  # the export, its check and the report by frequency run where the bundle will load
         plan = self.searcher.plan(self.lookup)
         plan.save(self.folder.plan)
         self._compact_inputs(self.rec)
