@@ -85,13 +85,15 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert [json.loads(x)["valid_auc"] for x in got_lines] == [json.loads(x)["valid_auc"] for x in ref_lines]
 
 
+FUSED_TABLES = ["embedding.backend=torchrec", "train.optimizer=adagrad", "train.embedding_decay=looked_up"]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["train.device=gpu"], r"train\.device"),
         (
-            ["train.device=cuda", "embedding.backend=torchrec", "train.optimizer=adagrad"]
-            + ["train.embedding_decay=looked_up"],
+            ["train.device=cuda", *FUSED_TABLES],
             r"embedding\.backend=torch\b",
         ),
         (["train.device=cuda:1", "train.processes=2"], r"train\.processes=1"),
