@@ -12,7 +12,6 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from embdim.lookup import distinct_row_l2
 from embdim.storage import field_bounds
 
 #: Activation names accepted by :class:`MLP`.
@@ -272,10 +271,14 @@ class FeaturesLinear(FeatureTable):
     def forward(self, ids: torch.Tensor, dense: torch.Tensor | None = None) -> torch.Tensor:
         """ids: int64 [B, F]; dense: float [B, Dn] or None -> float [B]."""
         rows = ids + self.offsets
-        weights = self.weight(rows)  # [B, F, 1]
-        if self._l2_terms is not None:
-            l2 = distinct_row_l2(rows, weights)
+        if self._l2_terms is None:
+            weights = self.weight(rows)  # [B, F, 1]
+        else:  # gather each distinct row once: the L2 is their sum of squares, the gradient has a row each
+            distinct, inverse = torch.unique(rows, return_inverse=True)
+            gathered = self.weight(distinct)  # [U, 1]
+            l2 = gathered.square().sum()
             self._record_l2(l2 if self.dense is None else l2 + self.dense.weight.square().sum())
+            weights = gathered[inverse]  # [B, F, 1]
         out = weights.sum(dim=(1, 2))
         if self.dense is not None and dense is not None:
             # float32 under autocast too: this is a table's term on raw dense values, which bfloat16
