@@ -92,6 +92,7 @@ from embdim.budget import Budget, BudgetUnreachable
 from embdim.data.schema import FieldInfo
 from embdim.distributed.rows import ColumnShards
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings
+from embdim.measures import SELECT_BLOCK, kth_largest
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
 from embdim.rowwise import RowwiseAdam, sharded_rowwise_lookup
@@ -106,8 +107,9 @@ SEARCH, RETRAIN = "search", "retrain"  # the stages, and the phase the searcher 
 ADAM_MOMENTS = 2
 STEP_BYTES = 8 + 4  # RowwiseAdam per row: int64 last-updated step, int32 scratch slot
 MEASURE_BLOCK_ROWS = 16384  # rows per block of the sparsity count: its temporaries stay in cache
-DIGIT_BITS = 16  # a sharded target's mask: the radix select's digits (two passes over 32-bit keys)
-DIGITS = 1 << DIGIT_BITS
+#: budget_mask's peak per entry it orders: the entries' int64 positions, their float32 margins, the sort's
+#: values, int64 indices and scratch (then the order, rows and places, int64, and first-of-row flags)
+BUDGET_ORDER_BYTES = 8 + 4 + 4 + 8 + 12
 QUANTILE_SAMPLE = 1 << 20  # |v| entries sampled for the drift's starting quantile (torch.quantile's limit is 2^24)
 
 
@@ -219,13 +221,6 @@ def count_kept(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return (v.abs() > torch.sigmoid(s)).sum()
 
 
-def _order_keys(values: torch.Tensor) -> torch.Tensor:
-    """float32 ``values`` as int32 keys that order as the values do (-0.0 as 0.0): a negative float's
-    magnitude bits are flipped, so that a larger magnitude gives a smaller key."""
-    bits = (values.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
-
-
 def threshold_shape(granularity: str, num_rows: int, num_fields: int, dim: int) -> tuple[int, int]:
     """Shape of the threshold tensor of a granularity (table of ``num_rows`` rows, F fields, width d)."""
     return {
@@ -285,6 +280,21 @@ def budget_sparsity(budget: Budget, num_rows: int, dim: int) -> float:
     return sparsity
 
 
+def _largest_first(flat: torch.Tensor, keep: int) -> torch.Tensor:
+    """Bool [N]: the ``keep`` (``1 <= keep <= N``) largest of ``flat`` float32 [N], of equal values the first
+    in position order; no temporary beyond the mask and a block (:func:`~embdim.measures.kth_largest`)."""
+    cut = kth_largest(flat, keep)
+    mask = flat > cut
+    need = keep - int(mask.sum())
+    for start in range(0, flat.numel(), SELECT_BLOCK):  # the values equal to the cut, in position order
+        if need <= 0:
+            break
+        ties = torch.nonzero(flat[start : start + SELECT_BLOCK] == cut).squeeze(1)[:need]
+        mask[start + ties] = True
+        need -= len(ties)
+    return mask
+
+
 def budget_mask(margins: torch.Tensor, target: float) -> torch.Tensor:
     """Bool ``[n, d]``: the entries of largest margin (``margins [n, d]``), as many as PEP's slim table
     (:func:`storage_bytes`) holds within ``target`` bytes, given the rows they fall into [ours].
@@ -298,7 +308,10 @@ def budget_mask(margins: torch.Tensor, target: float) -> torch.Tensor:
     mask = torch.zeros(margins.numel(), dtype=torch.bool)
     if most <= 0:
         return mask.view_as(margins)
-    order = torch.topk(margins.flatten(), most, sorted=True).indices
+    flat = margins.flatten()
+    chosen = torch.nonzero(_largest_first(flat, most)).squeeze(1)  # the `most` largest, in position order
+    order = chosen[torch.sort(flat[chosen], descending=True, stable=True).indices]  # equal margins: by position
+    del chosen
     rows = torch.div(order, dim, rounding_mode="floor")
     position = torch.arange(most)
     first = torch.full((num_rows,), most, dtype=torch.long).scatter_reduce(0, rows, position, "amin")
@@ -356,7 +369,7 @@ class PEPSearcher(Searcher):
         measuring = n * dim * (FLOAT_BYTES + 1)
         if config.budget is not None and config.budget.kind != "params":  # budget_mask's order of entries
             most = min(n * dim, int(config.budget.target_bytes(n * dim * FLOAT_BYTES) // FLOAT_BYTES))
-            measuring += most * (FLOAT_BYTES + 8 + 8 + 1)  # margins, positions, rows, first-of-row flags
+            measuring += n * dim + most * BUDGET_ORDER_BYTES  # the mask it returns, and its ordered entries
         per_row = n * 8
         return MethodMemory(
             tables=n * dim * FLOAT_BYTES,
@@ -569,13 +582,9 @@ class PEPSearcher(Searcher):
         flat = margins.flatten()
         if keep >= flat.numel():
             return torch.ones_like(margins, dtype=torch.bool)
-        mask = torch.zeros(flat.numel(), dtype=torch.bool)
-        if keep > 0:
-            cut = torch.topk(flat, keep, sorted=False).values.min()  # the keep-th largest margin
-            mask = flat > cut
-            ties = torch.nonzero(flat == cut).squeeze(1)  # in position order
-            mask[ties[: keep - int(mask.sum())]] = True
-        return mask.view_as(margins)
+        if keep <= 0:
+            return torch.zeros_like(margins, dtype=torch.bool)
+        return _largest_first(flat, keep).view_as(margins)
 
     # ------------------------------------------------------------------ stage hooks
     def stages(self) -> tuple[Stage, ...]:
@@ -794,22 +803,19 @@ class PEPSearcher(Searcher):
 
     def _top_mask_sharded(self, margins: torch.Tensor, keep: int) -> torch.Tensor:
         """:meth:`_top_mask` over every rank's part: the ``keep``-th largest margin is found by a radix select
-        on order-preserving integer keys (two passes of 16-bit digits, their histograms summed over the
-        ranks), and the margins equal to it are taken in row-major order by a bisection on positions."""
+        whose counts are summed over the ranks (:func:`~embdim.measures.kth_largest`), and the margins equal
+        to it are taken in row-major order by a bisection on positions."""
         assert self.shards_ is not None
         shards, total = self.shards_, self.num_rows * self.dim
         if keep >= total:
             return torch.ones_like(margins, dtype=torch.bool)
         if keep <= 0:
             return torch.zeros_like(margins, dtype=torch.bool)
-        key = _order_keys(margins)  # int32: the high digit is signed, shifted to a bucket
-        top, above = self._select_bucket((key >> DIGIT_BITS) + DIGITS // 2, keep)
-        low, _ = self._select_bucket(key[(key >> DIGIT_BITS) == top - DIGITS // 2] & (DIGITS - 1), keep - above)
-        cut = (top - DIGITS // 2) * DIGITS + low
-        mask = key > cut
+        cut = kth_largest(margins.float(), keep, sums=shards.sums)
+        mask = margins > cut
         need = keep - int(shards.sum(int(mask.sum())))
         if need > 0:  # the margins equal to the cut, first in row-major order
-            rows, cols = torch.nonzero(key == cut, as_tuple=True)
+            rows, cols = torch.nonzero(margins == cut, as_tuple=True)
             position = rows * self.dim + shards.columns[cols]
             low, high = 0, total  # the smallest bound whose ties before it number at least `need`
             while low < high:
@@ -821,15 +827,6 @@ class PEPSearcher(Searcher):
             chosen = position < low
             mask[rows[chosen], cols[chosen]] = True
         return mask
-
-    def _select_bucket(self, digits: torch.Tensor, need: int) -> tuple[int, int]:
-        """The largest digit whose keys and those of larger digits, over every rank, number at least ``need``,
-        and how many keys have larger digits."""
-        assert self.shards_ is not None
-        histogram = self.shards_.sums(torch.bincount(digits.reshape(-1), minlength=DIGITS).double())
-        from_top = histogram.flip(0).cumsum(0)  # [i]: keys whose digit is DIGITS - 1 - i or larger
-        i = int(torch.searchsorted(from_top, torch.tensor([float(need)], dtype=torch.float64)))
-        return DIGITS - 1 - i, int(from_top[i - 1]) if i else 0
 
     @torch.no_grad()
     def _sampled_magnitudes(self, lookup: Lookup) -> torch.Tensor:
