@@ -45,9 +45,7 @@ def order_keys(values: torch.Tensor) -> torch.Tensor:
     return bits ^ ((bits >> 31) & LOW_31_BITS)
 
 
-def kth_largest(
-    values: torch.Tensor, k: int, sums: Callable[[torch.Tensor], torch.Tensor] | None = None
-) -> float:
+def kth_largest(values: torch.Tensor, k: int, sums: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """The ``k``-th largest of float32 ``values`` (any shape, finite; ``1 <= k <=`` their number), exactly.
 
     A radix selection on :func:`order_keys`: four passes over blocks of :data:`SELECT_BLOCK` values, each

@@ -86,12 +86,16 @@ class MethodMemory:
         replicated: the part of ``state`` every process holds on several processes (``train.processes``):
             state derived from every row's inputs, or kept per row on every rank holding a shard; the
             rest of ``state`` follows the table's shards.
+        fused_tables: ``tables`` as fused TorchRec tables hold them, each row zero-padded to a multiple of
+            four values (:func:`~embdim.distributed.torchrec_lookup.padded_dim`); ``None`` for tables that
+            are all ``d`` wide (the estimate pads ``d``).
     """
 
     tables: int
     parameters: int = 0
     state: int = 0
     replicated: int = 0
+    fused_tables: int | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from torch import nn
 
 from embdim.budget import LANDING_TOLERANCE, Budget, BudgetUnreachable, uniform_bytes
 from embdim.data.schema import FieldInfo
+from embdim.distributed.torchrec_lookup import padded_dim
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec, group_fields_by_width
 from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
@@ -108,8 +109,14 @@ class MDESearcher(Searcher):
     @classmethod
     def training_memory(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> MethodMemory:
         assert isinstance(config, MDEConfig)
-        tables, projections = mde_values([f.vocab_size for f in fields], dim, config)
-        return MethodMemory(tables=tables * FLOAT_BYTES, parameters=projections * FLOAT_BYTES)
+        vocab = [f.vocab_size for f in fields]
+        tables, projections = mde_values(vocab, dim, config)
+        base = config.base_dim or dim
+        widths = mde_dims(vocab, dim, config.alpha, base, config.min_dim, config.round_to_power_of_two)
+        fused = sum(n * padded_dim(w) for n, w in zip(vocab, widths, strict=True))  # narrow rows padded most
+        return MethodMemory(
+            tables=tables * FLOAT_BYTES, parameters=projections * FLOAT_BYTES, fused_tables=fused * FLOAT_BYTES
+        )
 
     def table_specs(self) -> list[TableSpec]:
         return self.specs

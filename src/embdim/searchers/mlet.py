@@ -42,6 +42,7 @@ from torch import nn
 
 from embdim.budget import Budget, uniform_dim_for_budget
 from embdim.data.schema import FieldInfo
+from embdim.distributed.torchrec_lookup import padded_dim
 from embdim.lookup import DEFAULT_INIT_STD, Lookup, RawEmbeddings, TableSpec
 from embdim.measures import effective_rank
 from embdim.plan import EmbeddingPlan
@@ -118,7 +119,10 @@ class MLETSearcher(Searcher):
         assert isinstance(config, MLETConfig)
         n, k = sum(f.vocab_size for f in fields), config.resolve_inner_dim(dim)
         return MethodMemory(
-            tables=n * k * FLOAT_BYTES, parameters=len(fields) * k * dim * FLOAT_BYTES, state=n * dim * FLOAT64_BYTES
+            tables=n * k * FLOAT_BYTES,
+            parameters=len(fields) * k * dim * FLOAT_BYTES,
+            state=n * dim * FLOAT64_BYTES,
+            fused_tables=n * padded_dim(k) * FLOAT_BYTES,
         )
 
     @classmethod

@@ -5,8 +5,10 @@ parameters (its first-order table grows with the vocabulary), gradients (tables 
 only; sparse gradients cover a batch, fused tables have none), the optimizer's state (Adam two
 slots per value, Adagrad one, SGD none), a second copy of the method's tables (the plain tables
 while the fused ones are built; the slim model while it is exported and loaded back to be checked),
-the activations of the larger of a training and an evaluation batch, and the Python and torch
-runtime. Weights and checkpoints are written from the tensors' own memory (no copy). The dataset
+the activations of the larger of a training and an evaluation batch, the metrics' arrays over the
+larger of the valid and test splits, and the Python and torch runtime. Fused TorchRec tables are
+counted as fbgemm stores them, each row padded to a multiple of four values. Weights and checkpoints
+are written from the tensors' own memory (no copy). The dataset
 cache is memory-mapped: its pages count in a process's resident set once touched, but the kernel
 can drop them, so they are reported next to the estimate and not held against the machine's free
 memory. A run on several local processes (``train.processes``) is estimated for the whole machine: the
@@ -25,6 +27,7 @@ import torch
 
 from embdim.config import RunConfig, parse_value
 from embdim.data.schema import DatasetSchema, FieldInfo
+from embdim.distributed.torchrec_lookup import padded_dim
 from embdim.errors import EmbdimError
 from embdim.models.layers import FeaturesLinear
 from embdim.registry import MODELS, SEARCHERS
@@ -37,6 +40,9 @@ RUNTIME_BYTES = 320 << 20
 TORCHREC_RUNTIME_BYTES = 110 << 20
 #: Activations kept for the backward pass per batch row and model input value (layers, copies, grads).
 ACTIVATION_COPIES = 8
+#: AUC and logloss over a scored split hold about ten 8-byte arrays per row (scores in float64, their
+#: order, sorted copy, differences and ranks, the labels, the rarest id's count of test_by_frequency).
+METRIC_BYTES_PER_ROW = 10 * 8
 GIB = 1 << 30
 
 
@@ -73,7 +79,10 @@ def estimate_training_memory(
     model_params, id_table_rows = model or _model_size(cfg, fields, schema.num_dense)
     slots = STATE_SLOTS[tc.optimizer]
     fused = emb.backend == "torchrec" and tc.fused
-    tables = method.tables + id_table_rows * FLOAT_BYTES  # the first-order table trains like a table
+    raw = method.tables
+    if fused:  # fbgemm's rows (and their Adagrad state) are padded to a multiple of four values
+        raw = method.fused_tables if method.fused_tables is not None else method.tables // emb.dim * padded_dim(emb.dim)
+    tables = raw + id_table_rows * FLOAT_BYTES  # the first-order table trains like a table
     dense_grad_tables = 0 if (fused or emb.sparse) else method.tables
     if not (emb.sparse and emb.sparse_first_order):
         dense_grad_tables += id_table_rows * FLOAT_BYTES
@@ -91,6 +100,7 @@ def estimate_training_memory(
         "method state": method.state + (copies - 1) * method.replicated,
         "a second copy of the tables (fusing, export)": method.tables,
         "activations": ACTIVATION_COPIES * batch_values * FLOAT_BYTES,
+        "metrics": METRIC_BYTES_PER_ROW * max(schema.rows.get(split, 0) for split in ("valid", "test")),
         "runtime": copies * (RUNTIME_BYTES + (TORCHREC_RUNTIME_BYTES if emb.backend == "torchrec" else 0)),
     }
     cache = sum(p.stat().st_size for p in Path(cache_dir).glob("*/*.npy")) if cache_dir else 0
