@@ -255,6 +255,35 @@ def test_the_estimate_counts_optimizer_state_per_slot_and_method_extras(tmp_path
     assert sparse.parts["gradients"] == adam.parts["gradients"] - rows * 8 * 4  # no dense table gradient
 
 
+def test_the_estimate_counts_fused_rows_padded_to_four_values_and_the_metrics_over_the_larger_split(tmp_path):
+    from embdim.searchers.mde import MDEConfig, config_dims
+    from embdim.train.memory import METRIC_BYTES_PER_ROW, estimate_training_memory
+    from embdim.train.run import prepare_dataset
+
+    fused = ("embedding.backend=torchrec", "train.optimizer=adagrad", "train.embedding_decay=looked_up")
+    cfg = small_config(tmp_path, "name=m", "embedding.dim=5", *fused)
+    schema = prepare_dataset(cfg, progress=False).schema
+    rows = sum(f.vocab_size for f in schema.fields)
+    estimate = estimate_training_memory(cfg, schema)
+    assert estimate.parts["tables"] == rows * 8 * 4 + rows * 4  # d=5 held 8 wide, and the first-order table
+    eight = estimate_training_memory(small_config(tmp_path, "name=m", "embedding.dim=8", *fused), schema)
+
+    def table_state(e):  # Adagrad's one slot over the tables, the dense part's taken out
+        return e.parts["optimizer state"] - e.parts["model and method parameters"]
+
+    assert table_state(estimate) == table_state(eight) == eight.parts["tables"]  # d=5's state padded as d=8's
+    plain = estimate_training_memory(small_config(tmp_path, "name=m", "embedding.dim=5"), schema)
+    assert plain.parts["tables"] == rows * 5 * 4 + rows * 4  # torch's tables: d values a row
+    mde = estimate_training_memory(small_config(tmp_path, "name=m", "method=mde", *fused), schema)
+    vocab = [f.vocab_size for f in schema.fields]
+    widths = config_dims(vocab, 8, MDEConfig())
+    assert min(widths) < 4  # a field narrower than four values, padded to four
+    padded = sum(n * -(-w // 4) * 4 for n, w in zip(vocab, widths, strict=True))
+    assert mde.parts["tables"] == padded * 4 + rows * 4
+    largest = max(schema.rows["valid"], schema.rows["test"])
+    assert estimate.parts["metrics"] == METRIC_BYTES_PER_ROW * largest > 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "pep", "dml", "amtl", "mlet", "mde"])
 def test_kill_9_at_a_random_moment_resumes_to_the_same_result(tmp_path, method):

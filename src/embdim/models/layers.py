@@ -217,10 +217,6 @@ class FeatureTable(nn.Module):
         finally:
             self._l2_terms = None
 
-    def _record_l2(self, term: torch.Tensor) -> None:
-        if self._l2_terms is not None:
-            self._l2_terms.append(term)
-
 
 class FeaturesLinear(FeatureTable):
     """First-order (logistic-regression) term over the categorical ids, plus dense values and a bias.
@@ -277,7 +273,7 @@ class FeaturesLinear(FeatureTable):
             distinct, inverse = torch.unique(rows, return_inverse=True)
             gathered = self.weight(distinct)  # [U, 1]
             l2 = gathered.square().sum()
-            self._record_l2(l2 if self.dense is None else l2 + self.dense.weight.square().sum())
+            self._l2_terms.append(l2 if self.dense is None else l2 + self.dense.weight.square().sum())
             weights = gathered[inverse]  # [B, F, 1]
         out = weights.sum(dim=(1, 2))
         if self.dense is not None and dense is not None:
@@ -310,7 +306,8 @@ class DenseAsFields(FeatureTable):
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         """dense: [B, Dn] -> [B, Dn, d]."""
-        self._record_l2(self.weight.square().sum())  # every batch reads every dense feature's vector
+        if self._l2_terms is not None:  # every batch reads every dense feature's vector
+            self._l2_terms.append(self.weight.square().sum())
         return dense.unsqueeze(-1) * self.weight
 
 

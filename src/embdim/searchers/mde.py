@@ -44,11 +44,15 @@ def mde_dims(vocab_sizes: list[int], dim: int, alpha: float, base_dim: int, min_
     return dims
 
 
+def config_dims(vocab_sizes: list[int], dim: int, config: MDEConfig) -> list[int]:
+    """Per-field widths of ``config`` (:func:`mde_dims` with its options)."""
+    base = config.base_dim or dim
+    return mde_dims(vocab_sizes, dim, config.alpha, base, config.min_dim, config.round_to_power_of_two)
+
+
 def mde_values(vocab_sizes: list[int], dim: int, config: MDEConfig) -> tuple[int, int]:
     """Table values (``sum n_f d_f``) and projection values (``d_f x d`` per field narrower than ``d``)."""
-    widths = mde_dims(
-        vocab_sizes, dim, config.alpha, config.base_dim or dim, config.min_dim, config.round_to_power_of_two
-    )
+    widths = config_dims(vocab_sizes, dim, config)
     tables = sum(n * w for n, w in zip(vocab_sizes, widths, strict=True))
     return tables, sum(w * dim for w in widths if w < dim)
 
@@ -90,10 +94,7 @@ class MDESearcher(Searcher):
 
     def __init__(self, fields: list[FieldInfo], dim: int, config: MDEConfig, init_std: float = DEFAULT_INIT_STD):
         super().__init__(fields, dim, config, init_std)
-        base = config.base_dim or dim
-        self.field_dims = mde_dims(
-            self.vocab_sizes, dim, config.alpha, base, config.min_dim, config.round_to_power_of_two
-        )
+        self.field_dims = config_dims(self.vocab_sizes, dim, config)
         self.specs = group_fields_by_width(self.field_dims, self.vocab_sizes, init_std, prefix="w")
         # one stacked projection [F_t, w, d] per table narrower than d
         self.projections = nn.ParameterDict()
@@ -111,8 +112,7 @@ class MDESearcher(Searcher):
         assert isinstance(config, MDEConfig)
         vocab = [f.vocab_size for f in fields]
         tables, projections = mde_values(vocab, dim, config)
-        base = config.base_dim or dim
-        widths = mde_dims(vocab, dim, config.alpha, base, config.min_dim, config.round_to_power_of_two)
+        widths = config_dims(vocab, dim, config)
         fused = sum(n * padded_dim(w) for n, w in zip(vocab, widths, strict=True))  # narrow rows padded most
         return MethodMemory(
             tables=tables * FLOAT_BYTES, parameters=projections * FLOAT_BYTES, fused_tables=fused * FLOAT_BYTES
