@@ -214,6 +214,15 @@ def test_fm_interaction_matches_explicit_pairs(batch: int, num_fields: int, dim:
     torch.testing.assert_close(FMInteraction()(x.float()), expected.float(), atol=1e-3, rtol=1e-4)
 
 
+def test_the_fm_interactions_written_out_gradient_is_autograds() -> None:
+    x = torch.randn(5, 7, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(FMInteraction(), (x,))
+    grad = torch.randn(5, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(FMInteraction()(x), x, grad)
+    (explicit,) = torch.autograd.grad(pairwise_dots(x).sum(dim=1), x, grad)
+    torch.testing.assert_close(ours, explicit, atol=ATOL, rtol=0)
+
+
 def test_dot_interaction_matches_double_loop() -> None:
     x = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3) / 10
     out = DotInteraction(4)(x)

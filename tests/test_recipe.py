@@ -11,6 +11,7 @@ import torch
 
 from embdim import FieldInfo
 from embdim.config import ConfigError, LRScheduleConfig, TrainConfig
+from embdim.lookup import distinct_row_l2
 from embdim.recommender import build_recommender
 from embdim.train.optim import clip_gradients, recommender_optimizers
 from embdim.train.run import prepare_dataset, run_experiment
@@ -199,6 +200,14 @@ def test_the_first_order_table_is_gathered_once_per_step_with_the_looked_up_l2(p
     rec.model.linear.weight.weight.grad = None
     rec(ids, dense)  # outside training_forward nothing is recorded
     assert all(m._l2_terms is None for m in rec.feature_tables())
+
+
+def test_the_distinct_row_l2s_written_out_gradient_is_autograds():
+    rows = torch.tensor([[0, 3], [3, 7], [0, 0]])  # row 0 read three times, row 3 twice
+    values = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: distinct_row_l2(rows, v), (values,))
+    expected = sum(values[i, j].square().sum() / (rows == rows[i, j]).sum() for i in range(3) for j in range(2))
+    torch.testing.assert_close(distinct_row_l2(rows, values), expected)
 
 
 def test_decay_of_every_row_needs_dense_table_gradients(tmp_path):

@@ -335,9 +335,29 @@ class FMInteraction(nn.Module):
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         """emb: [B, F, d] -> [B]."""
-        square_of_sum = emb.sum(dim=1).square()  # [B, d]
-        sum_of_square = emb.square().sum(dim=1)  # [B, d]
-        return FM_HALF * (square_of_sum - sum_of_square).sum(dim=1)
+        return _FMPairwise.apply(emb)
+
+
+class _FMPairwise(torch.autograd.Function):
+    """:class:`FMInteraction`'s term with its gradient written out, ``d/de_f = g (Σ_i e_i - e_f)``.
+
+    Why by hand: autograd's version of the identity passes over ``[B, F, d]`` seven times (the square,
+    its sum, and pow's backward: a copy and two multiplies), which made it a tenth of a DeepFM step on
+    wide tables; here the forward reads the embeddings twice and the backward writes them once.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, emb: torch.Tensor) -> torch.Tensor:
+        total = emb.sum(dim=1)  # [B, d]
+        norms = torch.linalg.vector_norm(emb.flatten(start_dim=1), dim=1)  # [B]: Σ_i ||e_i||, one fused read
+        ctx.save_for_backward(emb, total)
+        return FM_HALF * (total.square().sum(dim=1) - norms.square())
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        emb, total = ctx.saved_tensors
+        # g * total broadcast over the fields, minus g * e_f
+        return torch.addcmul((grad.unsqueeze(1) * total).unsqueeze(1), emb, grad.view(-1, 1, 1), value=-1)
 
 
 class DotInteraction(nn.Module):
