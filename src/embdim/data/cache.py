@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import socket
@@ -72,6 +73,9 @@ STALE_TEMP_SECONDS = 24 * 3600
 _TEMP_NAME_PARTS = 4  # "<prefix><final>", host, pid, random
 FINGERPRINT_SAMPLE_BYTES = 1 << 20
 """Bytes hashed at each end of a source file for its fingerprint (a smaller file is hashed whole)."""
+MAPPED_RESIDENT_BOUND = 2 << 30
+"""Bytes of file pages a process may hold mapped before :meth:`SplitArrays.release_pages_over` lets a
+split's go (a shuffled epoch would otherwise keep every page of a cache larger than memory resident)."""
 
 
 @dataclass
@@ -100,6 +104,29 @@ class SplitArrays:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def release_pages_over(self, bound: int = MAPPED_RESIDENT_BOUND) -> bool:
+        """Unmap the pages of this split's memory-mapped arrays from the process when it holds more than
+        ``bound`` bytes of file pages; True when it did. The pages stay in the page cache, so reading them
+        again costs a minor fault, not a disk read. Arrays in memory, and systems without ``/proc``, are left
+        as they are."""
+        resident = mapped_resident_bytes()
+        if resident is None or resident <= bound:
+            return False
+        for array in (self.ids, self.dense, self.labels):
+            mapping = getattr(array, "_mmap", None)  # np.memmap's mapping of its whole file
+            if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+                mapping.madvise(mmap.MADV_DONTNEED)  # a read-only file mapping: its data is never lost
+        return True
+
+
+def mapped_resident_bytes() -> int | None:
+    """Resident bytes of file-backed (and shared) pages mapped by this process, or None without ``/proc``."""
+    try:
+        shared_pages = int(Path("/proc/self/statm").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+    return shared_pages * mmap.PAGESIZE
 
 
 @dataclass
