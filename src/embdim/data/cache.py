@@ -73,9 +73,6 @@ STALE_TEMP_SECONDS = 24 * 3600
 _TEMP_NAME_PARTS = 4  # "<prefix><final>", host, pid, random
 FINGERPRINT_SAMPLE_BYTES = 1 << 20
 """Bytes hashed at each end of a source file for its fingerprint (a smaller file is hashed whole)."""
-MAPPED_RESIDENT_BOUND = 2 << 30
-"""Bytes of file pages a process may hold mapped before :meth:`SplitArrays.release_pages_over` lets a
-split's go (a shuffled epoch would otherwise keep every page of a cache larger than memory resident)."""
 
 
 @dataclass
@@ -105,28 +102,16 @@ class SplitArrays:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def release_pages_over(self, bound: int = MAPPED_RESIDENT_BOUND) -> bool:
-        """Unmap the pages of this split's memory-mapped arrays from the process when it holds more than
-        ``bound`` bytes of file pages; True when it did. The pages stay in the page cache, so reading them
-        again costs a minor fault, not a disk read. Arrays in memory, and systems without ``/proc``, are left
-        as they are."""
-        resident = mapped_resident_bytes()
-        if resident is None or resident <= bound:
-            return False
+    def release_pages(self) -> None:
+        """Unmap the pages of this split's memory-mapped arrays from the process, once a pass over them is
+        done: they stay in the page cache, so the next pass reads them with minor faults, not from disk,
+        and the resident size holds one split's pages, not every split's. Arrays in memory are left as
+        they are. (Within a shuffled pass it would cost too much: the kernel maps a file's pages in runs
+        around each fault, so every later row read would fault again.)"""
         for array in (self.ids, self.dense, self.labels):
             mapping = getattr(array, "_mmap", None)  # np.memmap's mapping of its whole file
             if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
                 mapping.madvise(mmap.MADV_DONTNEED)  # a read-only file mapping: its data is never lost
-        return True
-
-
-def mapped_resident_bytes() -> int | None:
-    """Resident bytes of file-backed (and shared) pages mapped by this process, or None without ``/proc``."""
-    try:
-        shared_pages = int(Path("/proc/self/statm").read_text().split()[2])
-    except (OSError, IndexError, ValueError):
-        return None
-    return shared_pages * mmap.PAGESIZE
 
 
 @dataclass

@@ -27,8 +27,6 @@ from embdim.train.evaluate import batch_tensors
 
 PREFETCH_DEPTH = 2
 """Batches gathered ahead: one being used, one ready, one in the making at most."""
-RELEASE_CHECK_BATCHES = 16
-"""Batches between two checks of the mapped pages a shuffled epoch has made resident (a read of ``/proc``)."""
 
 Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
 
@@ -58,8 +56,7 @@ class Prefetcher(Ahead[Batch]):
 def _batches(
     split: SplitArrays, order: np.ndarray, size: int, first: int, share: Callable[[np.ndarray], np.ndarray] | None
 ) -> Iterator[Batch]:
-    for i, start in enumerate(range(first * size, len(order), size)):
-        if i % RELEASE_CHECK_BATCHES == 0:
-            split.release_pages_over()
+    for start in range(first * size, len(order), size):
         rows = order[start : start + size]
         yield batch_tensors(split, rows if share is None else share(rows))
+    split.release_pages()  # the epoch is done: its pages need not stay mapped through the evaluations

@@ -51,7 +51,7 @@ def predict_logits(rec: torch.nn.Module, split: SplitArrays, batch_size: int) ->
         ids, dense, _ = batch_tensors(split, np.arange(start, stop))
         dense = None if dense is None else dense.to(device)
         logits[start:stop] = rec(ids.to(device), dense).float().cpu().numpy()
-    split.release_pages_over()  # a split read once in order: its pages need not stay mapped
+    split.release_pages()
     rec.train(was_training)
     return logits
 
