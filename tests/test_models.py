@@ -221,6 +221,9 @@ def test_the_fm_interactions_written_out_gradient_is_autograds() -> None:
     (ours,) = torch.autograd.grad(FMInteraction()(x), x, grad)
     (explicit,) = torch.autograd.grad(pairwise_dots(x).sum(dim=1), x, grad)
     torch.testing.assert_close(ours, explicit, atol=ATOL, rtol=0)
+    with torch.no_grad():  # inference takes the plain ops (what a traced export records): the same values
+        plain = FMInteraction()(x)
+    torch.testing.assert_close(FMInteraction()(x), plain, atol=ATOL, rtol=0)
 
 
 def test_dot_interaction_matches_double_loop() -> None:

@@ -335,7 +335,10 @@ class FMInteraction(nn.Module):
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         """emb: [B, F, d] -> [B]."""
-        return _FMPairwise.apply(emb)
+        if emb.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing():
+            return _FMPairwise.apply(emb)
+        # inference and exports (tracing cannot record a Python autograd function): the identity in plain ops
+        return FM_HALF * (emb.sum(dim=1).square() - emb.square().sum(dim=1)).sum(dim=1)
 
 
 class _FMPairwise(torch.autograd.Function):
