@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from embdim import EmbeddingLayer, FieldInfo
+from embdim.budget import Budget, BudgetUnreachable
 from embdim.config import ConfigError, compose, validate
 from embdim.measures import spearman
 from embdim.plan import EmbeddingPlan
 from embdim.recommender import build_recommender, export_model, load_model
-from embdim.searchers.amtl import AMTLSearcher, frequency_features
+from embdim.searchers.amtl import PENALTY_WEIGHT_BOUNDS, AMTLConfig, AMTLSearcher, frequency_features
 from embdim.train.checkpoint import save_weights, warm_start
 from embdim.train.run import run_experiment
 
@@ -372,3 +373,80 @@ def test_value_size_plots_for_ragged_and_csr_plans(tmp_path):
     dense = EmbeddingPlan("full", ragged.field_names, ragged.vocab_sizes, DIM, [DIM] * 3)
     with pytest.raises(ValueError, match="per-row sizes"):
         plot_size_vs_frequency(dense, FIELDS, tmp_path / "x.png")
+
+
+# ----------------------------------------------------------------------------------------- low budgets
+
+
+def test_with_min_length_zero_values_may_drop_and_export_as_empty_rows():
+    layer = _layer(min_length=0)
+    _scramble(layer, seed=2)
+    s = layer.searcher
+    with torch.no_grad():  # favour length 0 until some of the frequency classes, not all, take it
+        while not (s.lengths() == 0).any():
+            s.b2[..., 0] += 0.05
+    lengths = s.lengths()
+    assert lengths.min() == 0 < lengths.max()
+    ids = _ids(512, seed=4)
+    mask = s.mask(ids)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert (mask[..., 1:] <= mask[..., :-1]).all()
+    assert (mask.sum(-1) == 0).any()  # some looked-up values embed to zeros
+    with torch.no_grad():
+        expected = layer(ids)
+    plan = layer.plan()
+    assert sum(plan.dropped_features()) == int((lengths == 0).sum()) > 0
+    assert torch.allclose(layer.export()(ids), expected, atol=1e-6)
+    assert set(s.report(layer.lookup)["length_histogram"]) == {str(k) for k in range(DIM + 1)}
+
+
+def test_a_budget_below_every_value_at_min_length_is_unreachable_unless_values_may_drop():
+    budget = Budget(value=0.05)  # 550 bytes: fewer than one fp32 value per row
+    with pytest.raises(BudgetUnreachable, match=r"method\.min_length=0"):
+        AMTLSearcher.for_budget(FIELDS, DIM, AMTLConfig(), budget)
+    _, config = AMTLSearcher.for_budget(FIELDS, DIM, AMTLConfig(min_length=0), budget)
+    assert config.budget == budget
+
+
+def test_a_logit_gain_bounds_how_far_the_softmax_saturates():
+    logits = torch.randn(6, DIM, generator=torch.Generator().manual_seed(0)) * 1e3
+    raw = _layer().searcher.soft_lengths(logits)
+    gained = _layer(logit_gain=2.0).searcher.soft_lengths(logits)
+    assert raw.max() > 1 - 1e-6  # saturated: the gradient through it vanishes
+    assert gained.max() < 0.99
+    assert torch.equal(gained.argmax(-1), logits.argmax(-1))  # the sizes themselves are the same
+    assert torch.allclose(_layer(logit_gain=2.0).searcher.soft_lengths(logits * 7 + 3), gained, atol=1e-6)
+
+
+def test_a_search_stuck_at_the_weights_bound_ends_not_landed_and_says_why():
+    layer = _layer(min_length=0, budget={"kind": "fraction", "value": 0.05}, budget_stall_evals=2)
+    s = layer.searcher
+    search = _stage(s, "search")
+    s.start_stage(search, layer.lookup)
+    s.on_evaluation(search, layer.lookup)  # not at the bound: the stall count does not start
+    s.controller.lam = PENALTY_WEIGHT_BOUNDS[1]
+    s.on_evaluation(search, layer.lookup)
+    assert not s.stage_done(search)
+    s.on_evaluation(search, layer.lookup)  # the bytes never fell: two evaluations at the bound without progress
+    assert s.stage_done(search)
+    report = s.report(layer.lookup)
+    assert report["budget_landed"] is False and "bound" in report["budget_note"]
+    s.on_step(0, layer.lookup)  # an ended search no longer moves the controller or freezes
+    assert s.frozen_lengths is None
+    fresh = _layer(min_length=0, budget={"kind": "fraction", "value": 0.05}, budget_stall_evals=2).searcher
+    fresh.load_checkpoint_state(s.state_for_checkpoint())
+    assert fresh.stage_done(search) and fresh.report(layer.lookup)["budget_note"] == report["budget_note"]
+
+
+def test_finetune_from_initial_rewinds_the_weights_but_keeps_the_searched_sizes():
+    layer = _layer(finetune_from="initial")
+    s = layer.searcher
+    assert _stage(s, "finetune").rewind and not _stage(_layer().searcher, "finetune").rewind
+    initial = {k: v.clone() for k, v in layer.state_dict().items()}
+    _scramble(layer)
+    searched = s.lengths()
+    assert not torch.equal(searched, torch.full_like(searched, DIM))
+    s.end_stage(_stage(s, "search"), layer.lookup)  # sizes frozen before the rewind
+    layer.load_state_dict(initial)  # the trainer's rewind: mask networks back to full length
+    s.start_stage(_stage(s, "finetune"), layer.lookup)
+    assert torch.equal(s.lengths(), searched)

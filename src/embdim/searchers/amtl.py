@@ -17,7 +17,7 @@ Mechanism, per looked-up value ``i`` of field ``f`` (never a pass over the vocab
   AMTL "every variant"); ``h_i`` holds one logit per candidate length.
 - ``t_hat = softmax(logit_scale * h_i / temperature)``; the forward pass uses the one-hot of the
   argmax with ``t_hat``'s gradient (straight-through), mask ``m_ij = sum_{k >= j} t_ik``: an exact
-  0/1 prefix of length ``k_i = argmax + 1``.
+  0/1 prefix of length ``k_i = argmax + min_length``.
 - hot start [paper]: the last layer's bias favours length ``d`` by ``init_margin`` and its weights
   start tiny, so a layer added to a trained ``full`` model (``train.init_from``) keeps every
   embedding intact at step 0.
@@ -31,9 +31,20 @@ target; since all values with one count switch size together, that step may jump
 and the most frequent of the classes that just shrank get their previous size back while the bytes
 stay within it (:meth:`AMTLSearcher._land`).
 
+Low budgets [ours] (issue 22: the search collapsed at 10 % on the synthetic sets and stopped at 13 %
+on Frappe FM). ``min_length`` is the shortest candidate: 1 as in the paper, or 0 so that a value may
+be dropped and embed to zeros; below one value per row of the uniform bytes only 0 can land, and a
+budget under the fewest bytes the candidates allow is refused before training
+(:meth:`AMTLSearcher.smallest_plan`). ``logit_gain`` standardises each value's logits over the
+candidates before the softmax: Adam's scale-free steps grow the logits without bound, and once the
+softmax saturates neither the penalty nor the task can move a size. A budgeted search whose penalty
+weight sits at its upper bound while the bytes stop falling for ``budget_stall_evals`` evaluations
+ends there, not landed, and the report says why (``budget_landed``, ``budget_note``).
+
 Stages [ours]: ``search`` (mask networks train jointly with everything else), then, with
 ``finetune`` on, ``finetune``: the sizes are frozen at the end of search and the model trains on
-with that fixed mask and ordinary best-validation selection (so selection never undoes a size).
+with that fixed mask and ordinary best-validation selection (so selection never undoes a size);
+``finetune_from: initial`` retrains it from the step-0 weights instead (lottery style, as DML's option).
 Slim export: ragged rows ``e_i[:k_i]`` plus a row index (:class:`embdim.slim.RaggedGroup`): since
 sizes follow frequency and ids are numbered by frequency, one entry per run of equal-size rows is
 usually far smaller than one offset per row.
@@ -45,6 +56,7 @@ predictions, which ``finetune`` repairs and the stage summary's ``valid_auc_at_s
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Literal
 
@@ -69,6 +81,8 @@ BUDGET_LOG_STEP_CAP = 1.0
 """The controller's relative error is clipped to [-cap, cap] before it moves log(lambda)."""
 PENALTY_WEIGHT_BOUNDS = (1e-6, 1e4)
 """The budget controller keeps lambda within these bounds."""
+STALL_PROGRESS = 0.001
+"""The stall check counts an evaluation as progress when the bytes fall by more than this share."""
 SEARCH, FINETUNE = "search", "finetune"
 
 
@@ -81,6 +95,19 @@ class AMTLConfig(SearcherConfig):
         True, description="forward uses the hard one-hot mask with the soft gradient; false: soft mask (ablation)"
     )
     temperature: float = Field(1.0, gt=0, description="softmax temperature T of the length logits")
+    logit_gain: float | None = Field(
+        None,
+        gt=0,
+        description="null: softmax(h / T) of the networks' logits h; a number G: each value's logits are "
+        "standardised over the candidate lengths and multiplied by G first, which bounds their spread and so "
+        "how far the softmax can saturate [ours]",
+    )
+    min_length: int = Field(
+        1,
+        ge=0,
+        description="the shortest candidate length: 1 (every value keeps a dimension) or 0 (a value may be "
+        "dropped entirely and embed to zeros, needed below one value per row of the uniform bytes) [ours]",
+    )
     logit_scale: float = Field(
         10.0,
         gt=0,
@@ -111,7 +138,18 @@ class AMTLConfig(SearcherConfig):
     budget_interval: int = Field(5, ge=1, description="steps between controller updates")
     budget_initial_penalty: float = Field(0.01, gt=0, description="lambda the controller starts from")
     budget_tolerance: float = Field(0.02, ge=0, description="search ends once bytes <= target * (1 + tolerance)")
+    budget_stall_evals: int = Field(
+        3,
+        ge=1,
+        description="a search whose penalty weight is at its upper bound ends, not landed, after this many "
+        "evaluations without new lowest bytes [ours]",
+    )
     finetune: bool = Field(True, description="a second stage that trains with the sizes frozen [ours]")
+    finetune_from: Literal["search", "initial"] = Field(
+        "search",
+        description="the fine-tune continues from the search's last weights, or retrains the model with the "
+        "frozen sizes from the step-0 weights (lottery-ticket style, as DML's option) [ours]",
+    )
 
 
 def frequency_features(counts: np.ndarray, oov_count: bool, global_max: float | None = None) -> np.ndarray:
@@ -212,16 +250,21 @@ class AMTLSearcher(Searcher):
         segment[1:] |= all_classes[1:] != all_classes[:-1]
         self.register_buffer("segment_class", torch.from_numpy(all_classes[segment].astype(np.int64)), persistent=False)
         self.register_buffer("segment_field_start", torch.from_numpy(field_start[segment]), persistent=False)
+        if config.min_length > dim:
+            raise ValueError(f"amtl: method.min_length={config.min_length} exceeds the embedding width {dim}")
+        self.min_length = config.min_length
+        #: candidate lengths min_length..d, one logit each
+        self.num_lengths = num = dim - config.min_length + 1
         nets = 2 if config.twins else 1
         h = config.hidden
         w1 = torch.empty(nets, NUM_FREQ_FEATURES, h)
         nn.init.normal_(w1, std=math.sqrt(2.0 / NUM_FREQ_FEATURES))  # He init for the ReLU layer
         self.w1 = nn.Parameter(w1)  # [nets, 3, h]
         self.b1 = nn.Parameter(torch.zeros(nets, h))
-        self.w2 = nn.Parameter(torch.randn(nets, h, dim) * config.init_out_std)  # [nets, h, d]
-        b2 = torch.zeros(nets, dim)
-        if config.init_profile == "ramp" and dim > 1:
-            b2[...] = torch.linspace(0.0, config.init_margin, dim) / config.logit_scale
+        self.w2 = nn.Parameter(torch.randn(nets, h, num) * config.init_out_std)  # [nets, h, lengths]
+        b2 = torch.zeros(nets, num)
+        if config.init_profile == "ramp" and num > 1:
+            b2[...] = torch.linspace(0.0, config.init_margin, num) / config.logit_scale
         else:
             b2[..., -1] = config.init_margin / config.logit_scale
         # argmax = full length d at init, whatever the frequency: a hot start keeps every embedding intact
@@ -236,6 +279,10 @@ class AMTLSearcher(Searcher):
             error_cap=BUDGET_LOG_STEP_CAP,
         )
         self.frozen_lengths: torch.Tensor | None = None  # [n] once the sizes are frozen
+        self.landed = False  # whether the search's sizes reached the budget
+        self.budget_note: str | None = None  # why a budgeted search stopped without landing (stalled)
+        self._lowest_ratio: float | None = None  # the stall check's lowest bytes ratio at the weight's bound
+        self._stalled_evals = 0
         self.last_bytes_ratio: float | None = None
         self._previous_class_lengths: torch.Tensor | None = None  # sizes before the last step (for landing)
 
@@ -248,12 +295,12 @@ class AMTLSearcher(Searcher):
         return ids + self.offsets
 
     def length_logits(self, classes: torch.Tensor) -> torch.Tensor:
-        """Logits of the candidate lengths 1..d, already multiplied by ``logit_scale``.
+        """Logits of the candidate lengths ``min_length..d``, already multiplied by ``logit_scale``.
 
         Args:
             classes: int64 [N] frequency classes (the training forward passes the batch's distinct ones).
         Returns:
-            float [N, d].
+            float [N, d - min_length + 1].
         """
         # centred to [-1, 1]: rare values (features near 0) would otherwise feed ~0 into the ReLU layer
         # and reach the output only through its bias, shared with every other value
@@ -268,7 +315,15 @@ class AMTLSearcher(Searcher):
         return out * self.config.logit_scale
 
     def soft_lengths(self, logits: torch.Tensor) -> torch.Tensor:
-        """``t_hat = softmax(logits / T)`` [..., d]: the relaxed one-hot of the length."""
+        """``t_hat = softmax(logits / T)`` [..., lengths]: the relaxed one-hot of the length.
+
+        With ``logit_gain`` G, ``softmax(G * (h - mean h) / std h / T)``: Adam's scale-free steps grow the
+        logits without bound, and a softmax over logits far apart has a gradient below Adam's epsilon, so
+        that neither the size penalty nor the task could move a size any more; standardised logits keep
+        their spread, and the argmax, whatever the networks' scale."""
+        if self.config.logit_gain is not None:
+            centred = logits - logits.mean(-1, keepdim=True)
+            logits = self.config.logit_gain * centred / centred.square().mean(-1, keepdim=True).add(1e-12).sqrt()
         return torch.softmax(logits / self.config.temperature, dim=-1)
 
     def mask(self, ids: torch.Tensor) -> torch.Tensor:
@@ -288,13 +343,18 @@ class AMTLSearcher(Searcher):
         classes, inverse = torch.unique(self.id_class[rows], return_inverse=True)
         t_hat = self.soft_lengths(self.length_logits(classes))  # [U_b, d]
         if self.config.straight_through:
-            hard = nn.functional.one_hot(t_hat.argmax(-1), self.dim).to(t_hat.dtype)
+            hard = nn.functional.one_hot(t_hat.argmax(-1), self.num_lengths).to(t_hat.dtype)
             t = hard + (t_hat - t_hat.detach())  # forward: exactly the one-hot; backward: t_hat's gradient
         else:
             t = t_hat
-        # m_j = sum_{k >= j} t_k: reverse cumulative sum (exact integers when t is one-hot)
-        mask = t.flip(-1).cumsum(-1).flip(-1)
-        lengths = torch.arange(1, self.dim + 1, dtype=t_hat.dtype, device=t_hat.device)
+        # m_j = sum_{k >= j} t_k: reverse cumulative sum (exact integers when t is one-hot); entry c of
+        # `at_least` is P(length >= min_length + c), and the positions below min_length are always kept
+        at_least = t.flip(-1).cumsum(-1).flip(-1)
+        if self.min_length == 0:
+            mask = at_least[..., 1:]
+        else:
+            mask = torch.cat([at_least.new_ones(*at_least.shape[:-1], self.min_length - 1), at_least], -1)
+        lengths = torch.arange(self.min_length, self.dim + 1, dtype=t_hat.dtype, device=t_hat.device)
         expected = (t_hat * lengths).sum(-1) / self.dim  # [U_b]
         return mask[inverse], expected[inverse]
 
@@ -323,7 +383,7 @@ class AMTLSearcher(Searcher):
     def class_lengths(self) -> torch.Tensor:
         """Kept prefix length of every frequency class: int64 [U] (one pass over the classes)."""
         classes = torch.arange(self.class_features.shape[0], device=self.class_features.device)
-        return self.length_logits(classes).argmax(-1) + 1
+        return self.length_logits(classes).argmax(-1) + self.min_length
 
     @torch.no_grad()
     def lengths(self) -> torch.Tensor:
@@ -388,10 +448,14 @@ class AMTLSearcher(Searcher):
 
     @classmethod
     def smallest_plan(cls, fields: list[FieldInfo], dim: int, config: SearcherConfig) -> tuple[EmbeddingPlan, str]:
-        """Every value at the shortest candidate length, one, in the ragged table."""
-        rows = [np.ones(f.vocab_size, dtype=np.int64) for f in fields]
-        plan = fields_plan("amtl", fields, dim, [1] * len(fields), storage="ragged", row_sizes=rows)
-        return plan, "every value keeping one of its dimensions"
+        """Every value at the shortest candidate length, ``min_length``, in the ragged table."""
+        assert isinstance(config, AMTLConfig)
+        short = config.min_length
+        rows = [np.full(f.vocab_size, short, dtype=np.int64) for f in fields]
+        plan = fields_plan("amtl", fields, dim, [short] * len(fields), storage="ragged", row_sizes=rows)
+        if short == 0:
+            return plan, "every value dropped"
+        return plan, f"every value keeping {short} of its dimensions; method.min_length=0 lets a value be dropped"
 
     def plan(self, lookup: Lookup) -> EmbeddingPlan:
         lengths = self.lengths()
@@ -421,38 +485,81 @@ class AMTLSearcher(Searcher):
     def _target_ratio(self) -> float | None:
         return None if self.config.budget is None else self.config.budget.share(self.fields, self.dim)
 
+    def _aim(self) -> float | None:
+        """What the controller steers to: the target, or the fewest bytes any sizes take where that is more
+        (a target :meth:`for_budget` accepted lies within the landing tolerance of it)."""
+        target = self._target_ratio()
+        if target is None:
+            return None
+        return max(target, self._floor_ratio)
+
+    @functools.cached_property
+    def _floor_ratio(self) -> float:
+        """The smallest plan's bytes over the uniform tables' (built once: it is a pass over the vocabulary)."""
+        floor = self.smallest_plan(self.fields, self.dim, self.config)[0].num_bytes
+        return floor / (sum(self.vocab_sizes) * self.dim * FLOAT_BYTES)
+
     def stages(self) -> tuple[Stage, ...]:
         """The search (a budget search ends when its sizes land, and hands on its last state whenever a
         penalty or budget drives the sizes), then, with ``finetune``, training with the sizes frozen."""
         budget = self.config.budget is not None
         search = Stage(SEARCH, patience=not budget, selection="last" if self._driven() else "best")
-        return (search, Stage(FINETUNE)) if self.config.finetune else (search,)
+        finetune = Stage(FINETUNE, rewind=self.config.finetune_from == "initial")
+        return (search, finetune) if self.config.finetune else (search,)
 
     def start_stage(self, stage: Stage, lookup: Lookup) -> None:
         self.stage = stage.name
         if stage.name == FINETUNE and self.frozen_lengths is None:
             self.frozen_lengths = self.lengths()
 
+    def end_stage(self, stage: Stage, lookup: Lookup) -> None:
+        # freeze before a rewind puts the mask networks back to their step-0 state (full length)
+        if stage.name == SEARCH and self.config.finetune and self.frozen_lengths is None:
+            self.frozen_lengths = self.lengths()
+
     def stage_done(self, stage: Stage) -> bool:
-        # with a budget, search ends at the first evaluation after the sizes landed (and were frozen)
-        return stage.name == SEARCH and self.config.budget is not None and self.frozen_lengths is not None
+        # with a budget, search ends at the first evaluation after the sizes landed (and were frozen), or
+        # once the controller has run out of room and the bytes stopped falling (stalled)
+        if stage.name != SEARCH or self.config.budget is None:
+            return False
+        return self.frozen_lengths is not None or self.budget_note is not None
 
     def on_step(self, step: int, lookup: Lookup) -> None:
-        target = self._target_ratio()
-        if target is None or self.stage != SEARCH or self.frozen_lengths is not None:
+        aim = self._aim()
+        if aim is None or self.stage != SEARCH or self.frozen_lengths is not None or self.budget_note is not None:
             return
         current = self.class_lengths()  # O(classes): cheap enough for every step
         ratio = self._class_bytes_ratio(current)
         self.last_bytes_ratio = ratio
-        if ratio <= target * (1 + self.config.budget_tolerance):
+        if ratio <= aim * (1 + self.config.budget_tolerance):
             # landed: freeze now, so training until the stage's next evaluation cannot drift off the target
             before = self._previous_class_lengths if self._previous_class_lengths is not None else current
-            self.frozen_lengths = self._land(before, current, target)[self.id_class]
+            self.frozen_lengths = self._land(before, current, aim)[self.id_class]
+            self.landed = True
             return
         self._previous_class_lengths = current
         if (step + 1) % self.config.budget_interval:
             return
-        self.controller.update(ratio / target - 1.0)
+        self.controller.update(ratio / aim - 1.0)
+
+    def on_evaluation(self, stage: Stage, lookup: Lookup) -> None:
+        """A search whose penalty weight sits at its upper bound while the bytes have not fallen below their
+        lowest for ``budget_stall_evals`` evaluations cannot land: it ends, and the report says why."""
+        aim = self._aim()
+        if aim is None or stage.name != SEARCH or self.frozen_lengths is not None or self.budget_note is not None:
+            return
+        ratio = self._class_bytes_ratio()
+        at_bound = self.controller.lam >= PENALTY_WEIGHT_BOUNDS[1]
+        if not at_bound or self._lowest_ratio is None or ratio < self._lowest_ratio * (1 - STALL_PROGRESS):
+            self._lowest_ratio, self._stalled_evals = ratio, 0
+            return
+        self._stalled_evals += 1
+        if self._stalled_evals >= self.config.budget_stall_evals:
+            self.budget_note = (
+                f"not landed: the size penalty's weight reached its bound {PENALTY_WEIGHT_BOUNDS[1]:g} and the "
+                f"bytes stayed at {ratio:.4f} of the uniform model's (target {aim:.4f}) for "
+                f"{self._stalled_evals} evaluations; the search ended there"
+            )
 
     def metrics(self, lookup: Lookup) -> dict[str, float]:
         lengths = self.lengths()
@@ -465,22 +572,46 @@ class AMTLSearcher(Searcher):
 
     def report(self, lookup: Lookup) -> dict[str, Any]:
         lengths = self.lengths()
-        hist = torch.bincount(lengths, minlength=self.dim + 1)[1:].tolist()
+        hist = torch.bincount(lengths, minlength=self.dim + 1)[self.min_length :].tolist()
         return {
             "mean_length": float(lengths.float().mean()),
             "bytes_ratio": self._bytes_ratio(lengths),
-            "length_histogram": {str(k + 1): int(c) for k, c in enumerate(hist)},
+            "length_histogram": {str(k + self.min_length): int(c) for k, c in enumerate(hist)},
             "spearman_size_frequency": self.frequency_correlation(lengths),
             "penalty_weight": float(self.controller.lam),
             "budget_target_ratio": self._target_ratio(),
+            "budget_landed": None if self.config.budget is None else self.landed,
+            "budget_note": self._budget_note(),
             "frozen": self.frozen_lengths is not None,
         }
 
+    def _budget_note(self) -> str | None:
+        """Why a budgeted search did not land (None when it did, or without a budget)."""
+        if self.config.budget is None or self.landed:
+            return None
+        if self.budget_note is not None:
+            return self.budget_note
+        return (
+            "not landed: the search stage reached its step or epoch limit before the bytes reached the target "
+            f"(last {self.last_bytes_ratio if self.last_bytes_ratio is not None else float('nan'):.4f} of the "
+            f"uniform model's, target {self._aim():.4f})"
+        )
+
     def state_for_checkpoint(self) -> dict[str, Any]:
         # outside the state dict: load_weights (best / initial) must not undo a freeze or the controller
-        return {"stage": self.stage, "penalty_weight": self.controller.lam, "frozen_lengths": self.frozen_lengths}
+        return {
+            "stage": self.stage,
+            "penalty_weight": self.controller.lam,
+            "frozen_lengths": self.frozen_lengths,
+            "landed": self.landed,
+            "budget_note": self.budget_note,
+            "stall": (self._lowest_ratio, self._stalled_evals),
+        }
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         self.stage = state.get("stage", SEARCH)
         self.controller.lam = state.get("penalty_weight", self.controller.lam)
         self.frozen_lengths = state.get("frozen_lengths")
+        self.landed = state.get("landed", False)
+        self.budget_note = state.get("budget_note")
+        self._lowest_ratio, self._stalled_evals = state.get("stall", (None, 0))
