@@ -93,7 +93,7 @@ def _scramble(layer: EmbeddingLayer, seed: int = 1) -> None:
 
 
 def test_forward_mask_is_an_exact_zero_one_prefix():
-    layer = _layer()
+    layer = _layer(min_length=1)
     _scramble(layer)
     mask = layer.searcher.mask(_ids())
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
@@ -215,7 +215,7 @@ def test_penalty_is_an_unbiased_vocabulary_average():
         for f in range(3):
             r = rows[field == f]
             t_hat = s.soft_lengths(s.length_logits(s.id_class[r]))
-            expected.append((t_hat * torch.arange(1, DIM + 1)).sum(-1) / DIM)
+            expected.append((t_hat * torch.arange(s.min_length, DIM + 1)).sum(-1) / DIM)
         seen = torch.from_numpy(np.concatenate([f.counts for f in FIELDS]) > 0)
         target = float((torch.cat(expected) * seen).sum()) / len(rows)
     assert np.mean(draws) == pytest.approx(target, rel=0.1)
@@ -403,8 +403,8 @@ def test_with_min_length_zero_values_may_drop_and_export_as_empty_rows():
 def test_a_budget_below_every_value_at_min_length_is_unreachable_unless_values_may_drop():
     budget = Budget(value=0.05)  # 550 bytes: fewer than one fp32 value per row
     with pytest.raises(BudgetUnreachable, match=r"method\.min_length=0"):
-        AMTLSearcher.for_budget(FIELDS, DIM, AMTLConfig(), budget)
-    _, config = AMTLSearcher.for_budget(FIELDS, DIM, AMTLConfig(min_length=0), budget)
+        AMTLSearcher.for_budget(FIELDS, DIM, AMTLConfig(min_length=1), budget)
+    _, config = AMTLSearcher.for_budget(FIELDS, DIM, AMTLConfig(), budget)  # the default drops values
     assert config.budget == budget
 
 

@@ -32,9 +32,9 @@ and the most frequent of the classes that just shrank get their previous size ba
 stay within it (:meth:`AMTLSearcher._land`).
 
 Low budgets [ours] (issue 22: the search collapsed at 10 % on the synthetic sets and stopped at 13 %
-on Frappe FM). ``min_length`` is the shortest candidate: 1 as in the paper, or 0 so that a value may
-be dropped and embed to zeros; below one value per row of the uniform bytes only 0 can land, and a
-budget under the fewest bytes the candidates allow is refused before training
+on Frappe FM). ``min_length`` is the shortest candidate: 0 by default, so that a value may be dropped
+and embed to zeros, or 1 as in the paper (``d`` candidates); below one value per row of the uniform
+bytes only 0 can land, and a budget under the fewest bytes the candidates allow is refused before training
 (:meth:`AMTLSearcher.smallest_plan`). ``logit_gain`` standardises each value's logits over the
 candidates before the softmax: Adam's scale-free steps grow the logits without bound, and once the
 softmax saturates neither the penalty nor the task can move a size. A budgeted search whose penalty
@@ -103,10 +103,11 @@ class AMTLConfig(SearcherConfig):
         "how far the softmax can saturate [ours]",
     )
     min_length: int = Field(
-        1,
+        0,
         ge=0,
-        description="the shortest candidate length: 1 (every value keeps a dimension) or 0 (a value may be "
-        "dropped entirely and embed to zeros, needed below one value per row of the uniform bytes) [ours]",
+        description="the shortest candidate length: 0 (a value may be dropped entirely and embed to zeros; "
+        "needed below one value per row of the uniform bytes, and no worse above: BENCHMARKS, AMTL low "
+        "budgets) or 1 (every value keeps a dimension; the paper's d candidates) [ours]",
     )
     logit_scale: float = Field(
         10.0,
