@@ -253,9 +253,7 @@ class AMTLSearcher(Searcher):
         self.register_buffer("segment_field_start", torch.from_numpy(field_start[segment]), persistent=False)
         if config.min_length > dim:
             raise ValueError(f"amtl: method.min_length={config.min_length} exceeds the embedding width {dim}")
-        self.min_length = config.min_length
-        #: candidate lengths min_length..d, one logit each
-        self.num_lengths = num = dim - config.min_length + 1
+        num = self.num_lengths
         nets = 2 if config.twins else 1
         h = config.hidden
         w1 = torch.empty(nets, NUM_FREQ_FEATURES, h)
@@ -281,7 +279,7 @@ class AMTLSearcher(Searcher):
         )
         self.frozen_lengths: torch.Tensor | None = None  # [n] once the sizes are frozen
         self.landed = False  # whether the search's sizes reached the budget
-        self.budget_note: str | None = None  # why a budgeted search stopped without landing (stalled)
+        self._stall_note: str | None = None  # why a budgeted search ended without landing (it stalled)
         self._lowest_ratio: float | None = None  # the stall check's lowest bytes ratio at the weight's bound
         self._stalled_evals = 0
         self.last_bytes_ratio: float | None = None
@@ -294,6 +292,16 @@ class AMTLSearcher(Searcher):
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Global row of every per-field id: [B, F] -> [B, F]."""
         return ids + self.offsets
+
+    @property
+    def min_length(self) -> int:
+        """The shortest candidate length (``config.min_length``)."""
+        return self.config.min_length
+
+    @property
+    def num_lengths(self) -> int:
+        """Candidate lengths ``min_length..d``, one logit each."""
+        return self.dim - self.min_length + 1
 
     def length_logits(self, classes: torch.Tensor) -> torch.Tensor:
         """Logits of the candidate lengths ``min_length..d``, already multiplied by ``logit_scale``.
@@ -486,6 +494,12 @@ class AMTLSearcher(Searcher):
     def _target_ratio(self) -> float | None:
         return None if self.config.budget is None else self.config.budget.share(self.fields, self.dim)
 
+    def _steering(self, stage_name: str) -> float | None:
+        """:meth:`_aim` while a budgeted search still steers (not landed, not stalled), else None."""
+        if stage_name != SEARCH or self.frozen_lengths is not None or self._stall_note is not None:
+            return None
+        return self._aim()
+
     def _aim(self) -> float | None:
         """What the controller steers to: the target, or the fewest bytes any sizes take where that is more
         (a target :meth:`for_budget` accepted lies within the landing tolerance of it)."""
@@ -523,11 +537,11 @@ class AMTLSearcher(Searcher):
         # once the controller has run out of room and the bytes stopped falling (stalled)
         if stage.name != SEARCH or self.config.budget is None:
             return False
-        return self.frozen_lengths is not None or self.budget_note is not None
+        return self.frozen_lengths is not None or self._stall_note is not None
 
     def on_step(self, step: int, lookup: Lookup) -> None:
-        aim = self._aim()
-        if aim is None or self.stage != SEARCH or self.frozen_lengths is not None or self.budget_note is not None:
+        aim = self._steering(self.stage)
+        if aim is None:
             return
         current = self.class_lengths()  # O(classes): cheap enough for every step
         ratio = self._class_bytes_ratio(current)
@@ -546,8 +560,8 @@ class AMTLSearcher(Searcher):
     def on_evaluation(self, stage: Stage, lookup: Lookup) -> None:
         """A search whose penalty weight sits at its upper bound while the bytes have not fallen below their
         lowest for ``budget_stall_evals`` evaluations cannot land: it ends, and the report says why."""
-        aim = self._aim()
-        if aim is None or stage.name != SEARCH or self.frozen_lengths is not None or self.budget_note is not None:
+        aim = self._steering(stage.name)
+        if aim is None:
             return
         ratio = self._class_bytes_ratio()
         at_bound = self.controller.lam >= PENALTY_WEIGHT_BOUNDS[1]
@@ -556,7 +570,7 @@ class AMTLSearcher(Searcher):
             return
         self._stalled_evals += 1
         if self._stalled_evals >= self.config.budget_stall_evals:
-            self.budget_note = (
+            self._stall_note = (
                 f"not landed: the size penalty's weight reached its bound {PENALTY_WEIGHT_BOUNDS[1]:g} and the "
                 f"bytes stayed at {ratio:.4f} of the uniform model's (target {aim:.4f}) for "
                 f"{self._stalled_evals} evaluations; the search ended there"
@@ -590,8 +604,8 @@ class AMTLSearcher(Searcher):
         """Why a budgeted search did not land (None when it did, or without a budget)."""
         if self.config.budget is None or self.landed:
             return None
-        if self.budget_note is not None:
-            return self.budget_note
+        if self._stall_note is not None:
+            return self._stall_note
         return (
             "not landed: the search stage reached its step or epoch limit before the bytes reached the target "
             f"(last {self.last_bytes_ratio if self.last_bytes_ratio is not None else float('nan'):.4f} of the "
@@ -605,8 +619,7 @@ class AMTLSearcher(Searcher):
             "penalty_weight": self.controller.lam,
             "frozen_lengths": self.frozen_lengths,
             "landed": self.landed,
-            "budget_note": self.budget_note,
-            "stall": (self._lowest_ratio, self._stalled_evals),
+            "stall": (self._lowest_ratio, self._stalled_evals, self._stall_note),
         }
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
@@ -614,5 +627,4 @@ class AMTLSearcher(Searcher):
         self.controller.lam = state.get("penalty_weight", self.controller.lam)
         self.frozen_lengths = state.get("frozen_lengths")
         self.landed = state.get("landed", False)
-        self.budget_note = state.get("budget_note")
-        self._lowest_ratio, self._stalled_evals = state.get("stall", (None, 0))
+        self._lowest_ratio, self._stalled_evals, self._stall_note = state.get("stall", (None, 0, None))
