@@ -133,7 +133,7 @@ def main() -> None:
             bits = RankBits(compact, num_rows)
             sizes = {"compact": group_bytes(compact), "csr": group_bytes(csr)}
             assert sizes["compact"] == CompactStorage.layout_bytes(num_rows, stored, nnz, dim)
-            assert sizes["csr"] == CsrStorage.layout_bytes(num_rows, nnz, dim)
+            assert sizes["csr"] == CsrStorage.layout_bytes(num_rows, stored, nnz, dim)
             assert min(sizes.values()) == storage_bytes(num_rows, stored, nnz, dim) <= fraction * full
             lookups = {"compact": compact, "csr": csr, "rank bits": bits}
             batch_wall, batch_cpu, one_wall, one_cpu = ({k: [] for k in lookups} for _ in range(4))

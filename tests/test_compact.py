@@ -78,9 +78,11 @@ def test_the_byte_rule_prices_stored_rows_only():
     assert plan.num_params == 30 and plan.summary()["params_ratio"] == 30 / 16000
     assert plan.summary()["bytes_ratio"] == plan.num_bytes / (16000 * 4)
     csr = EmbeddingPlan("pep", ["a"], [1000], 16, [3], "csr", [sizes])
-    assert csr.num_bytes == 30 * (4 + 1) + 1001 * 4 == CsrStorage.layout_bytes(1000, 30, 16)
+    assert csr.num_bytes == 30 * (4 + 1) + 1001 * 4 == CsrStorage.layout_bytes(1000, 10, 30, 16)
     int8 = EmbeddingPlan("pep", ["a"], [1000], 16, [3], "compact", [sizes], precision="int8")
     assert int8.num_bytes == 10 * (1 + 2 + 4) + 4 * 4 + 30  # scale and bias for the stored rows only
+    csr8 = EmbeddingPlan("pep", ["a"], [1000], 16, [3], "csr", [sizes], precision="int8")
+    assert csr8.num_bytes == 30 * (1 + 1) + 1001 * 4 + 10 * 4 == CsrStorage.layout_bytes(1000, 10, 30, 16, "int8")
     empty = EmbeddingPlan("pep", ["a"], [1000], 16, [0], "compact", [np.zeros(1000, dtype=np.int64)])
     assert empty.num_bytes == 4 * 4  # the blocks' counts, all zero
 
@@ -129,7 +131,7 @@ def test_a_quantised_compact_group_decodes_as_the_same_csr_group(precision):
         assert torch.equal(got, csr(ids)) and torch.equal(compact(ids[:1]), csr(ids[:1]))
         assert bool((got[(table * mask)[_global(ids)] == 0] == 0).all())  # pruned stays exactly zero
     if precision == "int8":
-        assert len(compact.scale) == int(mask.any(1).sum()) < sum(ROWS) == len(csr.scale)
+        assert len(compact.scale) == len(csr.scale) == int(mask.any(1).sum()) < sum(ROWS)  # the stored rows only
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -230,7 +232,7 @@ DAMAGE = {
     "values of another precision": (lambda t: t.__setitem__("values", t["values"].float()), "values: float32"),
     "a scale per row instead of per stored row": (
         lambda t: t.__setitem__("scale", torch.zeros(654, dtype=torch.float16)),
-        r"scale: 654 values, expected one per row \(\d+\)",
+        r"scale: 654 values, expected one per row that stores values \(\d+\)",
     ),
     "a missing index array": (lambda t: t.pop("id_lows"), r"missing tensors \['id_lows'\]"),
     "bitmaps of another dtype": (lambda t: t.__setitem__("bitmaps", t["bitmaps"].to(torch.int16)), "bitmaps: int16"),

@@ -10,8 +10,9 @@ from safetensors.torch import load_file, save_file
 
 from embdim import FieldInfo
 from embdim.errors import ModelFileError
+from embdim.plan import EmbeddingPlan
 from embdim.recommender import build_recommender
-from embdim.slim import EMBEDDING_JSON, EMBEDDING_TENSORS, SlimEmbedding, encode_values
+from embdim.slim import EMBEDDING_JSON, EMBEDDING_TENSORS, RaggedGroup, SlimEmbedding, encode_values
 from embdim.storage import VALUE_PRECISIONS
 
 FIELDS = [
@@ -22,9 +23,7 @@ FIELDS = [
 DIM = 8
 #: one method per storage kind: dense (full), dense with projections (mde), ragged (amtl), compact (pep),
 #: hashed (hash) and qr (qr), both with a plain field beside
-#: AMTL at min_length 1: with its default 0, most of these random rows are empty, and int8 pays its scale
-#: and bias on every row, empty or not, so it would not be the smaller
-METHODS = {"full": {}, "mde": {"alpha": 0.5}, "amtl": {"min_length": 1}, "pep": {}, "hash": {"buckets": 0.9}, "qr": {}}
+METHODS = {"full": {}, "mde": {"alpha": 0.5}, "amtl": {}, "pep": {}, "hash": {"buckets": 0.9}, "qr": {}}
 
 
 def _slim(method: str) -> SlimEmbedding:
@@ -73,6 +72,36 @@ def test_int8_rows_keep_their_extremes_and_constant_rows_decode_exactly():
     # flat values of ragged rows: each row its own range, an empty row a zero scale and bias
     flat = encode_values(torch.tensor([1.0, 3.0, -2.0]), "int8", torch.tensor([0, 0, 2]), num_rows=3)
     assert flat["values"].tolist() == [0, 255, 0] and flat["scale"][1] == 0 and flat["bias"][1] == 0
+
+
+@pytest.mark.parametrize("index", ["runs", "offsets"])
+def test_int8_ragged_rows_that_store_nothing_carry_no_scale_and_still_read_zeros(index, tmp_path):
+    # rows sorted by size, as AMTL's are, so that runs are few; every third run stores nothing
+    rows, dim = (60, 90), 6
+    torch.manual_seed(3)
+    lengths = torch.cat([torch.arange(n).flip(0) // 10 % 4 * (torch.arange(n).flip(0) // 10 % 3 > 0) for n in rows])
+    table = torch.randn(sum(rows), dim)
+    group = RaggedGroup.from_dense((0, 1), rows, table, lengths, dim)
+    if index == "offsets":
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        group = RaggedGroup((0, 1), rows, group.values.detach(), {"offsets": offsets}, dim)
+    assert group.index_names[0] == ("offsets" if index == "offsets" else "run_offsets")
+    int8 = group.with_precision("int8")
+    stored = int(torch.count_nonzero(lengths))
+    assert len(int8.scale) == len(int8.bias) == stored < sum(rows)  # one pair per row that stores values
+    ids = torch.stack([torch.arange(90) % rows[0], torch.arange(90)], 1)
+    with torch.no_grad():
+        exact, got = group(ids), int8(ids)
+        assert (got - exact).abs().max() <= 2 * table.abs().max() / 255
+        assert bool((got[exact == 0] == 0).all()) and bool((got[lengths[ids + int8.row_offsets] == 0] == 0).all())
+        sizes = [r.numpy() for r in lengths.split(rows)]
+        widths = [int(r.max()) for r in sizes]
+        plan = EmbeddingPlan("amtl", ["a", "b"], list(rows), dim, widths, "ragged", sizes, precision="int8")
+        slim = SlimEmbedding(plan, [int8])
+        if index == "runs":  # the layout the plan prices (the smaller index)
+            assert plan.num_bytes == slim.stored_bytes()  # the byte rule prices the stored rows' scales only
+        slim.save(tmp_path)
+        assert torch.equal(SlimEmbedding.load(tmp_path)(ids), got)
 
 
 def test_every_precision_is_priced_by_its_dtype():

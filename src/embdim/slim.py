@@ -226,19 +226,25 @@ class SlimGroup(nn.Module, ABC):
         """An int8 group's ``scale`` and ``bias`` ``[sum rows]``; empty for other precisions."""
         return {"scale": self.scale, "bias": self.bias} if self.precision == ROW_WISE else {}
 
-    def decode(self, stored: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Gathered stored values ``[..., k]`` of global rows ``rows`` ``[...]`` as float32 ``[..., k]``."""
+    def decode(self, stored: torch.Tensor, param_rows: torch.Tensor) -> torch.Tensor:
+        """Gathered stored values ``[..., k]`` as float32 ``[..., k]``; int8 decodes each by the scale and bias at
+        its ``param_rows`` ``[...]`` (a table's row; for flat values, the rank of its row among the rows that
+        store values: :meth:`value_rows`)."""
         if self.precision == "fp32":
             return stored
         if self.precision != ROW_WISE:
             return stored.float()
-        scale, bias = self.scale[rows].float().unsqueeze(-1), self.bias[rows].float().unsqueeze(-1)
+        if len(self.scale) == 0:  # no row stores a value: whatever was read is masked away by the caller
+            return torch.zeros(stored.shape, dtype=VALUES, device=stored.device)
+        scale, bias = self.scale[param_rows].float().unsqueeze(-1), self.bias[param_rows].float().unsqueeze(-1)
         return stored.float() * scale + bias
 
     def value_rows(self) -> torch.Tensor | None:
-        """The global row of each stored value ``[nnz]`` for flat values; ``None`` for a table."""
+        """For flat values, the row carrying each value's int8 scale and bias ``[nnz]``: its row's rank among the
+        rows that store values (a row storing nothing carries none); ``None`` for a table (one per row)."""
         sizes = self.stored_sizes()
-        return torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+        sizes = sizes[sizes > 0]
+        return torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
 
     def float_values(self) -> torch.Tensor:
         """The stored values decoded to float32 (a table ``[R, w]`` or flat ``[nnz]``)."""
@@ -254,7 +260,8 @@ class SlimGroup(nn.Module, ABC):
 
     def _encoded(self, precision: str) -> dict[str, torch.Tensor]:
         rows = self.value_rows()
-        return encode_values(self.float_values(), precision, rows, sum(self.rows))
+        stored_rows = None if rows is None else int(torch.count_nonzero(self.stored_sizes()))
+        return encode_values(self.float_values(), precision, rows, stored_rows)
 
     @property
     def width(self) -> int:
@@ -390,6 +397,20 @@ class RaggedGroup(SlimGroup):
             self.register_buffer("_run_sizes", sizes, persistent=False)
             base = self.run_offsets[:-1].long() - self.run_rows[:-1].long() * sizes
             self.register_buffer("_run_base", base, persistent=False)
+        if self.precision == ROW_WISE:
+            self._keep_param_index()
+
+    def _keep_param_index(self) -> None:
+        """How an int8 lookup finds a row's scale and bias, which only the rows that store values carry, in
+        row order: per run, the rank of its first row among them minus that row (row ``g`` of a run that stores
+        values is at ``base + g``); per row, each one's rank (int32 while it fits), held in memory only."""
+        if "offsets" in self.index_names:
+            self.register_buffer("_param_rank", _stored_rank(torch.diff(self.offsets.long())), persistent=False)
+            return
+        run_rows, sizes = self.run_rows.long(), self._run_sizes
+        stored = torch.diff(run_rows) * (sizes > 0)  # rows of each run that carry a scale and bias
+        before = stored.cumsum(0) - stored
+        self.register_buffer("_run_param_base", before - run_rows[:-1], persistent=False)
 
     @classmethod
     def from_dense(cls, field_ids, rows, table: torch.Tensor, lengths: torch.Tensor, dim: int) -> RaggedGroup:
@@ -421,12 +442,20 @@ class RaggedGroup(SlimGroup):
     def starts_and_sizes(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Group rows ``[...]`` (fields back to back) -> the position of each one's first value in ``values`` and
         its size, int64 ``[...]`` twice (either index layout)."""
+        return self._find(g)[:2]
+
+    def _find(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`starts_and_sizes`, and for int8 the index of each row's scale and bias (else ``None``)."""
         if "offsets" in self.index_names:
             starts = self.offsets[g].long()
-            return starts, self.offsets[g + 1].long() - starts
+            params = self._param_rank[g] if self.precision == ROW_WISE else None
+            return starts, self.offsets[g + 1].long() - starts, params
         run = torch.searchsorted(self._run_ends, g, right=True)
         sizes = self._run_sizes[run]
-        return self._run_base[run] + g * sizes, sizes
+        params = None
+        if self.precision == ROW_WISE:  # a row storing nothing reads any stored row's: its values are masked
+            params = (self._run_param_base[run] + g).clamp_(0, max(len(self.scale) - 1, 0))
+        return self._run_base[run] + g * sizes, sizes, params
 
     @property
     def values(self) -> torch.Tensor:
@@ -434,9 +463,8 @@ class RaggedGroup(SlimGroup):
         return self.padded_values[: len(self.padded_values) - self.dim]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = self.global_rows(ids)
-        starts, sizes = self.starts_and_sizes(rows)
-        return (self.decode(self._windows(self.padded_values, starts), rows) * self._prefix(sizes)).add_(0.0)
+        starts, sizes, params = self._find(self.global_rows(ids))
+        return (self.decode(self._windows(self.padded_values, starts), params) * self._prefix(sizes)).add_(0.0)
 
     def tensors(self):
         index = {name: getattr(self, name) for name in self.index_names}
@@ -461,11 +489,11 @@ class RaggedGroup(SlimGroup):
     def check_saved(cls, layout, tensors):
         dim, rows = layout["dim"], sum(layout["rows"])
         values = _expect_tensor(tensors, "values", _stored_dtypes(layout), 1)
-        _check_row_params(layout, tensors, rows)
         params = _row_param_names(layout)
         if "offsets" in tensors:
             _expect_names(tensors, {"values", "offsets", *params})
-            _check_offsets(tensors, "offsets", rows, len(values), dim)
+            offsets = _check_offsets(tensors, "offsets", rows, len(values), dim)
+            _check_row_params(layout, tensors, int(torch.count_nonzero(torch.diff(offsets))), STORED_ROWS)
             return
         _expect_names(tensors, {"values", "run_rows", "run_offsets", "run_sizes", *params})
         run_rows = _expect_tensor(tensors, "run_rows", INDEX_DTYPES, 1).long()
@@ -479,6 +507,7 @@ class RaggedGroup(SlimGroup):
         expected = torch.cat([torch.zeros(1, dtype=torch.long), (sizes * torch.diff(run_rows)).cumsum(0)])
         if len(offsets) != runs + 1 or not torch.equal(offsets, expected) or expected[-1] != len(values):
             raise ValueError(f"run_offsets: do not match run_rows, run_sizes and the {len(values)} values")
+        _check_row_params(layout, tensors, int((torch.diff(run_rows) * (sizes > 0)).sum()), STORED_ROWS)
 
 
 class CsrGroup(SlimGroup):
@@ -493,6 +522,8 @@ class CsrGroup(SlimGroup):
         self._keep_values("values", values, row_params or {}, pad=dim)
         self.register_buffer("padded_columns", _padded(columns.detach(), dim))
         self.register_buffer("offsets", offsets.detach())
+        if self.precision == ROW_WISE:  # each row's scale and bias: its rank among the rows that store values
+            self.register_buffer("_param_rank", _stored_rank(torch.diff(self.offsets.long())), persistent=False)
 
     @classmethod
     def from_dense(cls, field_ids, rows, table: torch.Tensor, mask: torch.Tensor, dim: int) -> CsrGroup:
@@ -517,7 +548,8 @@ class CsrGroup(SlimGroup):
         g = self.global_rows(ids)
         starts = self.offsets[g].long()
         sizes = self.offsets[g + 1].long() - starts
-        vals = (self.decode(self._windows(self.padded_values, starts), g) * self._prefix(sizes)).add_(0.0)
+        params = self._param_rank[g] if self.precision == ROW_WISE else None
+        vals = (self.decode(self._windows(self.padded_values, starts), params) * self._prefix(sizes)).add_(0.0)
         # slots past a row's values hold the next rows' columns, all in [0, d), and scatter zeros there, which a
         # valid slot may also write: add, don't overwrite
         cols = self._windows(self.padded_columns, starts).long()
@@ -546,11 +578,11 @@ class CsrGroup(SlimGroup):
         _expect_names(tensors, {"values", "columns", "offsets", *_row_param_names(layout)})
         dim, rows = layout["dim"], sum(layout["rows"])
         values = _expect_tensor(tensors, "values", _stored_dtypes(layout), 1)
-        _check_row_params(layout, tensors, rows)
         columns = _expect_tensor(tensors, "columns", SIZE_DTYPES, 1).long()
         if len(columns) != len(values) or bool(((columns < 0) | (columns >= dim)).any()):
             raise ValueError(f"columns: need {len(values)} column indices in [0, {dim})")
         offsets = _check_offsets(tensors, "offsets", rows, len(values), dim)
+        _check_row_params(layout, tensors, int(torch.count_nonzero(torch.diff(offsets))), STORED_ROWS)
         # within a row the columns rise (each value has its own column); across rows they start again
         rises = torch.diff(columns) > 0
         row_starts = offsets[1:-1][(offsets[1:-1] > 0) & (offsets[1:-1] < len(columns))] - 1
@@ -724,8 +756,6 @@ class CompactGroup(SlimGroup):
             return stored
         if self.precision != ROW_WISE:
             return stored.float()
-        if self.num_stored == 0:  # int8 with no stored row: no scale to read
-            return torch.zeros(where.shape, dtype=VALUES, device=where.device)
         # int8: a zero code decodes to its row's bias; rows storing nothing have no scale (read row 0's)
         decoded = self.decode(stored, torch.where(s < self.num_stored, s, 0))
         return torch.where(where < self.num_values, decoded, 0.0)
@@ -743,9 +773,6 @@ class CompactGroup(SlimGroup):
         """The stored row (rank) of each value ``[nnz]``: what an int8 value's scale and bias are indexed by."""
         return torch.repeat_interleave(torch.arange(self.num_stored), self.row_sizes().cpu())
 
-    def _encoded(self, precision: str) -> dict[str, torch.Tensor]:
-        return encode_values(self.float_values(), precision, self.value_rows(), self.num_stored)
-
     def tensors(self):
         return {"values": self.values.detach(), **self.row_params(), **self.index()}
 
@@ -761,15 +788,14 @@ class CompactGroup(SlimGroup):
         return CompactGroup(self.field_ids, self.rows, values, self.index(), self.dim, encoded)
 
     def to_csr(self) -> CsrGroup:
-        """The same rows as a :class:`CsrGroup`: the same values, and for int8 every row's scale and bias
-        (zero for rows storing nothing). What the TorchRec export reads."""
-        num_rows, stored = sum(self.rows), self.padded_row_ids[:-1].long()
+        """The same rows as a :class:`CsrGroup`: the same values, and for int8 the same scale and bias of each
+        row that stores values. What the TorchRec export reads."""
+        num_rows = sum(self.rows)
         kept = unpack_bits(self.padded_bitmaps[:-1], self.dim)
         columns = torch.nonzero(kept)[:, 1].to(_torch(column_dtype(self.dim)))
         offsets = torch.zeros(num_rows + 1, dtype=_torch(offset_dtype(len(columns))), device=kept.device)
         offsets[1:] = self.stored_sizes().cumsum(0)
-        params = {name: t.new_zeros(num_rows).index_copy(0, stored, t) for name, t in self.row_params().items()}
-        return CsrGroup(self.field_ids, self.rows, self.values, columns, offsets, self.dim, params)
+        return CsrGroup(self.field_ids, self.rows, self.values, columns, offsets, self.dim, self.row_params())
 
     # ------------------------------------------------------------------ checks
     @classmethod
@@ -805,7 +831,7 @@ class CompactGroup(SlimGroup):
         values = _expect_tensor(tensors, "values", _stored_dtypes(layout), 1)
         if len(values) != int(sizes.sum()):
             raise ValueError(f"values: {len(values)} values, the bitmaps keep {int(sizes.sum())}")
-        _check_row_params(layout, tensors, num_stored)
+        _check_row_params(layout, tensors, num_stored, STORED_ROWS)
 
 
 def split_ids(row_ids: torch.Tensor, num_rows: int) -> dict[str, torch.Tensor]:
@@ -1044,6 +1070,14 @@ class QRGroup(_SharedRowGroup):
         cls._check_weight(layout, tensors, rows, "each field's quotient rows, then its remainder rows")
 
 
+def _stored_rank(sizes: torch.Tensor) -> torch.Tensor:
+    """Each row's rank among the rows that store values (``sizes [R] > 0``), int32 while it fits, ``[R]``; a row
+    storing nothing gets the stored row's before it (or the first's): any is right, its values are masked."""
+    stored = int(torch.count_nonzero(sizes))
+    rank = (torch.cumsum(sizes > 0, 0) - 1).clamp_(0, max(stored - 1, 0))
+    return rank.to(torch.int32 if stored <= torch.iinfo(torch.int32).max else torch.int64)
+
+
 def _padded(flat: torch.Tensor, pad: int) -> torch.Tensor:
     """``flat`` ``[n]`` followed by ``pad`` zeros, in one new tensor ``[n + pad]``."""
     out = torch.zeros(len(flat) + pad, dtype=flat.dtype, device=flat.device)
@@ -1065,14 +1099,17 @@ def _row_param_names(layout: dict[str, Any]) -> set[str]:
     return {"scale", "bias"} if layout.get("precision") == ROW_WISE else set()
 
 
-def _check_row_params(layout: dict[str, Any], tensors: dict[str, torch.Tensor], rows: int) -> None:
-    """An int8 group's ``scale`` and ``bias``: float16 ``[rows]``, finite, scales not negative."""
+STORED_ROWS = "row that stores values"
+
+
+def _check_row_params(layout: dict[str, Any], tensors: dict[str, torch.Tensor], rows: int, which: str = "row") -> None:
+    """An int8 group's ``scale`` and ``bias``: float16 ``[rows]`` (one per ``which``), finite, scales not negative."""
     if missing := sorted(_row_param_names(layout) - set(tensors)):
         raise ValueError(f"missing tensors {missing}")
     for name in sorted(_row_param_names(layout)):
         tensor = _expect_tensor(tensors, name, (ROW_PARAMS,), 1)
         if len(tensor) != rows:
-            raise ValueError(f"{name}: {len(tensor)} values, expected one per row ({rows})")
+            raise ValueError(f"{name}: {len(tensor)} values, expected one per {which} ({rows})")
     if _row_param_names(layout) and bool((tensors["scale"] < 0).any()):
         raise ValueError("scale: holds a negative scale")
 

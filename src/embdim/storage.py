@@ -26,9 +26,11 @@ bytes a plan reports are the bytes its slim model writes.
 Orthogonal to the kind, a plan's ``precision`` says how each kept value is stored
 (:data:`VALUE_PRECISIONS`): ``fp32`` (what training produces), ``fp16``, or ``int8`` row-wise: one
 unsigned byte per value and, per row, a float16 ``scale`` and ``bias`` (value = code * scale + bias),
-the layout of fbgemm's quantised tables. Every row of a stored field gets its scale and bias, empty
-rows included, so a lookup finds them by row without an index; ``compact`` is the exception: only its
-stored rows have them, found by the same rank as their values.
+the layout of fbgemm's quantised tables. A dense table's every row gets its scale and bias, found by
+row; of per-row sizes (``ragged``, ``csr``, ``compact``) only the rows that store values do, in row
+order, found by their rank among them (for ``ragged``'s runs: per run; for one offset per row: a rank
+per row held in memory, never saved). A row storing nothing costs nothing in any precision, so int8
+stays the smaller where most rows are dropped (AMTL at low budgets, PEP).
 
 A new kind (a hashed table, say) is one subclass here plus its slim group::
 
@@ -220,7 +222,10 @@ class StorageKind(ABC):
         return [n if d > 0 else 0 for n, d in zip(plan.vocab_sizes, plan.field_dims, strict=True)]
 
     def param_rows(self, plan: Sizes) -> list[int]:
-        """Per field, the rows that carry an int8 row's scale and bias: its stored rows."""
+        """Per field, the rows that carry an int8 row's scale and bias: its stored rows, and of per-row sizes
+        only those that store values (a row storing nothing needs no scale)."""
+        if self.per_row:
+            return [int(np.count_nonzero(r)) for r in plan.row_sizes]
         return self.stored_rows(plan)
 
     def field_bytes(self, plan: Sizes) -> list[int]:
@@ -359,12 +364,20 @@ class CsrStorage(StorageKind):
         return (num_rows + 1) * offset_dtype(num_values).itemsize
 
     @staticmethod
-    def layout_bytes(num_rows: int, num_values: np.ndarray | int, dim: int, precision: str = "fp32") -> np.ndarray:
-        """Bytes of ``num_rows`` rows holding ``num_values`` values in all (an int or an int array,
-        elementwise): what :meth:`table_bytes` says of such a plan, without building one."""
-        num_values = np.asarray(num_values, dtype=np.int64)
+    def layout_bytes(
+        num_rows: int,
+        stored_rows: np.ndarray | int,
+        num_values: np.ndarray | int,
+        dim: int,
+        precision: str = "fp32",
+    ) -> np.ndarray:
+        """Bytes of ``num_rows`` rows of which ``stored_rows`` store ``num_values`` values in all (ints or int
+        arrays, elementwise; only int8's scales and biases depend on ``stored_rows``): what :meth:`table_bytes`
+        says of such a plan, without building one."""
+        stored_rows, num_values = np.asarray(stored_rows, dtype=np.int64), np.asarray(num_values, dtype=np.int64)
         offsets = (num_rows + 1) * offset_bytes(num_values)
-        return num_values * CsrStorage.bytes_per_value(dim, precision) + offsets + num_rows * row_param_bytes(precision)
+        per_value = CsrStorage.bytes_per_value(dim, precision)
+        return num_values * per_value + offsets + stored_rows * row_param_bytes(precision)
 
 
 class CompactStorage(StorageKind):
@@ -414,9 +427,6 @@ class CompactStorage(StorageKind):
 
     name = "compact"
     per_row = True
-
-    def param_rows(self, plan: Sizes) -> list[int]:
-        return [int(np.count_nonzero(r)) for r in plan.row_sizes]
 
     def index_bytes(self, plan: Sizes) -> tuple[list[int], int]:
         per_stored = self.stored_row_bytes(plan.dim)

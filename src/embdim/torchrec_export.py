@@ -311,9 +311,9 @@ class _Split:
             at = (counts.cumsum(0) - counts)[table_of.clamp(min=0)] + row_of
             stored = table_of >= 0
             params = []
-            for source_params in (group.scale.detach().cpu(), group.bias.detach().cpu()):
+            for source_params in (group.scale.detach().cpu(), group.bias.detach().cpu()):  # the stored rows', in order
                 placed = torch.zeros(int(counts.sum()), dtype=source_params.dtype)
-                placed[at[stored]] = source_params[stored]
+                placed[at[stored]] = source_params
                 params.append(torch.split(placed, counts.tolist()))
             for info, scale, bias in zip(infos, *params, strict=True):
                 self.row_params[info.name] = (scale, bias)

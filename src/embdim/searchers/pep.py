@@ -241,7 +241,7 @@ def storage_bytes(num_rows: int, stored_rows: np.ndarray | int, num_values: np.n
     """Bytes of PEP's slim table of ``num_rows`` rows, ``stored_rows`` of them keeping ``num_values`` values
     (elementwise over arrays): the smaller of its ``compact`` and ``csr`` layouts, float32 values."""
     compact = CompactStorage.layout_bytes(num_rows, stored_rows, num_values, dim)
-    return np.minimum(compact, CsrStorage.layout_bytes(num_rows, num_values, dim))
+    return np.minimum(compact, CsrStorage.layout_bytes(num_rows, stored_rows, num_values, dim))
 
 
 def max_values(target: float, num_rows: int, dim: int) -> int:
