@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("bench", type=Path, help="a bench folder (runs/bench/<name>)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=7, help="timed rounds; 0: sizes and quality only, no timing")
     ap.add_argument("--batch-calls", type=int, default=5, help="batch forwards per model per round")
     ap.add_argument("--single-calls", type=int, default=300, help="one-row forwards per model per round")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -99,6 +99,7 @@ def main() -> None:
                     "storage": model.embedding.plan.storage,
                     "precision": precision,
                     "embedding_bytes": model.embedding.stored_bytes(),
+                    "rows_storing_nothing": sum(model.embedding.plan.dropped_features()),
                     "model_bytes": model.embedding.stored_bytes() + network_bytes(model),
                     "test_auc": roc_auc(test.labels, logits),
                     "test_logloss": log_loss(test.labels, logits),
@@ -107,6 +108,11 @@ def main() -> None:
             if precision in ("fp32", "int8"):
                 models[name] = model
     reference = next(name for name in models if name.startswith("reference") and name.endswith("fp32"))
+    if args.rounds == 0:
+        print_sizes(rows, next(r["embedding_bytes"] for r in rows if f"{r['run']} {r['precision']}" == reference))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return
 
     gen = np.random.default_rng(0)
     batch = batch_tensors(test, np.arange(min(args.batch, len(test))))[:2]
@@ -163,6 +169,21 @@ def main() -> None:
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+
+
+def print_sizes(rows: list[dict], reference_bytes: int) -> None:
+    """The size and quality columns only (``--rounds 0``)."""
+    print(
+        "| run | storage | precision | rows storing nothing | embedding bytes | x reference fp32 | test AUC "
+        "| test logloss |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['run']} | {row['storage']} | {row['precision']} | {row['rows_storing_nothing']:,} "
+            f"| {row['embedding_bytes']:,} | {row['embedding_bytes'] / reference_bytes:.3f} | {row['test_auc']:.4f} "
+            f"| {row['test_logloss']:.4f} |"
+        )
 
 
 def peak_rss_mib() -> float:
