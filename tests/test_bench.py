@@ -227,6 +227,20 @@ def test_a_failing_run_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert "full_b0.5_s1: ValueError: broken on purpose" in write_report(bench_dir(cfg)).read_text()
 
 
+def test_a_sweep_where_every_run_failed_still_gets_its_report(tmp_path, monkeypatch):
+    cfg, base = load_bench(write_bench(tmp_path, methods=["full"], budgets=[0.5], seeds=[1]))
+
+    def no_space(config, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run_module, "run_experiment", no_space)
+    results = run_bench(cfg, base)
+    assert results["status"].to_list() == ["failed", "failed"] and "test_auc" not in results.columns
+    report = write_report(bench_dir(cfg)).read_text()
+    assert "reference_b1_s1: OSError: [Errno 28] No space left on device" in report
+    assert "All 0 cells: 0 finished runs" in report and not (bench_dir(cfg) / "pareto.png").exists()
+
+
 @pytest.mark.slow  # multi-process / whole runs: CI runs the slow suite
 def test_parallel_jobs_give_the_same_table_as_one_at_a_time(tmp_path):
     """Runs are deterministic on CPU: two worker processes reproduce the sequential sweep row for row."""

@@ -402,14 +402,30 @@ def _write_results(folder: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(folder / RESULTS_FILE, frame.write_csv())
 
 
+SUMMARISED = {
+    "test_auc": pl.Float64,
+    "test_logloss": pl.Float64,
+    "embedding_bytes": pl.Float64,
+    "full_embedding_bytes": pl.Float64,
+    "model_bytes": pl.Float64,
+    "landed": pl.Boolean,
+    "samples_per_second": pl.Float64,
+    "train_seconds": pl.Float64,
+}
+"""The columns of finished runs that :func:`summarise` reads, with their types."""
+
+
 def summarise(results: pl.DataFrame) -> pl.DataFrame:
     """Mean and std over seeds per (label, budget), with size and speed relative to the reference.
 
     ``train_seconds`` is the sum over the cell's seeds: what the cell cost to train.
     """
     done = results.filter(pl.col("status") == "done")
-    if "model_bytes" not in done.columns:  # sweeps recorded before runs reported their whole model's size
-        done = done.with_columns(pl.lit(None, dtype=pl.Float64).alias("model_bytes"))
+    # a sweep where no run finished has none of the runs' columns, and one recorded before runs reported
+    # their whole model's size has no model_bytes: an empty value is what they summarise to
+    done = done.with_columns(
+        pl.lit(None, dtype=dtype).alias(name) for name, dtype in SUMMARISED.items() if name not in done.columns
+    )
     ref = done.filter(pl.col("label") == "reference")
     ref_sps = ref["samples_per_second"].median() if len(ref) else math.nan
     ref_bytes = ref["full_embedding_bytes"].median() if len(ref) else math.nan

@@ -44,15 +44,29 @@ def _pm(mean: float | None, std: float | None, digits: int = 4) -> str:
 
 
 def plot_pareto(summary: pl.DataFrame, path: Path, title: str) -> Path:
-    """Test AUC (mean ± std over seeds) against embedding bytes, one line per method."""
+    """Test AUC (mean ± std over seeds) against embedding bytes, one line per method; a method's runs stored
+    in another precision (``<method>+int8``) in its colour, dashed, with open markers."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label in summary["label"].unique(maintain_order=True):
+    labels = summary["label"].unique(maintain_order=True).to_list()
+    methods = list(dict.fromkeys(label.split("+")[0] for label in labels))
+    colours = {method: f"C{i % 10}" for i, method in enumerate(methods)}
+    for label in labels:
         part = summary.filter(pl.col("label") == label).sort("bytes")
         std = part["auc_std"].fill_null(0.0).fill_nan(0.0).to_list()
         if label == "reference":
             ax.axhline(part["auc_mean"][0], color="grey", linestyle="--", linewidth=1)
-        marker = "*" if label == "reference" else "o"
-        ax.errorbar(part["bytes"], part["auc_mean"], yerr=std, marker=marker, capsize=3, label=label)
+        method, stored = label.split("+")[0], "+" in label
+        ax.errorbar(
+            part["bytes"],
+            part["auc_mean"],
+            yerr=std,
+            marker="*" if method == "reference" else "o",
+            color=colours[method],
+            linestyle="--" if stored else "-",
+            markerfacecolor="none" if stored else colours[method],
+            capsize=3,
+            label=label,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("embedding bytes of the slim model (log scale)")
     ax.set_ylabel("test AUC (mean ± std over seeds)")
