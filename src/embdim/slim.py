@@ -407,8 +407,8 @@ class RaggedGroup(SlimGroup):
         if "offsets" in self.index_names:
             self.register_buffer("_param_rank", _stored_rank(torch.diff(self.offsets.long())), persistent=False)
             return
-        run_rows, sizes = self.run_rows.long(), self._run_sizes
-        stored = torch.diff(run_rows) * (sizes > 0)  # rows of each run that carry a scale and bias
+        run_rows = self.run_rows.long()
+        stored = _stored_rows_per_run(run_rows, self._run_sizes)
         before = stored.cumsum(0) - stored
         self.register_buffer("_run_param_base", before - run_rows[:-1], persistent=False)
 
@@ -507,7 +507,7 @@ class RaggedGroup(SlimGroup):
         expected = torch.cat([torch.zeros(1, dtype=torch.long), (sizes * torch.diff(run_rows)).cumsum(0)])
         if len(offsets) != runs + 1 or not torch.equal(offsets, expected) or expected[-1] != len(values):
             raise ValueError(f"run_offsets: do not match run_rows, run_sizes and the {len(values)} values")
-        _check_row_params(layout, tensors, int((torch.diff(run_rows) * (sizes > 0)).sum()), STORED_ROWS)
+        _check_row_params(layout, tensors, int(_stored_rows_per_run(run_rows, sizes).sum()), STORED_ROWS)
 
 
 class CsrGroup(SlimGroup):
@@ -1068,6 +1068,11 @@ class QRGroup(_SharedRowGroup):
             raise ValueError(f"layout 'combine': must be one of {', '.join(cls.COMBINE)}, got {found!r}")
         rows = sum(-(-n // c) + c for n, c in zip(layout["rows"], collisions, strict=True))
         cls._check_weight(layout, tensors, rows, "each field's quotient rows, then its remainder rows")
+
+
+def _stored_rows_per_run(run_rows: torch.Tensor, run_sizes: torch.Tensor) -> torch.Tensor:
+    """Rows of each run that store values (all of a run's rows, or none where its size is 0), int64 [runs]."""
+    return torch.diff(run_rows.long()) * (run_sizes > 0)
 
 
 def _stored_rank(sizes: torch.Tensor) -> torch.Tensor:
