@@ -525,6 +525,23 @@ def test_a_search_that_falls_short_completes_its_mask_by_margin_and_says_so():
     assert fresh.completed_by_margin_
 
 
+def test_a_drift_scheduled_to_start_after_the_search_ends_is_warned_about_and_one_within_it_is_not():
+    late = _layer(pull_start_epochs=10).searcher.schedule_warnings(epochs=2)
+    assert len(late) == 1 and "method.pull_start_epochs=10" in late[0] and "train.epochs=2" in late[0]
+    assert _layer(pull_start_epochs=10).searcher.schedule_warnings(epochs=30) == []
+    assert _layer(pull_start_epochs=0.5).searcher.schedule_warnings(epochs=2) == []  # fractions of an epoch
+    faithful = {"mode": "faithful", "threshold_lr": None}
+    assert _layer(pull_start_epochs=10, **faithful).searcher.schedule_warnings(epochs=2) == []  # no drift
+
+
+def test_a_run_whose_drift_never_starts_says_so_and_that_its_mask_was_completed_in_its_result(tmp_path):
+    result = run_experiment(small_config(tmp_path, "name=late", "method=pep", "method.targets=[0.5]", "train.epochs=1"))
+    said = result["warnings"]
+    assert any("method.pull_start_epochs=10" in w for w in said)
+    assert any("the search ended at sparsity" in w for w in said)  # the searcher's own warning, kept
+    assert result["searcher"]["retrain_mask_completed_by_margin"]
+
+
 # ---------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_search_then_retrain_end_to_end(tmp_path):

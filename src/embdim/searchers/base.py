@@ -254,6 +254,12 @@ class Searcher(nn.Module, ABC):
         """JSON-able method details merged into ``result.json`` under ``"searcher"``."""
         return {}
 
+    def schedule_warnings(self, epochs: float) -> list[str]:
+        """What the method's own schedules cannot do when each stage trains at most ``epochs`` epochs
+        (``train.epochs``), e.g. a pull that would start after its search has ended; the trainer warns
+        with each before training. Default: nothing."""
+        return []
+
     # ------------------------------------------------------------------ hooks: the only state changes
     def start_stage(self, stage: Stage, lookup: Lookup) -> None:
         """Before ``stage``'s first step (after a rewind): apply a cut, a mask, freeze sizes..."""

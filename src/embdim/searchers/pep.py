@@ -32,7 +32,9 @@ What is this project's own design [ours]:
   ``train.lr`` is, so targets are reached in a few epochs, not hundreds, and a model trained at a
   larger lr does not prune at its initialisation. ``pull_start_epochs`` trains the model before the
   drift starts, so masks come from a trained model (BENCHMARKS.md, "Schedule fix"). Both schedules
-  count epochs, so they mean the same on any data size.
+  count epochs, so they mean the same on any data size; a search of a few epochs over millions of rows
+  takes them in fractions of an epoch (configs/bench/criteo_kaggle_*.yaml), and the trainer warns when
+  the drift would start after the search has ended (:meth:`PEPSearcher.schedule_warnings`).
 - Per-row thresholds (``feature``, ``feature_dim``; mode ``ours``) are updated row-wise inside the
   lookup's backward pass (:class:`~embdim.rowwise.RowwiseAdam`): Adam without momentum, which moves
   every row exactly as a dense Adam with ``beta1 = 0`` would, but a step costs the batch's rows
@@ -594,6 +596,18 @@ class PEPSearcher(Searcher):
             Stage(SEARCH, patience=False, selection="last"),
             Stage(RETRAIN, rewind=True, patience_after_epochs=self.config.retrain_min_epochs),
         )
+
+    def schedule_warnings(self, epochs: float) -> list[str]:
+        c = self.config
+        if c.mode != "ours" or c.pull_start_epochs < epochs:
+            return []
+        return [
+            f"pep: the drift starts after method.pull_start_epochs={c.pull_start_epochs:g} search epochs, but a "
+            f"stage trains at most train.epochs={epochs:g}: the thresholds will not prune, and the retrain mask "
+            "will keep the entries of largest margin (about their magnitude); schedule the pull within the "
+            "search (pull_start_epochs and pull_doubling_epochs take fractions of an epoch, as in "
+            "configs/bench/criteo_kaggle_*.yaml)"
+        ]
 
     def stage_done(self, stage: Stage) -> bool:
         return stage.name == SEARCH and all(t in self.masks_ for t in self.targets)

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -591,6 +592,8 @@ class Trainer:
         if self.memory_check:
             self._check_memory()
         self._build()
+        for message in self.searcher.schedule_warnings(self.tc.epochs):
+            self.warn(message)
         p = self._resume_or_start()
         stage_results = self.stage_results
         while p.stage_index < len(self.stages):
@@ -609,7 +612,11 @@ class Trainer:
             self._train_stage(p, stage)
             if stage.selection == "best":
                 self._load_weights(self.best_path)
-            self.searcher.end_stage(stage, self.lookup)
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                self.searcher.end_stage(stage, self.lookup)
+            for warning in said:  # e.g. a target completed by rank: the result says so too
+                self.warn(str(warning.message))
             stage_results[stage.name] = self._stage_summary(p, final=p.stage_index == len(self.stages) - 1)
             p = Progress(
                 stage_index=p.stage_index + 1,
