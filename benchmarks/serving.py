@@ -17,12 +17,16 @@ alike: every round times every model's batch in an order drawn anew, then scores
 with every model in turn (so no model's lookup runs with warm caches from its previous call); throughput
 is the median over rounds, latencies pool every call. Ratios are to the reference's fp32 model measured in
 the same rounds. Wall and CPU seconds of the timed loops are printed, and the peak RSS of the process.
+
+On a Criteo-scale bench, ``--runs`` picks the bundles to time (one per storage kind, say) and
+``--no-quality`` skips scoring the whole test split with each of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import time
@@ -77,6 +81,15 @@ def main() -> None:
     ap.add_argument("--batch-calls", type=int, default=5, help="batch forwards per model per round")
     ap.add_argument("--single-calls", type=int, default=300, help="one-row forwards per model per round")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument(
+        "--runs", nargs="+", default=None, help="only these run folders (names; the reference is always measured)"
+    )
+    ap.add_argument(
+        "--no-quality",
+        dest="quality",
+        action="store_false",
+        help="skip test AUC and logloss (the bench's report has them): Criteo-scale test splits take minutes a model",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -84,13 +97,15 @@ def main() -> None:
     rows = []
     test = None
     for run in finished_runs(args.bench):
+        if args.runs is not None and run.name not in args.runs and not run.name.startswith("reference"):
+            continue
         bundle = Bundle.load(run / "model")
         result = json.loads((run / "result.json").read_text())
         if test is None:
             test = prepare_dataset(bundle.config, progress=False).splits["test"]
         for precision in PRECISIONS:
             model = with_precision(bundle.model, precision)
-            logits = predict_logits(model, test, 16384)
+            logits = predict_logits(model, test, 16384) if args.quality else None
             name = f"{run.name} {precision}"
             rows.append(
                 {
@@ -101,8 +116,8 @@ def main() -> None:
                     "embedding_bytes": model.embedding.stored_bytes(),
                     "rows_storing_nothing": sum(model.embedding.plan.dropped_features()),
                     "model_bytes": model.embedding.stored_bytes() + network_bytes(model),
-                    "test_auc": roc_auc(test.labels, logits),
-                    "test_logloss": log_loss(test.labels, logits),
+                    "test_auc": roc_auc(test.labels, logits) if args.quality else math.nan,
+                    "test_logloss": log_loss(test.labels, logits) if args.quality else math.nan,
                 }
             )
             if precision in ("fp32", "int8"):
