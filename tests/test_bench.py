@@ -241,6 +241,17 @@ def test_a_sweep_where_every_run_failed_still_gets_its_report(tmp_path, monkeypa
     assert "All 0 cells: 0 finished runs" in report and not (bench_dir(cfg) / "pareto.png").exists()
 
 
+def test_the_report_lists_what_finished_runs_warned_about(tmp_path):
+    # PEP's default schedule starts its drift after 10 epochs, beyond this bench's one: the run warns
+    pep = {"name": "pep", "fused_threshold": False}  # eager ops: no compile to wait for
+    cfg, base = load_bench(write_bench(tmp_path, methods=[pep], budgets=[0.5], seeds=[1]))
+    run_bench(cfg, base)
+    report = write_report(bench_dir(cfg)).read_text()
+    assert "Runs that finished with warnings" in report
+    assert "- pep_b0.5_s1: pep: the drift starts after method.pull_start_epochs=10" in report
+    assert not any(line.startswith("- reference_b1_s1") for line in report.splitlines())
+
+
 @pytest.mark.slow  # multi-process / whole runs: CI runs the slow suite
 def test_parallel_jobs_give_the_same_table_as_one_at_a_time(tmp_path):
     """Runs are deterministic on CPU: two worker processes reproduce the sequential sweep row for row."""

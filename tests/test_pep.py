@@ -535,7 +535,8 @@ def test_a_drift_scheduled_to_start_after_the_search_ends_is_warned_about_and_on
 
 
 def test_a_run_whose_drift_never_starts_says_so_and_that_its_mask_was_completed_in_its_result(tmp_path):
-    result = run_experiment(small_config(tmp_path, "name=late", "method=pep", "method.targets=[0.5]", "train.epochs=1"))
+    late = ["name=late", "method=pep", "method.targets=[0.5]", "method.fused_threshold=false", "train.epochs=1"]
+    result = run_experiment(small_config(tmp_path, *late))
     said = result["warnings"]
     assert any("method.pull_start_epochs=10" in w for w in said)
     assert any("the search ended at sparsity" in w for w in said)  # the searcher's own warning, kept

@@ -8,6 +8,7 @@ against training frequency for value-level ones).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -110,6 +111,21 @@ def _size_plots(results: pl.DataFrame, folder: Path) -> list[str]:
     return lines
 
 
+def _warnings(results: pl.DataFrame) -> list[str]:
+    """Report lines for what finished runs warned about (``result.json``'s ``warnings``, e.g. a search that
+    ended short of its target), each message once with the runs that gave it."""
+    if "warnings" not in results.columns:
+        return []
+    runs_by_message: dict[str, list[str]] = {}
+    for row in results.filter(pl.col("status") == "done").iter_rows(named=True):
+        for message in json.loads(row["warnings"] or "[]"):
+            runs_by_message.setdefault(message, []).append(row["run"])
+    if not runs_by_message:
+        return []
+    lines = ["", "Runs that finished with warnings (their `result.json` has them):", ""]
+    return lines + [f"- {', '.join(runs)}: {message}" for message, runs in runs_by_message.items()]
+
+
 def write_report(folder: str | Path, title: str | None = None) -> Path:
     """Write ``report.md`` and the plots for the sweep in ``folder``; returns the report's path."""
     folder = Path(folder)
@@ -145,6 +161,7 @@ def write_report(folder: str | Path, title: str | None = None) -> Path:
     if len(failed):
         lines += ["", "Runs that failed (see their run folders):", ""]
         lines += [f"- {r['run']}: {r['reason']}" for r in failed.iter_rows(named=True)]
+    lines += _warnings(results)
     lines += [
         "",
         "Model bytes: the whole exported model (slim embedding and network). Time / full: the reference's "
