@@ -41,8 +41,9 @@ FIELDS = [
 DIM = 8
 #: every storage kind: dense (full, cut widths with a dropped field, mde's projections), ragged with
 #: either index (amtl), compact (pep with part of the table pruned) and csr (the same rows in csr, the
-#: smaller layout where rows keep few of many columns), hashed (hash: a plain field and two hashed)
-CASES = ["full", "cut", "mde", "amtl_rows", "amtl_runs", "pep", "pep_csr", "hash"]
+#: smaller layout where rows keep few of many columns), hashed (hash: a plain field and two hashed), qr (a
+#: plain field and two of quotient-remainder tables)
+CASES = ["full", "cut", "mde", "amtl_rows", "amtl_runs", "pep", "pep_csr", "hash", "qr"]
 
 
 def _runs(n: int, sizes: list[int]) -> torch.Tensor:
@@ -157,6 +158,17 @@ def test_each_kind_is_laid_out_as_documented(exported):
             every_id = torch.arange(FIELDS[f].vocab_size).repeat(2, 1).T  # [n_f, 2]: the group's two fields
             assert torch.equal(row, slim.groups[0].bucket(every_id)[:, f - 1])
             assert row[0] == 0 and bool((row[1:] > 0).all()) and len(row.unique()) <= buckets[f]
+    if case == "qr":  # the 3-id field keeps its table; the others: 40 / 4 and 500 / 4 quotient rows, 4 remainder
+        assert ids_kinds == ["direct", "qr", "qr"] and widths == {0: [8], 1: [8, 8], 2: [8, 8]}
+        assert [(t["name"], t["num_embeddings"]) for t in meta["tables"]] == [
+            ("f0_w8", 3),
+            ("f1_w8_q", 10),
+            ("f1_w8_r", 4),
+            ("f2_w8_q", 125),
+            ("f2_w8_r", 4),
+        ]
+        assert [(f.get("collisions"), f.get("combine")) for f in meta["fields"]] == [(None, None), *[(4, "mult")] * 2]
+        assert not lookup_names  # an id's rows are its quotient and remainder: no remap to store
     for f, kind in enumerate(ids_kinds):
         if kind in ("remapped", "hashed"):
             table, row = (load_file(str(folder / LOOKUP_TENSORS))[f"remap.{f}.{p}"] for p in ("table", "row"))
@@ -341,12 +353,26 @@ def test_a_compact_embedding_exports_the_same_tables_as_its_rows_in_csr(tmp_path
     assert exports[0].total_bytes == exports[1].total_bytes and exports[0].slim_bytes < exports[1].slim_bytes
 
 
-def test_a_quotient_remainder_embedding_is_refused_naming_its_kind(tmp_path):
-    slim = _model("qr").embedding.export()
-    assert slim.plan.storage == "qr"
-    with pytest.raises(ValueError, match="no TorchRec export for qr storage"):
-        export_torchrec(slim, tmp_path / "torchrec")
-    assert not (tmp_path / "torchrec").exists()
+def test_a_quotient_remainder_embedding_that_sums_its_rows_exports_exactly_too(tmp_path):
+    torch.manual_seed(0)
+    rec = build_recommender(FIELDS, 0, DIM, "deepfm", {"hidden": [8]}, "qr", {"collisions": 7, "combine": "add"})
+    slim = rec.embedding.export()
+    export = export_torchrec(slim, tmp_path / "torchrec")
+    _, lookup = load_torchrec(tmp_path / "torchrec")
+    ids = _every_id(slim)
+    with torch.no_grad():
+        assert torch.equal(_bits(lookup(ids)), _bits(slim(ids)))
+    assert export.total_bytes == export.slim_bytes  # the same rows, and no remap
+
+
+def test_a_qr_field_whose_tables_disagree_with_its_collisions_is_refused(tmp_path):
+    export_torchrec(_model("qr").embedding.export(), tmp_path / "torchrec")
+    meta = json.loads((tmp_path / "torchrec" / TORCHREC_JSON).read_text())
+    meta["fields"][1]["collisions"] = 5  # the tables hold 10 quotient rows and 4 remainder rows: c = 4
+    (tmp_path / "torchrec" / TORCHREC_JSON).write_text(json.dumps(meta))
+    _resign(tmp_path / "torchrec")
+    with pytest.raises(ModelFileError, match=r"field 'fields\[1\]': a field of ids 'qr' has a quotient table of 8"):
+        load_torchrec(tmp_path / "torchrec")
 
 
 def test_zero_pad_fills_the_cut_columns():

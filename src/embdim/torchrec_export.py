@@ -27,8 +27,12 @@ one field each; a table of width ``w < d`` is read as its ``w`` values followed 
 - ``hashed`` (the hashing trick): a hashed field is one table of its ``m_f`` bucket rows, and its remap
   gives every id its bucket (the hash is computed once, at export; ids share rows: ``ids: "hashed"``); its
   plain fields are ``dense``.
-- ``qr`` is not exported: an id's vector combines rows of two tables (a product or a sum), which a
-  TorchRec collection's pooling does not compute; :func:`export_torchrec` refuses it with a ``ValueError``.
+- ``qr`` (quotient-remainder): a compressed field is two tables, ``f<f>_w<d>_q`` of its ``ceil(n_f / c_f)``
+  quotient rows and ``f<f>_w<d>_r`` of its ``c_f`` remainder rows (``ids: "qr"``, with ``collisions`` c_f
+  and ``combine``); id ``i`` is looked up in both, at rows ``i // c_f`` and ``i % c_f``, and the two pooled
+  vectors are combined after the collection (their product or sum, as the slim model does). No remap:
+  the rows are the id's arithmetic, so the export is as small as the slim model. Its plain fields are
+  ``dense``.
 
 Precision: the tables hold what the slim embedding stores. float32 tables are a plain collection's; fp16
 and int8 tables are TorchRec's quantised collection's (``torchrec.quant.embedding_modules``, ``DataType``
@@ -52,8 +56,9 @@ The export folder (``torchrec.json`` + two safetensors files, no pickle):
 - ``lookup.safetensors``: ``remap.<field>.table`` / ``remap.<field>.row`` ``[n_f]`` for remapped fields,
   ``projection.<p>`` float32 ``[F_p, w, d]`` for projected fields;
 - ``torchrec.json``: ``dim``, ``fields`` (name, ``vocab_size``, its ``tables``, ``ids``: ``direct`` |
-  ``remapped`` | ``hashed`` | ``zero``), ``tables`` (``name``, ``feature_name``, ``num_embeddings``, ``embedding_dim``,
-  ``pooling``, ``field``, ``field_name``, ``width``), ``projections`` (``name``, ``fields``, ``width``),
+  ``remapped`` | ``hashed`` | ``qr`` (with ``collisions`` and ``combine``) | ``zero``), ``tables``
+  (``name``, ``feature_name``, ``num_embeddings``, ``embedding_dim``, ``pooling``, ``field``,
+  ``field_name``, ``width``), ``projections`` (``name``, ``fields``, ``width``),
   ``bytes``, and the SHA-256 of both other files and of itself, verified on load like a model folder
   (:func:`embdim.recommender.verify_folder`); any damage or edit is a :class:`~embdim.errors.ModelFileError`
   naming the file and field.
@@ -61,8 +66,9 @@ The export folder (``torchrec.json`` + two safetensors files, no pickle):
 Serving elsewhere: per (batch row, field), look the id up in its remap (or take the id itself), put it
 as the single id of that bag in the table's feature (every other table of the field gets an empty bag),
 and read the field's vector from the chosen table's pooled columns, zero-padded to ``d`` (or times the
-projection). Sum pooling starts from ``+0.0``, so a stored ``-0.0`` comes back as ``+0.0`` (equal under
-``torch.equal``; trained weights practically never hold it).
+projection); a ``qr`` field puts ``i // c`` in its quotient table's bag and ``i % c`` in its remainder
+table's, and combines the two pooled vectors. Sum pooling starts from ``+0.0``, so a stored ``-0.0``
+comes back as ``+0.0`` (equal under ``torch.equal``; trained weights practically never hold it).
 
 Example::
 
@@ -82,6 +88,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +109,7 @@ from embdim.slim import (
     CsrGroup,
     DenseGroup,
     HashedGroup,
+    QRGroup,
     RaggedGroup,
     SlimEmbedding,
     project_fields,
@@ -116,7 +124,10 @@ TABLES_TENSORS = "tables.safetensors"
 LOOKUP_TENSORS = "lookup.safetensors"
 TORCHREC_FILES = frozenset({TORCHREC_JSON, TABLES_TENSORS, LOOKUP_TENSORS})
 #: how a field's ids reach its tables (``hashed``: remapped to rows that ids share)
-DIRECT, REMAPPED, HASHED, ZERO = "direct", "remapped", "hashed", "zero"
+DIRECT, REMAPPED, HASHED, QR, ZERO = "direct", "remapped", "hashed", "qr", "zero"
+#: a qr field's two tables: table_name(f, d) plus these suffixes, quotient first
+QR_PARTS = ("_q", "_r")
+QR_COMBINE = ("mult", "add")
 #: field kinds whose ids go through a remap
 THROUGH_REMAP = (REMAPPED, HASHED)
 #: TorchRec's data type of a table per stored precision (fp16 and int8: its quantised collection)
@@ -224,6 +235,8 @@ class _Split:
         self.remaps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.projections: list[tuple[tuple[int, ...], torch.Tensor]] = []
         self.hashed: set[int] = set()
+        #: qr fields: their collisions c_f and how their two rows combine
+        self.qr: dict[int, tuple[int, str]] = {}
         #: an int8 table's float16 scale and bias per row ``[rows]`` twice, by table name
         self.row_params: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for group in slim.groups:
@@ -235,6 +248,8 @@ class _Split:
                 self._per_row(group.to_csr())
             elif isinstance(group, HashedGroup):
                 self._hashed(group)
+            elif isinstance(group, QRGroup):
+                self._qr(group)
             else:
                 raise TypeError(f"no TorchRec export for slim groups of kind {group.kind!r}")
 
@@ -264,6 +279,19 @@ class _Split:
             row_dtype = getattr(torch, offset_dtype(m).name)
             self.remaps[f] = (torch.zeros(n, dtype=remap_table_dtype(1)), buckets.to(row_dtype))
             self.hashed.add(f)
+
+    def _qr(self, group: QRGroup) -> None:
+        """Two tables per field, its quotient rows and its remainder rows, as the slim group stores them."""
+        weight = group.weight.detach().cpu()
+        for j, (f, c) in enumerate(zip(group.field_ids, group.collisions, strict=True)):
+            start, remainder = int(group.table_offsets[j]), int(group.remainder_offsets[j])
+            parts = (slice(start, remainder), slice(remainder, remainder + c))
+            for suffix, rows in zip(QR_PARTS, parts, strict=True):
+                name = table_name(f, group.dim) + suffix
+                info = TableInfo(name, f, self.plan.field_names[f], group.dim, rows.stop - rows.start)
+                self.tables[f].append((info, weight[rows]))
+                self._keep_row_params(info, group, rows)
+            self.qr[f] = (c, group.combine)
 
     def _per_row(self, group: RaggedGroup | CsrGroup) -> None:
         """Rows of one width per table: every stored value is written into its table at (row, column)."""
@@ -318,7 +346,7 @@ class _Split:
             for info, scale, bias in zip(infos, *params, strict=True):
                 self.row_params[info.name] = (scale, bias)
 
-    def _keep_row_params(self, info: TableInfo, group: DenseGroup | HashedGroup, rows: slice) -> None:
+    def _keep_row_params(self, info: TableInfo, group: DenseGroup | HashedGroup | QRGroup, rows: slice) -> None:
         """An int8 group's scale and bias of ``rows`` (its rows held by table ``info``)."""
         if group.precision == ROW_WISE:
             self.row_params[info.name] = (group.scale.detach().cpu()[rows], group.bias.detach().cpu()[rows])
@@ -328,6 +356,8 @@ class _Split:
             return ZERO
         if f in self.hashed:
             return HASHED
+        if f in self.qr:
+            return QR
         return REMAPPED if f in self.remaps else DIRECT
 
 
@@ -375,8 +405,8 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
         the folder, the ``EmbeddingBagConfig`` of every table, and the bytes of the exported tensors against
         the slim embedding's.
     Raises:
-        ConfigError: ``qr`` storage (no TorchRec layout computes it), or int8 values in ``csr`` or
-            ``compact`` storage (a TorchRec int8 row codes every column from its scale and bias, so the
+        ConfigError: int8 values in ``csr`` or ``compact`` storage (a TorchRec int8 row codes every column
+            from its scale and bias, so the
             pruned zeros between a row's kept values have no exact code; fp16 and fp32 export them).
     """
     precision = slim.plan.precision
@@ -385,11 +415,6 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
             f"no int8 TorchRec export of {slim.plan.storage} storage (PEP's pruned rows): a TorchRec int8 row "
             "codes every column from the row's scale and bias, so the pruned zeros between its kept values "
             "have no exact code; export it in fp16 or fp32"
-        )
-    if slim.plan.storage == "qr":  # a ValueError the command line reports as the request's error, not a bug
-        raise ConfigError(
-            "no TorchRec export for qr storage (quotient-remainder embeddings): an id's vector combines a row "
-            "of each of two tables, which a TorchRec collection's pooling does not compute"
         )
     split = _Split(slim)
     plan = split.plan
@@ -430,6 +455,7 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
                 "vocab_size": n,
                 "tables": [info.name for info, _ in split.tables[f]],
                 "ids": split.ids_kind(f),
+                **({"collisions": split.qr[f][0], "combine": split.qr[f][1]} if f in split.qr else {}),
             }
             for f, (name, n) in enumerate(zip(plan.field_names, plan.vocab_sizes, strict=True))
         ],
@@ -448,8 +474,9 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
 @dataclass(frozen=True)
 class TorchRecLayout:
     """An export's structure, read from ``torchrec.json``: tables in collection order, each field's ids
-    (``direct`` | ``remapped`` | ``hashed`` | ``zero``) and tables, the projections (name, fields, width),
-    and the tables' precision (``fp32`` | ``fp16`` | ``int8``)."""
+    (``direct`` | ``remapped`` | ``hashed`` | ``qr`` | ``zero``) and tables, the projections (name, fields,
+    width), the tables' precision (``fp32`` | ``fp16`` | ``int8``), and each qr field's collisions and
+    combine."""
 
     dim: int
     field_names: list[str]
@@ -459,6 +486,7 @@ class TorchRecLayout:
     tables: list[TableInfo]
     projections: list[tuple[str, tuple[int, ...], int]]
     precision: str = "fp32"
+    qr: dict[int, tuple[int, str]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], where: Path) -> TorchRecLayout:
@@ -487,11 +515,11 @@ class TorchRecLayout:
             ok = ok and _is_int(t["field"]) and 0 <= t["field"] < len(raw_fields)
             ok = ok and _is_int(t["num_embeddings"]) and t["num_embeddings"] >= 1
             ok = ok and _is_int(t["width"]) and 1 <= t["width"] <= dim and t["embedding_dim"] == t["width"]
-            if not ok or t["name"] != table_name(t["field"], t["width"]):
+            if not ok or t["name"] not in [table_name(t["field"], t["width"]) + x for x in ("", *QR_PARTS)]:
                 raise fail(
                     f"tables[{i}]",
-                    f"expected a sum-pooled table 'f<field>_w<width>' of a field, with 1 to {dim} columns and "
-                    f"feature_name = name; got {shorten(repr(t))}",
+                    f"expected a sum-pooled table 'f<field>_w<width>' (a qr field's: '_q', '_r' after it) of a "
+                    f"field, with 1 to {dim} columns and feature_name = name; got {shorten(repr(t))}",
                 )
             tables.append(
                 TableInfo(t["name"], t["field"], str(t.get("field_name", "")), t["width"], t["num_embeddings"])
@@ -499,10 +527,10 @@ class TorchRecLayout:
         index = {t.name: k for k, t in enumerate(tables)}
         if len(index) != len(tables):
             raise fail("tables", "a table name repeats")
-        names, vocab, kinds, field_tables = [], [], [], []
+        names, vocab, kinds, field_tables, qr = [], [], [], [], {}
         for f, entry in enumerate(raw_fields):
             ok = isinstance(entry, dict) and isinstance(entry.get("name"), str) and _is_int(entry.get("vocab_size"))
-            ok = ok and entry["vocab_size"] >= 1 and entry.get("ids") in (DIRECT, REMAPPED, HASHED, ZERO)
+            ok = ok and entry["vocab_size"] >= 1 and entry.get("ids") in (DIRECT, REMAPPED, HASHED, QR, ZERO)
             ok = ok and isinstance(entry.get("tables"), list) and all(n in index for n in entry["tables"])
             if not ok:
                 raise fail(
@@ -521,6 +549,10 @@ class TorchRecLayout:
                 raise fail(f"fields[{f}]", "a field of ids 'remapped' has tables")
             if kind == HASHED and len(mine) != 1:
                 raise fail(f"fields[{f}]", "a field of ids 'hashed' has one table of its buckets")
+            if kind == QR:
+                qr[f] = _qr_field(entry, [tables[k] for k in mine], dim, lambda m, f=f: fail(f"fields[{f}]", m))
+            elif any(not tables[k].name.endswith(f"_w{tables[k].width}") for k in mine):
+                raise fail(f"fields[{f}]", "only a field of ids 'qr' has quotient and remainder tables")
             names.append(entry["name"])
             vocab.append(n)
             kinds.append(kind)
@@ -541,7 +573,7 @@ class TorchRecLayout:
                 )
             projected.update(fields)
             projections.append((entry["name"], tuple(fields), entry["width"]))
-        return cls(dim, names, vocab, kinds, field_tables, tables, projections, precision)
+        return cls(dim, names, vocab, kinds, field_tables, tables, projections, precision, qr)
 
     def check_tables(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
         """Exactly one weight of finite values per table: float32 ``[num_embeddings, width]``, or for fp16
@@ -626,6 +658,23 @@ class TorchRecLayout:
             flat = t * int(counts.max()) + r
             if len(torch.unique(flat)) != len(flat):
                 raise ModelFileError(f"{where}: tensor 'remap.{f}.row': a table row is taken by two ids")
+
+
+def _qr_field(entry: dict[str, Any], tables: list[TableInfo], dim: int, fail: Any) -> tuple[int, str]:
+    """A qr field's ``(collisions, combine)``: two full-width tables, its ``ceil(n / c)`` quotient rows then
+    its ``c`` remainder rows, ``2 <= c < n``; ``fail(message)`` is the error to raise otherwise."""
+    n, c, combine = entry["vocab_size"], entry.get("collisions"), entry.get("combine")
+    if not _is_int(c) or not 2 <= c < n or combine not in QR_COMBINE:
+        raise fail(
+            f"a field of ids 'qr' needs collisions in [2, {n}) and combine in {QR_COMBINE}; got {c!r}, {combine!r}"
+        )
+    want = [(QR_PARTS[0], -(-n // c)), (QR_PARTS[1], c)]
+    got = [(t.name[-2:], t.num_embeddings) for t in tables]
+    if got != want or any(t.width != dim for t in tables):
+        raise fail(
+            f"a field of ids 'qr' has a quotient table of {want[0][1]} rows and a remainder table of {c}, {dim} wide"
+        )
+    return c, combine
 
 
 def _is_int(value: Any) -> bool:
@@ -719,33 +768,45 @@ class TorchRecEmbedding(nn.Module):
         self.projections = nn.ParameterList(
             [nn.Parameter(lookup[f"projection.{name}"], requires_grad=False) for name, _, _ in layout.projections]
         )
+        # qr fields: an id reads row id // c of the quotient table (its remap's table) and id % c of the remainder's
+        qr = sorted(layout.qr)
+        self.register_buffer("qr_fields", torch.tensor(qr, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "qr_collisions", torch.tensor([layout.qr[f][0] for f in qr], dtype=torch.long), persistent=False
+        )
+        quotient_tables, remainder_tables = ([layout.field_tables[f][part] for f in qr] for part in (0, 1))
+        self.register_buffer("qr_quotient_tables", torch.tensor(quotient_tables, dtype=torch.long), persistent=False)
+        self.register_buffer("qr_remainder_tables", torch.tensor(remainder_tables, dtype=torch.long), persistent=False)
+        self.register_buffer("qr_mult", torch.tensor([layout.qr[f][1] == "mult" for f in qr]), persistent=False)
         self.register_buffer("columns", self._columns(), persistent=False)
         table_starts = np.cumsum([0, *(t.width for t in layout.tables)])
         #: per projection, where each of its fields' columns start in the pooled values
         self._projected_starts = [
             [int(table_starts[layout.field_tables[f][0]]) for f in fields] for _, fields, _ in layout.projections
         ]
+        #: where each qr field's quotient and remainder columns start in the pooled values
+        self._qr_starts = [[int(table_starts[k]) for k in tables] for tables in (quotient_tables, remainder_tables)]
 
     def _columns(self) -> torch.Tensor:
         """For each table (and one row for "no table"), where output column ``j < d`` comes from in
-        ``[pooled values | projected fields | one zero]``, int64 ``[K + 1, d]``."""
+        ``[pooled values | projected fields | combined qr fields | one zero]``, int64 ``[K + 1, d]`` (a qr
+        field is read through its quotient table)."""
         widths = [t.width for t in self.layout.tables]
         starts = np.cumsum([0, *widths])
         pooled = int(starts[-1])
-        zero = pooled + sum(len(fields) * self.dim for _, fields, _ in self.layout.projections)
+        computed = [f for _, fields, _ in self.layout.projections for f in fields] + sorted(self.layout.qr)
+        zero = pooled + len(computed) * self.dim
         columns = torch.full((self.num_tables + 1, self.dim), zero, dtype=torch.long)
         for k, w in enumerate(widths):
             columns[k, :w] = torch.arange(starts[k], starts[k] + w)
-        start = pooled
-        for _, fields, _ in self.layout.projections:
-            for f in fields:
-                columns[self.layout.field_tables[f][0]] = torch.arange(start, start + self.dim)
-                start += self.dim
+        for i, f in enumerate(computed):
+            start = pooled + i * self.dim
+            columns[self.layout.field_tables[f][0]] = torch.arange(start, start + self.dim)
         return columns
 
     def remap(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids ``[B, F]`` -> each id's table (index into the collection's tables; ``num_tables``: none, embeds
-        to zeros) and its row in that table, int64 ``[B, F]`` twice."""
+        to zeros; a qr field's quotient table) and its row in that table, int64 ``[B, F]`` twice."""
         batch = ids.shape[0]
         tables = torch.full((batch, self.num_fields), self.num_tables, dtype=torch.long, device=ids.device)
         rows = torch.zeros((batch, self.num_fields), dtype=torch.long, device=ids.device)
@@ -756,14 +817,21 @@ class TorchRecEmbedding(nn.Module):
             flat = ids[:, self.remap_fields] + self.remap_starts
             tables[:, self.remap_fields] = self.remap_table[flat].long()
             rows[:, self.remap_fields] = self.remap_row[flat].long()
+        if len(self.qr_fields):
+            tables[:, self.qr_fields] = self.qr_quotient_tables
+            rows[:, self.qr_fields] = torch.div(ids[:, self.qr_fields], self.qr_collisions, rounding_mode="floor")
         return tables, rows
 
     def features(self, ids: torch.Tensor) -> KeyedJaggedTensor:
         """ids ``[B, F]`` -> the collection's input: one feature per table (:attr:`feature_names`, the
-        collection's order), ``B`` bags each; a bag holds the id's row when the id lives in that table,
-        else nothing."""
+        collection's order), ``B`` bags each; a bag holds the id's row when the id lives in that table (a qr
+        field's id lives in both of its tables), else nothing."""
         batch = ids.shape[0]
         tables, rows = self.remap(ids)
+        if len(self.qr_fields):  # a qr field's id also reads its remainder table
+            remainder = torch.remainder(ids[:, self.qr_fields], self.qr_collisions)
+            tables = torch.cat([tables, self.qr_remainder_tables.expand_as(remainder)], dim=1)
+            rows = torch.cat([rows, remainder], dim=1)
         used = tables < self.num_tables
         bag = (tables * batch + torch.arange(batch, device=ids.device).unsqueeze(1))[used]  # feature-major
         order = torch.argsort(bag)
@@ -773,7 +841,8 @@ class TorchRecEmbedding(nn.Module):
 
     def combine(self, pooled: KeyedTensor, ids: torch.Tensor) -> torch.Tensor:
         """The collection's output for :meth:`features` (``ids [B, F]``) -> embeddings ``[B, F, d]``: each
-        field's vector from its id's table, zero-padded to ``d`` or projected, zeros where it has none."""
+        field's vector from its id's table, zero-padded to ``d`` or projected, a qr field's two rows combined,
+        zeros where it has none."""
         values = pooled.values()
         if pooled.keys() != self.feature_names:
             by_key = pooled.to_dict()
@@ -785,6 +854,12 @@ class TorchRecEmbedding(nn.Module):
             width = projection.shape[1]
             raw = torch.stack([values[:, s : s + width] for s in starts], dim=1)
             parts.append(project_fields(raw, projection, self.dim).flatten(1))
+        if len(self.qr_fields):  # [B, F_qr, d] twice, combined as the slim group combines them
+            quotient, remainder = (
+                torch.stack([values[:, s : s + self.dim] for s in starts], dim=1) for starts in self._qr_starts
+            )
+            mult = self.qr_mult.view(1, -1, 1)
+            parts.append(torch.where(mult, quotient * remainder, quotient + remainder).flatten(1))
         parts.append(torch.zeros(batch, 1, dtype=values.dtype, device=values.device))
         flat = torch.cat(parts, dim=1)
         tables, _ = self.remap(ids)
