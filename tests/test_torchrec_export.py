@@ -152,12 +152,19 @@ def test_each_kind_is_laid_out_as_documented(exported):
         assert ids_kinds == ["direct", "hashed", "hashed"] and widths == {0: [8], 1: [8], 2: [8]}
         buckets = [t["num_embeddings"] for t in meta["tables"]]
         assert buckets == [3, 36, 450] == slim.plan.kind.stored_rows(slim.plan)
-        lookup = load_file(str(folder / LOOKUP_TENSORS))
-        for f in (1, 2):  # every id's bucket, as the slim model hashes it; the OOV id alone in bucket 0
-            row = lookup[f"remap.{f}.row"].long()
-            every_id = torch.arange(FIELDS[f].vocab_size).repeat(2, 1).T  # [n_f, 2]: the group's two fields
-            assert torch.equal(row, slim.groups[0].bucket(every_id)[:, f - 1])
-            assert row[0] == 0 and bool((row[1:] > 0).all()) and len(row.unique()) <= buckets[f]
+        assert not lookup_names  # buckets are computed from the id: no remap to store
+        _, lookup = load_torchrec(folder)
+        group = next(g for g in slim.groups if g.kind == "hashed")
+        assert [(f["hash_a"], f["hash_b"]) for f in meta["fields"][1:]] == list(
+            zip(group.hash_a.tolist(), group.hash_b.tolist(), strict=True)
+        )
+        ids = _every_id(slim)
+        tables, rows = lookup.remap(ids)
+        # every id's bucket, as the slim model hashes it; the OOV id alone in bucket 0
+        assert torch.equal(rows[:, 1:], group.bucket(ids[:, 1:])) and bool(
+            (tables[:, 1:] == torch.tensor([1, 2])).all()
+        )
+        assert bool((rows[:, 1:][ids[:, 1:] == 0] == 0).all()) and bool((rows[:, 1:][ids[:, 1:] > 0] > 0).all())
     if case == "qr":  # the 3-id field keeps its table; the others: 40 / 4 and 500 / 4 quotient rows, 4 remainder
         assert ids_kinds == ["direct", "qr", "qr"] and widths == {0: [8], 1: [8, 8], 2: [8, 8]}
         assert [(t["name"], t["num_embeddings"]) for t in meta["tables"]] == [
@@ -170,7 +177,7 @@ def test_each_kind_is_laid_out_as_documented(exported):
         assert [(f.get("collisions"), f.get("combine")) for f in meta["fields"]] == [(None, None), *[(4, "mult")] * 2]
         assert not lookup_names  # an id's rows are its quotient and remainder: no remap to store
     for f, kind in enumerate(ids_kinds):
-        if kind in ("remapped", "hashed"):
+        if kind == "remapped":
             table, row = (load_file(str(folder / LOOKUP_TENSORS))[f"remap.{f}.{p}"] for p in ("table", "row"))
             assert table.dtype == torch.int8 and row.dtype == torch.int32 and len(table) == FIELDS[f].vocab_size
 
@@ -188,6 +195,8 @@ def test_bytes_are_reported_against_the_slim_model(exported):
     assert [c.name for c in export.configs] == [t["name"] for t in meta["tables"]]
     if case in ("full", "cut", "mde"):  # dense: the same values, projections included, and no remap
         assert export.total_bytes == export.slim_bytes and export.remap_bytes == 0
+    if case in ("hash", "qr"):  # rows computed from the id: the slim rows alone (the hash's a and b go in the JSON)
+        assert export.remap_bytes == 0 and export.total_bytes == sum(slim.plan.kind.stored_rows(slim.plan)) * 4 * DIM
 
 
 def _resign(folder: Path) -> None:
@@ -273,23 +282,15 @@ def test_resigned_edits_are_refused_naming_the_file_and_field(ragged_export):
     load_torchrec(ragged_export)  # restored: loads again
 
 
-def test_a_hashed_fields_remap_is_checked_on_load(tmp_path):
+@pytest.mark.parametrize(("key", "value"), [("hash_a", 0), ("hash_b", 2**31 - 1), ("hash_a", None), ("hash_b", "1")])
+def test_a_hashed_fields_hash_parameters_are_checked_on_load(key, value, tmp_path):
     export_torchrec(_model("hash").embedding.export(), tmp_path / "torchrec")
-    original = (tmp_path / "torchrec" / LOOKUP_TENSORS).read_bytes()
-    edits = {
-        "row": (lambda t: t["remap.2.row"].fill_(450), r"need buckets in \[0, 450\)"),
-        "table": (lambda t: t["remap.2.table"].fill_(-1), "read its table 0"),
-    }
-    for part, (change, message) in edits.items():
-        tensors = load_file(str(tmp_path / "torchrec" / LOOKUP_TENSORS))
-        change(tensors)
-        save_file(tensors, str(tmp_path / "torchrec" / LOOKUP_TENSORS))
-        _resign(tmp_path / "torchrec")
-        with pytest.raises(ModelFileError, match=rf"tensor 'remap\.2\.{part}': a hashed field's ids {message}"):
-            load_torchrec(tmp_path / "torchrec")
-        (tmp_path / "torchrec" / LOOKUP_TENSORS).write_bytes(original)
-        _resign(tmp_path / "torchrec")
-    load_torchrec(tmp_path / "torchrec")  # restored: loads again
+    meta = json.loads((tmp_path / "torchrec" / TORCHREC_JSON).read_text())
+    meta["fields"][2][key] = value
+    (tmp_path / "torchrec" / TORCHREC_JSON).write_text(json.dumps(meta))
+    _resign(tmp_path / "torchrec")
+    with pytest.raises(ModelFileError, match=r"field 'fields\[2\]': a field of ids 'hashed' has one table .*hash_a in"):
+        load_torchrec(tmp_path / "torchrec")
 
 
 #: PEP's pruned rows have no exact int8 TorchRec layout (refused below); every other case exports in both

@@ -24,9 +24,10 @@ one field each; a table of width ``w < d`` is read as its ``w`` values followed 
 - ``compact`` (PEP's other layout, the same rows indexed by stored row): its rows are decoded to CSR's
   (:meth:`~embdim.slim.CompactGroup.to_csr`) and exported as ``csr``; a TorchRec table has a row per
   kept id either way, so the export is as large for both.
-- ``hashed`` (the hashing trick): a hashed field is one table of its ``m_f`` bucket rows, and its remap
-  gives every id its bucket (the hash is computed once, at export; ids share rows: ``ids: "hashed"``); its
-  plain fields are ``dense``.
+- ``hashed`` (the hashing trick): a hashed field is one table of its ``m_f`` bucket rows (``ids:
+  "hashed"``, with its hash's ``hash_a`` and ``hash_b``); an id's bucket is computed at lookup by the slim
+  model's integer hash (:func:`~embdim.slim.hashed_buckets`), so there is no remap and the export is as
+  small as the slim model. Its plain fields are ``dense``.
 - ``qr`` (quotient-remainder): a compressed field is two tables, ``f<f>_w<d>_q`` of its ``ceil(n_f / c_f)``
   quotient rows and ``f<f>_w<d>_r`` of its ``c_f`` remainder rows (``ids: "qr"``, with ``collisions`` c_f
   and ``combine``); id ``i`` is looked up in both, at rows ``i // c_f`` and ``i % c_f``, and the two pooled
@@ -45,7 +46,7 @@ between kept values have no exact code.
 A field whose rows fall into several tables (or whose rows are not all kept) ships an id remap: for each
 id, its table among the field's tables (``int8``, ``int16`` beyond 127 tables; ``-1``: the row stores
 nothing and embeds to zeros) and its row in that table (``int32``, ``int64`` beyond 2**31 rows); each row
-of a remapped field belongs to one id, while a hashed field's ids share them. A field with one table
+of a remapped field belongs to one id. A field with one table
 holding every row in id order needs none (``ids: "direct"``); a field storing nothing has no table
 (``ids: "zero"``).
 
@@ -56,7 +57,8 @@ The export folder (``torchrec.json`` + two safetensors files, no pickle):
 - ``lookup.safetensors``: ``remap.<field>.table`` / ``remap.<field>.row`` ``[n_f]`` for remapped fields,
   ``projection.<p>`` float32 ``[F_p, w, d]`` for projected fields;
 - ``torchrec.json``: ``dim``, ``fields`` (name, ``vocab_size``, its ``tables``, ``ids``: ``direct`` |
-  ``remapped`` | ``hashed`` | ``qr`` (with ``collisions`` and ``combine``) | ``zero``), ``tables``
+  ``remapped`` | ``hashed`` (with ``hash_a`` and ``hash_b``) | ``qr`` (with ``collisions`` and ``combine``) |
+  ``zero``), ``tables``
   (``name``, ``feature_name``, ``num_embeddings``, ``embedding_dim``, ``pooling``, ``field``,
   ``field_name``, ``width``), ``projections`` (``name``, ``fields``, ``width``),
   ``bytes``, and the SHA-256 of both other files and of itself, verified on load like a model folder
@@ -112,10 +114,11 @@ from embdim.slim import (
     QRGroup,
     RaggedGroup,
     SlimEmbedding,
+    hashed_buckets,
     project_fields,
     read_safetensors,
 )
-from embdim.storage import ROW_WISE, offset_dtype
+from embdim.storage import HASH_PRIME, MIN_BUCKETS, ROW_WISE, offset_dtype
 from embdim.tensorfile import write_tensors
 
 FORMAT_VERSION = 1
@@ -123,13 +126,11 @@ TORCHREC_JSON = "torchrec.json"
 TABLES_TENSORS = "tables.safetensors"
 LOOKUP_TENSORS = "lookup.safetensors"
 TORCHREC_FILES = frozenset({TORCHREC_JSON, TABLES_TENSORS, LOOKUP_TENSORS})
-#: how a field's ids reach its tables (``hashed``: remapped to rows that ids share)
+#: how a field's ids reach its tables (``hashed`` and ``qr``: rows computed from the id, shared by ids)
 DIRECT, REMAPPED, HASHED, QR, ZERO = "direct", "remapped", "hashed", "qr", "zero"
 #: a qr field's two tables: table_name(f, d) plus these suffixes, quotient first
 QR_PARTS = ("_q", "_r")
 QR_COMBINE = ("mult", "add")
-#: field kinds whose ids go through a remap
-THROUGH_REMAP = (REMAPPED, HASHED)
 #: TorchRec's data type of a table per stored precision (fp16 and int8: its quantised collection)
 DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16, ROW_WISE: DataType.INT8}
 #: bytes between the starts of two rows of a quantised table: 1, rows back to back (TorchRec's default of
@@ -234,7 +235,8 @@ class _Split:
         self.tables: dict[int, list[tuple[TableInfo, torch.Tensor]]] = {f: [] for f in range(plan.num_fields)}
         self.remaps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.projections: list[tuple[tuple[int, ...], torch.Tensor]] = []
-        self.hashed: set[int] = set()
+        #: hashed fields: their hash's a and b
+        self.hashed: dict[int, tuple[int, int]] = {}
         #: qr fields: their collisions c_f and how their two rows combine
         self.qr: dict[int, tuple[int, str]] = {}
         #: an int8 table's float16 scale and bias per row ``[rows]`` twice, by table name
@@ -265,20 +267,14 @@ class _Split:
             self.projections.append((group.field_ids, group.projection.detach().cpu()))
 
     def _hashed(self, group: HashedGroup) -> None:
-        """One table per field of its bucket rows; the remap sends every id to its bucket, in table 0."""
+        """One table per field of its bucket rows, and the field's hash parameters."""
         weight = group.weight.detach().cpu()
-        for j, (f, n, m) in enumerate(zip(group.field_ids, group.rows, group.buckets, strict=True)):
+        for j, (f, m) in enumerate(zip(group.field_ids, group.buckets, strict=True)):
             start = int(group.table_offsets[j])
             info = TableInfo(table_name(f, group.dim), f, self.plan.field_names[f], group.dim, m)
             self.tables[f].append((info, weight[start : start + m]))
             self._keep_row_params(info, group, slice(start, start + m))
-            device = group.weight.device
-            ids = torch.zeros(n, len(group.field_ids), dtype=torch.long, device=device)
-            ids[:, j] = torch.arange(n, device=device)  # this field's every id (the other columns are unused)
-            buckets = group.bucket(ids)[:, j].cpu()
-            row_dtype = getattr(torch, offset_dtype(m).name)
-            self.remaps[f] = (torch.zeros(n, dtype=remap_table_dtype(1)), buckets.to(row_dtype))
-            self.hashed.add(f)
+            self.hashed[f] = (int(group.hash_a[j]), int(group.hash_b[j]))
 
     def _qr(self, group: QRGroup) -> None:
         """Two tables per field, its quotient rows and its remainder rows, as the slim group stores them."""
@@ -456,6 +452,7 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
                 "tables": [info.name for info, _ in split.tables[f]],
                 "ids": split.ids_kind(f),
                 **({"collisions": split.qr[f][0], "combine": split.qr[f][1]} if f in split.qr else {}),
+                **({"hash_a": split.hashed[f][0], "hash_b": split.hashed[f][1]} if f in split.hashed else {}),
             }
             for f, (name, n) in enumerate(zip(plan.field_names, plan.vocab_sizes, strict=True))
         ],
@@ -475,8 +472,8 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
 class TorchRecLayout:
     """An export's structure, read from ``torchrec.json``: tables in collection order, each field's ids
     (``direct`` | ``remapped`` | ``hashed`` | ``qr`` | ``zero``) and tables, the projections (name, fields,
-    width), the tables' precision (``fp32`` | ``fp16`` | ``int8``), and each qr field's collisions and
-    combine."""
+    width), the tables' precision (``fp32`` | ``fp16`` | ``int8``), each qr field's collisions and combine,
+    and each hashed field's hash parameters."""
 
     dim: int
     field_names: list[str]
@@ -487,6 +484,7 @@ class TorchRecLayout:
     projections: list[tuple[str, tuple[int, ...], int]]
     precision: str = "fp32"
     qr: dict[int, tuple[int, str]] = dataclasses.field(default_factory=dict)
+    hashed: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], where: Path) -> TorchRecLayout:
@@ -527,7 +525,7 @@ class TorchRecLayout:
         index = {t.name: k for k, t in enumerate(tables)}
         if len(index) != len(tables):
             raise fail("tables", "a table name repeats")
-        names, vocab, kinds, field_tables, qr = [], [], [], [], {}
+        names, vocab, kinds, field_tables, qr, hashed = [], [], [], [], {}, {}
         for f, entry in enumerate(raw_fields):
             ok = isinstance(entry, dict) and isinstance(entry.get("name"), str) and _is_int(entry.get("vocab_size"))
             ok = ok and entry["vocab_size"] >= 1 and entry.get("ids") in (DIRECT, REMAPPED, HASHED, QR, ZERO)
@@ -547,8 +545,17 @@ class TorchRecLayout:
                 raise fail(f"fields[{f}]", f"a field of ids 'direct' has one table of its {n} rows")
             if kind == REMAPPED and not mine:
                 raise fail(f"fields[{f}]", "a field of ids 'remapped' has tables")
-            if kind == HASHED and len(mine) != 1:
-                raise fail(f"fields[{f}]", "a field of ids 'hashed' has one table of its buckets")
+            if kind == HASHED:
+                a, b = entry.get("hash_a"), entry.get("hash_b")
+                valid = len(mine) == 1 and tables[mine[0]].num_embeddings >= MIN_BUCKETS
+                if not (valid and _is_int(a) and _is_int(b) and 1 <= a < HASH_PRIME and 0 <= b < HASH_PRIME):
+                    raise fail(
+                        f"fields[{f}]",
+                        f"a field of ids 'hashed' has one table of at least {MIN_BUCKETS} buckets, hash_a in "
+                        f"[1, {HASH_PRIME}) and hash_b in [0, {HASH_PRIME}) (an export written before they were "
+                        "stored: export the bundle again)",
+                    )
+                hashed[f] = (a, b)
             if kind == QR:
                 qr[f] = _qr_field(entry, [tables[k] for k in mine], dim, lambda m, f=f: fail(f"fields[{f}]", m))
             elif any(not tables[k].name.endswith(f"_w{tables[k].width}") for k in mine):
@@ -573,7 +580,7 @@ class TorchRecLayout:
                 )
             projected.update(fields)
             projections.append((entry["name"], tuple(fields), entry["width"]))
-        return cls(dim, names, vocab, kinds, field_tables, tables, projections, precision, qr)
+        return cls(dim, names, vocab, kinds, field_tables, tables, projections, precision, qr, hashed)
 
     def check_tables(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
         """Exactly one weight of finite values per table: float32 ``[num_embeddings, width]``, or for fp16
@@ -601,14 +608,13 @@ class TorchRecLayout:
                 raise ModelFileError(f"{where}: tensor '{key}': holds non-finite values")
 
     def check_lookup(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
-        """Remaps of remapped fields (every id to a table of the field or -1, each table's rows taken once;
-        a hashed field's ids to buckets of its one table, shared)
+        """Remaps of remapped fields (every id to a table of the field or -1, each table's rows taken once)
         and projections ``[F_p, w, d]`` of finite float32."""
         want = {f"projection.{name}" for name, _, _ in self.projections}
         want |= {
             f"remap.{f}.{part}"
             for f, kind in enumerate(self.field_ids)
-            if kind in THROUGH_REMAP
+            if kind == REMAPPED
             for part in ("table", "row")
         }
         if extra := sorted(set(tensors) - want):
@@ -625,7 +631,7 @@ class TorchRecLayout:
             if not all_finite(proj):
                 raise ModelFileError(f"{where}: tensor '{key}': holds non-finite values")
         for f, kind in enumerate(self.field_ids):
-            if kind not in THROUGH_REMAP:
+            if kind != REMAPPED:
                 continue
             n, mine = self.vocab_sizes[f], self.field_tables[f]
             table, row = tensors[f"remap.{f}.table"], tensors[f"remap.{f}.row"]
@@ -640,15 +646,6 @@ class TorchRecLayout:
             table, row = table.long(), row.long()
             if bool(((table < -1) | (table >= len(mine))).any()):
                 raise ModelFileError(f"{where}: tensor 'remap.{f}.table': a value outside [-1, {len(mine)})")
-            if kind == HASHED:  # every id reads a bucket of the field's one table; ids share buckets
-                buckets = self.tables[mine[0]].num_embeddings
-                if bool((table != 0).any()):
-                    raise ModelFileError(f"{where}: tensor 'remap.{f}.table': a hashed field's ids read its table 0")
-                if bool(((row < 0) | (row >= buckets)).any()):
-                    raise ModelFileError(
-                        f"{where}: tensor 'remap.{f}.row': a hashed field's ids need buckets in [0, {buckets})"
-                    )
-                continue
             stored = table >= 0
             counts = torch.tensor([self.tables[k].num_embeddings for k in mine], dtype=torch.long)
             t, r = table[stored], row[stored]
@@ -741,7 +738,7 @@ class TorchRecEmbedding(nn.Module):
         self.num_tables = num_tables = len(layout.tables)
         self.feature_names = [t.name for t in layout.tables]
         direct = [f for f, kind in enumerate(layout.field_ids) if kind == DIRECT]
-        remapped = [f for f, kind in enumerate(layout.field_ids) if kind in THROUGH_REMAP]
+        remapped = [f for f, kind in enumerate(layout.field_ids) if kind == REMAPPED]
         self.register_buffer("direct_fields", torch.tensor(direct, dtype=torch.long), persistent=False)
         direct_tables = [layout.field_tables[f][0] for f in direct]
         self.register_buffer("direct_tables", torch.tensor(direct_tables, dtype=torch.long), persistent=False)
@@ -778,6 +775,20 @@ class TorchRecEmbedding(nn.Module):
         self.register_buffer("qr_quotient_tables", torch.tensor(quotient_tables, dtype=torch.long), persistent=False)
         self.register_buffer("qr_remainder_tables", torch.tensor(remainder_tables, dtype=torch.long), persistent=False)
         self.register_buffer("qr_mult", torch.tensor([layout.qr[f][1] == "mult" for f in qr]), persistent=False)
+        # hashed fields: an id reads its bucket of the field's one table, hashed as the slim model hashes it
+        hashed = sorted(layout.hashed)
+        self.register_buffer("hashed_fields", torch.tensor(hashed, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "hashed_tables",
+            torch.tensor([layout.field_tables[f][0] for f in hashed], dtype=torch.long),
+            persistent=False,
+        )
+        for name, values in (
+            ("hash_a", [layout.hashed[f][0] for f in hashed]),
+            ("hash_b", [layout.hashed[f][1] for f in hashed]),
+            ("hash_buckets", [layout.tables[layout.field_tables[f][0]].num_embeddings for f in hashed]),
+        ):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.long), persistent=False)
         self.register_buffer("columns", self._columns(), persistent=False)
         table_starts = np.cumsum([0, *(t.width for t in layout.tables)])
         #: per projection, where each of its fields' columns start in the pooled values
@@ -817,6 +828,11 @@ class TorchRecEmbedding(nn.Module):
             flat = ids[:, self.remap_fields] + self.remap_starts
             tables[:, self.remap_fields] = self.remap_table[flat].long()
             rows[:, self.remap_fields] = self.remap_row[flat].long()
+        if len(self.hashed_fields):
+            tables[:, self.hashed_fields] = self.hashed_tables
+            rows[:, self.hashed_fields] = hashed_buckets(
+                ids[:, self.hashed_fields], self.hash_a, self.hash_b, self.hash_buckets
+            )
         if len(self.qr_fields):
             tables[:, self.qr_fields] = self.qr_quotient_tables
             rows[:, self.qr_fields] = torch.div(ids[:, self.qr_fields], self.qr_collisions, rounding_mode="floor")
