@@ -155,6 +155,19 @@ def test_stale_runs_are_named_and_rerun_on_request(tmp_path):
         assert json.loads((kept / "result.json").read_text())["test_auc"] in set(first["test_auc"])
 
 
+def test_a_finished_sweep_resumed_with_other_threads_or_progress_trains_nothing_again(tmp_path):
+    cfg, base = load_bench(write_bench(tmp_path, methods=["full"], budgets=[0.5], seeds=[1]))
+    first = run_bench(cfg, base)
+    finished = {p: p.stat().st_mtime_ns for p in (bench_dir(cfg) / "runs").glob("*/result.json")}
+    # what --jobs 2 adds to every run: how it executes, not what it trains
+    resumed, _ = load_bench(write_bench(tmp_path, methods=["full"], budgets=[0.5], seeds=[1]), ["train.threads=1"])
+    resumed = resumed.model_copy(update={"overrides": [*resumed.overrides, "train.progress=true"]})
+    again = run_bench(resumed, base, rerun_stale=True)
+    assert again["test_auc"].to_list() == first["test_auc"].to_list() and (again["status"] == "done").all()
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not trained again, nor moved aside
+    assert not (bench_dir(cfg) / "stale").exists()
+
+
 @pytest.mark.parametrize(
     "change, key",
     [({"methods": ["nope"]}, "methods"), ({"budgets": [-0.5]}, "budgets.0.value"), ({"bogus": 1}, "bogus")],

@@ -69,24 +69,31 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The dotted keys whose values differ, as ``key: stored -> current`` (``(absent)`` where a side lacks it)."""
+#: keys that say how a run is executed, not what it trains: a run folder resumes, and a sweep keeps its finished
+#: runs, whatever they are set to (``--jobs`` sets both; the thread count changes float rounding, not the run)
+RUN_SETTINGS = frozenset({"train.threads", "train.progress"})
+
+
+def config_changes(stored: dict[str, Any], current: dict[str, Any], ignore: frozenset[str] = frozenset()) -> list[str]:
+    """The dotted keys whose values differ, as ``key: stored -> current`` (``(absent)`` where a side lacks it),
+    the keys in ``ignore`` left out."""
     old, new = _flat(stored), _flat(current)
     return [
         f"{key}: {old.get(key, _ABSENT)} -> {new.get(key, _ABSENT)}"
-        for key in sorted(old.keys() | new.keys())
+        for key in sorted((old.keys() | new.keys()) - ignore)
         if old.get(key, _ABSENT) != new.get(key, _ABSENT)
     ]
 
 
 def stored_config_changes(cfg: RunConfig, run_dir: Path | None = None) -> list[str]:
-    """How the config stored in the run folder differs from ``cfg`` (empty: same, or no folder yet). Keys a
-    later version added (``train.processes``, say) count as changed only when ``cfg`` moves them off their
-    defaults: the stored config is read as this version would have written it."""
+    """How the config stored in the run folder differs from ``cfg`` (empty: same, or no folder yet), the
+    :data:`RUN_SETTINGS` aside. Keys a later version added (``train.processes``, say) count as changed only
+    when ``cfg`` moves them off their defaults: the stored config is read as this version would have written it."""
     config_path = (Path(run_dir) if run_dir else run_dir_for(cfg)) / CONFIG_FILE
     if not config_path.exists():
         return []
-    return config_changes(_as_written_now(yaml.safe_load(config_path.read_text())), yaml.safe_load(to_yaml(cfg)))
+    stored = _as_written_now(yaml.safe_load(config_path.read_text()))
+    return config_changes(stored, yaml.safe_load(to_yaml(cfg)), RUN_SETTINGS)
 
 
 def _as_written_now(stored: Any) -> Any:
