@@ -527,11 +527,21 @@ def test_a_search_that_falls_short_completes_its_mask_by_margin_and_says_so():
 
 def test_a_drift_scheduled_to_start_after_the_search_ends_is_warned_about_and_one_within_it_is_not():
     late = _layer(pull_start_epochs=10).searcher.schedule_warnings(epochs=2)
-    assert len(late) == 1 and "method.pull_start_epochs=10" in late[0] and "train.epochs=2" in late[0]
+    assert (
+        len(late) == 1
+        and "method.pull_start_epochs=10" in late[0]
+        and "at most 2 (train.epochs, train.max_steps)" in late[0]
+    )
     assert _layer(pull_start_epochs=10).searcher.schedule_warnings(epochs=30) == []
     assert _layer(pull_start_epochs=0.5).searcher.schedule_warnings(epochs=2) == []  # fractions of an epoch
     faithful = {"mode": "faithful", "threshold_lr": None}
     assert _layer(pull_start_epochs=10, **faithful).searcher.schedule_warnings(epochs=2) == []  # no drift
+
+
+def test_a_step_limit_that_ends_the_search_before_the_drift_starts_is_warned_about_too(tmp_path):
+    limited = ["method=pep", "method.fused_threshold=false", "method.pull_start_epochs=1", "train.max_steps=3"]
+    said = run_experiment(small_config(tmp_path, "name=limited", *limited, "train.epochs=5"))["warnings"]
+    assert any("method.pull_start_epochs=1 " in w for w in said)
 
 
 def test_a_run_whose_drift_never_starts_says_so_and_that_its_mask_was_completed_in_its_result(tmp_path):
@@ -582,6 +592,17 @@ class KilledInRetrain(Trainer):
     def after_step(self, p):
         if p.stage_index == 1 and p.step == 7:
             raise KeyboardInterrupt("simulated kill")
+
+
+def test_what_the_search_said_as_it_ended_survives_a_kill_in_retraining(tmp_path):
+    late = ["method=pep", "method.targets=[0.5]", "method.fused_threshold=false", "train.epochs=1"]
+    reference = run_experiment(small_config(tmp_path, "name=ref", *late))
+    cfg = small_config(tmp_path, "name=killed", *late)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, trainer_cls=KilledInRetrain)
+    resumed = run_experiment(cfg)
+    assert any("the search ended at sparsity" in w for w in resumed["warnings"])
+    assert resumed["warnings"] == reference["warnings"]
 
 
 @pytest.mark.slow

@@ -117,7 +117,8 @@ def _warnings(results: pl.DataFrame) -> list[str]:
     if "warnings" not in results.columns:
         return []
     runs_by_message: dict[str, list[str]] = {}
-    for row in results.filter(pl.col("status") == "done").iter_rows(named=True):
+    finished = results.filter(pl.col("status") == "done").unique("run", maintain_order=True)  # one row per precision
+    for row in finished.iter_rows(named=True):
         for message in json.loads(row["warnings"] or "[]"):
             runs_by_message.setdefault(message, []).append(row["run"])
     if not runs_by_message:

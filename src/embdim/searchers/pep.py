@@ -603,10 +603,10 @@ class PEPSearcher(Searcher):
             return []
         return [
             f"pep: the drift starts after method.pull_start_epochs={c.pull_start_epochs:g} search epochs, but a "
-            f"stage trains at most train.epochs={epochs:g}: the thresholds will not prune, and the retrain mask "
-            "will keep the entries of largest margin (about their magnitude); schedule the pull within the "
-            "search (pull_start_epochs and pull_doubling_epochs take fractions of an epoch, as in "
-            "configs/bench/criteo_kaggle_*.yaml)"
+            f"stage trains at most {epochs:g} (train.epochs, train.max_steps): the thresholds prune only as far as "
+            "the loss moves them, and a target they miss is completed with the entries of largest margin (about "
+            "their magnitude); schedule the pull within the search (pull_start_epochs and pull_doubling_epochs "
+            "take fractions of an epoch, as in configs/bench/criteo_kaggle_*.yaml)"
         ]
 
     def stage_done(self, stage: Stage) -> bool:

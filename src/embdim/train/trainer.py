@@ -17,7 +17,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,8 @@ class Progress:
     start_valid_auc: float | None = None  # valid AUC of the state the stage started from (stages after the first)
     lr_drops: int = 0  # plateau schedule: drops so far in this stage
     evals_since_drop: int = 0  # plateau schedule: evaluations without improvement since the last drop
+    #: what the method said as its stages ended (kept: a resumed run does not end those stages again)
+    stage_warnings: list[str] = field(default_factory=list)
 
 
 def training_step(
@@ -592,9 +594,10 @@ class Trainer:
         if self.memory_check:
             self._check_memory()
         self._build()
-        for message in self.searcher.schedule_warnings(self.tc.epochs):
+        for message in self.searcher.schedule_warnings(self._stage_epochs()):
             self.warn(message)
         p = self._resume_or_start()
+        self.warnings += p.stage_warnings  # those of stages a resumed run finished before
         stage_results = self.stage_results
         while p.stage_index < len(self.stages):
             stage = self.stages[p.stage_index]
@@ -612,11 +615,9 @@ class Trainer:
             self._train_stage(p, stage)
             if stage.selection == "best":
                 self._load_weights(self.best_path)
-            with warnings.catch_warnings(record=True) as said:
-                warnings.simplefilter("always")
-                self.searcher.end_stage(stage, self.lookup)
-            for warning in said:  # e.g. a target completed by rank: the result says so too
-                self.warn(str(warning.message))
+            for message in self._end_stage(stage):  # e.g. a target completed by rank: the result says so too
+                self.warn(message)
+                p.stage_warnings.append(message)
             stage_results[stage.name] = self._stage_summary(p, final=p.stage_index == len(self.stages) - 1)
             p = Progress(
                 stage_index=p.stage_index + 1,
@@ -625,9 +626,30 @@ class Trainer:
                 loop_seconds=p.loop_seconds,
                 eval_seconds=p.eval_seconds,
                 train_samples=p.train_samples,
+                stage_warnings=p.stage_warnings,
             )
             self._save_checkpoint(p)
         return self._finish(p, stage_results)
+
+    def _stage_epochs(self) -> float:
+        """The most epochs a stage trains: ``train.epochs``, or fewer where ``train.max_steps`` ends it first."""
+        if self.tc.max_steps is None:
+            return float(self.tc.epochs)
+        return min(float(self.tc.epochs), self.tc.max_steps / self.steps_per_epoch)
+
+    def _end_stage(self, stage: Stage) -> list[str]:
+        """``searcher.end_stage``, returning the warnings embdim's own code raised in it; others (a library's
+        deprecation, say) go on to Python's warning machinery as usual."""
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            self.searcher.end_stage(stage, self.lookup)
+        ours = []
+        for w in said:
+            if issubclass(w.category, UserWarning) and "embdim" in Path(w.filename).parts:
+                ours.append(str(w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return ours
 
     def _check_memory(self) -> None:
         """Refuse a run whose estimate exceeds the free memory (on several processes, rank 0 measures the
