@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import statistics
 import time
@@ -93,10 +92,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    runs = finished_runs(args.bench)
+    if args.runs is not None and (unknown := set(args.runs) - {run.name for run in runs}):
+        raise SystemExit(f"--runs: no finished run {', '.join(sorted(unknown))} in {args.bench / 'runs'}")
     models: dict[str, Recommender] = {}
     rows = []
     test = None
-    for run in finished_runs(args.bench):
+    for run in runs:
         if args.runs is not None and run.name not in args.runs and not run.name.startswith("reference"):
             continue
         bundle = Bundle.load(run / "model")
@@ -116,8 +118,8 @@ def main() -> None:
                     "embedding_bytes": model.embedding.stored_bytes(),
                     "rows_storing_nothing": sum(model.embedding.plan.dropped_features()),
                     "model_bytes": model.embedding.stored_bytes() + network_bytes(model),
-                    "test_auc": roc_auc(test.labels, logits) if args.quality else math.nan,
-                    "test_logloss": log_loss(test.labels, logits) if args.quality else math.nan,
+                    "test_auc": roc_auc(test.labels, logits) if args.quality else None,
+                    "test_logloss": log_loss(test.labels, logits) if args.quality else None,
                 }
             )
             if precision in ("fp32", "int8"):
@@ -180,7 +182,7 @@ def main() -> None:
             speed = "- | - | - | - | - | - | -"
         print(
             f"| {row['run']} | {row['storage']} | {row['precision']} | {row['embedding_bytes']:,} "
-            f"| {row['model_bytes']:,} | {row['test_auc']:.4f} | {row['test_logloss']:.4f} | {speed} |"
+            f"| {row['model_bytes']:,} | {_metric(row['test_auc'])} | {_metric(row['test_logloss'])} | {speed} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
@@ -196,9 +198,14 @@ def print_sizes(rows: list[dict], reference_bytes: int) -> None:
     for row in rows:
         print(
             f"| {row['run']} | {row['storage']} | {row['precision']} | {row['rows_storing_nothing']:,} "
-            f"| {row['embedding_bytes']:,} | {row['embedding_bytes'] / reference_bytes:.3f} | {row['test_auc']:.4f} "
-            f"| {row['test_logloss']:.4f} |"
+            f"| {row['embedding_bytes']:,} | {row['embedding_bytes'] / reference_bytes:.3f} "
+            f"| {_metric(row['test_auc'])} | {_metric(row['test_logloss'])} |"
         )
+
+
+def _metric(value: float | None) -> str:
+    """A test metric to 4 digits, ``-`` when not measured (``--no-quality``)."""
+    return "-" if value is None else f"{value:.4f}"
 
 
 def peak_rss_mib() -> float:

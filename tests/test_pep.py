@@ -546,7 +546,8 @@ def test_a_step_limit_that_ends_the_search_before_the_drift_starts_is_warned_abo
 
 def test_a_run_whose_drift_never_starts_says_so_and_that_its_mask_was_completed_in_its_result(tmp_path):
     late = ["name=late", "method=pep", "method.targets=[0.5]", "method.fused_threshold=false", "train.epochs=1"]
-    result = run_experiment(small_config(tmp_path, *late))
+    result = run_experiment(small_config(tmp_path, *late, "train.threads=1"))
+    assert result["threads"] == 1  # the context of its speed
     said = result["warnings"]
     assert any("method.pull_start_epochs=10" in w for w in said)
     assert any("the search ended at sparsity" in w for w in said)  # the searcher's own warning, kept

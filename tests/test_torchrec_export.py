@@ -364,6 +364,53 @@ def test_a_quotient_remainder_embedding_that_sums_its_rows_exports_exactly_too(t
     with torch.no_grad():
         assert torch.equal(_bits(lookup(ids)), _bits(slim(ids)))
     assert export.total_bytes == export.slim_bytes  # the same rows, and no remap
+    meta = json.loads((tmp_path / "torchrec" / TORCHREC_JSON).read_text())
+    assert {(f["collisions"], f["combine"]) for f in meta["fields"] if f["ids"] == "qr"} == {(7, "add")}
+
+
+def _edit_fields(meta: dict, case: str) -> str:
+    """Break ``meta`` of the ``hash`` or ``qr`` export one way; returns what the error must say."""
+    fields, tables = meta["fields"], meta["tables"]
+    if case == "qr: a bad combine":
+        fields[1]["combine"] = "max"
+        return "combine in"
+    if case == "qr: a narrow table":
+        for t in tables[1:3]:
+            t["width"] = t["embedding_dim"] = 4
+            t["name"] = t["feature_name"] = t["name"].replace("_w8", "_w4")
+        fields[1]["tables"] = [t["name"] for t in tables[1:3]]
+        return "8 wide"
+    if case == "a plain field with quotient and remainder tables":
+        fields[1]["ids"] = "remapped"
+        return "only a field of ids 'qr' has quotient and remainder tables"
+    if case == "hash: a narrow table":
+        tables[1]["width"] = tables[1]["embedding_dim"] = 4
+        tables[1]["name"] = tables[1]["feature_name"] = fields[1]["tables"][0] = "f1_w4"
+        return "8 wide"
+    if case == "hash: another prime":
+        meta["hash_prime"] = 7
+        return "expected 2147483647"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "qr: a bad combine",
+        "qr: a narrow table",
+        "a plain field with quotient and remainder tables",
+        "hash: a narrow table",
+        "hash: another prime",
+    ],
+)
+def test_an_edited_hashed_or_qr_layout_is_refused_naming_the_field(case, tmp_path):
+    export_torchrec(_model("hash" if case.startswith("hash") else "qr").embedding.export(), tmp_path / "torchrec")
+    meta = json.loads((tmp_path / "torchrec" / TORCHREC_JSON).read_text())
+    message = _edit_fields(meta, case)
+    (tmp_path / "torchrec" / TORCHREC_JSON).write_text(json.dumps(meta))
+    _resign(tmp_path / "torchrec")
+    with pytest.raises(ModelFileError, match=re.escape(message)):
+        load_torchrec(tmp_path / "torchrec")
 
 
 def test_a_qr_field_whose_tables_disagree_with_its_collisions_is_refused(tmp_path):

@@ -25,9 +25,11 @@ one field each; a table of width ``w < d`` is read as its ``w`` values followed 
   (:meth:`~embdim.slim.CompactGroup.to_csr`) and exported as ``csr``; a TorchRec table has a row per
   kept id either way, so the export is as large for both.
 - ``hashed`` (the hashing trick): a hashed field is one table of its ``m_f`` bucket rows (``ids:
-  "hashed"``, with its hash's ``hash_a`` and ``hash_b``); an id's bucket is computed at lookup by the slim
-  model's integer hash (:func:`~embdim.slim.hashed_buckets`), so there is no remap and the export is as
-  small as the slim model. Its plain fields are ``dense``.
+  "hashed"``, with its hash's ``hash_a`` and ``hash_b``, and ``hash_prime`` p at the top level); id ``i``
+  reads bucket 0 if ``i == 0`` (the OOV id), else ``1 + ((a * i + b) mod p) mod (m_f - 1)`` in integer
+  arithmetic, as the slim model hashes it (:func:`~embdim.slim.hashed_buckets`). No remap: the export
+  holds the slim model's table bytes (its hash parameters move into the JSON). Its plain fields are
+  ``dense``.
 - ``qr`` (quotient-remainder): a compressed field is two tables, ``f<f>_w<d>_q`` of its ``ceil(n_f / c_f)``
   quotient rows and ``f<f>_w<d>_r`` of its ``c_f`` remainder rows (``ids: "qr"``, with ``collisions`` c_f
   and ``combine``); id ``i`` is looked up in both, at rows ``i // c_f`` and ``i % c_f``, and the two pooled
@@ -43,12 +45,12 @@ the ``w`` values' bytes; int8 a float16 scale, a float16 bias, then ``w`` codes 
 refused: a TorchRec int8 row codes all its columns from one scale and bias, and PEP's pruned zeros
 between kept values have no exact code.
 
-A field whose rows fall into several tables (or whose rows are not all kept) ships an id remap: for each
-id, its table among the field's tables (``int8``, ``int16`` beyond 127 tables; ``-1``: the row stores
-nothing and embeds to zeros) and its row in that table (``int32``, ``int64`` beyond 2**31 rows); each row
-of a remapped field belongs to one id. A field with one table
-holding every row in id order needs none (``ids: "direct"``); a field storing nothing has no table
-(``ids: "zero"``).
+A field whose rows fall into several tables (or whose rows are not all kept; hashed and qr fields aside,
+whose rows are computed from the id) ships an id remap: for each id, its table among the field's tables
+(``int8``, ``int16`` beyond 127 tables; ``-1``: the row stores nothing and embeds to zeros) and its row in
+that table (``int32``, ``int64`` beyond 2**31 rows); each row of a remapped field belongs to one id. A
+field with one table holding every row in id order needs none (``ids: "direct"``); a field storing
+nothing has no table (``ids: "zero"``).
 
 The export folder (``torchrec.json`` + two safetensors files, no pickle):
 
@@ -58,14 +60,13 @@ The export folder (``torchrec.json`` + two safetensors files, no pickle):
   ``projection.<p>`` float32 ``[F_p, w, d]`` for projected fields;
 - ``torchrec.json``: ``dim``, ``fields`` (name, ``vocab_size``, its ``tables``, ``ids``: ``direct`` |
   ``remapped`` | ``hashed`` (with ``hash_a`` and ``hash_b``) | ``qr`` (with ``collisions`` and ``combine``) |
-  ``zero``), ``tables``
-  (``name``, ``feature_name``, ``num_embeddings``, ``embedding_dim``, ``pooling``, ``field``,
-  ``field_name``, ``width``), ``projections`` (``name``, ``fields``, ``width``),
+  ``zero``), ``tables`` (``name``, ``feature_name``, ``num_embeddings``, ``embedding_dim``, ``pooling``,
+  ``field``, ``field_name``, ``width``), ``projections`` (``name``, ``fields``, ``width``), ``hash_prime``,
   ``bytes``, and the SHA-256 of both other files and of itself, verified on load like a model folder
   (:func:`embdim.recommender.verify_folder`); any damage or edit is a :class:`~embdim.errors.ModelFileError`
   naming the file and field.
 
-Serving elsewhere: per (batch row, field), look the id up in its remap (or take the id itself), put it
+Serving elsewhere: per (batch row, field), look the id up in its remap (or take the id itself, or hash it), put it
 as the single id of that bag in the table's feature (every other table of the field gets an empty bag),
 and read the field's vector from the chosen table's pooled columns, zero-padded to ``d`` (or times the
 projection); a ``qr`` field puts ``i // c`` in its quotient table's bag and ``i % c`` in its remainder
@@ -91,6 +92,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -458,6 +460,7 @@ def export_torchrec(slim: SlimEmbedding, folder: str | Path) -> TorchRecExport:
         ],
         "tables": [info.to_dict() | {"data_type": DATA_TYPES[precision].name} for info in infos],
         "projections": projections,
+        "hash_prime": HASH_PRIME,
         "bytes": export.bytes(),
     }
     with staged_folder(Path(folder)) as tmp:
@@ -547,13 +550,15 @@ class TorchRecLayout:
                 raise fail(f"fields[{f}]", "a field of ids 'remapped' has tables")
             if kind == HASHED:
                 a, b = entry.get("hash_a"), entry.get("hash_b")
-                valid = len(mine) == 1 and tables[mine[0]].num_embeddings >= MIN_BUCKETS
+                valid = (
+                    len(mine) == 1 and tables[mine[0]].num_embeddings >= MIN_BUCKETS and tables[mine[0]].width == dim
+                )
                 if not (valid and _is_int(a) and _is_int(b) and 1 <= a < HASH_PRIME and 0 <= b < HASH_PRIME):
                     raise fail(
                         f"fields[{f}]",
-                        f"a field of ids 'hashed' has one table of at least {MIN_BUCKETS} buckets, hash_a in "
-                        f"[1, {HASH_PRIME}) and hash_b in [0, {HASH_PRIME}) (an export written before they were "
-                        "stored: export the bundle again)",
+                        f"a field of ids 'hashed' has one table of at least {MIN_BUCKETS} buckets, {dim} wide, "
+                        f"hash_a in [1, {HASH_PRIME}) and hash_b in [0, {HASH_PRIME}) (an export written before "
+                        "they were stored: export the bundle again)",
                     )
                 hashed[f] = (a, b)
             if kind == QR:
@@ -565,6 +570,8 @@ class TorchRecLayout:
             kinds.append(kind)
             field_tables.append(mine)
         projections, projected = [], set()
+        if hashed and meta.get("hash_prime") != HASH_PRIME:  # the prime the buckets were hashed with
+            raise fail("hash_prime", f"expected {HASH_PRIME}, got {shorten(repr(meta.get('hash_prime')))}")
         raw_projections = meta.get("projections")
         if not isinstance(raw_projections, list):
             raise fail("projections", "expected a list")
@@ -657,7 +664,9 @@ class TorchRecLayout:
                 raise ModelFileError(f"{where}: tensor 'remap.{f}.row': a table row is taken by two ids")
 
 
-def _qr_field(entry: dict[str, Any], tables: list[TableInfo], dim: int, fail: Any) -> tuple[int, str]:
+def _qr_field(
+    entry: dict[str, Any], tables: list[TableInfo], dim: int, fail: Callable[[str], ModelFileError]
+) -> tuple[int, str]:
     """A qr field's ``(collisions, combine)``: two full-width tables, its ``ceil(n / c)`` quotient rows then
     its ``c`` remainder rows, ``2 <= c < n``; ``fail(message)`` is the error to raise otherwise."""
     n, c, combine = entry["vocab_size"], entry.get("collisions"), entry.get("combine")

@@ -784,6 +784,7 @@ class Trainer:
             "reference_dim": self.reference_dim,
             "seed": self.tc.seed,
             "processes": self.tc.processes,
+            "threads": torch.get_num_threads(),  # the speed's context (a resumed run may have changed it)
             "test_auc": test["auc"],
             "test_logloss": test["logloss"],
             "valid_auc": valid["auc"],
