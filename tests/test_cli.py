@@ -27,3 +27,23 @@ def test_options_of_a_reader_and_of_an_unknown_name():
     assert "criteo" in READERS
     result = runner.invoke(app, ["options", "nope"])
     assert result.exit_code == 2 and "no method, model or reader named 'nope'" in result.output
+
+
+def test_warnings_go_to_the_stderr_of_each_command_run_in_one_process(monkeypatch):
+    """A test runner or notebook swaps sys.stderr for each command and closes it after: a warning of a later
+    command must reach that command's stream, not the closed one of the first."""
+    import io
+    import logging
+
+    from embdim.cli import _log_warnings_to_stderr
+
+    logger = logging.getLogger("embdim")
+    for name, value in (("handlers", []), ("propagate", logger.propagate), ("level", logger.level)):
+        monkeypatch.setattr(logger, name, value)  # restored after: other tests see the logger as it was
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    _log_warnings_to_stderr()
+    first.close()
+    monkeypatch.setattr("sys.stderr", second)
+    logger.warning("drift starts late")
+    assert second.getvalue() == "warning: drift starts late\n"

@@ -87,11 +87,24 @@ def _launched_rank() -> int | None:
     return int(os.environ[RANK_ENV]) if launched_world() else None
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a record is emitted: a caller that runs several
+    commands in one process (a test runner, a notebook) swaps and closes the stream between them."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler's __init__ sets it: always sys.stderr instead
+        pass
+
+
 def _log_warnings_to_stderr() -> None:
     """embdim's warnings (``logging.getLogger("embdim")``) as ``warning: ...`` lines on stderr, once."""
     logger = logging.getLogger("embdim")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("warning: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)
