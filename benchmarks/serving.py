@@ -93,21 +93,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     runs = finished_runs(args.bench)
-    if args.runs is not None and (unknown := set(args.runs) - {run.name for run in runs}):
-        raise SystemExit(f"--runs: no finished run {', '.join(sorted(unknown))} in {args.bench / 'runs'}")
+    if args.runs is not None:
+        if unknown := set(args.runs) - {run.name for run in runs}:
+            raise SystemExit(f"--runs: no finished run {', '.join(sorted(unknown))} in {args.bench / 'runs'}")
+        runs = [run for run in runs if run.name in args.runs or run.name.startswith("reference")]
     models: dict[str, Recommender] = {}
     rows = []
     test = None
     for run in runs:
-        if args.runs is not None and run.name not in args.runs and not run.name.startswith("reference"):
-            continue
         bundle = Bundle.load(run / "model")
         result = json.loads((run / "result.json").read_text())
         if test is None:
             test = prepare_dataset(bundle.config, progress=False).splits["test"]
         for precision in PRECISIONS:
             model = with_precision(bundle.model, precision)
-            logits = predict_logits(model, test, 16384) if args.quality else None
+            auc = logloss = None
+            if args.quality:
+                logits = predict_logits(model, test, 16384)
+                auc, logloss = roc_auc(test.labels, logits), log_loss(test.labels, logits)
             name = f"{run.name} {precision}"
             rows.append(
                 {
@@ -118,8 +121,8 @@ def main() -> None:
                     "embedding_bytes": model.embedding.stored_bytes(),
                     "rows_storing_nothing": sum(model.embedding.plan.dropped_features()),
                     "model_bytes": model.embedding.stored_bytes() + network_bytes(model),
-                    "test_auc": roc_auc(test.labels, logits) if args.quality else None,
-                    "test_logloss": log_loss(test.labels, logits) if args.quality else None,
+                    "test_auc": auc,
+                    "test_logloss": logloss,
                 }
             )
             if precision in ("fp32", "int8"):

@@ -132,7 +132,6 @@ TORCHREC_FILES = frozenset({TORCHREC_JSON, TABLES_TENSORS, LOOKUP_TENSORS})
 DIRECT, REMAPPED, HASHED, QR, ZERO = "direct", "remapped", "hashed", "qr", "zero"
 #: a qr field's two tables: table_name(f, d) plus these suffixes, quotient first
 QR_PARTS = ("_q", "_r")
-QR_COMBINE = ("mult", "add")
 #: TorchRec's data type of a table per stored precision (fp16 and int8: its quantised collection)
 DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16, ROW_WISE: DataType.INT8}
 #: bytes between the starts of two rows of a quantised table: 1, rows back to back (TorchRec's default of
@@ -668,11 +667,12 @@ def _qr_field(
     entry: dict[str, Any], tables: list[TableInfo], dim: int, fail: Callable[[str], ModelFileError]
 ) -> tuple[int, str]:
     """A qr field's ``(collisions, combine)``: two full-width tables, its ``ceil(n / c)`` quotient rows then
-    its ``c`` remainder rows, ``2 <= c < n``; ``fail(message)`` is the error to raise otherwise."""
+    its ``c`` remainder rows, ``MIN_BUCKETS <= c < n``; ``fail(message)`` is the error to raise otherwise."""
     n, c, combine = entry["vocab_size"], entry.get("collisions"), entry.get("combine")
-    if not _is_int(c) or not 2 <= c < n or combine not in QR_COMBINE:
+    if not _is_int(c) or not MIN_BUCKETS <= c < n or combine not in QRGroup.COMBINE:
         raise fail(
-            f"a field of ids 'qr' needs collisions in [2, {n}) and combine in {QR_COMBINE}; got {c!r}, {combine!r}"
+            f"a field of ids 'qr' needs collisions in [{MIN_BUCKETS}, {n}) and combine in {QRGroup.COMBINE}; "
+            f"got {c!r}, {combine!r}"
         )
     want = [(QR_PARTS[0], -(-n // c)), (QR_PARTS[1], c)]
     got = [(t.name[-2:], t.num_embeddings) for t in tables]

@@ -256,8 +256,8 @@ class Searcher(nn.Module, ABC):
 
     def schedule_warnings(self, epochs: float) -> list[str]:
         """What the method's own schedules cannot do when each stage trains at most ``epochs`` epochs
-        (``train.epochs``), e.g. a pull that would start after its search has ended; the trainer warns
-        with each before training. Default: nothing."""
+        (``train.epochs``, fewer where ``train.max_steps`` ends a stage first), e.g. a pull that would start
+        after its search has ended; the trainer warns with each before training. Default: nothing."""
         return []
 
     # ------------------------------------------------------------------ hooks: the only state changes
