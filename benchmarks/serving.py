@@ -7,7 +7,8 @@ as a server would load it:
 
 - size and quality at each precision (the bundle's embedding values stored in fp32, fp16, int8 row-wise):
   embedding bytes, whole-model bytes, test AUC and logloss on the cached (encoded) test split;
-- throughput: the model's forward on a batch of 4096 test rows, samples/s;
+- throughput: the model's forward on a batch of 4096 test rows, samples/s, and the embedding lookup alone on
+  that batch (ms, and its share of the forward: the most a faster lookup can gain);
 - latency: the forward on one row at a time, p50 and p99 in milliseconds, interleaved with the other
   models call by call (caches cold, as in a server that holds many models), and p50 with each model
   scoring its rows in a row (caches warm).
@@ -69,6 +70,17 @@ def time_calls(model: Recommender, inputs: list[tuple[torch.Tensor, ...]]) -> li
         model(*args)
         out.append(time.perf_counter() - start)
     return out
+
+
+@torch.no_grad()
+def time_lookups(model: Recommender, ids: torch.Tensor, calls: int) -> float:
+    """Median seconds of the embedding lookup alone (``model.embedding(ids)``) over ``calls`` calls."""
+    out = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        model.embedding(ids)
+        out.append(time.perf_counter() - start)
+    return statistics.median(out)
 
 
 def main() -> None:
@@ -138,6 +150,7 @@ def main() -> None:
     batch = batch_tensors(test, np.arange(min(args.batch, len(test))))[:2]
     batch = tuple(t for t in batch if t is not None)
     batch_seconds: dict[str, list[float]] = {name: [] for name in models}
+    lookup_seconds: dict[str, list[float]] = {name: [] for name in models}
     single_seconds: dict[str, list[float]] = {name: [] for name in models}
     warm_seconds: dict[str, list[float]] = {name: [] for name in models}
     for model in models.values():  # warm-up
@@ -147,6 +160,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for name in gen.permutation(names):  # a new order each round: no model always follows another
             batch_seconds[name].append(statistics.median(time_calls(models[name], [batch] * args.batch_calls)))
+            lookup_seconds[name].append(time_lookups(models[name], batch[0], args.batch_calls))
         # one row at a time, every model on the same row in turn: drift hits every model alike
         singles = [
             tuple(t for t in batch_tensors(test, np.array([i]))[:2] if t is not None)
@@ -167,22 +181,26 @@ def main() -> None:
     print()
     print(
         "| run | storage | precision | embedding bytes | model bytes | test AUC | test logloss "
-        "| samples/s (batch 4096) | x full | p50 ms (1 row) | p99 ms | p50 x full | p50 ms warm | warm x full |"
+        "| samples/s (batch 4096) | x full | lookup ms (batch) | lookup share | p50 ms (1 row) | p99 ms | p50 x full "
+        "| p50 ms warm | warm x full |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         name = f"{row['run']} {row['precision']}"
         if name in models:
-            rate = len(batch[0]) / statistics.median(batch_seconds[name])
+            forward = statistics.median(batch_seconds[name])
+            rate, lookup = len(batch[0]) / forward, statistics.median(lookup_seconds[name])
             p50, p99 = (float(np.percentile(single_seconds[name], q)) for q in (50, 99))
             warm = float(np.percentile(warm_seconds[name], 50))
-            row |= {"samples_per_second": rate, "p50_ms": 1e3 * p50, "p99_ms": 1e3 * p99, "warm_p50_ms": 1e3 * warm}
+            row |= {"samples_per_second": rate, "lookup_ms": 1e3 * lookup, "p50_ms": 1e3 * p50, "p99_ms": 1e3 * p99}
+            row["warm_p50_ms"] = 1e3 * warm
             speed = (
-                f"{rate:,.0f} | {rate / ref_rate:.2f} | {1e3 * p50:.3f} | {1e3 * p99:.3f} | {p50 / ref_p50:.2f} "
+                f"{rate:,.0f} | {rate / ref_rate:.2f} | {1e3 * lookup:.2f} | {lookup / forward:.2f} "
+                f"| {1e3 * p50:.3f} | {1e3 * p99:.3f} | {p50 / ref_p50:.2f} "
                 f"| {1e3 * warm:.3f} | {warm / ref_warm:.2f}"
             )
         else:
-            speed = "- | - | - | - | - | - | -"
+            speed = "- | - | - | - | - | - | - | - | -"
         print(
             f"| {row['run']} | {row['storage']} | {row['precision']} | {row['embedding_bytes']:,} "
             f"| {row['model_bytes']:,} | {_metric(row['test_auc'])} | {_metric(row['test_logloss'])} | {speed} |"

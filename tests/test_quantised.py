@@ -3,6 +3,8 @@ saved quantised model is exactly the one in memory and checks itself like any ot
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -60,6 +62,22 @@ def test_a_quantised_embedding_decodes_close_and_saves_exactly(method, precision
     quantised.save(tmp_path)
     with torch.no_grad():
         assert torch.equal(SlimEmbedding.load(tmp_path)(ids), got)
+
+
+@pytest.mark.parametrize("method", ["full", "mde", "hash", "qr"])
+def test_an_int8_table_reads_its_rows_by_fbgemm_s_fused_call_equal_to_the_portable_decode(method):
+    quantised = _slim(method).with_precision("int8")
+    ids = _all_ids()
+    with torch.no_grad():
+        fused = quantised(ids)
+        portable = torch.jit.trace(quantised, ids)(ids)  # traced: the gather-and-decode every runtime has
+        one_row = quantised(ids[:1])
+    assert torch.equal(fused, portable) and torch.equal(one_row, portable[:1])
+    for group in quantised.groups:  # codes held once: the fused rows (codes, float32 scale and bias) only
+        rows, width = group.weight.shape
+        assert group.weight.untyped_storage().nbytes() == rows * (width + 8)
+    moved = copy.deepcopy(quantised).to("meta")  # moved, the codes are still a view of the fused rows
+    assert all(g.weight.untyped_storage().nbytes() == g.weight.shape[0] * (g.weight.shape[1] + 8) for g in moved.groups)
 
 
 def test_int8_rows_keep_their_extremes_and_constant_rows_decode_exactly():
