@@ -162,7 +162,7 @@ def test_mixed_groups_equal_each_group_padded_and_placed():
     assert torch.equal(out[:, 2], torch.zeros(batch, dim))  # field c: stored by no group
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_dense_tables_of_several_widths_read_packed_exactly_as_group_by_group(precision, tmp_path):
     """A model read from disk whose groups are plain dense tables (DML's cut) is packed into one buffer and
     looked up in one gather; every id of every field, a dropped field included, comes back as before."""
@@ -178,4 +178,9 @@ def test_dense_tables_of_several_widths_read_packed_exactly_as_group_by_group(pr
     assert packed._packed is not None
     ids = torch.stack([torch.arange(7) % n for n in plan.vocab_sizes], 1)
     assert torch.equal(packed(ids), unpacked(ids))
-    assert packed.stored_bytes() == unpacked.stored_bytes() == plan.num_bytes // (2 if precision == "fp16" else 1)
+    assert packed.stored_bytes() == unpacked.stored_bytes() == unpacked.plan.num_bytes
+    # packed in place: every group's values (and int8 scales and biases) are views, nothing is held twice
+    held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in packed.state_dict().values()}
+    assert sum(held.values()) == packed._packed.nbytes + (0 if precision != "int8" else packed._packed_params.nbytes)
+    packed.save(tmp_path / "again")
+    assert torch.equal(SlimEmbedding.load(tmp_path / "again")(ids), packed(ids))

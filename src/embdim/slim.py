@@ -1168,10 +1168,16 @@ class SlimEmbedding(nn.Module):
     Fields that no group holds (dropped entirely) embed to zeros. A model read from disk whose groups are
     all plain dense tables of several widths (DML's cut) is *packed* by :meth:`load`: the tables are views
     of one flat buffer followed by ``d`` zeros, so a lookup reads every field's row as one window of that
-    buffer (a gather and a mask) instead of one gather per group and a reordering (``packed``).
+    buffer (a gather and a mask) instead of one gather per group and a reordering (``packed``: that buffer,
+    and for int8 the tables' scales and biases as views of one float16 ``[2, sum rows]``).
     """
 
-    def __init__(self, plan: EmbeddingPlan, groups: Sequence[SlimGroup], packed: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        plan: EmbeddingPlan,
+        groups: Sequence[SlimGroup],
+        packed: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    ) -> None:
         super().__init__()
         self.plan = plan
         self.dim = plan.dim
@@ -1186,15 +1192,20 @@ class SlimEmbedding(nn.Module):
         for i, g in enumerate(groups):
             self.register_buffer(f"_fields{i}", torch.tensor(g.field_ids, dtype=torch.long), persistent=False)
         self.register_buffer("gather", self._gather_columns(), persistent=False)
-        self._packed = packed
+        self._packed, self._packed_params = packed if packed is not None else (None, None)
         if packed is not None:  # each field's first value in the buffer, its row width, and its kept columns
+            values, params = packed
             base, width = torch.zeros(self.num_fields, dtype=torch.long), torch.zeros(self.num_fields, dtype=torch.long)
+            first_row = torch.zeros(self.num_fields, dtype=torch.long)  # int8: its first row's scale and bias
             for g in groups:
-                start = g.weight.storage_offset() - packed.storage_offset()
+                start = g.weight.storage_offset() - values.storage_offset()
+                param_start = 0 if params is None else g.scale.storage_offset() - params.storage_offset()
                 for f, row in zip(g.field_ids, g.row_offsets.tolist(), strict=True):
                     base[f], width[f] = start + row * g.weight.shape[1], g.weight.shape[1]
+                    first_row[f] = param_start + row
             self.register_buffer("_field_base", base, persistent=False)
             self.register_buffer("_field_width", width, persistent=False)
+            self.register_buffer("_field_first_row", first_row, persistent=False)
             mask = (torch.arange(self.dim) < width.unsqueeze(1)).to(VALUES)
             self.register_buffer("_field_mask", mask, persistent=False)
 
@@ -1221,7 +1232,13 @@ class SlimEmbedding(nn.Module):
         if self._packed is not None and self._packed.device == ids.device:  # (moved elsewhere: the groups read)
             starts = (self._field_base + ids * self._field_width).reshape(-1)
             rows = self._packed.unfold(0, self.dim, 1).index_select(0, starts).view(*ids.shape, self.dim)
-            return (rows.to(VALUES) * self._field_mask).add_(0.0)  # +0.0, never -0.0, where cut (see _prefix)
+            if self._packed_params is None:
+                values = rows.to(VALUES)
+            else:  # int8: each row decoded by its scale and bias, as a group decodes it (the cut columns masked)
+                param_rows = (self._field_first_row + ids).reshape(-1)
+                scale, bias = self._packed_params.index_select(1, param_rows).float().view(2, *ids.shape, 1)
+                values = torch.addcmul(bias, rows.float(), scale)
+            return (values * self._field_mask).add_(0.0)  # +0.0, never -0.0, where cut (see _prefix)
         # one gather of flat columns instead of padding each group to d and reordering fields (fewer copies)
         batch = ids.shape[0]
         parts = []
@@ -1288,22 +1305,30 @@ class SlimEmbedding(nn.Module):
         return cls(plan, groups, _pack_dense(groups, plan))
 
 
-def _pack_dense(groups: list[SlimGroup], plan: EmbeddingPlan) -> torch.Tensor | None:
-    """For plain dense tables (no projection) of a float precision, not already one group of every field:
-    one flat buffer holding every table back to back, then ``dim`` zeros; the tables become views of it."""
+def _pack_dense(groups: list[SlimGroup], plan: EmbeddingPlan) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """For plain dense tables (no projection), not already one group of every field: one flat buffer holding
+    every table back to back, then ``dim`` zeros, and for int8 one float16 ``[2, sum rows]`` holding their scales
+    and then their biases; the tables' values (and scales and biases) become views of them."""
     plain = all(isinstance(g, DenseGroup) and g.projection is None for g in groups)
     one_table = len(groups) == 1 and list(groups[0].field_ids) == list(range(plan.num_fields))
-    if not groups or not plain or one_table or plan.precision == ROW_WISE:
+    if not groups or not plain or one_table:
         return None
     sizes = [g.weight.numel() for g in groups]
     packed = torch.zeros(sum(sizes) + plan.dim, dtype=groups[0].weight.dtype)
-    start = 0
+    int8 = plan.precision == ROW_WISE
+    params = torch.zeros(2, sum(g.weight.shape[0] for g in groups) if int8 else 0, dtype=ROW_PARAMS)
+    start = row = 0
     for group, size in zip(groups, sizes, strict=True):
         view = packed[start : start + size].view_as(group.weight)
         view.copy_(group.weight.detach())
         group.weight = nn.Parameter(view) if isinstance(group.weight, nn.Parameter) else view
         start += size
-    return packed
+        if int8:
+            rows = slice(row, row + group.weight.shape[0])
+            params[0, rows], params[1, rows] = group.scale, group.bias
+            group.scale, group.bias = params[0, rows], params[1, rows]
+            row = rows.stop
+    return packed, params if int8 else None
 
 
 def _check_sizes_match_plan(groups: list[SlimGroup], plan: EmbeddingPlan, where: Path) -> None:
