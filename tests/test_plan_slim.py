@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -170,13 +172,14 @@ def test_dense_tables_of_several_widths_read_packed_exactly_as_group_by_group(pr
     dim = 6
     wide = DenseGroup((2, 0), (5, 3), torch.randn(8, 6, generator=gen), None, dim)
     narrow = DenseGroup((3,), (4,), torch.randn(4, 2, generator=gen), None, dim)
-    plan = EmbeddingPlan("x", list("abcd"), [3, 7, 5, 4], dim, [6, 0, 6, 2])
+    # field b is stored by no group, with more ids than every table has rows: it must still read zeros
+    plan = EmbeddingPlan("x", list("abcd"), [3, 100, 5, 4], dim, [6, 0, 6, 2])
     unpacked = SlimEmbedding(plan, [wide, narrow]).with_precision(precision)
     unpacked.save(tmp_path)
     packed = SlimEmbedding.load(tmp_path)
     unpacked._packed = None  # group by group
     assert packed._packed is not None
-    ids = torch.stack([torch.arange(7) % n for n in plan.vocab_sizes], 1)
+    ids = torch.stack([torch.arange(100) % n for n in plan.vocab_sizes], 1)
     assert torch.equal(packed(ids), unpacked(ids))
     assert packed.stored_bytes() == unpacked.stored_bytes() == unpacked.plan.num_bytes
     # packed in place: every group's values (and int8 scales and biases) are views, nothing is held twice
@@ -184,3 +187,12 @@ def test_dense_tables_of_several_widths_read_packed_exactly_as_group_by_group(pr
     assert sum(held.values()) == packed._packed.nbytes + (0 if precision != "int8" else packed._packed_params.nbytes)
     packed.save(tmp_path / "again")
     assert torch.equal(SlimEmbedding.load(tmp_path / "again")(ids), packed(ids))
+    # converted (or moved), the groups' new tensors are packed again: no stale buffer is read or kept
+    converted = copy.deepcopy(packed).double()
+    assert converted._packed.dtype == converted.groups[0].weight.dtype  # packed again, not the old buffer
+    assert torch.equal(converted(ids), packed(ids))
+    with torch.no_grad():  # field d's table (and int8 scales and biases), read through the packed buffers
+        narrow_group = converted.groups[1]
+        for tensor in (narrow_group.weight, *narrow_group.row_params().values()):
+            tensor.zero_()
+    assert not converted(ids)[:, 3].any() and torch.equal(converted(ids)[:, 0], packed(ids)[:, 0])

@@ -293,12 +293,8 @@ class SlimGroup(nn.Module, ABC):
         (names, dtypes, shapes, index arrays): what :meth:`SlimEmbedding.load` runs before any use."""
 
 
-class _TableRows:
-    """What groups holding a table ``weight [R, w]`` (dense, hashed, QR) share: reading its rows."""
-
-    weight: torch.Tensor
-    precision: str
-    decode: Any
+class _TableGroup(SlimGroup):
+    """A group holding a table ``weight [R, w]`` (dense, hashed, QR): what they share, reading its rows."""
 
     def read(self, rows: torch.Tensor) -> torch.Tensor:
         """Rows ``[...]`` (int64, rows of the table, not ids) -> their values decoded to float32 ``[..., w]``."""
@@ -309,7 +305,7 @@ class _TableRows:
         return self.decode(stored, rows)
 
 
-class DenseGroup(_TableRows, SlimGroup):
+class DenseGroup(_TableGroup):
     """A table ``weight [sum rows, w]``, zero-padded or projected (``projection [F_g, w, d]``) to ``d``; int8
     tables also hold ``scale`` and ``bias`` ``[sum rows]``."""
 
@@ -898,7 +894,7 @@ def hashed_buckets(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, buckets:
     return torch.where(ids == 0, 0, spread + 1)
 
 
-class _SharedRowGroup(_TableRows, SlimGroup):
+class _SharedRowGroup(_TableGroup):
     """Fields whose ids read full-width rows of one table ``weight [R, d]`` that ids share (R: the stored
     rows, :meth:`table_rows`, fields back to back); int8 tables also hold ``scale`` and ``bias`` ``[R]``."""
 
@@ -1051,7 +1047,7 @@ class QRGroup(_SharedRowGroup):
         # both rows of every id in one read [2, B, F_g, d]: one gather (and one int8 decode) instead of two
         quotient, remainder = self.read(
             torch.stack([quotient_rows, torch.remainder(ids, self._c) + self.remainder_offsets])
-        )
+        ).unbind(0)
         return quotient * remainder if self.combine == "mult" else quotient + remainder
 
     def layout(self) -> dict[str, Any]:
@@ -1165,8 +1161,8 @@ def _check_offsets(tensors: dict[str, torch.Tensor], name: str, rows: int, total
 class SlimEmbedding(nn.Module):
     """ids ``[B, F]`` -> embeddings ``[B, F, d]`` from slim storage groups.
 
-    Fields that no group holds (dropped entirely) embed to zeros. A model read from disk whose groups are
-    all plain dense tables of several widths (DML's cut) is *packed* by :meth:`load`: the tables are views
+    Fields that no group holds (dropped entirely) embed to zeros. A model whose groups are all plain dense
+    tables of several widths (DML's cut) is *packed* by :meth:`load` and :meth:`with_precision`: the tables are views
     of one flat buffer followed by ``d`` zeros, so a lookup reads every field's row as one window of that
     buffer (a gather and a mask) instead of one gather per group and a reordering (``packed``: that buffer,
     and for int8 the tables' scales and biases as views of one float16 ``[2, sum rows]``).
@@ -1192,22 +1188,40 @@ class SlimEmbedding(nn.Module):
         for i, g in enumerate(groups):
             self.register_buffer(f"_fields{i}", torch.tensor(g.field_ids, dtype=torch.long), persistent=False)
         self.register_buffer("gather", self._gather_columns(), persistent=False)
+        self._use_packed(packed)
+
+    def _use_packed(self, packed: tuple[torch.Tensor, torch.Tensor | None] | None) -> None:
+        """Read through ``packed`` (see the class docstring), or group by group when ``None``."""
         self._packed, self._packed_params = packed if packed is not None else (None, None)
-        if packed is not None:  # each field's first value in the buffer, its row width, and its kept columns
-            values, params = packed
-            base, width = torch.zeros(self.num_fields, dtype=torch.long), torch.zeros(self.num_fields, dtype=torch.long)
-            first_row = torch.zeros(self.num_fields, dtype=torch.long)  # int8: its first row's scale and bias
-            for g in groups:
-                start = g.weight.storage_offset() - values.storage_offset()
-                param_start = 0 if params is None else g.scale.storage_offset() - params.storage_offset()
-                for f, row in zip(g.field_ids, g.row_offsets.tolist(), strict=True):
-                    base[f], width[f] = start + row * g.weight.shape[1], g.weight.shape[1]
-                    first_row[f] = param_start + row
-            self.register_buffer("_field_base", base, persistent=False)
-            self.register_buffer("_field_width", width, persistent=False)
-            self.register_buffer("_field_first_row", first_row, persistent=False)
-            mask = (torch.arange(self.dim) < width.unsqueeze(1)).to(VALUES)
-            self.register_buffer("_field_mask", mask, persistent=False)
+        if packed is None:
+            return
+        values, params = packed
+        # each field's first value in the buffer, its row width, its first row's int8 scale and bias, and whether
+        # a group holds it (a dropped field reads the buffer's first value and row, then masks them)
+        base, width, first_row, held = (torch.zeros(self.num_fields, dtype=torch.long) for _ in range(4))
+        for g in self.groups:
+            start = g.weight.storage_offset() - values.storage_offset()
+            param_start = 0 if params is None else g.scale.storage_offset() - params.storage_offset()
+            for f, row in zip(g.field_ids, g.row_offsets.tolist(), strict=True):
+                base[f], width[f] = start + row * g.weight.shape[1], g.weight.shape[1]
+                first_row[f], held[f] = param_start + row, 1
+        mask = (torch.arange(self.dim) < width.unsqueeze(1)).to(VALUES)
+        index = {"base": base, "width": width, "first_row": first_row, "held": held, "mask": mask}
+        for name, tensor in index.items():
+            self.register_buffer(f"_field_{name}", tensor.to(values.device), persistent=False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SlimEmbedding:
+        super()._apply(fn, recurse)
+        if self._packed is not None and not self._still_packed():  # moved or converted: pack the new tensors again
+            self._use_packed(_pack_dense(list(self.groups), self.plan))
+        return self
+
+    def _still_packed(self) -> bool:
+        """Whether every group's values (and int8 scales) are still views of the packed buffers."""
+        views = [(g.weight, self._packed) for g in self.groups]
+        if self._packed_params is not None:
+            views += [(g.scale, self._packed_params) for g in self.groups]
+        return all(t.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() for t, b in views)
 
     def _gather_columns(self) -> torch.Tensor:
         """Output column ``f * d + j`` -> its position in the groups' flattened narrow outputs, int64 [F * d].
@@ -1235,8 +1249,8 @@ class SlimEmbedding(nn.Module):
             if self._packed_params is None:
                 values = rows.to(VALUES)
             else:  # int8: each row decoded by its scale and bias, as a group decodes it (the cut columns masked)
-                param_rows = (self._field_first_row + ids).reshape(-1)
-                scale, bias = self._packed_params.index_select(1, param_rows).float().view(2, *ids.shape, 1)
+                param_rows = (self._field_first_row + ids * self._field_held).reshape(-1)
+                scale, bias = self._packed_params.index_select(1, param_rows).float().view(2, *ids.shape, 1).unbind(0)
                 values = torch.addcmul(bias, rows.float(), scale)
             return (values * self._field_mask).add_(0.0)  # +0.0, never -0.0, where cut (see _prefix)
         # one gather of flat columns instead of padding each group to d and reordering fields (fewer copies)
@@ -1314,9 +1328,10 @@ def _pack_dense(groups: list[SlimGroup], plan: EmbeddingPlan) -> tuple[torch.Ten
     if not groups or not plain or one_table:
         return None
     sizes = [g.weight.numel() for g in groups]
-    packed = torch.zeros(sum(sizes) + plan.dim, dtype=groups[0].weight.dtype)
+    device = groups[0].weight.device
+    packed = torch.zeros(sum(sizes) + plan.dim, dtype=groups[0].weight.dtype, device=device)
     int8 = plan.precision == ROW_WISE
-    params = torch.zeros(2, sum(g.weight.shape[0] for g in groups) if int8 else 0, dtype=ROW_PARAMS)
+    params = torch.zeros(2, sum(g.weight.shape[0] for g in groups) if int8 else 0, dtype=ROW_PARAMS, device=device)
     start = row = 0
     for group, size in zip(groups, sizes, strict=True):
         view = packed[start : start + size].view_as(group.weight)
