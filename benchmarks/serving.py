@@ -30,6 +30,7 @@ import json
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,25 +63,14 @@ def network_bytes(model: Recommender) -> int:
 
 
 @torch.no_grad()
-def time_calls(model: Recommender, inputs: list[tuple[torch.Tensor, ...]]) -> list[float]:
-    """Seconds of each forward call, one per input."""
+def time_calls(model: Callable[..., torch.Tensor], inputs: list[tuple[torch.Tensor, ...]]) -> list[float]:
+    """Seconds of each call of ``model`` (a model's forward, or its embedding lookup alone), one per input."""
     out = []
     for args in inputs:
         start = time.perf_counter()
         model(*args)
         out.append(time.perf_counter() - start)
     return out
-
-
-@torch.no_grad()
-def time_lookups(model: Recommender, ids: torch.Tensor, calls: int) -> float:
-    """Median seconds of the embedding lookup alone (``model.embedding(ids)``) over ``calls`` calls."""
-    out = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        model.embedding(ids)
-        out.append(time.perf_counter() - start)
-    return statistics.median(out)
 
 
 def main() -> None:
@@ -160,7 +150,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for name in gen.permutation(names):  # a new order each round: no model always follows another
             batch_seconds[name].append(statistics.median(time_calls(models[name], [batch] * args.batch_calls)))
-            lookup_seconds[name].append(time_lookups(models[name], batch[0], args.batch_calls))
+            lookup = time_calls(models[name].embedding, [batch[:1]] * args.batch_calls)
+            lookup_seconds[name].append(statistics.median(lookup))
         # one row at a time, every model on the same row in turn: drift hits every model alike
         singles = [
             tuple(t for t in batch_tensors(test, np.array([i]))[:2] if t is not None)
