@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from embdim.budget import Budget
 from embdim.data.schema import FieldInfo
-from embdim.registry import SEARCHERS
+from embdim.plugins import SEARCHERS
 from embdim.searchers.mde import MDEConfig, mde_dims
 
 #: Criteo 1TB, C1..C26: distinct values over the 24 days, no frequency threshold.

@@ -13,15 +13,12 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "options", "measures", "ahead", "tensorfile", "registry"),
     ("data", "storage", "plan", "budget", "lookup", "rowwise", "slim", "distributed"),
     ("backends", "searchers", "models"),
-    ("embedding", "recommender", "config", "torchrec_export"),
+    ("plugins", "embedding", "recommender", "config", "torchrec_export"),
     ("train",),
     ("bench", "serve"),
     ("report",),
     ("cli", "__main__", "__init__"),
 ]
-
-#: The deliberate exceptions: the registry imports the built-in plug-ins lazily, on first lookup.
-ALLOWED_UPWARD = {("registry", "data"), ("registry", "models"), ("registry", "searchers")}
 
 
 def _layer(module: str) -> int:
@@ -63,25 +60,23 @@ def test_no_module_imports_one_of_a_higher_layer():
     upward = [
         f"embdim.{src} (layer {_layer(src)}) imports embdim.{dst} (layer {_layer(dst)}) at line {line}"
         for src, dst, line in _imports()
-        if _layer(dst) > _layer(src) and (src.split(".")[0], dst.split(".")[0]) not in ALLOWED_UPWARD
+        if _layer(dst) > _layer(src)
     ]
     assert not upward, "\n".join(upward)
 
 
 def test_the_ground_floor_imports_nothing_above_itself():
-    ground = {m for m in LAYERS[0] if m != "registry"}
-    assert not [(s, d) for s, d, _ in _imports() if s in ground and _layer(d) > 0]
+    assert not [(s, d) for s, d, _ in _imports() if s in LAYERS[0] and _layer(d) > 0]
 
 
-def test_there_is_no_import_cycle_besides_the_registrys_lazy_loading():
+def test_there_is_no_import_cycle():
     graph: dict[str, set[str]] = {}
 
     def resolve(target: str) -> str:  # "data.readers" names data/readers/__init__.py
         return target if target in MODULES else f"{target}.__init__"
 
     for src, dst, _ in _imports():
-        if (src.split(".")[0], dst.split(".")[0]) not in ALLOWED_UPWARD:
-            graph.setdefault(src, set()).add(resolve(dst))
+        graph.setdefault(src, set()).add(resolve(dst))
     state: dict[str, int] = {}  # 1: on the path, 2: done
     cycles = []
 

@@ -18,7 +18,7 @@ from embdim.config import ConfigError
 from embdim.data.schema import FieldInfo
 from embdim.embedding import EmbeddingLayer
 from embdim.plan import EmbeddingPlan
-from embdim.registry import SEARCHERS
+from embdim.plugins import SEARCHERS
 from embdim.report.bench import write_report
 from embdim.report.bench_sizes import (
     frequency_bins,

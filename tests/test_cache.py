@@ -29,7 +29,7 @@ from embdim.data.prepare import PreprocessConfig, key_payload, prepare
 from embdim.data.raw import RawData
 from embdim.data.readers.base import Reader, ReaderOptions
 from embdim.data.readers.table import TableOptions, TableReader
-from embdim.registry import READERS
+from embdim.plugins import READERS
 
 NAME = "tiny"
 ROWS = 300

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from embdim.cli import app
-from embdim.registry import MODELS, READERS, SEARCHERS
+from embdim.plugins import MODELS, READERS, SEARCHERS
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,16 @@ def test_warnings_go_to_the_stderr_of_each_command_run_in_one_process(monkeypatc
     monkeypatch.setattr("sys.stderr", second)
     logger.warning("drift starts late")
     assert second.getvalue() == "warning: drift starts late\n"
+
+
+def test_list_names_every_built_in_plugin_in_a_fresh_process() -> None:
+    # A fresh interpreter: nothing imported the plug-in packages before the command looked them up.
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "embdim", "list"], capture_output=True, text=True, check=True).stdout
+    listed = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    assert set(listed["methods"].split(", ")) >= {"full", "mde", "pep", "dml", "amtl", "mlet", "hash", "qr"}
+    assert set(listed["models"].split(", ")) >= {"fm", "deepfm", "dlrm", "autoint"}
+    readers = {"criteo", "avazu", "movielens_100k", "movielens_1m", "movielens_latest", "frappe", "frappe_libfm"}
+    assert set(listed["readers"].split(", ")) >= readers | {"ipinyou", "libfm", "table", "synthetic"}

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from conftest import REPO_ROOT, TINY_SYNTHETIC
 from embdim.cli import app
 from embdim.config import EmbeddingConfig, LRScheduleConfig, TrainConfig
-from embdim.registry import MODELS, SEARCHERS
+from embdim.plugins import MODELS, SEARCHERS
 
 QUICKSTART = REPO_ROOT / "configs" / "experiments" / "quickstart.yaml"
 

@@ -22,7 +22,7 @@ from embdim.models.layers import (
     FMInteraction,
     MultiHeadSelfAttention,
 )
-from embdim.registry import MODELS
+from embdim.plugins import MODELS
 
 BUILTIN_MODELS = {"fm", "deepfm", "dlrm", "autoint"}
 MODEL_NAMES = MODELS.names()

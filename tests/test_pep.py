@@ -623,7 +623,7 @@ def test_a_run_killed_in_retraining_resumes_with_its_mask_to_the_same_result(tmp
 
 def test_a_budget_csr_offsets_alone_exceed_is_reachable_and_one_below_any_index_is_not():
     from embdim.budget import Budget, BudgetUnreachable
-    from embdim.registry import SEARCHERS
+    from embdim.plugins import SEARCHERS
 
     fields = [FieldInfo("a", 100), FieldInfo("b", 1000)]
     pep = SEARCHERS.get("pep")

@@ -35,7 +35,7 @@ from embdim.data.readers.movielens import (
 )
 from embdim.data.readers.table import TableOptions, TableReader
 from embdim.data.synthetic import SyntheticReader, SyntheticSpec
-from embdim.registry import READERS
+from embdim.plugins import READERS
 
 CHUNK_ROWS = 3
 """Rows per chunk of a chunked read: every sample crosses a few chunk boundaries."""

@@ -189,7 +189,7 @@ def test_every_method_takes_a_budget_in_a_run_as_the_bench_resolves_it(method, t
     from embdim.budget import Budget, BudgetUnreachable
     from embdim.config import resolve_budget
     from embdim.errors import ConfigError
-    from embdim.registry import SEARCHERS
+    from embdim.plugins import SEARCHERS
 
     cfg = small_config(tmp_path, f"method={method}", "method.budget=0.5")
     cls = SEARCHERS.get(method)
@@ -209,7 +209,7 @@ def test_every_method_takes_a_budget_in_a_run_as_the_bench_resolves_it(method, t
 @pytest.mark.parametrize("method", list_searchers())
 def test_a_method_refuses_a_budget_below_its_smallest_plan_before_training_and_takes_one_at_it(method):
     from embdim.budget import LANDING_TOLERANCE, Budget, BudgetUnreachable, uniform_bytes
-    from embdim.registry import SEARCHERS
+    from embdim.plugins import SEARCHERS
 
     cls = SEARCHERS.get(method)
     config = cls.Config()

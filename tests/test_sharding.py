@@ -108,7 +108,7 @@ def test_a_run_on_several_processes_it_cannot_train_is_refused_naming_the_keys(t
 
 
 def test_a_method_that_does_not_shard_is_refused_by_name_before_anything_starts(tmp_path, monkeypatch):
-    from embdim.registry import SEARCHERS
+    from embdim.plugins import SEARCHERS
 
     monkeypatch.setattr(SEARCHERS.get("fixed_widths"), "shardable", False)  # a plug-in that does not opt in
     with pytest.raises(ConfigError, match=r"train\.processes=2: method fixed_widths (.|\n)*those that do: amtl, dml"):
@@ -180,7 +180,7 @@ def test_the_memory_estimate_of_several_processes_counts_the_tables_once_and_the
 
 @pytest.mark.parametrize("method", ["pep", "amtl"])
 def test_the_estimate_counts_a_method_s_sharded_state_once_and_its_replicated_state_per_process(tmp_path, method):
-    from embdim.registry import SEARCHERS
+    from embdim.plugins import SEARCHERS
 
     one = small_config(tmp_path, *EXACT, f"method={method}")
     schema = prepare_dataset(one, progress=False).schema
@@ -382,7 +382,7 @@ METHOD_OPTIONS = {
 def test_every_method_trains_all_its_stages_on_two_processes_resumes_after_a_kill_and_matches_one_process(
     method, tmp_path
 ):
-    from embdim.registry import SEARCHERS
+    from embdim.plugins import SEARCHERS
 
     opts = (*EXACT, *COLUMN_SHARDS, f"method={method}", *METHOD_OPTIONS.get(method, ()), "train.eval_every_steps=3")
     if not SEARCHERS.get(method).shardable:

@@ -28,7 +28,7 @@ from embdim.data.synthetic import (
     rank_weights,
     write_criteo_text,
 )
-from embdim.registry import READERS
+from embdim.plugins import READERS
 
 SMALL = SyntheticSpec(
     cardinalities=[40, 500, 6],

@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from embdim.registry import MODELS, READERS, SEARCHERS
-
 if TYPE_CHECKING:
     from embdim.data.schema import DatasetSchema, FieldInfo
     from embdim.embedding import EmbeddingLayer, create_searcher
@@ -55,16 +53,22 @@ __version__ = "0.1.0"
 
 def list_searchers() -> list[str]:
     """Names of the registered embedding-size methods."""
+    from embdim.plugins import SEARCHERS
+
     return SEARCHERS.names()
 
 
 def list_models() -> list[str]:
     """Names of the registered CTR models."""
+    from embdim.plugins import MODELS
+
     return MODELS.names()
 
 
 def list_readers() -> list[str]:
     """Names of the registered dataset readers."""
+    from embdim.plugins import READERS
+
     return READERS.names()
 
 

@@ -47,7 +47,7 @@ from embdim.budget import LANDING_TOLERANCE, Budget, BudgetUnreachable, uniform_
 from embdim.config import ConfigError, RunConfig, _format_errors, check_folder_name, load_config
 from embdim.errors import DivergedError
 from embdim.options import Options
-from embdim.registry import SEARCHERS
+from embdim.plugins import SEARCHERS
 from embdim.storage import VALUE_PRECISIONS
 
 RESULTS_FILE = "results.csv"

@@ -372,7 +372,7 @@ def generate(
 @user_errors
 def list_plugins() -> None:
     """Registered readers, models and methods."""
-    from embdim.registry import MODELS, READERS, SEARCHERS
+    from embdim.plugins import MODELS, READERS, SEARCHERS
 
     for title, reg in (("readers", READERS), ("models", MODELS), ("methods", SEARCHERS)):
         print(f"{title}: {', '.join(reg.names())}")
@@ -383,7 +383,7 @@ def list_plugins() -> None:
 def options(name: Annotated[str, typer.Argument(help="a registered method, model or reader (embdim list)")]) -> None:
     """The options of a method, model or reader: key, default and what it does (set them in a config
     or as method.KEY=VALUE / model.KEY=VALUE / dataset.options.KEY=VALUE)."""
-    from embdim.registry import MODELS, READERS, SEARCHERS
+    from embdim.plugins import MODELS, READERS, SEARCHERS
 
     kinds = [("method", SEARCHERS, "Config"), ("model", MODELS, "Config"), ("reader", READERS, "Options")]
     found = [(kind, getattr(reg.get(name), attr)) for kind, reg, attr in kinds if name in reg]

@@ -27,8 +27,8 @@ from embdim.distributed import CPU_SHARDING_TYPES
 from embdim.errors import ConfigError, shorten
 from embdim.lookup import FUSABLE_OPTIMIZERS
 from embdim.options import Options
+from embdim.plugins import MODELS, READERS, SEARCHERS
 from embdim.recommender import Precision
-from embdim.registry import MODELS, READERS, SEARCHERS
 
 DEFAULT_DATA_ROOT = Path("..") / "shared" / "datasets"
 SECTION_FOLDERS = {"dataset": "datasets", "model": "models", "method": "methods"}

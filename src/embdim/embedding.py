@@ -19,7 +19,7 @@ from embdim.backends import create_lookup
 from embdim.data.schema import FieldInfo
 from embdim.lookup import DEFAULT_INIT_STD
 from embdim.plan import EmbeddingPlan
-from embdim.registry import SEARCHERS
+from embdim.plugins import SEARCHERS
 from embdim.searchers.base import Embedded, Searcher, SearcherConfig
 from embdim.slim import SlimEmbedding
 

@@ -27,7 +27,7 @@ from embdim.errors import ConfigError, ModelFileError, shorten
 from embdim.lookup import DEFAULT_INIT_STD
 from embdim.models.base import CTRModel, ModelConfig
 from embdim.models.layers import FeaturesLinear, FeatureTable
-from embdim.registry import MODELS
+from embdim.plugins import MODELS
 from embdim.slim import EMBEDDING_JSON, EMBEDDING_TENSORS, SlimEmbedding, read_json, read_safetensors
 from embdim.tensorfile import write_tensors
 

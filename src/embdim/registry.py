@@ -1,12 +1,15 @@
 """Name -> class registries for searchers, models and dataset readers (timm-style).
 
-Register with a decorator, list the names, create by name::
+This module imports nothing of embdim: a plug-in module registers itself with a decorator when it is
+imported, and :mod:`embdim.plugins` (the factory above) imports every built-in one, so look plug-ins
+up through it::
 
-    @SEARCHERS.register("full")
+    @SEARCHERS.register("full")      # in embdim/searchers/full.py, or in a user's module
     class FullSearcher(Searcher): ...
 
-    SEARCHERS.names()            # ['full', 'mde', ...]
-    SEARCHERS.get("full")        # the class
+    from embdim.plugins import SEARCHERS
+    SEARCHERS.names()                # ['amtl', 'dml', 'full', ...]
+    SEARCHERS.get("full")            # the class
 """
 
 from __future__ import annotations
@@ -36,39 +39,18 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
-        _load_builtin_plugins()
         try:
             return self._items[name]
         except KeyError:
             raise KeyError(f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
-        _load_builtin_plugins()
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:
-        _load_builtin_plugins()
         return name in self._items
 
 
 SEARCHERS: Registry = Registry("searcher")
 MODELS: Registry = Registry("model")
 READERS: Registry = Registry("dataset reader")
-
-_loaded = False
-
-
-def _load_builtin_plugins() -> None:
-    """Import the packages whose modules register the built-in plug-ins (once, lazily)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True  # set first: the imported modules call register() on this module
-    try:
-        import embdim.data.readers
-        import embdim.data.synthetic
-        import embdim.models
-        import embdim.searchers  # noqa: F401
-    except BaseException:
-        _loaded = False
-        raise

@@ -46,6 +46,7 @@ from embdim.data.readers.base import NotStreamable, Reader
 from embdim.data.readers.table import TableOptions, TableReader
 from embdim.data.schema import DatasetSchema
 from embdim.errors import ConfigError, ModelFileError, shorten
+from embdim.plugins import READERS
 from embdim.recommender import (
     BUNDLE_CONFIG,
     BUNDLE_FILES,
@@ -57,7 +58,6 @@ from embdim.recommender import (
     load_model,
     staged_folder,
 )
-from embdim.registry import READERS
 from embdim.slim import CompactGroup, RaggedGroup, SlimEmbedding, read_json
 from embdim.storage import VALUE_PRECISIONS
 from embdim.train.evaluate import DEFAULT_BUCKET_EDGES, group_by_frequency, row_frequencies

@@ -30,7 +30,7 @@ from embdim.data.schema import DatasetSchema, FieldInfo
 from embdim.distributed.torchrec_lookup import padded_dim
 from embdim.errors import EmbdimError
 from embdim.models.layers import FeaturesLinear
-from embdim.registry import MODELS, SEARCHERS
+from embdim.plugins import MODELS, SEARCHERS
 from embdim.storage import FLOAT_BYTES
 
 #: Optimizer state per trained value (Adam: first and second moment; Adagrad: the sum of squares).

@@ -22,8 +22,8 @@ from embdim.data.cache import read_schema
 from embdim.data.prepare import STREAM_MIN_BYTES, PreparedData, prepare
 from embdim.distributed.group import Group, join, launched_world, leave
 from embdim.errors import DivergedError, EmbdimError, shorten
+from embdim.plugins import READERS
 from embdim.recommender import Recommender, check_precision, is_bundle
-from embdim.registry import READERS
 from embdim.train.checkpoint import atomic_write_json, atomic_write_text, init_weights_path, load_torch
 from embdim.train.layout import CHECKPOINT_FILE, CONFIG_FILE, DIVERGED, RANKS_DIR, RESULT_FILE, RunFolder
 from embdim.train.trainer import Trainer, build_run_recommender
