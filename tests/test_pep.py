@@ -145,7 +145,7 @@ def test_the_blockwise_sparsity_count_equals_the_whole_table_margins(granularity
         searcher.threshold.copy_(-3.5 + torch.rand_like(searcher.threshold))
     expected = 1.0 - int((searcher.margins(layer.lookup) > 0).sum()) / (N * DIM)
     assert 0.2 < expected < 0.9
-    assert searcher.measure(layer.lookup) == pytest.approx(expected, abs=1e-12)
+    assert searcher.record_sparsity(layer.lookup) == pytest.approx(expected, abs=1e-12)
 
 
 # ---------------------------------------------------------------------- search dynamics
@@ -172,7 +172,7 @@ def test_faithful_search_sparsity_never_decreases_and_saves_masks_at_targets():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sparsities.append(searcher.measure(layer.lookup))
+        sparsities.append(searcher.record_sparsity(layer.lookup))
     assert sparsities[-1] > 0.5 > 0.3 > sparsities[0]  # the thresholds did rise
     assert all(b >= a for a, b in itertools.pairwise(sparsities))
     assert sorted(searcher.masks_) == [0.3, 0.5]
@@ -188,7 +188,7 @@ def _searched_layer(**options) -> tuple[EmbeddingLayer, dict[str, torch.Tensor]]
     with torch.no_grad():  # the search moved weights and thresholds
         _table(layer).add_(0.05 * torch.randn_like(_table(layer)))
     _raise_thresholds(layer, 0.75)
-    layer.searcher.measure(layer.lookup)
+    layer.searcher.record_sparsity(layer.lookup)
     assert 0.7 in layer.searcher.masks_
     return layer, initial
 
@@ -273,9 +273,9 @@ def test_the_drift_starts_where_the_smallest_values_are_whatever_s0():
         searcher: PEPSearcher = layer.searcher
         for step in range(STEPS_PER_EPOCH - 1):
             searcher.on_step(step, layer.lookup)
-        assert float(searcher.drift) == 0.0 and searcher.measure(layer.lookup) == 0.0  # warm-up: nothing pruned
+        assert float(searcher.drift) == 0.0 and searcher.record_sparsity(layer.lookup) == 0.0  # warm-up: nothing pruned
         searcher.on_step(STEPS_PER_EPOCH, layer.lookup)  # the pull starts: 5 % of |v| below the threshold
-        assert searcher.measure(layer.lookup) == pytest.approx(0.05, abs=0.01)
+        assert searcher.record_sparsity(layer.lookup) == pytest.approx(0.05, abs=0.01)
         assert float(searcher.drift) > -s0 - 5  # sigmoid(s0 + drift) is near the table's small |v| (~0.01)
 
 
@@ -354,7 +354,7 @@ def test_every_model_exports_slim_logits_equal_to_the_masked_models(model, tmp_p
     rec = build_recommender(FIELDS, 2, DIM, model, method="pep", method_config={"targets": [0.7]}, init_std=0.1)
     layer = rec.embedding
     _raise_thresholds(layer, 0.75)
-    layer.searcher.measure(layer.lookup)
+    layer.searcher.record_sparsity(layer.lookup)
     layer.searcher.start_stage(_stage(layer.searcher, "retrain"), layer.lookup)
     rec.eval()
     ids, dense = _ids(128, seed=5), torch.randn(128, 2)
@@ -373,7 +373,7 @@ def test_budget_maps_to_a_sparsity_whose_retrained_plan_lands_on_it(budget):
     assert _layer(targets=[], budget=budget).searcher.targets == [target]
     initial = {k: v.clone() for k, v in layer.state_dict().items()}
     _raise_thresholds(layer, min(0.99, target + 0.05))  # overshoot between two measurements
-    searcher.measure(layer.lookup)
+    searcher.record_sparsity(layer.lookup)
     assert searcher.stage_done(_stage(searcher, "search"))
     layer.load_state_dict(initial)
     searcher.start_stage(_stage(searcher, "retrain"), layer.lookup)
@@ -386,7 +386,7 @@ def test_search_is_incomplete_and_patience_off_until_the_last_target():
     layer = _layer(targets=[0.5, 0.9])
     searcher: PEPSearcher = layer.searcher
     _raise_thresholds(layer, 0.6)
-    searcher.measure(layer.lookup)
+    searcher.record_sparsity(layer.lookup)
     search, retrain = searcher.stages()
     assert not searcher.stage_done(search)
     assert not search.patience
@@ -672,7 +672,7 @@ def test_budgets_of_a_few_percent_of_the_bytes_are_reached_in_compact_storage(fr
         _raise_thresholds(layer, target + 0.001)
     else:
         _clustered_thresholds(layer, rows_kept=0.5 * (1 - target) * dim / 4, sparsity=target + 0.001)
-    assert searcher.measure(layer.lookup) >= target and searcher.stage_done(_stage(searcher, "search"))
+    assert searcher.record_sparsity(layer.lookup) >= target and searcher.stage_done(_stage(searcher, "search"))
     layer.load_state_dict(initial)
     searcher.start_stage(_stage(searcher, "retrain"), layer.lookup)
     plan = layer.plan()

@@ -195,9 +195,6 @@ class Lookup(nn.Module, ABC):
         """Row indices into ``spec``'s table for per-field ids ``[B, F]`` -> ``[B, F_t]``."""
         return ids[:, list(spec.field_ids)] + self.get_buffer(f"offsets_{spec.name}")
 
-    def embedding_parameters(self) -> list[nn.Parameter]:
-        return list(self.parameters())
-
     def fuse_optimizer(self, name: str, lr: float) -> FusedTableOptimizer | None:
         """Update the tables with optimizer ``name`` inside the backward pass, if this backend can.
 

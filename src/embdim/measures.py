@@ -30,8 +30,8 @@ def all_finite(tensor: torch.Tensor) -> bool:
     """Whether every value of ``tensor`` is finite (integer and empty tensors are).
 
     One reduction with no temporary the size of the tensor: ``aminmax`` carries a NaN or an infinity
-    into its result, where ``isfinite(t).all()`` allocates the absolute values and two masks, about
-    1.6x the tensor itself (gigabytes for a table of millions of rows, at every check)."""
+    into its result, where ``isfinite(t).all()`` allocates the absolute values and two masks, more than
+    the tensor itself (gigabytes for a table of millions of rows, at every check; BENCHMARKS.md, issue 19)."""
     if not tensor.is_floating_point() or tensor.numel() == 0:
         return True
     low, high = torch.aminmax(tensor.detach())

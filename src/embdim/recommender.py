@@ -45,7 +45,8 @@ Precision = Literal["fp32", "bf16"]
 """The arithmetic of a model's dense part: ``fp32``, or ``bf16`` (autocast; weights and tables stay float32)."""
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 #: Capability flags (``torch.cpu.get_capabilities``) of CPUs with native bfloat16 arithmetic: AVX512_BF16
-#: or AMX-BF16 on x86, BF16 / SVE-BF16 on ARM. Other AVX-512 CPUs only emulate it, about 2x slower than fp32.
+#: or AMX-BF16 on x86, BF16 / SVE-BF16 on ARM. Other AVX-512 CPUs only emulate it, slower than fp32
+#: (BENCHMARKS.md, "bf16 for the dense part").
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
 
 
@@ -180,8 +181,8 @@ def build_recommender(
     :class:`Recommender`).
 
     ``sparse_first_order`` gives the models' ``n x 1`` first-order tables sparse gradients too (with
-    ``sparse``); on CPU that pays only for very large vocabularies (at 1e6 rows coalescing the batch's
-    ids cost more than a dense update of the whole table, see BENCHMARKS.md).
+    ``sparse``); on CPU that pays only for very large vocabularies, where a dense update of the whole
+    table costs more than coalescing the batch's ids (BENCHMARKS.md, training throughput and Criteo scale).
     """
     model_cls = MODELS.get(model)
     if not isinstance(model_config, ModelConfig):

@@ -320,8 +320,8 @@ class DenseGroup(_TableGroup):
 
     def __init__(
         self,
-        field_ids,
-        rows,
+        field_ids: Sequence[int],
+        rows: Sequence[int],
         weight: torch.Tensor,
         projection: torch.Tensor | None,
         dim: int,
@@ -349,7 +349,7 @@ class DenseGroup(_TableGroup):
         return out
 
     @classmethod
-    def from_saved(cls, layout, tensors):
+    def from_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> DenseGroup:
         params = {k: tensors[k] for k in ("scale", "bias") if k in tensors}
         return cls(
             layout["field_ids"], layout["rows"], tensors["weight"], tensors.get("projection"), layout["dim"], params
@@ -368,7 +368,7 @@ class DenseGroup(_TableGroup):
         return torch.full((self.weight.shape[0],), self.weight.shape[1], dtype=torch.long)
 
     @classmethod
-    def check_saved(cls, layout, tensors):
+    def check_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         _expect_names(tensors, {"weight", *_row_param_names(layout)}, {"projection"})
         dim, rows = layout["dim"], sum(layout["rows"])
         weight = _expect_tensor(tensors, "weight", _stored_dtypes(layout), 2)
@@ -395,8 +395,8 @@ class RaggedGroup(SlimGroup):
 
     def __init__(
         self,
-        field_ids,
-        rows,
+        field_ids: Sequence[int],
+        rows: Sequence[int],
         values: torch.Tensor,
         index: dict[str, torch.Tensor],
         dim: int,
@@ -431,7 +431,9 @@ class RaggedGroup(SlimGroup):
         self.register_buffer("_run_param_base", before - run_rows[:-1], persistent=False)
 
     @classmethod
-    def from_dense(cls, field_ids, rows, table: torch.Tensor, lengths: torch.Tensor, dim: int) -> RaggedGroup:
+    def from_dense(
+        cls, field_ids: Sequence[int], rows: Sequence[int], table: torch.Tensor, lengths: torch.Tensor, dim: int
+    ) -> RaggedGroup:
         """From a table ``[sum rows, d]`` and kept prefix lengths ``[sum rows]``, with the smaller index."""
         keep = torch.arange(table.shape[1]) < lengths.unsqueeze(1)
         total = int(lengths.sum())
@@ -484,12 +486,12 @@ class RaggedGroup(SlimGroup):
         starts, sizes, params = self._find(self.global_rows(ids))
         return (self.decode(self._windows(self.padded_values, starts), params) * self._prefix(sizes)).add_(0.0)
 
-    def tensors(self):
+    def tensors(self) -> dict[str, torch.Tensor]:
         index = {name: getattr(self, name) for name in self.index_names}
         return {"values": self.values.detach(), **self.row_params(), **index}
 
     @classmethod
-    def from_saved(cls, layout, tensors):
+    def from_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> RaggedGroup:
         index = {k: v for k, v in tensors.items() if k not in ("values", "scale", "bias")}
         params = {k: tensors[k] for k in ("scale", "bias") if k in tensors}
         return cls(layout["field_ids"], layout["rows"], tensors["values"], index, layout["dim"], params)
@@ -504,7 +506,7 @@ class RaggedGroup(SlimGroup):
         return self.starts_and_sizes(torch.arange(sum(self.rows)))[1]
 
     @classmethod
-    def check_saved(cls, layout, tensors):
+    def check_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         dim, rows = layout["dim"], sum(layout["rows"])
         values = _expect_tensor(tensors, "values", _stored_dtypes(layout), 1)
         params = _row_param_names(layout)
@@ -534,7 +536,14 @@ class CsrGroup(SlimGroup):
     kind = "csr"
 
     def __init__(
-        self, field_ids, rows, values, columns, offsets, dim: int, row_params: dict[str, torch.Tensor] | None = None
+        self,
+        field_ids: Sequence[int],
+        rows: Sequence[int],
+        values: torch.Tensor,
+        columns: torch.Tensor,
+        offsets: torch.Tensor,
+        dim: int,
+        row_params: dict[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__(field_ids, rows, dim)
         self._keep_values("values", values, row_params or {}, pad=dim)
@@ -544,7 +553,9 @@ class CsrGroup(SlimGroup):
             self.register_buffer("_param_rank", _stored_rank(torch.diff(self.offsets.long())), persistent=False)
 
     @classmethod
-    def from_dense(cls, field_ids, rows, table: torch.Tensor, mask: torch.Tensor, dim: int) -> CsrGroup:
+    def from_dense(
+        cls, field_ids: Sequence[int], rows: Sequence[int], table: torch.Tensor, mask: torch.Tensor, dim: int
+    ) -> CsrGroup:
         """From a table ``[sum rows, d]`` and a boolean keep-mask of the same shape."""
         nnz = mask.sum(1)
         offsets = torch.zeros(len(nnz) + 1, dtype=_torch(offset_dtype(int(nnz.sum()))))
@@ -574,11 +585,11 @@ class CsrGroup(SlimGroup):
         out = torch.zeros(*ids.shape, self.dim, dtype=vals.dtype, device=vals.device)
         return out.scatter_add(-1, cols, vals)
 
-    def tensors(self):
+    def tensors(self) -> dict[str, torch.Tensor]:
         return {"values": self.values.detach(), **self.row_params(), "columns": self.columns, "offsets": self.offsets}
 
     @classmethod
-    def from_saved(cls, layout, tensors):
+    def from_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> CsrGroup:
         params = {k: tensors[k] for k in ("scale", "bias") if k in tensors}
         values, columns, offsets = tensors["values"], tensors["columns"], tensors["offsets"]
         return cls(layout["field_ids"], layout["rows"], values, columns, offsets, layout["dim"], params)
@@ -592,7 +603,7 @@ class CsrGroup(SlimGroup):
         return torch.diff(self.offsets.long())
 
     @classmethod
-    def check_saved(cls, layout, tensors):
+    def check_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         _expect_names(tensors, {"values", "columns", "offsets", *_row_param_names(layout)})
         dim, rows = layout["dim"], sum(layout["rows"])
         values = _expect_tensor(tensors, "values", _stored_dtypes(layout), 1)
@@ -662,8 +673,8 @@ class CompactGroup(SlimGroup):
 
     def __init__(
         self,
-        field_ids,
-        rows,
+        field_ids: Sequence[int],
+        rows: Sequence[int],
         values: torch.Tensor,
         index: dict[str, torch.Tensor],
         dim: int,
@@ -715,7 +726,9 @@ class CompactGroup(SlimGroup):
         return store[:, : bitmap_bytes(self.dim)]
 
     @classmethod
-    def from_dense(cls, field_ids, rows, table: torch.Tensor, mask: torch.Tensor, dim: int) -> CompactGroup:
+    def from_dense(
+        cls, field_ids: Sequence[int], rows: Sequence[int], table: torch.Tensor, mask: torch.Tensor, dim: int
+    ) -> CompactGroup:
         """From a table ``[sum rows, d]`` and a boolean keep-mask of the same shape."""
         stored = mask.any(1)
         index = compact_index(torch.nonzero(stored).squeeze(1), mask[stored], len(stored))
@@ -791,11 +804,11 @@ class CompactGroup(SlimGroup):
         """The stored row (rank) of each value ``[nnz]``: what an int8 value's scale and bias are indexed by."""
         return torch.repeat_interleave(torch.arange(self.num_stored), self.row_sizes().cpu())
 
-    def tensors(self):
+    def tensors(self) -> dict[str, torch.Tensor]:
         return {"values": self.values.detach(), **self.row_params(), **self.index()}
 
     @classmethod
-    def from_saved(cls, layout, tensors):
+    def from_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> CompactGroup:
         params = {k: tensors[k] for k in ("scale", "bias") if k in tensors}
         index = {k: tensors[k] for k in cls.INDEX}
         return cls(layout["field_ids"], layout["rows"], tensors["values"], index, layout["dim"], params)
@@ -817,7 +830,7 @@ class CompactGroup(SlimGroup):
 
     # ------------------------------------------------------------------ checks
     @classmethod
-    def check_saved(cls, layout, tensors):
+    def check_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         _expect_names(tensors, {"values", *cls.INDEX, *_row_param_names(layout)})
         dim, num_rows = layout["dim"], sum(layout["rows"])
         lows = _expect_tensor(tensors, "id_lows", (_torch(ID_LOW_DTYPE),), 1)
@@ -907,8 +920,8 @@ class _SharedRowGroup(_TableGroup):
 
     def __init__(
         self,
-        field_ids,
-        rows,
+        field_ids: Sequence[int],
+        rows: Sequence[int],
         table_rows: Sequence[int],
         weight: torch.Tensor,
         dim: int,
@@ -961,8 +974,8 @@ class HashedGroup(_SharedRowGroup):
 
     def __init__(
         self,
-        field_ids,
-        rows,
+        field_ids: Sequence[int],
+        rows: Sequence[int],
         buckets: Sequence[int],
         weight: torch.Tensor,
         hash_a: torch.Tensor,
@@ -993,7 +1006,7 @@ class HashedGroup(_SharedRowGroup):
         return {"weight": self.weight.detach(), **self.row_params(), "hash_a": self.hash_a, "hash_b": self.hash_b}
 
     @classmethod
-    def from_saved(cls, layout, tensors):
+    def from_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> HashedGroup:
         params = {k: tensors[k] for k in ("scale", "bias") if k in tensors}
         fields, rows, buckets, dim = layout["field_ids"], layout["rows"], layout["buckets"], layout["dim"]
         return cls(fields, rows, buckets, tensors["weight"], tensors["hash_a"], tensors["hash_b"], dim, params)
@@ -1004,7 +1017,7 @@ class HashedGroup(_SharedRowGroup):
         return HashedGroup(self.field_ids, self.rows, self.buckets, weight, self.hash_a, self.hash_b, self.dim, encoded)
 
     @classmethod
-    def check_saved(cls, layout, tensors):
+    def check_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         _expect_names(tensors, {"weight", "hash_a", "hash_b", *_row_param_names(layout)})
         buckets = _layout_counts(layout, "buckets")
         cls._check_weight(layout, tensors, sum(buckets), "the fields' buckets")
@@ -1028,8 +1041,8 @@ class QRGroup(_SharedRowGroup):
 
     def __init__(
         self,
-        field_ids,
-        rows,
+        field_ids: Sequence[int],
+        rows: Sequence[int],
         collisions: Sequence[int],
         combine: str,
         weight: torch.Tensor,
@@ -1064,7 +1077,7 @@ class QRGroup(_SharedRowGroup):
         return {"weight": self.weight.detach(), **self.row_params()}
 
     @classmethod
-    def from_saved(cls, layout, tensors):
+    def from_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> QRGroup:
         params = {k: tensors[k] for k in ("scale", "bias") if k in tensors}
         fields, rows, collisions, dim = layout["field_ids"], layout["rows"], layout["collisions"], layout["dim"]
         return cls(fields, rows, collisions, layout["combine"], tensors["weight"], dim, params)
@@ -1075,7 +1088,7 @@ class QRGroup(_SharedRowGroup):
         return QRGroup(self.field_ids, self.rows, self.collisions, self.combine, weight, self.dim, encoded)
 
     @classmethod
-    def check_saved(cls, layout, tensors):
+    def check_saved(cls, layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         _expect_names(tensors, {"weight", *_row_param_names(layout)})
         collisions = _layout_counts(layout, "collisions")
         if layout.get("combine") not in cls.COMBINE:

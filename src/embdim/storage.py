@@ -52,6 +52,10 @@ import numpy as np
 #: Every trained embedding value (and every projection weight) is float32.
 VALUE_DTYPE = np.dtype(np.float32)
 FLOAT_BYTES = VALUE_DTYPE.itemsize
+#: Sizes of the index, counter and float64 arrays that methods and the trainer hold (memory accounting).
+INT32_BYTES = np.dtype(np.int32).itemsize
+INT64_BYTES = np.dtype(np.int64).itemsize
+FLOAT64_BYTES = np.dtype(np.float64).itemsize
 
 #: How a plan's kept values are stored, by its ``precision``.
 VALUE_PRECISIONS: dict[str, np.dtype] = {
@@ -359,11 +363,6 @@ class CsrStorage(StorageKind):
         return VALUE_PRECISIONS[precision].itemsize + column_dtype(dim).itemsize
 
     @staticmethod
-    def offsets_bytes(num_rows: int, num_values: int) -> int:
-        """The row offsets ``[num_rows + 1]`` into ``num_values`` values."""
-        return (num_rows + 1) * offset_dtype(num_values).itemsize
-
-    @staticmethod
     def layout_bytes(
         num_rows: int,
         stored_rows: np.ndarray | int,
@@ -409,9 +408,9 @@ class CompactStorage(StorageKind):
 
     - a binary search in the stored rows' ids rather than a bit per row with a count per block of rows (a
       rank index): finding a rank in the bits (the block's count plus the set bits before the row) takes
-      about three times the tensor operations of a search, which made a one-row lookup twice as slow as
-      CSR's. Saved whole (four bytes per stored row), the ids would be the larger index wherever more than
-      about one row in twenty stores something; a byte per stored row under a count per block of rows is
+      several times the tensor operations of a search, which made a one-row lookup slower than CSR's.
+      Saved whole (four bytes per stored row), the ids would be the larger index wherever more than about
+      one row in twenty stores something; a byte per stored row under a count per block of rows is
       smaller than the bits wherever fewer than about one row in six does (PEP's highest sparsities,
       where frequent ids keep values and rare ones none), and where more do, the bits would save at most
       a few percent of the plan's bytes;

@@ -120,7 +120,7 @@ from embdim.slim import (
     project_fields,
     read_safetensors,
 )
-from embdim.storage import HASH_PRIME, MIN_BUCKETS, ROW_WISE, offset_dtype
+from embdim.storage import HASH_PRIME, MIN_BUCKETS, ROW_WISE, VALUE_PRECISIONS, offset_dtype, row_param_bytes
 from embdim.tensorfile import write_tensors
 
 FORMAT_VERSION = 1
@@ -139,7 +139,7 @@ DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16, ROW_WISE: DataType.I
 #: torchrec.json for the collection that loads it
 ROW_ALIGNMENT = 1
 #: an int8 row's float16 scale and bias, before its codes (fbgemm's layout)
-ROW_PARAM_BYTES = 4
+ROW_PARAM_BYTES = row_param_bytes(ROW_WISE)
 
 
 def weight_key(table: str) -> str:
@@ -184,7 +184,9 @@ class TableInfo:
 
     def row_bytes(self, precision: str) -> int:
         """Bytes of one row of a quantised (fp16 or int8) table: ``2 w``, or ``4 + w`` (scale, bias, codes)."""
-        return 2 * self.width if precision == "fp16" else ROW_PARAM_BYTES + self.width
+        if precision == ROW_WISE:
+            return ROW_PARAM_BYTES + self.width
+        return VALUE_PRECISIONS[precision].itemsize * self.width
 
     def to_dict(self) -> dict[str, Any]:
         return {

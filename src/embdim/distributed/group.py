@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 #: The launcher's environment variables that make a process one rank of several.
-RANK_ENV, WORLD_ENV, LOCAL_RANK_ENV, LOCAL_WORLD_ENV = "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"
+RANK_ENV, WORLD_ENV, LOCAL_WORLD_ENV = "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"
 
 
 def launched_world() -> int | None:

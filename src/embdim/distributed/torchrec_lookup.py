@@ -59,6 +59,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from embdim.distributed import CPU_SHARDING_TYPES
 from embdim.errors import ConfigError
 from embdim.lookup import FUSABLE_OPTIMIZERS, FusedTableOptimizer, Lookup, RawEmbeddings, TableSpec
+from embdim.storage import FLOAT_BYTES
 
 #: torch.optim.Adagrad's default eps; fbgemm's default (1e-8) would make fused and torch Adagrad differ.
 TORCH_ADAGRAD_EPS = 1e-10
@@ -575,7 +576,7 @@ def _describe_plan(module_plan: Any, specs: Sequence[TableSpec], world: int, opt
         for meta in sharding.sharding_spec.shards:
             rank = meta.placement.rank()
             rows, cols = meta.shard_sizes
-            rank_bytes[rank] += rows * cols * 4
+            rank_bytes[rank] += rows * cols * FLOAT_BYTES
             shards.append(
                 {
                     "rank": rank,

@@ -31,15 +31,16 @@ target; since all values with one count switch size together, that step may jump
 and the most frequent of the classes that just shrank get their previous size back while the bytes
 stay within it (:meth:`AMTLSearcher._land`).
 
-Low budgets [ours] (issue 22: the search collapsed at 10 % on the synthetic sets and stopped at 13 %
-on Frappe FM). ``min_length`` is the shortest candidate: 0 by default, so that a value may be dropped
-and embed to zeros, or 1 as in the paper (``d`` candidates); below one value per row of the uniform
-bytes only 0 can land, and a budget under the fewest bytes the candidates allow is refused before training
-(:meth:`AMTLSearcher.smallest_plan`). ``logit_gain`` standardises each value's logits over the
-candidates before the softmax: Adam's scale-free steps grow the logits without bound, and once the
-softmax saturates neither the penalty nor the task can move a size. A budgeted search whose penalty
-weight sits at its upper bound while the bytes stop falling for ``budget_stall_evals`` evaluations
-ends there, not landed, and the report says why (``budget_landed``, ``budget_note``).
+Low budgets [ours] (issue 22: with the paper's shortest length of 1 the search collapsed or stopped
+short of low budgets; BENCHMARKS.md, "Low budgets: ``min_length`` 0"). ``min_length`` is the shortest
+candidate: 0 by default, so that a value may be dropped and embed to zeros, or 1 as in the paper (``d``
+candidates); below one value per row of the uniform bytes only 0 can land, and a budget under the fewest
+bytes the candidates allow is refused before training (:meth:`AMTLSearcher.smallest_plan`).
+``logit_gain`` standardises each value's logits over the candidates before the softmax: Adam's
+scale-free steps grow the logits without bound, and once the softmax saturates neither the penalty nor
+the task can move a size. A budgeted search whose penalty weight sits at its upper bound while the bytes
+stop falling for ``budget_stall_evals`` evaluations ends there, not landed, and the report says why
+(``budget_landed``, ``budget_note``).
 
 Stages [ours]: ``search`` (mask networks train jointly with everything else), then, with
 ``finetune`` on, ``finetune``: the sizes are frozen at the end of search and the model trains on
@@ -73,7 +74,7 @@ from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
 from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig, Stage, fields_plan
 from embdim.slim import RaggedGroup, SlimEmbedding
-from embdim.storage import FLOAT_BYTES, field_bounds, ragged_index
+from embdim.storage import FLOAT_BYTES, INT64_BYTES, field_bounds, ragged_index
 
 NUM_FREQ_FEATURES = 3
 """Frequency features per value: log count (field-normalised), tied rank, log count (globally normalised)."""
@@ -205,7 +206,7 @@ class AMTLSearcher(Searcher):
         """The table, and per id: its class (int64), penalty weight (float32), frozen length and the
         lengths computed over the vocabulary (int64 each), on every process; the mask networks are negligible."""
         n = sum(f.vocab_size for f in fields)
-        per_id = n * (8 + FLOAT_BYTES + 8 + 8)
+        per_id = n * (INT64_BYTES + FLOAT_BYTES + 2 * INT64_BYTES)
         return MethodMemory(tables=n * dim * FLOAT_BYTES, state=per_id, replicated=per_id)
 
     def __init__(

@@ -49,10 +49,9 @@ from embdim.plan import EmbeddingPlan
 from embdim.registry import SEARCHERS
 from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig
 from embdim.slim import DenseGroup, SlimEmbedding
-from embdim.storage import FLOAT_BYTES
+from embdim.storage import FLOAT64_BYTES, FLOAT_BYTES
 
 TABLE_NAME = "a"
-FLOAT64_BYTES = 8  # the collapse W = A @ B is computed in float64
 
 
 class MLETConfig(SearcherConfig):
@@ -121,7 +120,7 @@ class MLETSearcher(Searcher):
         return MethodMemory(
             tables=n * k * FLOAT_BYTES,
             parameters=len(fields) * k * dim * FLOAT_BYTES,
-            state=n * dim * FLOAT64_BYTES,
+            state=n * dim * FLOAT64_BYTES,  # the collapse W = A @ B is computed in float64
             fused_tables=n * padded_dim(k) * FLOAT_BYTES,
         )
 

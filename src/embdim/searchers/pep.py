@@ -100,18 +100,18 @@ from embdim.registry import SEARCHERS
 from embdim.rowwise import RowwiseAdam, sharded_rowwise_lookup
 from embdim.searchers.base import Embedded, MethodMemory, Searcher, SearcherConfig, Stage
 from embdim.slim import CompactGroup, CsrGroup, SlimEmbedding
-from embdim.storage import FLOAT_BYTES, CompactStorage, CsrStorage, field_bounds
+from embdim.storage import FLOAT_BYTES, INT32_BYTES, INT64_BYTES, CompactStorage, CsrStorage, field_bounds
 
 Granularity = Literal["global", "dimension", "feature", "field", "feature_dim", "field_dim"]
 TABLE = "all"  # the one n x d table (base Searcher.table_specs)
 SEARCH, RETRAIN = "search", "retrain"  # the stages, and the phase the searcher is in
 # Adam keeps two moments per parameter (exp_avg, exp_avg_sq): training-memory accounting
 ADAM_MOMENTS = 2
-STEP_BYTES = 8 + 4  # RowwiseAdam per row: int64 last-updated step, int32 scratch slot
+STEP_BYTES = INT64_BYTES + INT32_BYTES  # RowwiseAdam per row: int64 last-updated step, int32 scratch slot
 MEASURE_BLOCK_ROWS = 16384  # rows per block of the sparsity count: its temporaries stay in cache
 #: budget_mask's peak per entry it orders: the entries' int64 positions, their float32 margins, the sort's
 #: values, int64 indices and scratch (then the order, rows and places, int64, and first-of-row flags)
-BUDGET_ORDER_BYTES = 8 + 4 + 4 + 8 + 12
+BUDGET_ORDER_BYTES = 2 * INT64_BYTES + 2 * FLOAT_BYTES + 12
 QUANTILE_SAMPLE = 1 << 20  # |v| entries sampled for the drift's starting quantile (torch.quantile's limit is 2^24)
 
 
@@ -372,7 +372,7 @@ class PEPSearcher(Searcher):
         if config.budget is not None and config.budget.kind != "params":  # budget_mask's order of entries
             most = min(n * dim, int(config.budget.target_bytes(n * dim * FLOAT_BYTES) // FLOAT_BYTES))
             measuring += n * dim + most * BUDGET_ORDER_BYTES  # the mask it returns, and its ordered entries
-        per_row = n * 8
+        per_row = n * INT64_BYTES
         return MethodMemory(
             tables=n * dim * FLOAT_BYTES,
             parameters=0 if config.rowwise_thresholds else thresholds,
@@ -530,8 +530,9 @@ class PEPSearcher(Searcher):
         return self.margins(lookup) > 0
 
     @torch.no_grad()
-    def measure(self, lookup: Lookup) -> float:
-        """Sparsity of the whole table now; saves a mask for every target passed since the last one."""
+    def record_sparsity(self, lookup: Lookup) -> float:
+        """Records the whole table's sparsity now and saves a mask for every target passed since the last
+        record; returns the sparsity. Called by the hooks (a state change, not a query)."""
         total = self.num_rows * self.dim
         if self.phase_ != SEARCH:
             return self._mask_sparsity()
@@ -613,7 +614,7 @@ class PEPSearcher(Searcher):
         return stage.name == SEARCH and all(t in self.masks_ for t in self.targets)
 
     def on_evaluation(self, stage: Stage, lookup: Lookup) -> None:
-        self.measure(lookup)  # saves a mask for every target passed since the last measurement
+        self.record_sparsity(lookup)  # saves a mask for every target passed since the last measurement
 
     def start_stage(self, stage: Stage, lookup: Lookup) -> None:
         if stage.name != RETRAIN:
@@ -634,7 +635,7 @@ class PEPSearcher(Searcher):
             return
         # the search ran out of epochs before the retrain target: prune the entries nearest their
         # thresholds (smallest margin), the ones the thresholds would have taken next, and say so
-        sparsity = self.measure(lookup)
+        sparsity = self.record_sparsity(lookup)
         if self.retrain_sparsity not in self.masks_:
             warnings.warn(
                 f"pep: the search ended at sparsity {sparsity:.4f}, below the retrain target "
@@ -661,7 +662,7 @@ class PEPSearcher(Searcher):
                 self._start_drift(lookup)
             self.drift += step_drift
         if self.search_steps_ % self.config.measure_every_steps == 0:
-            self.history_.append((self.search_steps_, self.measure(lookup)))
+            self.history_.append((self.search_steps_, self.record_sparsity(lookup)))
 
     @torch.no_grad()
     def _start_drift(self, lookup: Lookup) -> None:
@@ -934,7 +935,7 @@ class PEPSearcher(Searcher):
             "threshold_lr": self.config.threshold_lr,
             "drift_per_epoch": self.config.drift_per_epoch,
             "final_drift": float(self.drift),
-            "threshold_update": "rowwise" if self.threshold_optimizer is not None else "dense",
+            "rowwise_thresholds": self.threshold_optimizer is not None,
             "retrain_init": self.config.retrain_init,
             "targets": self.targets,
             "retrain_sparsity": self.retrain_sparsity,

@@ -31,7 +31,7 @@ from embdim.distributed.torchrec_lookup import padded_dim
 from embdim.errors import EmbdimError
 from embdim.models.layers import FeaturesLinear
 from embdim.plugins import MODELS, SEARCHERS
-from embdim.storage import FLOAT_BYTES
+from embdim.storage import FLOAT_BYTES, INT64_BYTES
 
 #: Optimizer state per trained value (Adam: first and second moment; Adagrad: the sum of squares).
 STATE_SLOTS = {"adam": 2, "adamw": 2, "adagrad": 1, "sgd": 0}
@@ -42,7 +42,7 @@ TORCHREC_RUNTIME_BYTES = 110 << 20
 ACTIVATION_COPIES = 8
 #: AUC and logloss over a scored split hold about ten 8-byte arrays per row (scores in float64, their
 #: order, sorted copy, differences and ranks, the labels, the rarest id's count of test_by_frequency).
-METRIC_BYTES_PER_ROW = 10 * 8
+METRIC_BYTES_PER_ROW = 10 * INT64_BYTES
 GIB = 1 << 30
 
 

@@ -843,6 +843,10 @@ class Trainer:
         rows = min(len(test), EXPORT_CHECK_ROWS)
         ids, dense, _ = batch_tensors(test, np.arange(rows))
         slim = load_model(model_dir)
+        was_training = self.rec.training
         self.rec.eval()
-        with torch.no_grad():
-            return float((slim(ids, dense) - self.rec(ids, dense)).abs().max()) if rows else 0.0
+        try:
+            with torch.no_grad():
+                return float((slim(ids, dense) - self.rec(ids, dense)).abs().max()) if rows else 0.0
+        finally:
+            self.rec.train(was_training)

@@ -36,7 +36,6 @@ AVAZU_COLUMNS = [
     "app_domain", "app_category", "device_id", "device_ip", "device_model", "device_type",
     "device_conn_type", "C14", "C15", "C16", "C17", "C18", "C19", "C20", "C21",
 ]  # fmt: skip
-AVAZU_ID = "id"
 AVAZU_LABEL = "click"
 AVAZU_UNLABELLED_COLUMNS = [name for name in AVAZU_COLUMNS if name != AVAZU_LABEL]
 """The columns of Kaggle's ``test.csv`` (no ``click``), read in scoring mode."""
