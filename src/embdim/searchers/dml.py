@@ -42,7 +42,9 @@ every choice is a knob of :class:`DMLConfig`):
   retraining of the cut model from the step-0 weights (``initial``, lottery-ticket style, as PEP
   retrains): the search's weights have already fit the training data while the controller moved
   the sizes, so a model that only fine-tunes them may start overfit. With ``initial`` the widths are
-  cut at the end of the search and kept across the rewind.
+  cut at the end of the search and kept across the rewind. ``search`` is the default [ours]: on the
+  shipped sets retraining wins only where the search's weights overfit, and at low budgets it can
+  collapse where the fine-tune does not (BENCHMARKS.md, "Retrained from the step-0 weights").
 - Export: one dense table per distinct width holding each field's first ``N_f*`` columns,
   zero-padded back to ``d`` at lookup (dot products unchanged). For concat -> MLP models
   (DeepFM, AutoInt+) :meth:`embdim.models.base.CTRModel.compact_inputs` drops the first dense
