@@ -34,14 +34,17 @@ MODULES = {".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in PACKA
 
 def _imports() -> list[tuple[str, str, int]]:
     """(importing module, imported module, line) for every ``embdim.*`` import in the package
-    (``from embdim.x import y`` names ``x.y`` when ``y`` is a module)."""
+    (``from embdim.x import y`` names ``x.y`` when ``y`` is a module; ``from embdim import x`` names ``x``)."""
     out = []
     for path in sorted(PACKAGE.rglob("*.py")):
         module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("embdim."):
+            if isinstance(node, ast.ImportFrom) and node.module == "embdim":
+                targets = [f"embdim.{a.name}" for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("embdim."):
                 base = node.module.removeprefix("embdim.")
-                subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
+                names = [f"{base}.{a.name}" for a in node.names]
+                subs = [n for n in names if n in MODULES or f"{n}.__init__" in MODULES]  # a module or a package
                 targets = [f"embdim.{t}" for t in subs] or [node.module]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names if a.name.startswith("embdim.")]

@@ -11,13 +11,10 @@ built-in method, model and reader, and every plug-in a user's module registered:
 
 from __future__ import annotations
 
-import embdim.data.readers
-import embdim.data.synthetic
-import embdim.models
-import embdim.searchers
+# Imported for what importing them does: each module registers its built-ins (the "synthetic" reader
+# lives outside data.readers).
+from embdim import models, searchers  # noqa: F401
+from embdim.data import readers, synthetic  # noqa: F401
 from embdim.registry import MODELS, READERS, SEARCHERS
 
-#: The modules whose import registered the built-ins (the "synthetic" reader lives outside data.readers).
-BUILTIN_PACKAGES = (embdim.data.readers, embdim.data.synthetic, embdim.models, embdim.searchers)
-
-__all__ = ["BUILTIN_PACKAGES", "MODELS", "READERS", "SEARCHERS"]
+__all__ = ["MODELS", "READERS", "SEARCHERS"]

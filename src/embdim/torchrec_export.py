@@ -184,9 +184,7 @@ class TableInfo:
 
     def row_bytes(self, precision: str) -> int:
         """Bytes of one row of a quantised (fp16 or int8) table: ``2 w``, or ``4 + w`` (scale, bias, codes)."""
-        if precision == ROW_WISE:
-            return ROW_PARAM_BYTES + self.width
-        return VALUE_PRECISIONS[precision].itemsize * self.width
+        return VALUE_PRECISIONS[precision].itemsize * self.width + row_param_bytes(precision)
 
     def to_dict(self) -> dict[str, Any]:
         return {
